@@ -1,0 +1,341 @@
+"""The `csm-router` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosmtplib
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from csm_router import __version__, jobs, pool
+from csm_router.config import ConfigError, Settings, load_settings, redact_url
+from csm_router.dispatch import QUEUES, Runtime, enqueue_delivery, release_held
+from csm_router.errors import PermanentError, TransientError
+from csm_router.mailbox import Mailbox
+from csm_router.outbound import render
+from csm_router.router import Router
+from csm_router.threads import format_ref
+
+log = logging.getLogger("csm_router")
+out = Console(highlight=False)
+
+
+def _setup_logging(settings: Settings | None = None) -> None:
+    level = settings.log_level.upper() if settings else "INFO"
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _runtime() -> Runtime:
+    return Runtime.from_settings(load_settings())
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %s: finishing the current message and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    _setup_logging(rt.settings)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    mailbox = Mailbox(rt.settings.required_imap(), rt.settings.quarantine_folder)
+    log.info("router watching %s", mailbox.name)
+    Router(rt, mailbox, stop=stop).run(exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from rq import Worker
+
+    rt = _runtime()
+    _setup_logging(rt.settings)
+    rt.settings.required_smtp()
+    jobs.configure(rt)
+    worker = Worker([rt.queues[name] for name in QUEUES], connection=rt.redis)
+    worker.work(burst=args.burst, with_scheduler=True, logging_level=rt.settings.log_level)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    ok = True
+
+    def step(name: str, target: str, action: Callable[[], object]) -> None:
+        nonlocal ok
+        try:
+            action()
+            out.print(f"[green]ok[/]    {name:<6} {target}")
+        except Exception as exc:  # every failure is reported, none is fatal to the check
+            ok = False
+            out.print(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
+
+    out.print(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
+    step("redis", redact_url(settings.redis_url),
+         lambda: redis.Redis.from_url(settings.redis_url, socket_timeout=10).ping())
+    imap = settings.required_imap()
+
+    def imap_login() -> None:
+        box = Mailbox(imap, settings.quarantine_folder, timeout=20)
+        box.connect()
+        box.close()
+
+    step("imap", str(imap), imap_login)
+    smtp = settings.required_smtp()
+    step("smtp", str(smtp), lambda: asyncio.run(_smtp_login(settings)))
+    return 0 if ok else 1
+
+
+async def _smtp_login(settings: Settings) -> None:
+    smtp = settings.required_smtp()
+    client = aiosmtplib.SMTP(
+        hostname=smtp.host, port=smtp.port, use_tls=smtp.tls,
+        start_tls=None if not smtp.tls else False,
+        tls_context=ssl.create_default_context(), timeout=20,
+    )
+    async with client:
+        if smtp.username:
+            await client.login(smtp.username, smtp.password)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from csm_router.demo import run_demo
+
+    return run_demo()
+
+
+# -- admin ------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    rows = pool.status(rt.store, time.time())
+    held = pool.held_count(rt.store)
+    if args.json:
+        print(json.dumps({"pool": [r.as_dict() for r in rows], "held": held}, indent=2))
+        return 0
+    table = Table(title=f"Pool for {rt.settings.alias}")
+    for column in ("CSM", "weight", "away", "open", "assigned today", "median 1st response"):
+        table.add_column(column, justify="left" if column in ("CSM", "away") else "right")
+    for r in rows:
+        away = ("until " + r.away_until if r.away_until else "yes") if r.away else ""
+        minutes = r.median_first_response_minutes
+        median = f"{minutes:.0f} min" if minutes is not None else "-"
+        table.add_row(r.name or r.address, str(r.weight), away, str(r.open),
+                      str(r.assigned_today), median)
+    out.print(table)
+    out.print(f"held, waiting for a free CSM: {held}")
+    return 0
+
+
+def _parse_until(text: str) -> float:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise pool.PoolError(
+            f"--until {text!r}: use a date or time like 2026-12-01 or 2026-12-01T09:00"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def cmd_away(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    until = _parse_until(args.until) if args.until else None
+    address = pool.set_away(rt.store, args.address, until)
+    out.print(f"{address} is away" + (f" until {args.until}" if args.until else " until `back`"))
+    return 0
+
+
+def cmd_back(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    address = pool.set_back(rt.store, args.address)
+    count = release_held(rt)
+    out.print(f"{address} is back" + (f"; {count} held thread(s) handed out" if count else ""))
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    days = args.days if args.days is not None else rt.settings.onboarding_days
+    pool.assign_onboarding(rt.store, args.account, args.address, days, time.time())
+    out.print(f"{args.account} -> {args.address} for {days} days of onboarding")
+    return 0
+
+
+def cmd_threads(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    threads = pool.recent_threads(rt.store, args.limit)
+    if args.json:
+        print(json.dumps(threads, indent=2))
+        return 0
+    table = Table(title="Threads, newest first")
+    for column in ("ref", "customer", "subject", "owner", "state", "due"):
+        table.add_column(column)
+    for t in threads:
+        due = _when(t.get("due"))
+        table.add_row(format_ref(int(t["ref"])), t.get("customer", ""), t.get("subject", ""),
+                      t.get("owner", "") or "-", t.get("state", ""), due)
+    out.print(table)
+    return 0
+
+
+def _when(epoch: str | None) -> str:
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _ref(text: str) -> int:
+    digits = text.strip().strip("[]").upper().removeprefix("CS-")
+    if not digits.isdigit():
+        raise pool.PoolError(f"{text!r} is not a thread reference like CS-1042")
+    return int(digits)
+
+
+def cmd_thread(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    ref = _ref(args.ref)
+    thread = rt.store.thread(ref)
+    if not thread:
+        raise pool.PoolError(f"no thread {format_ref(ref)}")
+    out.print(f"[bold][{format_ref(ref)}][/] {thread.get('subject', '')}")
+    for name in ("customer", "account", "owner", "state"):
+        out.print(f"  {name:<15} {thread.get(name) or '-'}")
+    out.print(f"  {'created':<15} {_when(thread.get('created'))}")
+    out.print(f"  {'due':<15} {_when(thread.get('due'))}")
+    out.print(f"  {'first response':<15} {_when(thread.get('first_response'))}")
+    out.print("history:")
+    for e in rt.store.events(ref):
+        who = f" -> {e['owner']}" if e.get("owner") else ""
+        rule = f" by {e['rule']}" if e.get("rule") else ""
+        why = f" ({e['why']})" if e.get("why") else ""
+        out.print(f"  {_when(str(e['at']))}  {e['event']}{who}{rule}{why}  {e.get('msg', '')}")
+    return 0
+
+
+def cmd_reassign(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    ref = _ref(args.ref)
+    address = pool._require_member(rt.store, args.address)
+    result = rt.store.reassign(ref, address, "reassigned by an admin")
+    if result.get("error"):
+        raise pool.PoolError(f"{format_ref(ref)}: {result['error']}")
+    previous = result.get("previous") or "nobody"
+    why = f"reassigned to you by an admin (was {previous})"
+    pending = [m for m in result.get("released") or [] if isinstance(m, str)]
+    for msgkey in dict.fromkeys([*pending, result.get("last_msg") or ""]):
+        if msgkey:
+            enqueue_delivery(rt, msgkey, address, why)
+    out.print(f"{format_ref(ref)}: {previous} -> {address}")
+    return 0
+
+
+def cmd_signature(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    tag = pool.signature_tag(rt.store, args.address)
+    member = rt.settings.member(args.address)
+    assert member is not None
+    print(render(
+        "signature.txt.j2",
+        name=member.name or member.address,
+        alias_name=rt.settings.alias.name or rt.settings.alias.address,
+        alias=rt.settings.alias.address,
+        tag=tag,
+    ), end="")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csm-router", description="Route a pooled Customer Success inbox to each CSM."
+    )
+    parser.add_argument("--version", action="version", version=f"csm-router {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("run", cmd_run, "watch the alias mailbox and route each new message")
+    p.add_argument("--exit-when-idle", action="store_true",
+                   help="stop once nothing new is left (for batch runs and tests)")
+    p = add("worker", cmd_worker, "RQ worker for the deliver, support and maintenance queues")
+    p.add_argument("--burst", action="store_true", help="stop when the queues are empty")
+    add("check", cmd_check, "validate configuration and log in to Redis, IMAP and SMTP")
+    add("demo", cmd_demo, "run the whole product on embedded servers and show what happens")
+    p = add("status", cmd_status, "the pool: weight, away, open threads, assigned today")
+    p.add_argument("--json", action="store_true")
+    p = add("away", cmd_away, "mark a CSM away: they get no new threads")
+    p.add_argument("address")
+    p.add_argument("--until", help="date or time (UTC unless given), e.g. 2026-12-01")
+    p = add("back", cmd_back, "mark a CSM back")
+    p.add_argument("address")
+    p = add("assign", cmd_assign, "make a CSM the onboarding owner of a customer domain")
+    p.add_argument("account", help="customer domain, e.g. customer.com")
+    p.add_argument("address")
+    p.add_argument("--days", type=int, help="default ROUTER_ONBOARDING_DAYS")
+    p = add("threads", cmd_threads, "the newest threads")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p = add("thread", cmd_thread, "one thread and its whole history")
+    p.add_argument("ref", help="e.g. CS-1042")
+    p = add("reassign", cmd_reassign, "give a thread to another CSM")
+    p.add_argument("ref")
+    p.add_argument("address")
+    p = add("signature", cmd_signature, "the signature block a CSM pastes into their mail client")
+    p.add_argument("address")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"csm-router: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except pool.PoolError as exc:
+        print(f"csm-router: {exc}", file=sys.stderr)
+        return 1
+    except (PermanentError, TransientError) as exc:
+        print(f"csm-router: {exc}", file=sys.stderr)
+        return 1
+    except redis.ConnectionError as exc:
+        print(f"csm-router: Redis unreachable: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Settings from the environment and `.env`, validated once at start-up and passed down."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.utils import formataddr, parseaddr
+from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "ROUTER_"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Address:
+    """A mailbox: optional display name and a lower-cased addr-spec."""
+
+    address: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return formataddr((self.name, self.address)) if self.name else self.address
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    """One CSM in the pool with their round-robin weight."""
+
+    address: str
+    name: str = ""
+    weight: int = 1
+
+    @property
+    def display(self) -> str:
+        return str(Address(self.address, self.name))
+
+
+@dataclass(frozen=True)
+class ServerUrl:
+    """A parsed imap(s):// or smtp(s):// URL. `str()` never shows the password."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str = ""
+    password: str = field(default="", repr=False)
+    path: str = ""
+
+    @property
+    def tls(self) -> bool:
+        """Implicit TLS (imaps://, smtps://); otherwise STARTTLS when offered."""
+        return self.scheme.endswith("s")
+
+    def __str__(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        path = f"/{self.path}" if self.path else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}{path}"
+
+
+_DEFAULT_PORTS = {"imap": 143, "imaps": 993, "smtp": 587, "smtps": 465}
+_ADDR_RE = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$|^[^@\s]+@localhost$")
+
+
+def parse_address(text: str) -> Address:
+    """Parse `Name <addr>` or a bare address; raise ValueError when it is not one."""
+    name, addr = parseaddr(text.strip())
+    addr = addr.strip().lower()
+    if not addr or not _ADDR_RE.match(addr):
+        raise ValueError(f"{text.strip()!r} is not an email address")
+    return Address(addr, name.strip())
+
+
+def split_list(text: str) -> list[str]:
+    """Split on commas that are not inside quotes or angle brackets."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = angle = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            angle = True
+        elif ch == ">" and not quoted:
+            angle = False
+        if ch == "," and not quoted and not angle:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+_WEIGHT_RE = re.compile(r"\*\s*(\d+)\s*$")
+
+
+def parse_pool(text: str) -> tuple[PoolMember, ...]:
+    """Parse `Alice <alice@acme.com>*2, bob@acme.com` into pool members."""
+    members: list[PoolMember] = []
+    for item in split_list(text):
+        weight = 1
+        if match := _WEIGHT_RE.search(item):
+            weight = int(match.group(1))
+            item = item[: match.start()]
+            if weight < 1:
+                raise ValueError(f"weight of {item.strip()!r} must be at least 1")
+        address = parse_address(item)
+        if any(m.address == address.address for m in members):
+            raise ValueError(f"{address.address} is listed twice")
+        members.append(PoolMember(address.address, address.name, weight))
+    if not members:
+        raise ValueError("the pool is empty; list at least one CSM")
+    return tuple(members)
+
+
+def parse_server_url(text: str, schemes: tuple[str, ...]) -> ServerUrl:
+    """Parse a mail server URL; raise ValueError naming what is wrong, never echoing secrets."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if not parts.hostname:
+        raise ValueError("the URL has no host")
+    return ServerUrl(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port or _DEFAULT_PORTS[parts.scheme],
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        path=unquote(parts.path.lstrip("/")),
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and `check` output."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+class Settings(BaseSettings):
+    """Everything an admin can set; see `deploy/.env.example` for the documented list."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    imap_url: Annotated[ServerUrl | None, NoDecode] = None
+    smtp_url: Annotated[ServerUrl | None, NoDecode] = None
+    redis_url: str = "redis://localhost:6379/0"
+    alias: Annotated[Address, NoDecode]
+    pool: Annotated[tuple[PoolMember, ...], NoDecode]
+    max_open_per_csm: int = Field(default=0, ge=0)
+    away: Annotated[frozenset[str], NoDecode] = frozenset()
+    support_address: Annotated[Address | None, NoDecode] = None
+    onboarding_days: int = Field(default=90, ge=0)
+    first_response_minutes: int = Field(default=60, ge=1)
+    overflow_address: Annotated[Address | None, NoDecode] = None
+    poll_seconds: float = Field(default=30, gt=0)
+    quarantine_folder: str = "Quarantine"
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("imap_url", mode="before")
+    @classmethod
+    def _imap(cls, value: Any) -> ServerUrl | None:
+        if value is None or isinstance(value, ServerUrl) or not str(value).strip():
+            return value or None
+        url = parse_server_url(str(value), ("imap", "imaps"))
+        return ServerUrl(url.scheme, url.host, url.port, url.username, url.password,
+                         url.path or "INBOX")
+
+    @field_validator("smtp_url", mode="before")
+    @classmethod
+    def _smtp(cls, value: Any) -> ServerUrl | None:
+        if value is None or isinstance(value, ServerUrl) or not str(value).strip():
+            return value or None
+        return parse_server_url(str(value), ("smtp", "smtps"))
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis(cls, value: Any) -> str:
+        text = str(value).strip()
+        if not re.match(r"^(redis|rediss|unix)://", text):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return text
+
+    @field_validator("alias", "support_address", "overflow_address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Address | None:
+        if value is None or isinstance(value, Address):
+            return value
+        if not str(value).strip():
+            return None
+        return parse_address(str(value))
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _pool(cls, value: Any) -> tuple[PoolMember, ...]:
+        return value if isinstance(value, tuple) else parse_pool(str(value))
+
+    @field_validator("away", mode="before")
+    @classmethod
+    def _away(cls, value: Any) -> frozenset[str]:
+        if isinstance(value, frozenset | set | list | tuple):
+            return frozenset(str(v).lower() for v in value)
+        return frozenset(parse_address(item).address for item in split_list(str(value)))
+
+    def member(self, address: str) -> PoolMember | None:
+        """The pool member with this address, if any."""
+        address = address.lower()
+        return next((m for m in self.pool if m.address == address), None)
+
+    def required_imap(self) -> ServerUrl:
+        if self.imap_url is None:
+            raise ConfigError("ROUTER_IMAP_URL", "is not set")
+        return self.imap_url
+
+    def required_smtp(self) -> ServerUrl:
+        if self.smtp_url is None:
+            raise ConfigError("ROUTER_SMTP_URL", "is not set")
+        return self.smtp_url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning validation errors into one ConfigError naming the variable."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        variable = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "configuration"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required but not set"
+        raise ConfigError(variable, message) from None
+    unknown = settings.away - {m.address for m in settings.pool}
+    if unknown:
+        raise ConfigError("ROUTER_AWAY", f"{', '.join(sorted(unknown))} not in ROUTER_POOL")
+    return settings

@@ -1,0 +1,101 @@
+"""What a routing decision reads (a snapshot) and what it answers (a decision). No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from csm_router.config import PoolMember
+
+
+class Action(StrEnum):
+    """What happens to a message; stored in Redis as these lowercase strings."""
+
+    FORWARD = "forward"  # to a CSM; `target=None` means the next one the pool hands out
+    RECORD_REPLY = "reply"  # a CSM's own reply copied to the alias: record, never forward
+    IGNORE = "ignore"  # on purpose, with the reason (auto-replies, bounces, our own mail)
+    SUPPORT = "support"  # a technical request handed to Support
+
+
+class ThreadState(StrEnum):
+    OPEN = "open"
+    HELD = "held"  # nobody could take it; handed out as soon as someone can
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """What the rules may know of an existing thread."""
+
+    ref: int
+    owner: str | None
+    state: ThreadState
+    customer: str = ""
+
+
+@dataclass(frozen=True)
+class Onboarding:
+    """An account assigned to an onboarding CSM at `since` (epoch seconds) for `days`."""
+
+    owner: str
+    since: float
+    days: int
+
+    def active(self, now: float) -> bool:
+        return now < self.since + self.days * 86400
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Read-only state a decision may look at, gathered before deciding."""
+
+    now: float
+    alias: str
+    pool: tuple[PoolMember, ...]
+    away: frozenset[str]
+    thread: ThreadInfo | None = None  # the known thread this message belongs to
+    matched_by: str = ""  # how `thread` was recognised, for the reason
+    tag_owner: str | None = None  # CSM whose signature tag the message quotes
+    tag_thread: ThreadInfo | None = None  # the customer's open thread with that CSM
+    onboarding: Onboarding | None = None
+    sender_verified: bool = True  # the sender really is who From says (see auth)
+
+    def in_pool(self, address: str | None) -> bool:
+        return address is not None and any(m.address == address for m in self.pool)
+
+    def available(self, address: str | None) -> bool:
+        """In the pool and not away (capacity is checked atomically when recording)."""
+        return self.in_pool(address) and address not in self.away
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a message goes, which rule said so and why."""
+
+    action: Action
+    rule: str
+    why: str
+    target: str | None = None
+    ref: int | None = None
+
+    @classmethod
+    def to_csm(cls, target: str, *, rule: str, why: str, ref: int | None = None) -> Decision:
+        return cls(Action.FORWARD, rule, why, target, ref)
+
+    @classmethod
+    def next_csm(cls, *, rule: str, why: str, ref: int | None = None) -> Decision:
+        return cls(Action.FORWARD, rule, why, None, ref)
+
+    @classmethod
+    def record_reply(cls, csm: str, ref: int, *, rule: str, why: str) -> Decision:
+        return cls(Action.RECORD_REPLY, rule, why, csm, ref)
+
+    @classmethod
+    def ignore(cls, *, rule: str, why: str, ref: int | None = None) -> Decision:
+        return cls(Action.IGNORE, rule, why, None, ref)
+
+    @property
+    def target_label(self) -> str:
+        if self.action is Action.FORWARD:
+            return self.target or "next CSM"
+        return self.action.value

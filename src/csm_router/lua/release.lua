@@ -1,0 +1,13 @@
+-- Hand held threads, oldest first, to whoever can take them now; stop at the first miss.
+local out = {}
+local refs = redis.call('ZRANGE', P .. 'held', 0, d.limit - 1)
+for _, ref in ipairs(refs) do
+  local owner = pick()
+  if not owner then break end
+  set_owner(ref, owner)
+  redis.call('HSET', P .. 'thread:' .. ref, 'due', d.now + d.sla_seconds)
+  local msgs = release_messages(ref, owner)
+  event(ref, 'released', {owner = owner, why = 'a CSM became available'})
+  table.insert(out, {ref = tonumber(ref), owner = owner, msgs = msgs})
+end
+return cjson.encode(out)

@@ -1,0 +1,141 @@
+"""The alias mailbox over IMAP: wait (IDLE or poll), fetch, quarantine. Never deletes."""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+from csm_router.config import ServerUrl
+from csm_router.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 50
+# RFC 2177: clients should re-issue IDLE at least every 29 minutes.
+MAX_IDLE_SECONDS = 29 * 60
+QUARANTINED_FLAG = b"$CsmQuarantined"
+
+_NETWORK_ERRORS = (OSError, socket.timeout, ssl.SSLError, imaplib.IMAP4.abort, IMAPClientError)
+
+
+class Mailbox:
+    """One IMAP connection to the alias folder, with our verbs and our error types."""
+
+    def __init__(self, url: ServerUrl, quarantine_folder: str = "Quarantine", timeout: float = 60):
+        self.url = url
+        self.folder = url.path or "INBOX"
+        self.quarantine_folder = quarantine_folder
+        self.timeout = timeout
+        self.uidvalidity = 0
+        self._client: IMAPClient | None = None
+        self._idle = False
+
+    @property
+    def name(self) -> str:
+        """Identifies the mailbox in Redis (checkpoint key) and logs; has no secret."""
+        return f"{self.url.username}@{self.url.host}:{self.url.port}/{self.folder}"
+
+    @property
+    def client(self) -> IMAPClient:
+        if self._client is None:
+            raise TransientError("not connected")
+        return self._client
+
+    def connect(self) -> None:
+        """Log in and select the folder; raises TransientError or PermanentError."""
+        try:
+            client = IMAPClient(
+                self.url.host,
+                port=self.url.port,
+                ssl=self.url.tls,
+                ssl_context=ssl.create_default_context(),
+                timeout=self.timeout,
+            )
+            # imapclient writes some commands in pieces; without NODELAY each waits ~40 ms.
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.url.tls and b"STARTTLS" in client.capabilities():
+                client.starttls(ssl.create_default_context())
+            client.login(self.url.username, self.url.password)
+            selected = client.select_folder(self.folder)
+            if not client.folder_exists(self.quarantine_folder):
+                client.create_folder(self.quarantine_folder)
+        except LoginError:
+            raise PermanentError(f"IMAP login to {self.url} refused") from None
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP {self.url.host}:{self.url.port}: {exc}") from None
+        self._client = client
+        self.uidvalidity = int(selected[b"UIDVALIDITY"])
+        log.info("connected to %s (UIDVALIDITY %s)", self.name, self.uidvalidity)
+
+    def has_idle(self) -> bool:
+        return bool(self.client.has_capability("IDLE"))
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if self._idle:
+                client.idle_done()
+            client.logout()
+        except _NETWORK_ERRORS:
+            pass  # the connection is going away either way
+        finally:
+            self._idle = False
+
+    def new_uids(self, after: int) -> list[int]:
+        """UIDs above `after`, ascending."""
+        try:
+            # Some servers only show messages that arrived since the last command after a
+            # NOOP; it is one cheap round trip per poll.
+            self.client.noop()
+            # "n:*" always matches the last message even when its UID is below n (RFC 3501).
+            uids = self.client.search(["UID", f"{after + 1}:*"])
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP search: {exc}") from None
+        return sorted(uid for uid in uids if uid > after)
+
+    def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
+        """(uid, raw bytes) of each message, in batches, without setting \\Seen."""
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start : start + FETCH_BATCH]
+            try:
+                data = self.client.fetch(batch, [b"BODY.PEEK[]"])
+            except _NETWORK_ERRORS as exc:
+                raise TransientError(f"IMAP fetch: {exc}") from None
+            for uid in batch:
+                item = data.get(uid)
+                if item is not None and b"BODY[]" in item:
+                    yield uid, bytes(item[b"BODY[]"])
+
+    def quarantine(self, uid: int) -> None:
+        """Copy the message to the quarantine folder and flag the original (kept in place)."""
+        try:
+            self.client.copy([uid], self.quarantine_folder)
+            self.client.add_flags([uid], [QUARANTINED_FLAG])
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP quarantine of UID {uid}: {exc}") from None
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Block until the server reports a change, `timeout` passes, or `stop` is set."""
+        if not self.has_idle():
+            stop.wait(timeout)
+            return
+        try:
+            self.client.idle()
+            self._idle = True
+            responses: list[Any] = self.client.idle_check(timeout=min(timeout, MAX_IDLE_SECONDS))
+            self.client.idle_done()
+            self._idle = False
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP IDLE: {exc}") from None
+        if responses:
+            log.debug("IDLE woke: %s", responses)

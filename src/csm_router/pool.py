@@ -1,0 +1,133 @@
+"""The pool as admins see and tune it: away, onboarding owners, signature tags, status."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from csm_router.store import Store, key, text
+from csm_router.threads import format_tag, new_tag
+
+
+class PoolError(ValueError):
+    """An admin asked for something about a CSM or thread that does not hold."""
+
+
+def _require_member(store: Store, address: str) -> str:
+    address = address.strip().lower()
+    if store.settings.member(address) is None:
+        members = ", ".join(m.address for m in store.settings.pool)
+        raise PoolError(f"{address} is not in ROUTER_POOL ({members})")
+    return address
+
+
+def set_away(store: Store, address: str, until: float | None = None) -> str:
+    """Mark a CSM away (until a time, or until `back`); they get nothing new."""
+    address = _require_member(store, address)
+    store.redis.hset(key("away"), address, "" if until is None else repr(until))
+    return address
+
+
+def set_back(store: Store, address: str) -> str:
+    """A CSM is back; held threads can go to them."""
+    address = _require_member(store, address)
+    store.redis.hdel(key("away"), address)
+    if address in store.settings.away:
+        raise PoolError(f"{address} is still listed in ROUTER_AWAY; remove it there too")
+    return address
+
+
+def assign_onboarding(store: Store, account: str, address: str, days: int, now: float) -> None:
+    """Make `address` the onboarding owner of `account` (a customer domain) for `days`."""
+    address = _require_member(store, address)
+    account = account.strip().lower().lstrip("@").rpartition("@")[2]
+    if "." not in account:
+        raise PoolError(f"{account!r} is not a customer domain (e.g. customer.com)")
+    store.redis.hset(
+        key("onboarding", account), mapping={"owner": address, "since": now, "days": days}
+    )
+
+
+def signature_tag(store: Store, address: str) -> str:
+    """The CSM's signature tag (`CSM-7KQ4XM`), created once and kept in Redis."""
+    address = _require_member(store, address)
+    own_key = key("sigtag-of", address)
+    while True:
+        existing = store.redis.get(own_key)
+        if existing is not None:
+            return format_tag(text(existing))
+        tag = new_tag()
+        # Claim the tag first so two CSMs can never share one, then bind it to the CSM.
+        if store.redis.set(key("sigtag", tag), address, nx=True):
+            if store.redis.set(own_key, tag, nx=True):
+                return format_tag(tag)
+            store.redis.delete(key("sigtag", tag))  # another process won the race
+
+
+@dataclass(frozen=True)
+class CsmStatus:
+    """One row of `csm-router status`."""
+
+    address: str
+    name: str
+    weight: int
+    away: bool
+    away_until: str | None
+    open: int
+    assigned_today: int
+    median_first_response_minutes: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def status(store: Store, now: float) -> list[CsmStatus]:
+    """The pool with live figures, in ROUTER_POOL order."""
+    today = datetime.fromtimestamp(now, UTC).date().isoformat()
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hgetall(key("away"))
+    pipe.hgetall(key("stats", "assigned", today))
+    for member in store.settings.pool:
+        pipe.scard(key("open", member.address))
+        pipe.lrange(key("stats", "first-response", member.address), 0, -1)
+    away_raw, assigned_raw, *per_csm = pipe.execute()
+    away = {k.decode(): v.decode() for k, v in away_raw.items()}
+    assigned = {k.decode(): int(v) for k, v in assigned_raw.items()}
+    rows = []
+    for i, member in enumerate(store.settings.pool):
+        open_count, durations = per_csm[2 * i], per_csm[2 * i + 1]
+        until = away.get(member.address)
+        is_away = member.address in store.settings.away or (
+            until is not None and (until == "" or float(until) > now)
+        )
+        until_text = (
+            datetime.fromtimestamp(float(until), UTC).isoformat(timespec="minutes")
+            if until
+            else None
+        )
+        median = statistics.median(float(d) for d in durations) / 60 if durations else None
+        rows.append(
+            CsmStatus(
+                address=member.address,
+                name=member.name,
+                weight=member.weight,
+                away=is_away,
+                away_until=until_text if is_away else None,
+                open=int(open_count),
+                assigned_today=assigned.get(member.address, 0),
+                median_first_response_minutes=round(median, 1) if median is not None else None,
+            )
+        )
+    return rows
+
+
+def held_count(store: Store) -> int:
+    return int(text(store.redis.zcard(key("held"))))
+
+
+def recent_threads(store: Store, limit: int = 50) -> list[dict[str, str]]:
+    """The newest threads, newest first."""
+    refs = [int(text(r)) for r in store.redis.zrevrange(key("threads"), 0, limit - 1)]
+    return [store.thread(ref) for ref in refs]

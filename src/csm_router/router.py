@@ -1,0 +1,148 @@
+"""The `run` loop: watch -> parse -> decide -> record -> enqueue, crash-safe at every step."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from csm_router.decide import decide
+from csm_router.decision import Action
+from csm_router.dispatch import Runtime, dispatch, release_held
+from csm_router.errors import PermanentError, TransientError
+from csm_router.mailbox import Mailbox
+from csm_router.message import MalformedMessageError, parse
+from csm_router.store import Outcome, message_key
+from csm_router.threads import format_ref
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Exponential reconnect delay: 1s, 2s, 4s ... capped."""
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
+        self.first, self.cap, self.delay = first, cap, first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Router:
+    """Routes every new message of one mailbox; several routers may share a mailbox."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        mailbox: Mailbox,
+        *,
+        clock: Callable[[], float] = time.time,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.rt = rt
+        self.mailbox = mailbox
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self._connected = False
+
+    def run(self, *, exit_when_idle: bool = False) -> None:
+        """Watch until stopped; with `exit_when_idle`, return once nothing new is left."""
+        self.rt.store.ensure_sequence()
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                if not self._connected:
+                    self.mailbox.connect()
+                    self._connected = True
+                handled = self.poll_once()
+                release_held(self.rt)
+                backoff.reset()
+                if handled:
+                    continue
+                if exit_when_idle:
+                    break
+                self.mailbox.wait(self.rt.settings.poll_seconds, self.stop)
+            except (TransientError, redis.ConnectionError, redis.TimeoutError) as exc:
+                delay = backoff.next()
+                log.warning("%s; retrying in %.0fs", exc, delay)
+                self._disconnect()
+                self.stop.wait(delay)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        self.mailbox.close()
+        self._connected = False
+
+    def poll_once(self) -> int:
+        """Handle every message above the checkpoint; answers how many there were."""
+        store, mailbox = self.rt.store, self.mailbox
+        validity, last = store.checkpoint(mailbox.name)
+        if validity != mailbox.uidvalidity:
+            if validity:
+                # The folder was recreated: UIDs mean nothing now. Message-IDs still do,
+                # so rescanning from the start routes nothing twice.
+                log.warning("%s: UIDVALIDITY changed %s -> %s, rescanning",
+                            mailbox.name, validity, mailbox.uidvalidity)
+            last = 0
+        uids = mailbox.new_uids(last)
+        for uid, raw in mailbox.fetch(uids):
+            if self.stop.is_set():
+                break
+            self.handle(uid, raw)
+            store.advance_checkpoint(mailbox.name, mailbox.uidvalidity, uid)
+        return len(uids)
+
+    def handle(self, uid: int, raw: bytes) -> str:
+        """Route one message; answers its outcome. Never raises for bad mail."""
+        try:
+            return self._handle(uid, raw)
+        except (TransientError, PermanentError, redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception as exc:  # a bug must not lose the message: quarantine it
+            log.exception("UID %s: unexpected error, quarantining", uid)
+            return self._quarantine(uid, raw, "", f"internal error: {type(exc).__name__}")
+
+    def _handle(self, uid: int, raw: bytes) -> str:
+        store, settings = self.rt.store, self.rt.settings
+        now = self.clock()
+        try:
+            msg = parse(raw, max_bytes=settings.max_message_bytes)
+        except MalformedMessageError as exc:
+            return self._quarantine(uid, raw, "", str(exc))
+        msgkey = message_key(msg, raw)
+        seen = store.message(msgkey)
+        if seen:
+            if seen.get("state") == "decided" and seen.get("owner"):
+                # Recorded by a process that died before enqueueing: finish its work.
+                dispatch(self.rt, msgkey, Outcome.from_record(seen), seen.get("why", ""))
+            log.debug("UID %s %s already %s", uid, msg.message_id, seen.get("state"))
+            return "duplicate"
+        snap = store.snapshot(msg, now)
+        decision = decide(msg, snap)
+        if decision.action is Action.FORWARD:
+            store.save_raw(msgkey, raw)
+        outcome = store.record(msgkey, msg, decision, now, uid=uid)
+        if outcome.status == "dup":
+            return "duplicate"
+        ref = format_ref(outcome.ref) if outcome.ref else "-"
+        target = outcome.owner or ("held" if outcome.state == "held" else decision.target_label)
+        log.info("%s %s -> %s by %s (%s)", ref, msg.message_id, target, decision.rule, decision.why)
+        dispatch(self.rt, msgkey, outcome, decision.why)
+        return outcome.state
+
+    def _quarantine(self, uid: int, raw: bytes, message_id: str, reason: str) -> str:
+        msgkey = message_key(None, raw)
+        if self.rt.store.message(msgkey):
+            return "duplicate"
+        self.mailbox.quarantine(uid)
+        self.rt.store.record_quarantine(msgkey, message_id, reason, self.clock())
+        log.warning("UID %s quarantined to %s: %s", uid, self.mailbox.quarantine_folder, reason)
+        return "quarantined"
+

@@ -1,0 +1,33 @@
+"""The routing policy: an ordered table of small rules; the first that answers wins."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from csm_router.decision import Decision, Snapshot
+from csm_router.message import Inbound
+from csm_router.rules import (
+    automatic,
+    from_pool_csm,
+    known_thread,
+    onboarding_owner,
+    round_robin,
+)
+
+
+class Rule(Protocol):
+    """A rule module: a NAME and a pure `check` that answers a decision or None."""
+
+    NAME: str
+
+    def check(self, msg: Inbound, snap: Snapshot) -> Decision | None: ...
+
+
+POLICY: tuple[Rule, ...] = (
+    # Auto-replies come first: a CSM's out-of-office copied to the alias is not an answer.
+    automatic,
+    from_pool_csm,
+    known_thread,
+    onboarding_owner,
+    round_robin,  # always answers (a CSM, or held for overflow): keep last
+)

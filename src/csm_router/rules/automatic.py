@@ -1,0 +1,53 @@
+"""Auto-replies, bounces, list and bulk mail, and our own copies never start a thread."""
+
+from __future__ import annotations
+
+import re
+
+from csm_router.decision import Decision, Snapshot
+from csm_router.message import Inbound
+
+NAME = "automatic"
+
+# Every message the product writes carries this header, so a copy that finds its way
+# back to the alias (a CSM's forward rule, a Cc) is recognised and never loops.
+OWN_HEADER = "X-CSM-Router"
+
+_ROBOT_SENDER = re.compile(
+    r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?)([+-].*)?@", re.IGNORECASE
+)
+
+
+def check(msg: Inbound, snap: Snapshot) -> Decision | None:
+    why = reason(msg, snap.alias)
+    if why is None:
+        return None
+    ref = snap.thread.ref if snap.thread else None
+    return Decision.ignore(rule=NAME, why=why, ref=ref)
+
+
+def reason(msg: Inbound, alias: str) -> str | None:
+    """Why `msg` is automatic, or None for mail a person wrote."""
+    if msg.header(OWN_HEADER) is not None:
+        return f"our own mail ({OWN_HEADER})"
+    if msg.sender == alias:
+        return "sent from the alias itself"
+    auto = (msg.header("Auto-Submitted") or "no").strip().lower()
+    if not auto.startswith("no"):
+        return f"Auto-Submitted: {auto}"  # RFC 3834
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder"):
+        if msg.header(name) is not None:
+            return f"{name} header"
+    precedence = (msg.header("Precedence") or "").strip().lower()
+    if precedence in {"bulk", "list", "junk", "auto_reply"}:
+        return f"Precedence: {precedence}"
+    if msg.header("List-Id") or msg.header("List-Unsubscribe"):
+        return "mailing-list or bulk mail (List-Id/List-Unsubscribe)"
+    if msg.content_type == "multipart/report":
+        return "delivery or read report (multipart/report)"
+    return_path = msg.header("Return-Path")
+    if return_path is not None and return_path.strip() in {"<>", ""}:
+        return "null return path (a bounce)"
+    if _ROBOT_SENDER.match(msg.sender):
+        return f"robot sender {msg.sender}"
+    return None

@@ -1,0 +1,39 @@
+"""A message in a known thread goes to the thread's owner; if away or gone, to the next CSM."""
+
+from __future__ import annotations
+
+from csm_router.decision import Decision, Snapshot, ThreadInfo, ThreadState
+from csm_router.message import Inbound
+
+NAME = "known-thread"
+
+
+def check(msg: Inbound, snap: Snapshot) -> Decision | None:
+    if snap.thread is not None:
+        return _to_owner(snap.thread, snap, snap.matched_by)
+    if snap.tag_owner is None:
+        return None
+    how = "quotes the signature of"
+    if snap.tag_thread is not None:
+        return _to_owner(snap.tag_thread, snap, f"{how} {snap.tag_owner}")
+    if snap.available(snap.tag_owner):
+        return Decision.to_csm(
+            snap.tag_owner, rule=NAME, why=f"new thread that {how} {snap.tag_owner}"
+        )
+    return None  # the quoted CSM is away or gone: a new thread like any other
+
+
+def _to_owner(thread: ThreadInfo, snap: Snapshot, matched_by: str) -> Decision:
+    ref = thread.ref
+    if thread.state is ThreadState.HELD or thread.owner is None:
+        return Decision.next_csm(rule=NAME, ref=ref, why=f"held thread ({matched_by})")
+    if not snap.in_pool(thread.owner):
+        why = f"owner {thread.owner} has left the pool ({matched_by})"
+        return Decision.next_csm(rule=NAME, ref=ref, why=why)
+    if thread.owner in snap.away:
+        why = f"owner {thread.owner} is away ({matched_by})"
+        return Decision.next_csm(rule=NAME, ref=ref, why=why)
+    reopened = ", reopened" if thread.state is ThreadState.CLOSED else ""
+    return Decision.to_csm(
+        thread.owner, rule=NAME, ref=ref, why=f"owner of the thread{reopened} ({matched_by})"
+    )

@@ -1,0 +1,12 @@
+"""Everything else: the next CSM by smooth weighted round-robin, or held if nobody can take it."""
+
+from __future__ import annotations
+
+from csm_router.decision import Decision, Snapshot
+from csm_router.message import Inbound
+
+NAME = "round-robin"
+
+
+def check(msg: Inbound, snap: Snapshot) -> Decision:
+    return Decision.next_csm(rule=NAME, why="new thread, next in the round-robin")

@@ -1,0 +1,287 @@
+"""Routing state in Redis: messages, threads, owners, the pool's turn; each change one script."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from redis import Redis
+
+from csm_router.config import Settings
+from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
+from csm_router.message import Inbound
+from csm_router.threads import FIRST_REF, refs_in_subject, refs_in_text, tags_in_text
+
+PREFIX = "csm:"
+RAW_TTL_SECONDS = 14 * 86400
+
+
+def key(*parts: object) -> str:
+    """`key("thread", 1042)` -> `csm:thread:1042`."""
+    return PREFIX + ":".join(str(p) for p in parts)
+
+
+def message_key(msg: Inbound | None, raw: bytes) -> str:
+    """A message's identity: its Message-ID, so a copy delivered twice is handled once."""
+    basis = msg.message_id.encode() if msg is not None else raw
+    return hashlib.sha256(basis).hexdigest()[:32]
+
+
+def text(value: Any) -> str:
+    """A Redis reply (bytes, str or None) as str."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _hash(raw: Any) -> dict[str, str]:
+    return {text(k): text(v) for k, v in dict(raw).items()}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What recording a decision did."""
+
+    status: str  # "new", or "dup" when the message had been recorded before
+    state: str  # decided | held | done | ignored | quarantined | enqueued | delivered
+    ref: int | None
+    owner: str | None
+    new_thread: bool = False
+    held_new: bool = False  # the thread has just become held: tell the overflow address
+    released: tuple[str, ...] = ()  # held messages now decided, to deliver
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> Outcome:
+        """The outcome a stored message record stands for (to finish interrupted work)."""
+        return cls(
+            status="dup",
+            state=record["state"],
+            ref=int(record["ref"]) if record.get("ref") else None,
+            owner=record.get("owner") or None,
+        )
+
+
+@dataclass(frozen=True)
+class Released:
+    """A held thread handed out: its new owner and the messages to deliver."""
+
+    ref: int
+    owner: str
+    messages: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Store:
+    """The facade over Redis that the router, the worker and the CLI share."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._scripts: dict[str, Any] = {}
+
+    # -- scripts --------------------------------------------------------------------
+
+    def _run(self, name: str, payload: dict[str, Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            lua = resources.files("csm_router") / "lua"
+            source = (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+            script = self._scripts[name] = self.redis.register_script(source)
+        base = {
+            "pool": [[m.address, m.weight] for m in self.settings.pool],
+            "env_away": sorted(self.settings.away),
+            "max_open": self.settings.max_open_per_csm,
+            "sla_seconds": self.settings.first_response_minutes * 60,
+        }
+        now = payload.setdefault("now", time.time())
+        payload.setdefault("day", datetime.fromtimestamp(now, UTC).date().isoformat())
+        return json.loads(script(args=[json.dumps(base | payload)]))
+
+    def ensure_sequence(self) -> None:
+        """Start thread references at FIRST_REF (idempotent)."""
+        self.redis.set(key("seq"), FIRST_REF - 1, nx=True)
+
+    # -- deciding -------------------------------------------------------------------
+
+    def snapshot(self, msg: Inbound, now: float, *, sender_verified: bool = True) -> Snapshot:
+        """Gather what the rules may read about `msg` in two round trips."""
+        header_ids = [*msg.in_reply_to, *reversed(msg.references)]
+        subject_refs = refs_in_subject(msg.subject)
+        body_refs = refs_in_text(msg.fresh_text) + refs_in_text(msg.text)
+        tags = tags_in_text(msg.text) + tags_in_text(msg.html or "")
+        pipe = self.redis.pipeline(transaction=False)
+        for mid in header_ids:
+            pipe.get(key("msgid", mid))
+        for tag in tags:
+            pipe.get(key("sigtag", tag))
+        pipe.hgetall(key("away"))
+        pipe.hgetall(key("onboarding", msg.account))
+        pipe.zrevrange(key("customer", msg.sender), 0, 19)
+        results = pipe.execute()
+        id_refs = [int(r) for r in results[: len(header_ids)] if r]
+        tag_owners = [text(r) for r in results[len(header_ids) : len(header_ids) + len(tags)] if r]
+        away_raw, onboarding_raw, customer_refs = results[len(header_ids) + len(tags) :]
+
+        candidates: list[tuple[int, str]] = [(r, "reply headers") for r in id_refs]
+        candidates += [(r, f"subject reference [CS-{r}]") for r in subject_refs]
+        candidates += [(r, f"reference CS-{r} in the text") for r in body_refs]
+        recent = [int(r) for r in customer_refs]
+        threads = self.threads_info([r for r, _ in candidates] + recent)
+
+        thread, matched_by = None, ""
+        for ref, how in candidates:
+            if ref in threads:
+                thread, matched_by = threads[ref], how
+                break
+        tag_owner = tag_owners[0] if tag_owners else None
+        tag_thread = next(
+            (
+                threads[r]
+                for r in recent
+                if r in threads
+                and threads[r].owner == tag_owner
+                and threads[r].state is not ThreadState.CLOSED
+            ),
+            None,
+        )
+        onboarding = None
+        if onboarding_raw:
+            ob = _hash(onboarding_raw)
+            onboarding = Onboarding(ob["owner"], float(ob["since"]), int(ob["days"]))
+        return Snapshot(
+            now=now,
+            alias=self.settings.alias.address,
+            pool=self.settings.pool,
+            away=self.settings.away | self._away_now(_hash(away_raw), now),
+            thread=thread,
+            matched_by=matched_by,
+            tag_owner=tag_owner,
+            tag_thread=tag_thread,
+            onboarding=onboarding,
+            sender_verified=sender_verified,
+        )
+
+    def threads_info(self, refs: list[int]) -> dict[int, ThreadInfo]:
+        unique = list(dict.fromkeys(refs))
+        if not unique:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for ref in unique:
+            pipe.hmget(key("thread", ref), "owner", "state", "customer")
+        found: dict[int, ThreadInfo] = {}
+        for ref, (owner, state, customer) in zip(unique, pipe.execute(), strict=True):
+            if state is not None:
+                found[ref] = ThreadInfo(
+                    ref, text(owner) or None, ThreadState(text(state)), text(customer)
+                )
+        return found
+
+    @staticmethod
+    def _away_now(away: dict[str, str], now: float) -> frozenset[str]:
+        return frozenset(a for a, until in away.items() if not until or float(until) > now)
+
+    def record(
+        self, msgkey: str, msg: Inbound, decision: Decision, now: float, *, uid: int = 0
+    ) -> Outcome:
+        """Record the decision for `msg` atomically; a repeat answers status 'dup'."""
+        payload = {
+            "msgkey": msgkey,
+            "now": now,
+            "uid": uid,
+            "action": decision.action.value,
+            "ref": decision.ref,
+            "target": decision.target,
+            "rule": decision.rule,
+            "why": decision.why,
+            "message_id": msg.message_id,
+            "link_ids": [msg.message_id],
+            "customer": msg.sender,
+            "customer_name": msg.sender_name,
+            "account": msg.account,
+            "subject": msg.subject,
+        }
+        return self._outcome(self._run("record", payload))
+
+    def record_quarantine(self, msgkey: str, message_id: str, reason: str, now: float) -> Outcome:
+        """Record that a message went to quarantine, with the reason."""
+        payload = {
+            "msgkey": msgkey,
+            "now": now,
+            "action": "quarantine",
+            "ref": None,
+            "rule": "quarantine",
+            "why": reason,
+            "message_id": message_id,
+        }
+        return self._outcome(self._run("record", payload))
+
+    @staticmethod
+    def _outcome(out: dict[str, Any]) -> Outcome:
+        released = out.get("released") or []
+        return Outcome(
+            status=out["status"],
+            state=out["state"],
+            ref=int(out["ref"]) if out.get("ref") not in (None, "") else None,
+            owner=out.get("owner") or None,
+            new_thread=bool(out.get("new_thread")),
+            held_new=bool(out.get("held_new")),
+            released=tuple(released) if isinstance(released, list) else (),
+        )
+
+    def release_held(self, now: float | None = None, limit: int = 100) -> list[Released]:
+        """Hand held threads to whoever can take them now."""
+        out = self._run("release", {"now": now or time.time(), "limit": limit})
+        if not isinstance(out, list):
+            return []
+        return [Released(int(r["ref"]), r["owner"], tuple(r["msgs"] or [])) for r in out]
+
+    def reassign(self, ref: int, target: str, why: str) -> dict[str, Any]:
+        """Give thread `ref` to `target`; answers the previous owner and messages to forward."""
+        return dict(self._run("reassign", {"ref": ref, "target": target, "why": why}))
+
+    # -- messages in flight ----------------------------------------------------------
+
+    def save_raw(self, msgkey: str, raw: bytes) -> None:
+        self.redis.set(key("raw", msgkey), raw, ex=RAW_TTL_SECONDS)
+
+    def load_raw(self, msgkey: str) -> bytes | None:
+        value: Any = self.redis.get(key("raw", msgkey))
+        return bytes(value) if value is not None else None
+
+    def message(self, msgkey: str) -> dict[str, str]:
+        return _hash(self.redis.hgetall(key("msg", msgkey)))
+
+    def thread(self, ref: int) -> dict[str, str]:
+        return _hash(self.redis.hgetall(key("thread", ref)))
+
+    def events(self, ref: int) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(key("thread", ref, "events"), 0, -1)]
+
+    def link_message_id(self, message_id: str, ref: int) -> None:
+        self.redis.set(key("msgid", message_id), ref)
+
+    # -- mailbox checkpoint ---------------------------------------------------------
+
+    def checkpoint(self, mailbox: str) -> tuple[int, int]:
+        """(UIDVALIDITY, last handled UID) of a mailbox; (0, 0) before the first run."""
+        validity, last = self.redis.hmget(key("mailbox", mailbox), "uidvalidity", "last_uid")
+        return int(validity or 0), int(last or 0)
+
+    def advance_checkpoint(self, mailbox: str, uidvalidity: int, uid: int) -> None:
+        """Move the checkpoint forward only; several routers may call this in any order."""
+        self.redis.eval(
+            "local v = redis.call('HGET', KEYS[1], 'uidvalidity')"
+            " local u = tonumber(redis.call('HGET', KEYS[1], 'last_uid') or '0')"
+            " if v ~= ARGV[1] then u = 0 end"
+            " if tonumber(ARGV[2]) > u then"
+            "   redis.call('HSET', KEYS[1], 'uidvalidity', ARGV[1], 'last_uid', ARGV[2]) end"
+            " return 1",
+            1,
+            key("mailbox", mailbox),
+            str(uidvalidity),
+            str(uid),
+        )

@@ -1,0 +1,65 @@
+"""Thread identity in text: `[CS-1042]` references and CSM signature tags. No I/O."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+REF_PREFIX = "CS"
+FIRST_REF = 1001
+
+# Crockford's base32 without I, L, O, U: no look-alikes when a tag is read aloud or retyped.
+TAG_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+TAG_LENGTH = 6
+
+_SUBJECT_REF_RE = re.compile(rf"\[\s*{REF_PREFIX}-(\d{{4,9}})\s*\]", re.IGNORECASE)
+# In a body a reference is written bare as often as bracketed ("about CS-1042").
+_BODY_REF_RE = re.compile(rf"(?<![\w-]){REF_PREFIX}-(\d{{4,9}})(?![\w-])", re.IGNORECASE)
+# The tag survives `>` quoting, reflowing (it has no spaces), HTML rendering and
+# quoted-printable (decoded before we look); case may change when clients autocorrect.
+_TAG_RE = re.compile(rf"(?<![\w-])CSM-([{TAG_ALPHABET}]{{{TAG_LENGTH}}})(?![\w-])", re.IGNORECASE)
+
+
+def format_ref(ref: int) -> str:
+    """`1042` -> `CS-1042`."""
+    return f"{REF_PREFIX}-{ref}"
+
+
+def subject_with_ref(subject: str, ref: int) -> str:
+    """The subject the product writes: `[CS-1042] original`, never two references."""
+    tag = f"[{format_ref(ref)}]"
+    if tag.lower() in subject.lower():
+        return subject
+    return f"{tag} {subject}".rstrip()
+
+
+def refs_in_subject(subject: str) -> list[int]:
+    """Bracketed references in a subject, first first."""
+    return _unique(int(m.group(1)) for m in _SUBJECT_REF_RE.finditer(subject))
+
+
+def refs_in_text(text: str) -> list[int]:
+    """References anywhere in a body, bracketed or bare."""
+    return _unique(int(m.group(1)) for m in _BODY_REF_RE.finditer(text))
+
+
+def new_tag() -> str:
+    """A fresh random signature tag (six Crockford base32 characters)."""
+    return "".join(secrets.choice(TAG_ALPHABET) for _ in range(TAG_LENGTH))
+
+
+def format_tag(tag: str) -> str:
+    return f"CSM-{tag}"
+
+
+def tags_in_text(text: str) -> list[str]:
+    """Signature tags found anywhere in a body, upper-cased, first first."""
+    return _unique(m.group(1).upper() for m in _TAG_RE.finditer(text))
+
+
+def _unique(items: Iterable[T]) -> list[T]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,171 @@
+"""End to end: mail delivered by LMTP to Dovecot, routed by `csm-router run`, sent by the worker."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from support.product import ALICE, BOB, CAROL, Product, body_of
+
+pytestmark = pytest.mark.integration
+
+
+def test_twelve_new_threads_split_by_weight(product: Product) -> None:
+    for n in range(12):
+        product.write(f"Customer {n} <c{n}@customer{n}.com>", f"Question {n}")
+    sent = product.route()
+    assert Counter(r.rcpt_tos[0] for r in sent) == {ALICE: 6, BOB: 3, CAROL: 3}
+    order = [r.rcpt_tos[0] for r in sorted(sent, key=lambda r: str(r.message["Subject"]))]
+    assert all(order[i : i + 3] != [ALICE] * 3 for i in range(len(order) - 2))
+
+
+def test_forward_has_the_documented_format(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (fwd,) = product.route()
+    msg = fwd.message
+    assert str(msg["Subject"]).startswith("[CS-1001] Dashboard export")
+    assert f'From: "Jane Doe via Acme Customer Success" <{product.alias}>'.encode() in fwd.data
+    assert msg["Reply-To"].addresses[0].addr_spec == "jane@globex.com"
+    assert msg["Reply-To"].addresses[1].addr_spec == product.alias
+    body = body_of(fwd)
+    assert "account globex.com" in body
+    assert "Why you: new thread, next in the round-robin" in body
+    assert "Answer due:" in body
+    assert "Could you help?" in body
+    assert fwd.mail_from == product.alias
+
+
+def test_customer_reply_reaches_owner_by_headers_subject_and_signature(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (first,) = product.route()
+    owner = first.rcpt_tos[0]
+    # The CSM replies from their own client; the customer's answer refers to the forward.
+    by_headers = product.write("Jane Doe <jane@globex.com>", "Re: something else",
+                               in_reply_to=str(first.message["Message-ID"]))
+    by_subject = product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
+    sent = product.route()
+    assert [r.rcpt_tos[0] for r in sent] == [owner, owner]
+    assert all("[CS-1001]" in str(r.message["Subject"]) for r in sent)
+    assert by_headers != by_subject
+
+    tag = product.cli("signature", owner).stdout.strip().splitlines()[-1].split()[-1]
+    product.write("Jane Doe <jane@otherco.com>", "New question",
+                  body=f"Another thing.\n\nOn Monday you wrote:\n> Cheers\n> {tag}\n")
+    (by_tag,) = product.route()
+    assert by_tag.rcpt_tos == [owner]
+    assert "quotes the signature of" in body_of(by_tag)
+
+
+def test_csm_copy_is_recorded_not_forwarded_and_another_csm_takes_over(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (first,) = product.route()
+    owner = first.rcpt_tos[0]
+    product.write(f"Owner <{owner}>", "Re: [CS-1001] Dashboard export", to="jane@globex.com",
+                  cc=product.alias, in_reply_to=str(first.message["Message-ID"]))
+    assert product.route() == []
+    thread = product.cli("thread", "CS-1001").stdout
+    assert "first response" in thread and "reply" in thread
+
+    other = CAROL if owner != CAROL else BOB
+    product.write(f"Other <{other}>", "Re: [CS-1001] Dashboard export", to="jane@globex.com",
+                  cc=product.alias)
+    assert product.route() == []
+    product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
+    (follow_up,) = product.route()
+    assert follow_up.rcpt_tos == [other]
+
+
+def test_away_csm_gets_nothing_new_and_owner_away_goes_to_next(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (first,) = product.route()
+    owner = first.rcpt_tos[0]
+    product.cli("away", owner)
+    for n in range(4):
+        product.write(f"C{n} <c{n}@c{n}.com>", f"New {n}")
+    product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
+    sent = product.route()
+    assert owner not in {r.rcpt_tos[0] for r in sent}
+    moved = [r for r in sent if "[CS-1001]" in str(r.message["Subject"])]
+    assert len(moved) == 1
+    assert f"owner {owner} is away" in body_of(moved[0])
+
+    status = json.loads(product.cli("status", "--json").stdout)
+    row = next(r for r in status["pool"] if r["address"] == owner)
+    assert row["away"] is True
+
+
+def test_nobody_available_holds_tells_lead_and_hands_out_on_return(product: Product) -> None:
+    for csm in (ALICE, BOB, CAROL):
+        product.cli("away", csm)
+    product.write("Jane Doe <jane@globex.com>", "Anyone there?")
+    sent = product.route()
+    assert [r.rcpt_tos for r in sent] == [["cs-lead@acme.com"]]
+    assert "[CS-1001]" in str(sent[0].message["Subject"])
+    assert "jane@globex.com" in body_of(sent[0])
+    assert json.loads(product.cli("status", "--json").stdout)["held"] == 1
+
+    product.cli("back", BOB)
+    product.cli("worker", "--burst")
+    handed_out = product.smtp.messages[product.seen :]
+    assert [r.rcpt_tos for r in handed_out] == [[BOB]]
+
+
+def test_onboarding_owner_gets_the_accounts_mail(product: Product) -> None:
+    product.cli("assign", "newco.io", CAROL, "--days", "30")
+    for n in range(3):
+        product.write(f"N{n} <n{n}@newco.io>", f"Kick-off {n}")
+    sent = product.route()
+    assert [r.rcpt_tos[0] for r in sent] == [CAROL] * 3
+    assert "onboarding owner of newco.io" in body_of(sent[0])
+
+
+def test_auto_replies_and_broken_mail_start_nothing(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Out of office",
+                  headers={"Auto-Submitted": "auto-replied"})
+    product.deliver(b"From: someone\r\nSubject: no id\r\n\r\nbody\r\n")
+    assert product.route() == []
+    client = product.mailbox.imap_client()
+    client.select_folder("Quarantine")
+    assert len(client.search("ALL")) == 1
+    client.select_folder("INBOX")
+    assert len(client.search("ALL")) == 2  # nothing is deleted from the mailbox
+
+
+def test_restart_routes_only_what_is_new(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "First")
+    assert len(product.route()) == 1
+    assert product.route() == []
+    product.write("Joe Roe <joe@initech.io>", "Second")
+    (second,) = product.route()
+    assert "[CS-1002]" in str(second.message["Subject"])
+
+
+def test_status_lists_the_pool(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "First")
+    product.route()
+    status = json.loads(product.cli("status", "--json").stdout)
+    assert [r["address"] for r in status["pool"]] == [ALICE, BOB, CAROL]
+    assert [r["weight"] for r in status["pool"]] == [2, 1, 1]
+    assert sum(r["open"] for r in status["pool"]) == 1
+    assert sum(r["assigned_today"] for r in status["pool"]) == 1
+    table = product.cli("status").stdout
+    assert "Alice Smith" in table and "weight" in table
+
+
+def test_reassign_forwards_the_thread_to_the_new_owner(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "First")
+    (first,) = product.route()
+    target = CAROL if first.rcpt_tos[0] != CAROL else BOB
+    product.cli("reassign", "CS-1001", target)
+    product.cli("worker", "--burst")
+    (moved,) = product.smtp.messages[product.seen :]
+    assert moved.rcpt_tos == [target]
+    assert "reassigned to you by an admin" in body_of(moved)
+
+
+def test_check_logs_in_everywhere_without_showing_secrets(product: Product) -> None:
+    done = product.cli("check")
+    assert done.stdout.count("ok") >= 4
+    assert product.mailbox.password not in done.stdout + done.stderr

@@ -1,0 +1,142 @@
+"""Smoke tests proving the real-server fixtures in tests/conftest.py work."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import redis
+
+from support.servers import (
+    DovecotServer,
+    Mailbox,
+    MissingServerBinary,
+    SmtpRecorder,
+    find_binary,
+)
+
+pytestmark = pytest.mark.integration
+
+_seen_users: list[str] = []
+
+
+def make_raw(subject: str, body: str = "Hello from a customer.\n") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Customer <customer@example.com>"
+    msg["To"] = "success@acme.com"
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@example.com>"
+    msg.set_content(body)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def test_lmtp_delivery_is_visible_over_imap(mailbox: Mailbox) -> None:
+    raw = make_raw("Renewal question", "Can we talk about the renewal?\n")
+    mailbox.deliver(raw)
+
+    client = mailbox.imap_client()
+    client.select_folder("INBOX", readonly=True)
+    uids = client.search("ALL")
+    assert len(uids) == 1
+    fetched: bytes = client.fetch(uids, ["RFC822"])[uids[0]][b"RFC822"]
+    # Dovecot prepends Return-Path/Delivered-To/Received like any MDA; the original follows.
+    assert fetched.endswith(raw)
+    assert b"Delivered-To: " + mailbox.user.encode() in fetched
+    assert b"Subject: Renewal question\r\n" in fetched
+
+
+def test_imap_url_and_login(dovecot: DovecotServer, mailbox: Mailbox) -> None:
+    assert mailbox.imap_url == (
+        f"imap://{mailbox.user.replace('@', '%40')}:{dovecot.password}"
+        f"@127.0.0.1:{dovecot.imap_port}/INBOX"
+    )
+    assert dovecot.imap_url("a@b.c", "Archive/2024").endswith("/Archive%2F2024")
+
+
+def test_idle_is_woken_by_delivery(mailbox: Mailbox) -> None:
+    client = mailbox.imap_client()
+    assert b"IDLE" in client.capabilities()
+    client.select_folder("INBOX")
+    client.idle()
+    try:
+        mailbox.deliver(make_raw("Wake up"))
+        responses: list[tuple[object, ...]] = []
+        deadline = time.monotonic() + 10
+        while not any(r[1:2] == (b"EXISTS",) for r in responses):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no EXISTS during IDLE, got {responses}"
+            responses += client.idle_check(timeout=remaining)
+    finally:
+        client.idle_done()
+    assert (1, b"EXISTS") in responses
+
+
+def test_uidvalidity_is_stable_across_reconnections(mailbox: Mailbox) -> None:
+    mailbox.deliver(make_raw("First"))
+    first = mailbox.imap_client()
+    before = first.select_folder("INBOX")
+    first.logout()
+    mailbox.deliver(make_raw("Second"))
+    after = mailbox.imap_client().select_folder("INBOX")
+    assert after[b"UIDVALIDITY"] == before[b"UIDVALIDITY"]
+    assert after[b"EXISTS"] == 2
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_each_test_gets_a_fresh_mailbox(mailbox: Mailbox, run: int) -> None:
+    assert mailbox.user not in _seen_users
+    _seen_users.append(mailbox.user)
+    client = mailbox.imap_client()
+    assert client.select_folder("INBOX")[b"EXISTS"] == 0
+    mailbox.deliver(make_raw(f"Run {run}"))
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_redis_is_flushed_between_tests(redis_url: str, run: int) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.dbsize() == 0
+        client.set(f"left-over-{run}", "x")
+
+
+def test_smtp_recorder_records_messages(smtp: SmtpRecorder) -> None:
+    assert smtp.url == f"smtp://127.0.0.1:{smtp.port}"
+    raw = make_raw("Forwarded to you")
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        client.sendmail("router@acme.com", ["alice@acme.com", "bob@acme.com"], raw)
+
+    (received,) = smtp.wait_for(1)
+    assert received.mail_from == "router@acme.com"
+    assert received.rcpt_tos == ["alice@acme.com", "bob@acme.com"]
+    assert received.data == raw
+    assert received.message["Subject"] == "Forwarded to you"
+    smtp.clear()
+    assert smtp.messages == []
+
+
+def test_smtp_recorder_refuses_on_demand(smtp: SmtpRecorder) -> None:
+    smtp.fail_next(451)
+    smtp.fail_next(550, "5.7.1 rejected by policy")
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as temporary:
+            client.sendmail("router@acme.com", ["alice@acme.com"], make_raw("One"))
+        assert temporary.value.smtp_code == 451
+        with pytest.raises(smtplib.SMTPDataError) as permanent:
+            client.sendmail("router@acme.com", ["alice@acme.com"], make_raw("Two"))
+        assert (permanent.value.smtp_code, permanent.value.smtp_error) == (
+            550, b"5.7.1 rejected by policy")
+        client.sendmail("router@acme.com", ["alice@acme.com"], make_raw("Three"))
+
+    assert [m.message["Subject"] for m in smtp.wait_for(1)] == ["Three"]
+
+
+def test_smtp_recorder_wait_for_times_out(smtp: SmtpRecorder) -> None:
+    with pytest.raises(AssertionError, match="expected 1 message"):
+        smtp.wait_for(1, timeout=0.1)
+
+
+def test_missing_binary_fails_with_hint(tmp_path: Path) -> None:
+    with pytest.raises(MissingServerBinary, match="README"):
+        find_binary("no-such-server", str(tmp_path / "no-such-server"))

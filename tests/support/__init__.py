@@ -1,0 +1,1 @@
+"""Test-suite support code: real servers for the integration tests."""

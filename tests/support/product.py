@@ -1,0 +1,101 @@
+"""The product as a user runs it: the real `csm-router` commands against the test servers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+from support.servers import Mailbox, Received, SmtpRecorder
+
+POOL = "Alice Smith <alice@acme.com>*2, Bob Jones <bob@acme.com>, Carol Diaz <carol@acme.com>"
+ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
+
+
+def customer_mail(
+    sender: str,
+    subject: str,
+    body: str = "Hello,\n\nCould you help?\n\nThanks\n",
+    *,
+    to: str,
+    cc: str | None = None,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[str, bytes]:
+    """A message as a mail client writes it; answers (Message-ID, bytes)."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    message_id = make_msgid(domain="client.example")
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = references or in_reply_to
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    return message_id, msg.as_bytes()
+
+
+@dataclass
+class Product:
+    """Runs the real `csm-router` commands with an environment pointing at the test servers."""
+
+    mailbox: Mailbox
+    smtp: SmtpRecorder
+    env: dict[str, str]
+    workdir: Path
+    seen: int = 0
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def alias(self) -> str:
+        return self.mailbox.user
+
+    def deliver(self, raw: bytes) -> None:
+        self.mailbox.deliver(raw)
+
+    def write(self, sender: str, subject: str, body: str = "Hello,\n\nCould you help?\n",
+              **kw: str | dict[str, str] | None) -> str:
+        """A customer (or CSM) writes to the alias; answers the Message-ID."""
+        kw.setdefault("to", self.alias)
+        message_id, raw = customer_mail(sender, subject, body, **kw)  # type: ignore[arg-type]
+        self.deliver(raw)
+        return message_id
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "csm_router.cli", *args],
+            env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=120,
+        )
+        self.logs.append(f"$ csm-router {' '.join(args)}\n{done.stdout}{done.stderr}")
+        if check and done.returncode != 0:
+            raise AssertionError(f"csm-router {' '.join(args)} failed:\n{done.stderr}")
+        return done
+
+    def route(self) -> list[Received]:
+        """Run the router until idle, then a burst worker; answers what was newly sent."""
+        self.cli("run", "--exit-when-idle")
+        self.cli("worker", "--burst")
+        new = self.smtp.messages[self.seen :]
+        self.seen = len(self.smtp.messages)
+        return new
+
+
+def forwards_to(received: list[Received], address: str) -> list[Received]:
+    return [r for r in received if r.rcpt_tos == [address]]
+
+
+def body_of(received: Received) -> str:
+    part = received.message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())

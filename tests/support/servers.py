@@ -1,0 +1,426 @@
+"""Real redis-server, Dovecot (IMAP + LMTP) and a recording SMTP relay for integration tests.
+
+Every server listens on a free loopback port and keeps its files in a directory handed in by
+the caller (a pytest tmp dir).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections import deque
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import redis
+from aiosmtpd.controller import Controller
+from imapclient import IMAPClient
+
+HOST = "127.0.0.1"
+TEST_COMMAND_HINT = (
+    "run the test suite with the test command from the README, which installs "
+    "redis-server, dovecot-imapd and dovecot-lmtpd"
+)
+START_TIMEOUT = 15.0
+
+
+class MissingServerBinary(RuntimeError):
+    """A server program the integration tests need is not installed."""
+
+
+class ServerStartError(RuntimeError):
+    """A server process exited or never became ready."""
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` distinct loopback ports that were free a moment ago."""
+    with ExitStack() as stack:
+        # Hold every socket open until all are bound so the kernel cannot hand out one port twice.
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((HOST, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def find_binary(name: str, fallback: str) -> str:
+    """Locate a server program on PATH or at its Debian path, or raise MissingServerBinary."""
+    found = shutil.which(name) or (fallback if os.access(fallback, os.X_OK) else None)
+    if found is None:
+        raise MissingServerBinary(f"{name} is not installed (looked on PATH and at {fallback}); "
+                                  f"{TEST_COMMAND_HINT}")
+    return found
+
+
+def grant_traverse(path: Path, up_to: Path) -> None:
+    """Add o+x to `path` and its ancestors up to and including `up_to`.
+
+    Dovecot's mail processes run as the unprivileged `dovecot` user and must reach the temp dir,
+    while pytest creates its tmp dirs with mode 0700. Only directories we own are touched.
+    """
+    up_to = up_to.resolve()
+    current = path.resolve()
+    for directory in [current, *current.parents]:
+        info = directory.stat()
+        if info.st_uid == os.getuid() and not info.st_mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
+        if directory == up_to:
+            break
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"<{path} does not exist>"
+    return "\n".join(text.splitlines()[-lines:]) or f"<{path} is empty>"
+
+
+class _Server:
+    """Context-manager plumbing shared by the servers."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Server):
+    """A throw-away redis-server without persistence."""
+
+    def __init__(self, root: Path, binary: str | None = None) -> None:
+        self.root = root
+        self.binary = binary
+        self.host = HOST
+        self.port = 0
+        self.log_path = root / "redis.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """Return a new client for database 0; kwargs go to redis.Redis.from_url."""
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def start(self) -> None:
+        binary = self.binary or find_binary("redis-server", "/usr/bin/redis-server")
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.port,) = free_ports(1)
+        args = [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
+            while True:
+                if self._proc.poll() is not None:
+                    raise ServerStartError(f"redis-server exited with {self._proc.returncode}:\n"
+                                           f"{_tail(self.log_path)}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServerStartError(f"redis-server did not answer PING on {self.url}:\n"
+                                           f"{_tail(self.log_path)}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc)
+            self._proc = None
+
+
+DOVECOT_CONF = """\
+# Generated by tests/support/servers.py: throw-away IMAP + LMTP server for integration tests.
+protocols = imap lmtp
+listen = {host}
+base_dir = {root}/run
+state_dir = {root}/state
+instance_name = csm-router-test
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+
+# Running as root with mail owned by the `dovecot` system user (uid < 500).
+first_valid_uid = 1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_username_format = %Lu
+mail_location = maildir:{root}/mail/%u
+mail_plugins =
+# IDLE normally wakes through inotify; this bounds the fallback polling.
+mailbox_idle_check_interval = 1 secs
+
+# Every user exists and shares one password, so each test can take a fresh mailbox.
+passdb {{
+  driver = static
+  args = password={password}
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={root}/mail/%u allow_all_users=yes
+}}
+
+service imap-login {{
+  inet_listener imap {{
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    port = {lmtp_port}
+  }}
+}}
+"""
+
+
+class DovecotServer(_Server):
+    """Dovecot in the foreground serving IMAP and LMTP for any user with one shared password."""
+
+    def __init__(self, root: Path, password: str = "secret", binary: str | None = None) -> None:
+        self.root = root
+        self.password = password
+        self.binary = binary
+        self.host = HOST
+        self.imap_port = 0
+        self.lmtp_port = 0
+        self.config_path = root / "dovecot.conf"
+        self.log_path = root / "dovecot.log"
+        self.stderr_path = root / "dovecot.stderr"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def imap_url(self, user: str, folder: str = "INBOX") -> str:
+        """URL with the user and password percent-encoded, e.g. imap://u%40d:pw@host:port/INBOX."""
+        return (f"imap://{quote(user, safe='')}:{quote(self.password, safe='')}"
+                f"@{self.host}:{self.imap_port}/{quote(folder, safe='')}")
+
+    def deliver(self, rcpt: str, raw: bytes, mail_from: str = "customer@example.com") -> None:
+        """Deliver `raw` to `rcpt` over LMTP like an MTA; raises smtplib errors if refused."""
+        with smtplib.LMTP(self.host, self.lmtp_port, timeout=10) as lmtp:
+            refused = lmtp.sendmail(mail_from, [rcpt], raw)
+        if refused:  # sendmail only raises when all recipients fail; keep this explicit.
+            raise smtplib.SMTPRecipientsRefused(refused)
+
+    def imap_client(self, user: str) -> IMAPClient:
+        """Return a logged-in IMAPClient; the caller logs out."""
+        client = IMAPClient(self.host, port=self.imap_port, ssl=False, timeout=10)
+        client.login(user, self.password)
+        return client
+
+    def write_config(self) -> None:
+        self.config_path.write_text(DOVECOT_CONF.format(
+            host=self.host, root=self.root, password=self.password,
+            imap_port=self.imap_port, lmtp_port=self.lmtp_port,
+        ))
+
+    def start(self) -> None:
+        binary = self.binary or find_binary("dovecot", "/usr/sbin/dovecot")
+        mail_dir = self.root / "mail"
+        mail_dir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(mail_dir, "dovecot", "dovecot")
+        self.imap_port, self.lmtp_port = free_ports(2)
+        self.write_config()
+        with self.stderr_path.open("wb") as err:
+            self._proc = subprocess.Popen([binary, "-F", "-c", str(self.config_path)],
+                                          stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        try:
+            self._wait_for_greeting(self.imap_port, b"* OK")
+            self._wait_for_greeting(self.lmtp_port, b"220 ")
+        except ServerStartError:
+            self.stop()
+            raise
+
+    def _wait_for_greeting(self, port: int, greeting: bytes) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServerStartError(f"dovecot exited with {self._proc.returncode}\n"
+                                       f"{self._diagnostics()}")
+            try:
+                with socket.create_connection((self.host, port), timeout=2) as sock:
+                    line = sock.makefile("rb").readline()
+                if line.startswith(greeting):
+                    return
+                last_error = ServerStartError(f"unexpected greeting {line!r}")
+            except OSError as exc:
+                last_error = exc
+            time.sleep(0.05)
+        raise ServerStartError(f"dovecot did not greet with {greeting!r} on port {port} "
+                               f"({last_error})\n{self._diagnostics()}")
+
+    def _diagnostics(self) -> str:
+        return (f"--- tail of {self.log_path} ---\n{_tail(self.log_path)}\n"
+                f"--- tail of {self.stderr_path} ---\n{_tail(self.stderr_path)}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc)
+            self._proc = None
+
+
+@dataclass
+class Mailbox:
+    """One user's mailbox on the Dovecot test server."""
+
+    server: DovecotServer
+    user: str
+    _clients: list[IMAPClient] = field(default_factory=list, repr=False)
+
+    @property
+    def imap_url(self) -> str:
+        return self.server.imap_url(self.user)
+
+    @property
+    def password(self) -> str:
+        return self.server.password
+
+    def deliver(self, raw: bytes, mail_from: str = "customer@example.com") -> None:
+        """Deliver `raw` to this mailbox over LMTP."""
+        self.server.deliver(self.user, raw, mail_from=mail_from)
+
+    def imap_client(self) -> IMAPClient:
+        """Return a logged-in IMAPClient that is logged out by close()."""
+        client = self.server.imap_client(self.user)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Log out the clients made by imap_client()."""
+        for client in self._clients:
+            # The test may already have logged out, or the connection died; nothing to clean up.
+            with suppress(Exception):
+                client.logout()
+        self._clients.clear()
+
+
+@dataclass
+class Received:
+    """One message accepted by SmtpRecorder."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)
+
+
+class _RecordingHandler:
+    """aiosmtpd handler; runs on the controller's event-loop thread."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.messages: list[Received] = []
+        self.failures: deque[str] = deque()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        content = envelope.content
+        data = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+        with self.cond:
+            if self.failures:
+                return self.failures.popleft()
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), data))
+            self.cond.notify_all()
+        return "250 2.0.0 OK: queued"
+
+
+class SmtpRecorder(_Server):
+    """SMTP relay on loopback that records what it is sent and can refuse on demand."""
+
+    def __init__(self) -> None:
+        self.host = HOST
+        self.port = 0
+        self._handler = _RecordingHandler()
+        self._controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    @property
+    def messages(self) -> list[Received]:
+        with self._handler.cond:
+            return list(self._handler.messages)
+
+    def fail_next(self, code: int, text: str | None = None, count: int = 1) -> None:
+        """Answer the next `count` DATA commands with `code text` instead of accepting."""
+        if text is None:
+            text = "4.3.0 try later" if 400 <= code < 500 else "5.7.1 rejected"
+        with self._handler.cond:
+            self._handler.failures.extend([f"{code} {text}"] * count)
+
+    def wait_for(self, count: int, timeout: float = 20) -> list[Received]:
+        """Block until at least `count` messages were recorded and return them all."""
+        cond = self._handler.cond
+        with cond:
+            if not cond.wait_for(lambda: len(self._handler.messages) >= count, timeout):
+                got = [(m.mail_from, m.rcpt_tos, m.message["Subject"])
+                       for m in self._handler.messages]
+                raise AssertionError(f"expected {count} message(s) within {timeout}s, "
+                                     f"got {len(got)}: {got}")
+            return list(self._handler.messages)
+
+    def clear(self) -> None:
+        """Forget recorded messages and pending failures."""
+        with self._handler.cond:
+            self._handler.messages.clear()
+            self._handler.failures.clear()
+
+    def start(self) -> None:
+        (self.port,) = free_ports(1)
+        self._controller = Controller(self._handler, hostname=self.host, port=self.port,
+                                      server_hostname="relay.test", enable_SMTPUTF8=True)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None

@@ -1,0 +1,121 @@
+"""Configuration: the contract's variables, their syntax, and one clear error per mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from csm_router.config import ConfigError, PoolMember, load_settings, parse_pool, redact_url
+
+BASE = {
+    "ROUTER_ALIAS": "Acme Customer Success <success@acme.com>",
+    "ROUTER_POOL": "Alice Smith <alice@acme.com>*2, Bob Jones <bob@acme.com>, carol@acme.com",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> pytest.MonkeyPatch:
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]  # no stray .env
+    for name, value in BASE.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def test_pool_syntax_with_names_and_weights() -> None:
+    assert parse_pool(BASE["ROUTER_POOL"]) == (
+        PoolMember("alice@acme.com", "Alice Smith", 2),
+        PoolMember("bob@acme.com", "Bob Jones", 1),
+        PoolMember("carol@acme.com", "", 1),
+    )
+
+
+def test_pool_names_may_hold_commas_in_quotes() -> None:
+    (member,) = parse_pool('"Smith, Alice" <Alice@Acme.com> * 3')
+    assert member == PoolMember("alice@acme.com", "Smith, Alice", 3)
+
+
+@pytest.mark.parametrize(
+    ("pool", "problem"),
+    [
+        ("", "empty"),
+        ("alice@acme.com*0", "at least 1"),
+        ("alice@acme.com, ALICE@acme.com", "listed twice"),
+        ("not an address", "not an email address"),
+    ],
+)
+def test_bad_pool_names_the_problem(pool: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_pool(pool)
+
+
+def test_every_documented_variable_is_read(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_IMAP_URL", "imaps://success%40acme.com:s3cr%2Ft@imap.acme.com/INBOX")
+    env.setenv("ROUTER_SMTP_URL", "smtp://mailer:secret@smtp.acme.com:2525")
+    env.setenv("ROUTER_REDIS_URL", "redis://localhost:6379/3")
+    env.setenv("ROUTER_MAX_OPEN_PER_CSM", "40")
+    env.setenv("ROUTER_AWAY", "bob@acme.com")
+    env.setenv("ROUTER_SUPPORT_ADDRESS", "support@acme.com")
+    env.setenv("ROUTER_ONBOARDING_DAYS", "30")
+    env.setenv("ROUTER_FIRST_RESPONSE_MINUTES", "45")
+    env.setenv("ROUTER_OVERFLOW_ADDRESS", "cs-lead@acme.com")
+    env.setenv("ROUTER_POLL_SECONDS", "5")
+    s = load_settings()
+    assert s.imap_url is not None and s.smtp_url is not None
+    assert (s.imap_url.scheme, s.imap_url.port, s.imap_url.username, s.imap_url.password) == (
+        "imaps", 993, "success@acme.com", "s3cr/t")
+    assert s.imap_url.path == "INBOX" and s.imap_url.tls
+    assert (s.smtp_url.port, s.smtp_url.tls) == (2525, False)
+    assert s.redis_url.endswith("/3")
+    assert s.max_open_per_csm == 40 and s.away == {"bob@acme.com"}
+    assert s.support_address is not None and s.support_address.address == "support@acme.com"
+    assert s.onboarding_days == 30 and s.first_response_minutes == 45 and s.poll_seconds == 5
+    assert s.overflow_address is not None and s.overflow_address.address == "cs-lead@acme.com"
+    assert s.alias.name == "Acme Customer Success"
+
+
+def test_dotenv_file_is_read(env: pytest.MonkeyPatch, tmp_path: object) -> None:
+    env.delenv("ROUTER_POOL")
+    (tmp_path / ".env").write_text("ROUTER_POOL=dora@acme.com*4\n")  # type: ignore[operator]
+    assert load_settings().pool == (PoolMember("dora@acme.com", "", 4),)
+
+
+def test_passwords_never_show(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_IMAP_URL", "imap://u:hunter2@imap.acme.com")
+    s = load_settings()
+    assert "hunter2" not in str(s.imap_url) and "hunter2" not in repr(s.imap_url)
+    assert "hunter2" not in redact_url("redis://:hunter2@localhost:6379/0")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("ROUTER_IMAP_URL", "http://imap.acme.com", "scheme must be one of imap://"),
+        ("ROUTER_SMTP_URL", "smtp://", "no host"),
+        ("ROUTER_MAX_OPEN_PER_CSM", "-1", "greater than or equal to 0"),
+        ("ROUTER_POLL_SECONDS", "soon", "valid number"),
+        ("ROUTER_AWAY", "dave@acme.com", "not in ROUTER_POOL"),
+        ("ROUTER_REDIS_URL", "localhost:6379", "redis://"),
+    ],
+)
+def test_bad_value_names_its_variable(
+    env: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    env.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.variable == variable
+    assert problem in str(info.value)
+
+
+def test_missing_pool_stops_the_process_with_one_line(env: pytest.MonkeyPatch) -> None:
+    env.delenv("ROUTER_POOL")
+    env.setenv("ROUTER_IMAP_URL", "imap://u:hunter2@imap.acme.com")
+    done = subprocess.run(
+        [sys.executable, "-m", "csm_router.cli", "status"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    expected = "csm-router: configuration error: ROUTER_POOL: is required but not set"
+    assert done.stderr.strip() == expected
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
