@@ -296,9 +296,16 @@ def _payload_bytes(part: Message) -> bytes:
     if part.is_multipart():
         payload = part.get_payload()
         subs = payload if isinstance(payload, list) else [payload]
-        return b"".join(s.as_bytes(policy=policy.compat32) for s in subs if isinstance(s, Message))
+        return b"".join(_serialise(s) for s in subs if isinstance(s, Message))
     data = part.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
+
+
+def _serialise(msg: Message) -> bytes:
+    try:
+        return msg.as_bytes(policy=policy.compat32)
+    except UnicodeError:  # the bytes generator chokes on some broken encapsulated messages
+        return msg.as_string(policy=policy.compat32).encode("utf-8", "replace")
 
 
 def _codec(charset: str) -> str | None:

@@ -1,0 +1,184 @@
+"""The Redis scripts: smooth weighted round-robin, away, capacity, holding and hand-out."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import fakeredis
+import pytest
+
+from csm_router import pool
+from csm_router.config import Settings, load_settings
+from csm_router.decide import decide
+from csm_router.message import Inbound, parse
+from csm_router.store import Outcome, Store, key, message_key
+
+ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
+NOW = 1_800_000_000.0
+_ids = itertools.count(1)
+
+
+def settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "alias": "Acme Customer Success <success@acme.com>",
+        "pool": "Alice <alice@acme.com>*2, Bob <bob@acme.com>, Carol <carol@acme.com>",
+        "away": "",
+        "max_open_per_csm": 0,
+    }
+    return load_settings(**(values | overrides))
+
+
+def make_store(**overrides: object) -> Store:
+    store = Store(fakeredis.FakeRedis(), settings(**overrides))
+    store.ensure_sequence()
+    return store
+
+
+def mail(sender: str = "jane@globex.com", subject: str = "Question", extra: str = "") -> Inbound:
+    n = next(_ids)
+    return parse(
+        f"From: {sender}\r\nTo: success@acme.com\r\nSubject: {subject}\r\n"
+        f"Message-ID: <m{n}@client.example>\r\n{extra}\r\nHello\r\n".encode()
+    )
+
+
+def route(store: Store, msg: Inbound, now: float = NOW) -> Outcome:
+    decision = decide(msg, store.snapshot(msg, now))
+    return store.record(message_key(msg, msg.raw), msg, decision, now)
+
+
+def owners(store: Store, count: int) -> list[str | None]:
+    return [route(store, mail(f"c{i}@c{i}.com")).owner for i in range(count)]
+
+
+def test_smooth_weighted_round_robin_sequence() -> None:
+    store = make_store()
+    sequence = owners(store, 12)
+    assert sequence == [ALICE, BOB, CAROL, ALICE] * 3  # nginx's smooth order for 2:1:1
+    assert Counter(sequence) == {ALICE: 6, BOB: 3, CAROL: 3}
+
+
+def test_heavy_weight_is_spread_not_bunched() -> None:
+    store = make_store(pool="a@acme.com*5, b@acme.com, c@acme.com")
+    sequence = owners(store, 7)
+    assert sequence == ["a@acme.com", "a@acme.com", "b@acme.com", "a@acme.com",
+                        "c@acme.com", "a@acme.com", "a@acme.com"]
+
+
+def test_away_csm_is_skipped_and_gains_no_credit() -> None:
+    store = make_store()
+    pool.set_away(store, ALICE)
+    assert Counter(owners(store, 6)) == {BOB: 3, CAROL: 3}
+    pool.set_back(store, ALICE)
+    assert owners(store, 4) == [ALICE, BOB, CAROL, ALICE]
+
+
+def test_away_until_a_time_expires_by_itself() -> None:
+    store = make_store()
+    pool.set_away(store, ALICE, until=NOW + 60)
+    assert ALICE not in owners(store, 4)
+    late = [route(store, mail(f"l{i}@late.com"), now=NOW + 61).owner for i in range(4)]
+    assert ALICE in late
+
+
+def test_away_from_the_environment_counts() -> None:
+    store = make_store(away="bob@acme.com")
+    assert BOB not in owners(store, 8)
+
+
+def test_capacity_full_pool_holds_then_hands_out_when_room_frees() -> None:
+    store = make_store(max_open_per_csm=1)
+    assert Counter(owners(store, 3)) == {ALICE: 1, BOB: 1, CAROL: 1}
+    held = route(store, mail("late@late.com"))
+    assert (held.state, held.owner, held.held_new) == ("held", None, True)
+    again = route(store, mail("late@late.com", f"Re: [CS-{held.ref}] Question"))
+    assert (again.state, again.ref, again.held_new) == ("held", held.ref, False)
+    assert store.release_held(NOW) == []
+
+    store.redis.srem(key("open", BOB), 1002)  # Bob's thread closes: room for one
+    (released,) = store.release_held(NOW)
+    assert (released.ref, released.owner) == (held.ref, BOB)
+    assert len(released.messages) == 2  # both held messages go out to Bob
+    assert store.message(released.messages[0])["state"] == "decided"
+    assert pool.held_count(store) == 0
+
+
+def test_nobody_available_then_one_back() -> None:
+    store = make_store()
+    for csm in (ALICE, BOB, CAROL):
+        pool.set_away(store, csm)
+    outcome = route(store, mail())
+    assert outcome.state == "held"
+    pool.set_back(store, CAROL)
+    assert [(r.ref, r.owner) for r in store.release_held(NOW)] == [(outcome.ref, CAROL)]
+
+
+def test_same_message_twice_is_recorded_once() -> None:
+    store = make_store()
+    msg = mail()
+    first = route(store, msg)
+    second = route(store, msg)
+    assert (first.status, second.status) == ("new", "dup")
+    assert second.ref == first.ref and second.owner == first.owner
+    assert store.redis.get(key("seq")) == b"1001"
+
+
+def test_reply_headers_join_the_thread() -> None:
+    store = make_store()
+    first = mail()
+    one = route(store, first)
+    two = route(store, mail(extra=f"In-Reply-To: {first.message_id}\r\n"))
+    assert (two.ref, two.owner, two.new_thread) == (one.ref, one.owner, False)
+
+
+def test_csm_reply_records_first_response_and_takes_ownership() -> None:
+    store = make_store()
+    one = route(store, mail())
+    assert one.owner == ALICE
+    reply = route(store, mail(CAROL, f"Re: [CS-{one.ref}] Question"), now=NOW + 300)
+    assert (reply.state, reply.owner) == ("done", CAROL)
+    thread = store.thread(one.ref or 0)
+    assert thread["owner"] == CAROL and float(thread["first_response"]) == NOW + 300
+    assert store.redis.lrange(key("stats", "first-response", CAROL), 0, -1) == [b"300"]
+    assert store.redis.smembers(key("open", ALICE)) == set()
+    rows = {r.address: r for r in pool.status(store, NOW + 300)}
+    assert rows[CAROL].open == 1 and rows[CAROL].median_first_response_minutes == 5.0
+
+
+def test_closed_thread_reopens_with_its_owner_and_a_new_clock() -> None:
+    store = make_store()
+    one = route(store, mail())
+    store.redis.hset(key("thread", one.ref), mapping={"state": "closed", "due": ""})
+    again = route(store, mail(subject=f"Re: [CS-{one.ref}] Question"), now=NOW + 999)
+    assert (again.ref, again.owner) == (one.ref, one.owner)
+    thread = store.thread(one.ref or 0)
+    assert thread["state"] == "open"
+    assert float(thread["due"]) == NOW + 999 + 60 * 60
+
+
+def test_reassign_moves_open_thread_and_history() -> None:
+    store = make_store()
+    one = route(store, mail())
+    result = store.reassign(one.ref or 0, BOB, "by an admin")
+    assert result["previous"] == ALICE
+    assert store.redis.smembers(key("open", BOB)) == {b"1001"}
+    assert [e["event"] for e in store.events(one.ref or 0)] == ["new", "reassigned"]
+
+
+def test_checkpoint_only_moves_forward_and_resets_on_new_uidvalidity() -> None:
+    store = make_store()
+    store.advance_checkpoint("box", 7, 10)
+    store.advance_checkpoint("box", 7, 4)
+    assert store.checkpoint("box") == (7, 10)
+    store.advance_checkpoint("box", 8, 3)
+    assert store.checkpoint("box") == (8, 3)
+
+
+def test_signature_tag_is_stable_and_unique() -> None:
+    store = make_store()
+    alice = pool.signature_tag(store, ALICE)
+    assert pool.signature_tag(store, ALICE) == alice
+    assert pool.signature_tag(store, BOB) != alice
+    with pytest.raises(pool.PoolError, match="not in ROUTER_POOL"):
+        pool.signature_tag(store, "eve@evil.example")
