@@ -8,12 +8,12 @@ from typing import NoReturn
 
 import pytest
 
+from csm_router.embedded import RecordingSmtp
 from support.servers import (
     DovecotServer,
     Mailbox,
     MissingServerBinary,
     RedisServer,
-    SmtpRecorder,
     grant_traverse,
 )
 
@@ -67,7 +67,7 @@ def mailbox(dovecot: DovecotServer) -> Iterator[Mailbox]:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpRecorder]:
+def smtp() -> Iterator[RecordingSmtp]:
     """A recording SMTP relay for this test."""
-    with SmtpRecorder() as recorder:
+    with RecordingSmtp() as recorder:
         yield recorder

@@ -15,6 +15,7 @@ from csm_router.quotes import html_to_text, split_reply
 __all__ = ["Attachment", "Inbound", "MalformedMessageError", "parse"]
 
 _UNSTRUCTURED = HeaderRegistry(use_default_map=False)
+_MAX_DECODED_HEADER = 16 * 1024
 _LINEBREAK = re.compile(r"\r\n|\r|\n")
 _WHITESPACE = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -168,8 +169,11 @@ def _raw(part: Message, name: str) -> list[str]:
 def _decode_header(value: str) -> str:
     """Decode RFC 2047 words leniently; structure is ignored so no header can fail."""
     value = _clean(_LINEBREAK.sub("", value))
-    with contextlib.suppress(Exception):  # an undecodable header is still worth keeping as is
-        value = str(_UNSTRUCTURED("x-unstructured", value))
+    # The stdlib decoder needs memory quadratic in the number of encoded words, so huge
+    # headers stay undecoded; an undecodable header is still worth keeping as it is.
+    if "=?" in value and len(value) <= _MAX_DECODED_HEADER:
+        with contextlib.suppress(Exception):
+            value = str(_UNSTRUCTURED("x-unstructured", value))
     return _clean(value).strip()
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from csm_router.embedded import RecordingSmtp
 from support.product import POOL, Product
-from support.servers import Mailbox, SmtpRecorder
+from support.servers import Mailbox
 
 
 @pytest.fixture
 def product(
-    mailbox: Mailbox, smtp: SmtpRecorder, redis_url: str, tmp_path: Path
+    mailbox: Mailbox, smtp: RecordingSmtp, redis_url: str, tmp_path: Path
 ) -> Iterator[Product]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
     env.update(

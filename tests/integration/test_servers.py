@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import smtplib
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,7 +13,6 @@ from support.servers import (
     DovecotServer,
     Mailbox,
     MissingServerBinary,
-    SmtpRecorder,
     find_binary,
 )
 
@@ -99,42 +97,6 @@ def test_redis_is_flushed_between_tests(redis_url: str, run: int) -> None:
     with redis.Redis.from_url(redis_url) as client:
         assert client.dbsize() == 0
         client.set(f"left-over-{run}", "x")
-
-
-def test_smtp_recorder_records_messages(smtp: SmtpRecorder) -> None:
-    assert smtp.url == f"smtp://127.0.0.1:{smtp.port}"
-    raw = make_raw("Forwarded to you")
-    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
-        client.sendmail("router@acme.com", ["alice@acme.com", "bob@acme.com"], raw)
-
-    (received,) = smtp.wait_for(1)
-    assert received.mail_from == "router@acme.com"
-    assert received.rcpt_tos == ["alice@acme.com", "bob@acme.com"]
-    assert received.data == raw
-    assert received.message["Subject"] == "Forwarded to you"
-    smtp.clear()
-    assert smtp.messages == []
-
-
-def test_smtp_recorder_refuses_on_demand(smtp: SmtpRecorder) -> None:
-    smtp.fail_next(451)
-    smtp.fail_next(550, "5.7.1 rejected by policy")
-    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
-        with pytest.raises(smtplib.SMTPDataError) as temporary:
-            client.sendmail("router@acme.com", ["alice@acme.com"], make_raw("One"))
-        assert temporary.value.smtp_code == 451
-        with pytest.raises(smtplib.SMTPDataError) as permanent:
-            client.sendmail("router@acme.com", ["alice@acme.com"], make_raw("Two"))
-        assert (permanent.value.smtp_code, permanent.value.smtp_error) == (
-            550, b"5.7.1 rejected by policy")
-        client.sendmail("router@acme.com", ["alice@acme.com"], make_raw("Three"))
-
-    assert [m.message["Subject"] for m in smtp.wait_for(1)] == ["Three"]
-
-
-def test_smtp_recorder_wait_for_times_out(smtp: SmtpRecorder) -> None:
-    with pytest.raises(AssertionError, match="expected 1 message"):
-        smtp.wait_for(1, timeout=0.1)
 
 
 def test_missing_binary_fails_with_hint(tmp_path: Path) -> None:

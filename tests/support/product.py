@@ -10,7 +10,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
-from support.servers import Mailbox, Received, SmtpRecorder
+from csm_router.embedded import Received, RecordingSmtp
+from support.servers import Mailbox
 
 POOL = "Alice Smith <alice@acme.com>*2, Bob Jones <bob@acme.com>, Carol Diaz <carol@acme.com>"
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
@@ -51,7 +52,7 @@ class Product:
     """Runs the real `csm-router` commands with an environment pointing at the test servers."""
 
     mailbox: Mailbox
-    smtp: SmtpRecorder
+    smtp: RecordingSmtp
     env: dict[str, str]
     workdir: Path
     seen: int = 0

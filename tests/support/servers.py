@@ -6,8 +6,6 @@ the caller (a pytest tmp dir).
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import shutil
 import signal
@@ -15,19 +13,15 @@ import smtplib
 import socket
 import stat
 import subprocess
-import threading
 import time
-from collections import deque
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
 import redis
-from aiosmtpd.controller import Controller
 from imapclient import IMAPClient
 
 HOST = "127.0.0.1"
@@ -338,89 +332,3 @@ class Mailbox:
             with suppress(Exception):
                 client.logout()
         self._clients.clear()
-
-
-@dataclass
-class Received:
-    """One message accepted by SmtpRecorder."""
-
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-
-    @property
-    def message(self) -> EmailMessage:
-        return email.message_from_bytes(self.data, policy=email.policy.default)
-
-
-class _RecordingHandler:
-    """aiosmtpd handler; runs on the controller's event-loop thread."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.messages: list[Received] = []
-        self.failures: deque[str] = deque()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        content = envelope.content
-        data = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
-        with self.cond:
-            if self.failures:
-                return self.failures.popleft()
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), data))
-            self.cond.notify_all()
-        return "250 2.0.0 OK: queued"
-
-
-class SmtpRecorder(_Server):
-    """SMTP relay on loopback that records what it is sent and can refuse on demand."""
-
-    def __init__(self) -> None:
-        self.host = HOST
-        self.port = 0
-        self._handler = _RecordingHandler()
-        self._controller: Controller | None = None
-
-    @property
-    def url(self) -> str:
-        return f"smtp://{self.host}:{self.port}"
-
-    @property
-    def messages(self) -> list[Received]:
-        with self._handler.cond:
-            return list(self._handler.messages)
-
-    def fail_next(self, code: int, text: str | None = None, count: int = 1) -> None:
-        """Answer the next `count` DATA commands with `code text` instead of accepting."""
-        if text is None:
-            text = "4.3.0 try later" if 400 <= code < 500 else "5.7.1 rejected"
-        with self._handler.cond:
-            self._handler.failures.extend([f"{code} {text}"] * count)
-
-    def wait_for(self, count: int, timeout: float = 20) -> list[Received]:
-        """Block until at least `count` messages were recorded and return them all."""
-        cond = self._handler.cond
-        with cond:
-            if not cond.wait_for(lambda: len(self._handler.messages) >= count, timeout):
-                got = [(m.mail_from, m.rcpt_tos, m.message["Subject"])
-                       for m in self._handler.messages]
-                raise AssertionError(f"expected {count} message(s) within {timeout}s, "
-                                     f"got {len(got)}: {got}")
-            return list(self._handler.messages)
-
-    def clear(self) -> None:
-        """Forget recorded messages and pending failures."""
-        with self._handler.cond:
-            self._handler.messages.clear()
-            self._handler.failures.clear()
-
-    def start(self) -> None:
-        (self.port,) = free_ports(1)
-        self._controller = Controller(self._handler, hostname=self.host, port=self.port,
-                                      server_hostname="relay.test", enable_SMTPUTF8=True)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
