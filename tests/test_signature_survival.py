@@ -125,7 +125,7 @@ TALON_REPLIES = [
     ("name", "style", "marker"),
     [pytest.param(*row, id=row[0].removesuffix(".eml")) for row in TALON_REPLIES],
 )
-def test_reply_quoting_signature_reaches_its_csm_talon(
+def test_talon_reply_quoting_signature_reaches_its_csm(
     name: str, style: Style, marker: str
 ) -> None:
     text, charset, cte = plain_body_of(corpus_file("replies", "talon", name))
@@ -177,7 +177,7 @@ REPLY_BODIES = [
     ],
 )
 @pytest.mark.parametrize("cte", ["8bit", "quoted-printable", "base64"])
-def test_reply_quoting_signature_reaches_its_csm_body(
+def test_reply_body_quoting_signature_reaches_its_csm(
     folder: str, name: str, style: Style, marker: str, cte: str
 ) -> None:
     text = corpus_file("reply-bodies", folder, name).read_text(encoding="utf-8")
@@ -195,7 +195,7 @@ HTML_REPLIES = [
     ("hotmail.html", "Sasha.</div>", "From: abc@example.com"),
     ("mail_ru.html", "Sasha.</div>", "<blockquote"),
     ("ms_outlook_2003.html", "Sasha.<o:p></o:p></span></font></p>", "Sent:</span>"),
-    ("ms_outlook_2007.html", "Sasha.<o:p></o:p></span></p>", "Sent:</span>"),
+    ("ms_outlook_2007.html", "Sasha.<o:p></o:p></span></p>", "<b>Sent:</b>"),
     ("ms_outlook_2010.html", "Hello! How are you?<o:p></o:p></p>", "<b>Sent:</b>"),
     ("thunderbird.html", "Sasha.</div>", "<blockquote"),
     ("windows_mail.html", "Sasha.</div>", "Кому:"),
@@ -226,6 +226,30 @@ def test_html_only_reply_quoting_signature_reaches_its_csm(
     assert msg.html is not None
     assert tags_in_text(msg.html) == [tag]
     assert tags_in_text(msg.text) == [tag], msg.text  # what the HTML renders to
+
+
+@pytest.mark.parametrize(
+    "marked_up",
+    [
+        pytest.param("<span class=SpellE>{tag}</span>", id="outlook-spelling-span"),
+        pytest.param("<span>CSM-</span><span>{rest}</span>", id="split-over-two-spans"),
+        pytest.param("CSM-<wbr>{rest}", id="word-break-opportunity"),
+        pytest.param("CSM&#45;{rest}", id="hyphen-as-character-reference"),
+        pytest.param(
+            '<a href="mailto:success@acme.com">success@acme.com</a>&nbsp;{tag}', id="nbsp"
+        ),
+    ],
+)
+def test_tag_broken_up_by_html_markup_is_found_in_the_rendered_text(marked_up: str) -> None:
+    html = corpus_file("reply-bodies", "talon-html", "gmail.html").read_text(encoding="utf-8")
+    tag = new_tag()
+    anchor = "Sasha.</div>"
+    at = html.rindex(anchor) + len(anchor)
+    sig = "<div>Alice Smith<br>" + marked_up.format(tag=format_tag(tag), rest=tag) + "</div>"
+
+    msg = parse(message(html[:at] + sig + html[at:], subtype="html", cte="quoted-printable"))
+
+    assert tags_in_text(msg.text) == [tag], msg.text
 
 
 # -- encodings and wrapping, by hand -------------------------------------------------------------
@@ -296,7 +320,7 @@ def test_tag_in_a_base64_body_is_found() -> None:
         pytest.param("utf-8", "quoted-printable", id="utf-8-qp"),
     ],
 )
-def test_tag_in_an_outlook_reply_in_a_legacy_charset_is_found(charset: str, cte: str) -> None:
+def test_tag_in_an_outlook_reply_is_found_whatever_its_charset(charset: str, cte: str) -> None:
     tag = new_tag()
     outlook = (
         "I\u2019m attaching the \u201cfinal\u201d invoice \u2013 thanks!\n"
@@ -332,17 +356,17 @@ def test_tag_in_an_8bit_windows_1252_body_labelled_us_ascii_is_found() -> None:
 
 
 @pytest.mark.parametrize(
-    "wrapped",
+    ("wrapped", "flowed"),
     [
-        pytest.param("> success@acme.com \u00b7\n> {tag}\n", id="quoted-hard-wrap"),
-        pytest.param(">> success@acme.com \u00b7\n>> {tag}\n", id="twice-quoted-hard-wrap"),
-        pytest.param("success@acme.com \u00b7\n{tag}\n", id="outlook-unprefixed-wrap"),
-        pytest.param("> success@acme.com \u00b7 \n> {tag}\n", id="format-flowed-soft-break"),
-        pytest.param("> success@acme.com\n> \u00b7 {tag}\n", id="wrapped-before-the-dot"),
+        pytest.param("> success@acme.com \u00b7\n> {tag}\n", False, id="quoted-hard-wrap"),
+        pytest.param(">> success@acme.com \u00b7\n>> {tag}\n", False, id="twice-quoted-wrap"),
+        pytest.param("success@acme.com \u00b7\n{tag}\n", False, id="outlook-unprefixed-wrap"),
+        pytest.param("> success@acme.com \u00b7 \n> {tag}\n", True, id="format-flowed-soft-break"),
+        pytest.param("> success@acme.com\n> \u00b7 {tag}\n", False, id="wrapped-before-the-dot"),
     ],
 )
 def test_tag_on_its_own_line_after_the_client_wrapped_the_line_before_is_found(
-    wrapped: str,
+    wrapped: str, flowed: bool
 ) -> None:
     tag = new_tag()
     body = (
@@ -354,8 +378,11 @@ def test_tag_on_its_own_line_after_the_client_wrapped_the_line_before_is_found(
         "> Alice Smith\n"
         "> Customer Success \u00b7 Acme Customer Success\n"
     ) + wrapped.format(tag=format_tag(tag))
+    raw = message(body)
+    if flowed:  # RFC 3676: a trailing space marks a soft line break
+        raw = raw.replace(b'charset="utf-8"', b'charset="utf-8"; format=flowed', 1)
 
-    assert tags_in_text(parse(message(body)).text) == [tag]
+    assert tags_in_text(parse(raw).text) == [tag]
 
 
 @pytest.mark.parametrize(

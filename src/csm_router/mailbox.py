@@ -7,6 +7,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,13 +130,18 @@ class Mailbox:
         if not self.has_idle():
             stop.wait(timeout)
             return
+        deadline = time.monotonic() + min(timeout, MAX_IDLE_SECONDS)
         try:
             self.client.idle()
             self._idle = True
-            responses: list[Any] = self.client.idle_check(timeout=min(timeout, MAX_IDLE_SECONDS))
+            # Short local waits so a stop request is honoured within a second; they cost
+            # no network traffic.
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                responses: list[Any] = self.client.idle_check(timeout=min(left, 1.0))
+                if responses:
+                    log.debug("IDLE woke: %s", responses)
+                    break
             self.client.idle_done()
             self._idle = False
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"IMAP IDLE: {exc}") from None
-        if responses:
-            log.debug("IDLE woke: %s", responses)

@@ -246,6 +246,12 @@ class DovecotServer(_Server):
         client.login(user, self.password)
         return client
 
+    def kick(self, user: str) -> None:
+        """Drop every IMAP session of `user`, as a server restart or idle timeout would."""
+        doveadm = find_binary("doveadm", "/usr/bin/doveadm")
+        subprocess.run([doveadm, "-c", str(self.config_path), "kick", user],
+                       check=True, capture_output=True, timeout=30)
+
     def write_config(self) -> None:
         self.config_path.write_text(DOVECOT_CONF.format(
             host=self.host, root=self.root, password=self.password,

@@ -1,0 +1,107 @@
+"""Long-running and concurrent `csm-router` processes against real servers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from csm_router.message import MalformedMessageError, parse
+from csm_router.store import key, message_key
+from support.product import ALICE, BOB, CAROL, Product
+from support.servers import DovecotServer
+
+pytestmark = pytest.mark.integration
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+
+
+def start(product: Product, *args: str, log: str) -> subprocess.Popen[bytes]:
+    out = open(product.workdir / log, "wb")  # noqa: SIM115  # closed with the process
+    return subprocess.Popen([sys.executable, "-m", "csm_router.cli", *args],
+                            env=product.env, cwd=product.workdir, stdout=out, stderr=out)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30)
+
+
+def test_idle_router_routes_at_once_and_reconnects_after_a_drop(
+    product: Product, dovecot: DovecotServer
+) -> None:
+    # With a five-minute poll, only IDLE can route these within the waits below.
+    product.env["ROUTER_POLL_SECONDS"] = "300"
+    router = start(product, "run", log="router.log")
+    worker = start(product, "worker", log="worker.log")
+    try:
+        product.write("Jane Doe <jane@globex.com>", "One")
+        product.smtp.wait_for(1, timeout=30)
+        product.write("Joe Roe <joe@initech.io>", "Two")
+        product.smtp.wait_for(2, timeout=30)
+        dovecot.kick(product.alias)
+        product.write("Ann Poe <ann@hooli.com>", "Three")
+        sent = product.smtp.wait_for(3, timeout=60)
+    finally:
+        codes = stop(router), stop(worker)
+    assert [str(r.message["Subject"]) for r in sent] == [
+        "[CS-1001] One", "[CS-1002] Two", "[CS-1003] Three"]
+    assert codes[0] == 0
+    router_log = (product.workdir / "router.log").read_text()
+    assert "retrying in" in router_log  # the drop was seen and survived
+    assert product.mailbox.password not in router_log
+
+
+def test_two_routers_on_one_mailbox_route_each_message_once(product: Product) -> None:
+    for n in range(20):
+        product.write(f"C{n} <c{n}@c{n}.com>", f"Question {n:02d}")
+    routers = [start(product, "run", "--exit-when-idle", log=f"router{i}.log") for i in (1, 2)]
+    assert [r.wait(timeout=120) for r in routers] == [0, 0]
+    product.cli("worker", "--burst")
+    sent = product.smtp.messages
+    assert len(sent) == 20
+    assert Counter(r.rcpt_tos[0] for r in sent) == {ALICE: 10, BOB: 5, CAROL: 5}
+    refs = sorted(str(r.message["Subject"]).split("]")[0] for r in sent)
+    assert refs == [f"[CS-{n}" for n in range(1001, 1021)]
+
+
+def test_every_message_from_the_corpus_is_accounted_for(product: Product) -> None:
+    if not CORPUS.is_dir():
+        pytest.skip(f"no corpus at {CORPUS}")
+    files = sorted(CORPUS.glob("malformed/*/*.eml"))[::6] + sorted(
+        CORPUS.glob("bounces/sisimai/*/*.eml"))[::6] + sorted(CORPUS.glob("replies/*/*.eml"))
+    delivered = 0
+    for path in files:
+        try:
+            product.deliver(path.read_bytes())
+            delivered += 1
+        except Exception:  # the MTA itself refuses some broken files: not ours to route
+            continue
+    assert delivered > 40
+    product.route()  # `cli` asserts both processes exit 0: nothing crashed
+
+    client = product.mailbox.imap_client()
+    client.select_folder("INBOX", readonly=True)
+    fetched = client.fetch(client.search("ALL"), ["BODY.PEEK[]", "FLAGS"])
+    assert len(fetched) == delivered  # nothing was deleted
+    redis = redis_lib.Redis.from_url(product.env["ROUTER_REDIS_URL"])
+    unaccounted = []
+    for uid, item in fetched.items():
+        raw = item[b"BODY[]"]
+        try:
+            msgkey = message_key(parse(raw), raw)
+        except MalformedMessageError:
+            msgkey = message_key(None, raw)
+        recorded = redis.hget(key("msg", msgkey), "state")
+        if recorded is None and b"$CsmQuarantined" not in item[b"FLAGS"]:
+            unaccounted.append(uid)
+    assert unaccounted == []
+    quarantined = [k for k in redis.scan_iter(key("msg", "*"))
+                   if redis.hget(k, "state") == b"quarantined"]
+    client.select_folder("Quarantine", readonly=True)
+    assert len(client.search("ALL")) == len(quarantined) > 0
