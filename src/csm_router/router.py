@@ -61,6 +61,9 @@ class Router:
                 if not self._connected:
                     self.mailbox.connect()
                     self._connected = True
+                    mode = "IDLE" if self.mailbox.has_idle() else "polling (no IDLE)"
+                    log.info("watching %s with %s, refreshing every %ss", self.mailbox.name,
+                             mode, self.rt.settings.poll_seconds)
                 handled = self.poll_once()
                 release_held(self.rt)
                 backoff.reset()

@@ -13,8 +13,8 @@ import redis as redis_lib
 
 from csm_router.message import MalformedMessageError, parse
 from csm_router.store import key, message_key
-from support.product import ALICE, BOB, CAROL, Product
-from support.servers import DovecotServer
+from support.product import ALICE, BOB, CAROL, Product, customer_mail
+from support.servers import DovecotServer, grant_traverse
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +105,28 @@ def test_every_message_from_the_corpus_is_accounted_for(product: Product) -> Non
                    if redis.hget(k, "state") == b"quarantined"]
     client.select_folder("Quarantine", readonly=True)
     assert len(client.search("ALL")) == len(quarantined) > 0
+
+
+# Dovecot's own list less IDLE: the router must notice and poll instead.
+NO_IDLE = "imap_capability = IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UIDPLUS MOVE CHILDREN\n"
+
+
+def test_router_polls_a_server_without_idle(
+    product: Product, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("dovecot-no-idle")
+    grant_traverse(root, up_to=tmp_path_factory.getbasetemp().parent)
+    with DovecotServer(root, extra=NO_IDLE) as server:
+        user = "success-poll@acme.com"
+        product.env["ROUTER_IMAP_URL"] = server.imap_url(user)
+        product.env["ROUTER_POLL_SECONDS"] = "1"
+        router = start(product, "run", log="router.log")
+        worker = start(product, "worker", log="worker.log")
+        try:
+            _, raw = customer_mail("Jane Doe <jane@globex.com>", "Polled", to=user)
+            server.deliver(user, raw)
+            (sent,) = product.smtp.wait_for(1, timeout=30)
+        finally:
+            stop(router), stop(worker)
+    assert str(sent.message["Subject"]) == "[CS-1001] Polled"
+    assert "with polling (no IDLE)" in (product.workdir / "router.log").read_text()

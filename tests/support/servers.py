@@ -216,8 +216,11 @@ service lmtp {{
 class DovecotServer(_Server):
     """Dovecot in the foreground serving IMAP and LMTP for any user with one shared password."""
 
-    def __init__(self, root: Path, password: str = "secret", binary: str | None = None) -> None:
+    def __init__(
+        self, root: Path, password: str = "secret", binary: str | None = None, extra: str = ""
+    ) -> None:
         self.root = root
+        self.extra = extra  # more dovecot.conf lines, e.g. a different imap_capability
         self.password = password
         self.binary = binary
         self.host = HOST
@@ -256,7 +259,7 @@ class DovecotServer(_Server):
         self.config_path.write_text(DOVECOT_CONF.format(
             host=self.host, root=self.root, password=self.password,
             imap_port=self.imap_port, lmtp_port=self.lmtp_port,
-        ))
+        ) + self.extra)
 
     def start(self) -> None:
         binary = self.binary or find_binary("dovecot", "/usr/sbin/dovecot")
