@@ -349,11 +349,6 @@ def test_forward_to_the_next_csm_keeps_the_thread_reference_and_names_the_owner(
     assert "bob@acme.com is away" in decision.why
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="automatic.py only checks List-Id/List-Unsubscribe; an fml/ezmlm list robot's "
-    "reply with List-Subscribe and Mailing-List headers starts a thread",
-)
 def test_mailing_list_robot_reply_is_ignored_as_automatic() -> None:
     path = CORPUS / "bounces" / "sisimai" / "bsd-lf" / "lhost-fml-02.eml"
     if not path.is_file():

@@ -13,6 +13,13 @@ NAME = "automatic"
 # back to the alias (a CSM's forward rule, a Cc) is recognised and never loops.
 OWN_HEADER = "X-CSM-Router"
 
+# RFC 2369/2919 list headers, and ezmlm's Mailing-List: list managers' own robot replies
+# often carry only one of them.
+_LIST_HEADERS = (
+    "List-Id", "List-Unsubscribe", "List-Subscribe", "List-Help", "List-Post", "List-Owner",
+    "List-Archive", "Mailing-List",
+)
+
 _ROBOT_SENDER = re.compile(
     r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?)([+-].*)?@", re.IGNORECASE
 )
@@ -41,8 +48,9 @@ def reason(msg: Inbound, alias: str) -> str | None:
     precedence = (msg.header("Precedence") or "").strip().lower()
     if precedence in {"bulk", "list", "junk", "auto_reply"}:
         return f"Precedence: {precedence}"
-    if msg.header("List-Id") or msg.header("List-Unsubscribe"):
-        return "mailing-list or bulk mail (List-Id/List-Unsubscribe)"
+    for name in _LIST_HEADERS:
+        if msg.header(name) is not None:
+            return f"mailing-list or bulk mail ({name})"
     if msg.content_type == "multipart/report":
         return "delivery or read report (multipart/report)"
     return_path = msg.header("Return-Path")
