@@ -27,8 +27,8 @@ SENT_TTL_SECONDS = 90 * 86400
 _runtime: Runtime | None = None
 
 
-def configure(rt: Runtime) -> None:
-    """Set the runtime jobs use (the worker does this once at start-up)."""
+def configure(rt: Runtime | None) -> None:
+    """Set the runtime jobs use (the worker does this once at start-up; None forgets it)."""
     global _runtime
     _runtime = rt
 

@@ -169,3 +169,12 @@ def test_check_logs_in_everywhere_without_showing_secrets(product: Product) -> N
     done = product.cli("check")
     assert done.stdout.count("ok") >= 4
     assert product.mailbox.password not in done.stdout + done.stderr
+
+
+def test_check_reports_a_refused_login_without_the_password(product: Product) -> None:
+    product.env["ROUTER_IMAP_URL"] = product.mailbox.imap_url.replace(
+        f":{product.mailbox.password}@", ":Wr0ng-Pa55@")
+    done = product.cli("check", check=False)
+    assert done.returncode == 1
+    assert "FAIL  imap" in done.stdout and "login" in done.stdout
+    assert "Wr0ng-Pa55" not in done.stdout + done.stderr

@@ -1,0 +1,93 @@
+"""Worker jobs against a real SMTP relay (in-process) and an in-memory Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+
+from csm_router import jobs
+from csm_router.config import load_settings
+from csm_router.decide import decide
+from csm_router.dispatch import Runtime
+from csm_router.embedded import RecordingSmtp
+from csm_router.errors import PermanentError, TransientError
+from csm_router.message import parse
+from csm_router.store import message_key
+
+RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Help\r\n"
+       b"Message-ID: <q1@globex.com>\r\n\r\nHow do I export?\r\n")
+
+
+@pytest.fixture
+def smtp() -> Iterator[RecordingSmtp]:
+    with RecordingSmtp() as relay:
+        yield relay
+
+
+@pytest.fixture
+def rt(smtp: RecordingSmtp) -> Iterator[Runtime]:
+    settings = load_settings(
+        alias="Acme Customer Success <success@acme.com>", pool="alice@acme.com",
+        smtp_url=smtp.url, away="", max_open_per_csm=0,
+        overflow_address="cs-lead@acme.com",
+    )
+    runtime = Runtime.from_settings(settings, fakeredis.FakeRedis())
+    jobs.configure(runtime)
+    yield runtime
+    jobs.configure(None)
+
+
+def routed(rt: Runtime) -> str:
+    msg = parse(RAW)
+    msgkey = message_key(msg, RAW)
+    rt.store.ensure_sequence()
+    rt.store.save_raw(msgkey, RAW)
+    rt.store.record(msgkey, msg, decide(msg, rt.store.snapshot(msg, 0.0)), 0.0)
+    return msgkey
+
+
+def test_delivering_twice_sends_once(rt: Runtime, smtp: RecordingSmtp) -> None:
+    msgkey = routed(rt)
+    assert jobs.deliver(msgkey, "alice@acme.com").startswith("sent")
+    assert jobs.deliver(msgkey, "alice@acme.com").startswith("already sent")
+    assert len(smtp.messages) == 1
+    assert rt.store.message(msgkey)["state"] == "delivered"
+
+
+def test_relay_saying_try_later_is_transient(rt: Runtime, smtp: RecordingSmtp) -> None:
+    msgkey = routed(rt)
+    smtp.fail_next(451, "4.3.0 try again later")
+    with pytest.raises(TransientError, match="451"):
+        jobs.deliver(msgkey, "alice@acme.com")
+    jobs.deliver(msgkey, "alice@acme.com")  # the retry goes through
+    assert len(smtp.messages) == 1
+
+
+def test_relay_rejecting_is_permanent(rt: Runtime, smtp: RecordingSmtp) -> None:
+    msgkey = routed(rt)
+    smtp.fail_next(550, "5.7.1 rejected")
+    with pytest.raises(PermanentError, match="550"):
+        jobs.deliver(msgkey, "alice@acme.com")
+    assert rt.store.message(msgkey)["state"] != "delivered"
+
+
+def test_expired_raw_message_is_a_clear_permanent_error(rt: Runtime) -> None:
+    msgkey = routed(rt)
+    rt.redis.delete(f"csm:raw:{msgkey}")
+    with pytest.raises(PermanentError, match="expired"):
+        jobs.deliver(msgkey, "alice@acme.com")
+
+
+def test_overflow_notice_names_customer_subject_and_reference(
+    rt: Runtime, smtp: RecordingSmtp
+) -> None:
+    routed(rt)
+    jobs.notify_overflow(1001)
+    (notice,) = smtp.messages
+    assert notice.rcpt_tos == ["cs-lead@acme.com"]
+    assert "[CS-1001]" in str(notice.message["Subject"])
+    text = notice.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "jane@globex.com" in text and "Help" in text and "CS-1001" in text
+    assert notice.message["Auto-Submitted"] == "auto-generated"

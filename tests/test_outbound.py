@@ -1,0 +1,84 @@
+"""The forward a CSM receives, rendered from a real parsed message."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime
+
+from csm_router.config import Address, PoolMember
+from csm_router.message import parse
+from csm_router.outbound import EarlierThread, forward_message_id, render_forward
+
+RAW = (
+    b"From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <jorg@globex.com>\r\n"
+    b"To: success@acme.com\r\n"
+    b"Subject: Invoice question\r\n"
+    b"Message-ID: <orig-1@globex.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease see the attached PDF.\r\n"
+    b"--b\r\nContent-Type: application/pdf\r\n"
+    b'Content-Disposition: attachment; filename="invoice.pdf"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n"
+)
+ALIAS = Address("success@acme.com", "Acme Customer Success")
+ALICE = PoolMember("alice@acme.com", "Alice Smith", 2)
+
+
+def render(**kw: object) -> email.message.EmailMessage:
+    args: dict[str, object] = {
+        "ref": 1042,
+        "owner": ALICE,
+        "alias": ALIAS,
+        "why": "new thread, next in the round-robin",
+        "message_id": forward_message_id("k1", ALICE.address, "acme.com"),
+        "due": datetime(2026, 11, 23, 16, 30, tzinfo=UTC),
+        "sla_minutes": 60,
+    }
+    out = render_forward(parse(RAW), **(args | kw))  # type: ignore[arg-type]
+    # Round-trip through bytes as the CSM's mail client would see it.
+    return email.message_from_bytes(out.as_bytes(), policy=email.policy.default)  # type: ignore[return-value]
+
+
+def test_headers_follow_the_product_format() -> None:
+    fwd = render()
+    assert fwd["Subject"] == "[CS-1042] Invoice question"
+    assert fwd["From"].addresses[0].display_name == "Jörg Müller via Acme Customer Success"
+    assert fwd["From"].addresses[0].addr_spec == "success@acme.com"
+    assert [a.addr_spec for a in fwd["Reply-To"].addresses] == [
+        "jorg@globex.com", "success@acme.com"]
+    assert fwd["To"].addresses[0].addr_spec == "alice@acme.com"
+    assert fwd["X-CSM-Router"] == "forward CS-1042"
+    assert fwd["In-Reply-To"] is None
+
+
+def test_context_block_and_original_text() -> None:
+    earlier = [EarlierThread("CS-1007", "Renewal", "bob@acme.com", "closed")]
+    body = render(earlier=earlier).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "account globex.com" in body
+    assert "Why you: new thread, next in the round-robin" in body
+    assert "Answer due: 2026-11-23 16:30 UTC (first-response target 60 min)" in body
+    assert "[CS-1007] Renewal · bob@acme.com · closed" in body
+    assert "Please see the attached PDF." in body
+    assert "Attachments: invoice.pdf" in body
+
+
+def test_original_attachments_travel_with_the_forward() -> None:
+    (attachment,) = list(render().iter_attachments())
+    assert attachment.get_filename() == "invoice.pdf"
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_content() == b"%PDF-1.4\n"
+
+
+def test_later_forwards_thread_under_the_earlier_ones() -> None:
+    fwd = render(previous=["<fwd.a@acme.com>", "<fwd.b@acme.com>"])
+    assert fwd["In-Reply-To"] == "<fwd.b@acme.com>"
+    assert fwd["References"] == "<fwd.a@acme.com> <fwd.b@acme.com>"
+
+
+def test_forward_ids_are_deterministic_per_message_and_owner() -> None:
+    one = forward_message_id("k1", "alice@acme.com", "acme.com")
+    assert one == forward_message_id("k1", "alice@acme.com", "acme.com")
+    assert one != forward_message_id("k1", "bob@acme.com", "acme.com")
+    assert one.endswith("@acme.com>")
