@@ -180,12 +180,12 @@ TABLE = [
         "from-pool-csm",
     ),
     Case(
-        "unverified-csm-claim-in-thread-goes-to-the-owner-like-customer-mail",
+        "unverified-csm-claim-in-thread-is-quarantined",
         CSM_REPLY,
         replace(IN_ALICES_THREAD, sender_verified=False),
-        Action.FORWARD,
-        "alice@acme.com",
-        "known-thread",
+        Action.QUARANTINE,
+        None,
+        "impersonation",
     ),
     Case(
         "customer-reply-in-known-thread-of-onboarding-account-goes-to-thread-owner",

@@ -91,9 +91,9 @@ def test_capacity_full_pool_holds_then_hands_out_when_room_frees() -> None:
     store = make_store(max_open_per_csm=1)
     assert Counter(owners(store, 3)) == {ALICE: 1, BOB: 1, CAROL: 1}
     held = route(store, mail("late@late.com"))
-    assert (held.state, held.owner, held.held_new) == ("held", None, True)
+    assert (held.state, held.owner, held.followup.overflow) == ("held", None, held.ref)
     again = route(store, mail("late@late.com", f"Re: [CS-{held.ref}] Question"))
-    assert (again.state, again.ref, again.held_new) == ("held", held.ref, False)
+    assert (again.state, again.ref, again.followup.overflow) == ("held", held.ref, None)
     assert store.release_held(NOW) == []
 
     store.redis.srem(key("open", BOB), 1002)  # Bob's thread closes: room for one

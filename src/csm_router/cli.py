@@ -22,7 +22,7 @@ from rich.table import Table
 
 from csm_router import __version__, jobs, pool
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
-from csm_router.dispatch import QUEUES, Runtime, enqueue_delivery, release_held
+from csm_router.dispatch import QUEUES, Runtime, enqueue_delivery, ensure_sweep, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.outbound import render
@@ -76,6 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _setup_logging(rt.settings)
     rt.settings.required_smtp()
     jobs.configure(rt)
+    ensure_sweep(rt)
     worker = Worker([rt.queues[name] for name in QUEUES], connection=rt.redis)
     worker.work(burst=args.burst, with_scheduler=True, logging_level=rt.settings.log_level)
     return 0
@@ -122,6 +123,15 @@ async def _smtp_login(settings: Settings) -> None:
             await client.login(smtp.username, smtp.password)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    _setup_logging(rt.settings)
+    jobs.configure(rt)
+    now = _parse_until(args.at) if args.at else time.time()
+    out.print(jobs.sla_sweep(now, chained=False))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from csm_router.demo import run_demo
 
@@ -139,14 +149,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"pool": [r.as_dict() for r in rows], "held": held}, indent=2))
         return 0
     table = Table(title=f"Pool for {rt.settings.alias}")
-    for column in ("CSM", "weight", "away", "open", "assigned today", "median 1st response"):
-        table.add_column(column, justify="left" if column in ("CSM", "away") else "right")
+    table.caption = "1st resp. = time to first response"
+    columns = ("CSM", "weight", "away", "open", "overdue", "assigned today",
+               "median 1st resp.", "p90 1st resp.")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("CSM", "away") else "right",
+                         no_wrap=column == "CSM")
+
+    def minutes(value: float | None) -> str:
+        return f"{value:.0f} min" if value is not None else "-"
+
     for r in rows:
         away = ("until " + r.away_until if r.away_until else "yes") if r.away else ""
-        minutes = r.median_first_response_minutes
-        median = f"{minutes:.0f} min" if minutes is not None else "-"
-        table.add_row(r.name or r.address, str(r.weight), away, str(r.open),
-                      str(r.assigned_today), median)
+        table.add_row(r.name or r.address, str(r.weight), away, str(r.open), str(r.overdue),
+                      str(r.assigned_today), minutes(r.median_first_response_minutes),
+                      minutes(r.p90_first_response_minutes))
     out.print(table)
     out.print(f"held, waiting for a free CSM: {held}")
     return 0
@@ -251,7 +268,7 @@ def cmd_reassign(args: argparse.Namespace) -> int:
     pending = [m for m in result.get("released") or [] if isinstance(m, str)]
     for msgkey in dict.fromkeys([*pending, result.get("last_msg") or ""]):
         if msgkey:
-            enqueue_delivery(rt, msgkey, address, why)
+            enqueue_delivery(rt, msgkey, address, why, f"admin-{time.time():.0f}")
     out.print(f"{format_ref(ref)}: {previous} -> {address}")
     return 0
 
@@ -295,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     add("check", cmd_check, "validate configuration and log in to Redis, IMAP and SMTP")
     add("demo", cmd_demo, "run the whole product on embedded servers and show what happens")
+    p = add("sweep", cmd_sweep, "run one first-response sweep now (the worker runs one every 30s)")
+    p.add_argument("--at", help="as if it were this time (UTC unless given), e.g. 2026-12-01T09:00")
     p = add("status", cmd_status, "the pool: weight, away, open threads, assigned today")
     p.add_argument("--json", action="store_true")
     p = add("away", cmd_away, "mark a CSM away: they get no new threads")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email.utils import formataddr, parseaddr
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
@@ -173,6 +174,10 @@ class Settings(BaseSettings):
     first_response_minutes: int = Field(default=60, ge=1)
     overflow_address: Annotated[Address | None, NoDecode] = None
     poll_seconds: float = Field(default=30, gt=0)
+    trusted_authserv_id: str | None = None
+    support_rules: Path | None = None
+    support_handler: str = "csm_router.support:mail_support"
+    remind_minutes: int | None = Field(default=None, ge=1)
     quarantine_folder: str = "Quarantine"
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     log_level: str = "INFO"
@@ -210,6 +215,20 @@ class Settings(BaseSettings):
             return None
         return parse_address(str(value))
 
+    @field_validator("support_rules", mode="after")
+    @classmethod
+    def _rules_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @field_validator("support_handler", mode="after")
+    @classmethod
+    def _handler(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.]+:[\w]+", value):
+            raise ValueError("must look like package.module:function")
+        return value
+
     @field_validator("pool", mode="before")
     @classmethod
     def _pool(cls, value: Any) -> tuple[PoolMember, ...]:
@@ -221,6 +240,13 @@ class Settings(BaseSettings):
         if isinstance(value, frozenset | set | list | tuple):
             return frozenset(str(v).lower() for v in value)
         return frozenset(parse_address(item).address for item in split_list(str(value)))
+
+    @property
+    def remind_before_seconds(self) -> float:
+        """How long before the first-response target the owner is reminded."""
+        if self.remind_minutes is not None:
+            return self.remind_minutes * 60.0
+        return self.first_response_minutes * 60 / 4
 
     def member(self, address: str) -> PoolMember | None:
         """The pool member with this address, if any."""

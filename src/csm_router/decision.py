@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
+from csm_router.commands import Command
 from csm_router.config import PoolMember
+
+if TYPE_CHECKING:
+    from csm_router.classify import RuleSet
 
 
 class Action(StrEnum):
@@ -15,11 +20,14 @@ class Action(StrEnum):
     RECORD_REPLY = "reply"  # a CSM's own reply copied to the alias: record, never forward
     IGNORE = "ignore"  # on purpose, with the reason (auto-replies, bounces, our own mail)
     SUPPORT = "support"  # a technical request handed to Support
+    COMMAND = "command"  # Support gives a thread back to the pool (#success)
+    QUARANTINE = "quarantine"  # kept aside with the reason, never routed
 
 
 class ThreadState(StrEnum):
     OPEN = "open"
     HELD = "held"  # nobody could take it; handed out as soon as someone can
+    SUPPORT = "support"  # with Support; customer mail goes there until #success
     CLOSED = "closed"
 
 
@@ -59,6 +67,9 @@ class Snapshot:
     tag_thread: ThreadInfo | None = None  # the customer's open thread with that CSM
     onboarding: Onboarding | None = None
     sender_verified: bool = True  # the sender really is who From says (see auth)
+    verdict: str = ""  # why it is (not) verified, for the reason
+    support_address: str | None = None  # None: no Support handoff configured
+    support_rules: RuleSet | None = None
 
     def in_pool(self, address: str | None) -> bool:
         return address is not None and any(m.address == address for m in self.pool)
@@ -77,6 +88,8 @@ class Decision:
     why: str
     target: str | None = None
     ref: int | None = None
+    command: Command | None = None
+    error: str | None = None  # a command that cannot be carried out: the sender is told
 
     @classmethod
     def to_csm(cls, target: str, *, rule: str, why: str, ref: int | None = None) -> Decision:
@@ -87,12 +100,37 @@ class Decision:
         return cls(Action.FORWARD, rule, why, None, ref)
 
     @classmethod
-    def record_reply(cls, csm: str, ref: int, *, rule: str, why: str) -> Decision:
-        return cls(Action.RECORD_REPLY, rule, why, csm, ref)
+    def record_reply(
+        cls,
+        csm: str,
+        ref: int,
+        *,
+        rule: str,
+        why: str,
+        command: Command | None = None,
+        error: str | None = None,
+    ) -> Decision:
+        return cls(Action.RECORD_REPLY, rule, why, csm, ref, command, error)
 
     @classmethod
-    def ignore(cls, *, rule: str, why: str, ref: int | None = None) -> Decision:
-        return cls(Action.IGNORE, rule, why, None, ref)
+    def ignore(
+        cls,
+        *,
+        rule: str,
+        why: str,
+        ref: int | None = None,
+        command: Command | None = None,
+        error: str | None = None,
+    ) -> Decision:
+        return cls(Action.IGNORE, rule, why, None, ref, command, error)
+
+    @classmethod
+    def to_support(cls, *, rule: str, why: str, ref: int | None = None) -> Decision:
+        return cls(Action.SUPPORT, rule, why, None, ref)
+
+    @classmethod
+    def quarantine(cls, *, rule: str, why: str) -> Decision:
+        return cls(Action.QUARANTINE, rule, why)
 
     @property
     def target_label(self) -> str:

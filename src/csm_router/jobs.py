@@ -1,25 +1,31 @@
-"""RQ entry points, thin: load what the job names, render, send, record."""
+"""RQ entry points, thin: load what the job names, render, send once, record."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from datetime import UTC, datetime
+from email.message import EmailMessage
 
 from csm_router import dispatch
-from csm_router.config import PoolMember, load_settings
+from csm_router.classify import classify
+from csm_router.config import Address, PoolMember, load_settings
 from csm_router.dispatch import Runtime
 from csm_router.errors import PermanentError
-from csm_router.message import MalformedMessageError, parse
+from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.outbound import (
     EarlierThread,
     forward_message_id,
+    message_id_for,
     render_forward,
     render_notice,
     send,
 )
 from csm_router.store import key, text
-from csm_router.threads import format_ref
+from csm_router.support import EarlierMessage, SupportHandoff, load_handler
+from csm_router.threads import format_ref, subject_with_ref
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,40 @@ def runtime() -> Runtime:
     return _runtime
 
 
-def deliver(msgkey: str, owner: str, why: str = "") -> str:
-    """Forward one routed message to `owner`'s own inbox, once."""
+def _when(epoch: float | str | None) -> str:
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _already_sent(rt: Runtime, message_id: str) -> bool:
+    return bool(rt.redis.exists(key("sent", message_id)))
+
+
+def _send_once(rt: Runtime, message: EmailMessage, recipients: list[str]) -> bool:
+    """Send unless a mail with this Message-ID went out before; answers whether it sent."""
+    message_id = str(message["Message-ID"])
+    if _already_sent(rt, message_id):
+        return False
+    settings = rt.settings
+    asyncio.run(send(message, settings.required_smtp(), recipients,
+                     sender=settings.alias.address))
+    rt.redis.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
+    return True
+
+
+def _load(rt: Runtime, msgkey: str, ref: int) -> Inbound:
+    raw = rt.store.load_raw(msgkey)
+    if raw is None:
+        raise PermanentError(f"CS-{ref}: the raw message {msgkey} has expired from Redis")
+    try:
+        return parse(raw, max_bytes=rt.settings.max_message_bytes)
+    except MalformedMessageError as exc:
+        raise PermanentError(f"CS-{ref}: {exc}") from None
+
+
+def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
+    """Forward one routed message to `owner`'s own inbox, once (per `cause`)."""
     rt = runtime()
     store, settings = rt.store, rt.settings
     record = store.message(msgkey)
@@ -49,36 +87,31 @@ def deliver(msgkey: str, owner: str, why: str = "") -> str:
         raise PermanentError(f"message {msgkey} has no recorded thread")
     ref = int(record["ref"])
     alias = settings.alias
-    message_id = forward_message_id(msgkey, owner, alias.domain)
-    if rt.redis.exists(key("sent", message_id)):
+    message_id = forward_message_id(msgkey, owner, alias.domain, cause)
+    if _already_sent(rt, message_id):
         return f"already sent {message_id}"
-    raw = store.load_raw(msgkey)
-    if raw is None:
-        raise PermanentError(f"CS-{ref}: the raw message {msgkey} has expired from Redis")
-    try:
-        msg = parse(raw, max_bytes=settings.max_message_bytes)
-    except MalformedMessageError as exc:
-        raise PermanentError(f"CS-{ref}: {exc}") from None
+    msg = _load(rt, msgkey, ref)
     thread = store.thread(ref)
-    member = settings.member(owner) or PoolMember(owner)
-    due = datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None
+    why = why or record.get("why", "")
+    if settings.support_address is not None and record.get("rule") != "technical":
+        found = classify(msg, rt.support_rules)
+        if found.technical:
+            why += f". Looks technical ({found.explain()}): reply with #support to hand it over"
     previous_key = key("thread", ref, "forwards", owner)
-    previous = [text(p) for p in rt.redis.lrange(previous_key, -10, -1)]
     forward = render_forward(
         msg,
         ref=ref,
-        owner=member,
+        owner=settings.member(owner) or PoolMember(owner),
         alias=alias,
-        why=why or record.get("why", ""),
+        why=why,
         message_id=message_id,
-        due=due,
+        due=datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None,
         sla_minutes=settings.first_response_minutes,
         earlier=_earlier_threads(rt, thread.get("account", ""), ref),
-        previous=previous,
+        previous=[text(p) for p in rt.redis.lrange(previous_key, -10, -1)],
     )
-    asyncio.run(send(forward, settings.required_smtp(), [owner], sender=alias.address))
+    _send_once(rt, forward, [owner])
     with rt.redis.pipeline() as pipe:
-        pipe.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
         pipe.set(key("msgid", message_id), ref)
         pipe.rpush(previous_key, message_id)
         pipe.hset(key("msg", msgkey), "state", "delivered")
@@ -101,6 +134,89 @@ def _earlier_threads(rt: Runtime, account: str, ref: int, limit: int = 5) -> lis
     return out[:limit]
 
 
+def hand_to_support(msgkey: str, ref: int) -> str:
+    """Hand a message to Support (the configured handler), tell the customer and the CSM."""
+    rt = runtime()
+    store, settings = rt.store, rt.settings
+    alias = settings.alias
+    msg = _load(rt, msgkey, ref)
+    thread = store.thread(ref)
+    events = store.events(ref)
+    csm = thread.get("owner") or None
+    why = next((e.get("why", "") for e in reversed(events)
+                if e.get("event") in ("new-support", "to-support")), "")
+    earlier = []
+    for other in store.thread_messages(ref):
+        if other == msgkey:
+            continue
+        raw = store.load_raw(other)
+        if raw is not None:
+            with_text = parse(raw)
+            earlier.append(EarlierMessage(with_text.header("Date") or "", with_text.fresh_text))
+    handoff = SupportHandoff(
+        ref=format_ref(ref),
+        customer=Address(msg.sender, msg.sender_name),
+        account=msg.account,
+        subject=thread.get("subject") or msg.subject,
+        why=why,
+        message=msg,
+        csm=csm,
+        history=tuple(_event_line(e) for e in events),
+        earlier_messages=tuple(earlier[-5:]),
+        message_id=message_id_for("support", msgkey, domain=alias.domain),
+    )
+    if not _already_sent(rt, handoff.message_id):
+        load_handler(settings.support_handler)(handoff, settings)
+        rt.redis.set(key("sent", handoff.message_id), 1, ex=SENT_TTL_SECONDS)
+    rt.store.link_message_id(handoff.message_id, ref)
+
+    subject = subject_with_ref(f"Re: {msg.subject}" if msg.subject else "", ref)
+    note = render_notice(
+        "support_customer_note.txt.j2", sender=alias, to=[str(handoff.customer)],
+        subject=subject, message_id=message_id_for("note", msgkey, domain=alias.domain),
+        in_reply_to=msg.message_id, name=msg.sender_name, ref=handoff.ref,
+        alias_name=alias.name or alias.address,
+    )
+    note.replace_header("Auto-Submitted", "auto-replied")
+    _send_once(rt, note, [msg.sender])
+    rt.store.link_message_id(str(note["Message-ID"]), ref)
+    if csm:
+        copy = render_notice(
+            "support_csm_copy.txt.j2", sender=alias, to=[csm],
+            subject=f"[{handoff.ref}] with Support: {msg.subject}",
+            message_id=message_id_for("support-copy", msgkey, csm, domain=alias.domain),
+            ref=handoff.ref, customer=str(handoff.customer), support=str(settings.support_address),
+            why=why, text=msg.fresh_text.strip(),
+        )
+        _send_once(rt, copy, [csm])
+    store.redis.hset(key("msg", msgkey), "state", "delivered")
+    log.info("%s %s handed to Support (%s)", handoff.ref, msg.message_id, why)
+    return f"handed {handoff.ref} to Support"
+
+
+def _event_line(event: dict[str, object]) -> str:
+    owner = f" -> {event['owner']}" if event.get("owner") else ""
+    why = f" ({event['why']})" if event.get("why") else ""
+    return f"{_when(event.get('at'))}  {event.get('event')}{owner}{why}"  # type: ignore[arg-type]
+
+
+def send_notice(msgkey: str) -> str:
+    """Send the confirmation or error recorded for a command in message `msgkey`."""
+    rt = runtime()
+    record = rt.store.message(msgkey)
+    notice = json.loads(record.get("followup") or "{}").get("notice")
+    if not notice:
+        return "nothing to send"
+    alias = rt.settings.alias
+    reply = render_notice(
+        "notice.txt.j2", sender=alias, to=[notice["to"]], subject=notice["subject"],
+        message_id=message_id_for("notice", msgkey, domain=alias.domain),
+        in_reply_to=notice.get("in_reply_to"), text=notice["text"],
+    )
+    _send_once(rt, reply, [notice["to"]])
+    return f"told {notice['to']}"
+
+
 def notify_overflow(ref: int) -> str:
     """Tell the overflow address that a thread is held because nobody can take it."""
     rt = runtime()
@@ -110,21 +226,77 @@ def notify_overflow(ref: int) -> str:
         return "no overflow address"
     thread = rt.store.thread(ref)
     notice = render_notice(
-        "overflow.txt.j2",
-        sender=settings.alias,
-        to=[str(lead)],
+        "overflow.txt.j2", sender=settings.alias, to=[str(lead)],
         subject=f"[{format_ref(ref)}] held: nobody in the pool can take it",
-        domain=settings.alias.domain,
-        ref=format_ref(ref),
-        customer=thread.get("customer", ""),
+        message_id=message_id_for("overflow", ref, thread.get("created"),
+                                  domain=settings.alias.domain),
+        ref=format_ref(ref), customer=thread.get("customer", ""),
         subject_line=thread.get("subject", ""),
     )
-    asyncio.run(send(notice, settings.required_smtp(), [lead.address],
-                     sender=settings.alias.address))
+    _send_once(rt, notice, [lead.address])
     log.info("%s held; told %s", format_ref(ref), lead.address)
     return "told"
 
 
-def release_held() -> int:
-    """Maintenance: hand held threads to CSMs who are back or have room."""
-    return dispatch.release_held(runtime())
+def remind(ref: int, owner: str, due: float) -> str:
+    """Remind a CSM that a thread's first answer is nearly due."""
+    rt = runtime()
+    settings = rt.settings
+    thread = rt.store.thread(ref)
+    lead = settings.overflow_address
+    notice = render_notice(
+        "reminder.txt.j2", sender=settings.alias, to=[owner],
+        subject=f"Reminder: [{format_ref(ref)}] is due at {_when(due)}",
+        message_id=message_id_for("remind", ref, due, domain=settings.alias.domain),
+        ref=format_ref(ref), customer=thread.get("customer", ""), due=_when(due),
+        subject_line=thread.get("subject", ""), alias=settings.alias.address,
+        lead=lead.address if lead else "the CS lead",
+    )
+    _send_once(rt, notice, [owner])
+    return f"reminded {owner}"
+
+
+def escalate(ref: int, previous: str, owner: str, due: float) -> str:
+    """Tell the lead, once, that a thread missed its first-response target."""
+    rt = runtime()
+    settings = rt.settings
+    lead = settings.overflow_address
+    if lead is None:
+        log.warning("%s overdue and ROUTER_OVERFLOW_ADDRESS is not set", format_ref(ref))
+        return "no lead to tell"
+    thread = rt.store.thread(ref)
+    notice = render_notice(
+        "escalation.txt.j2", sender=settings.alias, to=[str(lead)],
+        subject=f"Overdue: [{format_ref(ref)}] {thread.get('subject', '')}",
+        message_id=message_id_for("escalate", ref, domain=settings.alias.domain),
+        ref=format_ref(ref), customer=thread.get("customer", ""),
+        subject_line=thread.get("subject", ""), previous=previous or "nobody", owner=owner,
+        due=_when(due),
+    )
+    _send_once(rt, notice, [lead.address])
+    return f"told {lead.address}"
+
+
+def sla_sweep(now: float | None = None, *, chained: bool = True) -> str:
+    """Maintenance: remind, escalate, hand out held threads; then schedule the next sweep."""
+    rt = runtime()
+    if chained:
+        rt.redis.delete(key("sweep", "scheduled"))
+    now = now if now is not None else time.time()
+    result = rt.store.sweep(now)
+    for r in result["reminders"]:
+        dispatch.enqueue_job(rt, dispatch.DELIVER, remind, r["ref"], r["owner"], r["due"],
+                             kind="remind")
+    for e in result["escalations"]:
+        why = f"first response overdue with {e['previous'] or 'nobody'}: escalated to you"
+        log.warning("CS-%s first response overdue with %s; moved to %s", e["ref"],
+                    e["previous"], e["owner"] or "nobody")
+        if e["owner"] and e["msg"]:
+            dispatch.enqueue_delivery(rt, e["msg"], e["owner"], why, "escalated")
+        dispatch.enqueue_job(rt, dispatch.DELIVER, escalate, e["ref"], e["previous"],
+                             e["owner"], e["due"], kind="escalate")
+    released = dispatch.release_held(rt)
+    if chained:
+        dispatch.ensure_sweep(rt)
+    return (f"{len(result['reminders'])} reminded, {len(result['escalations'])} escalated, "
+            f"{released} released")

@@ -221,15 +221,21 @@ def _bodies(msg: Message) -> tuple[str, str | None, list[Attachment]]:
     html_parts: list[Message] = []
     attachments: list[Attachment] = []
     for part in leaves:
-        ctype, filename = part.get_content_type(), _filename(part)
-        is_body = part.get_content_disposition() != "attachment" and not filename
-        if is_body and ctype in ("text/plain", "text/html"):
+        ctype, disposition = part.get_content_type(), part.get_content_disposition()
+        filename = _filename(part)
+        if ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename:
             (plain if ctype == "text/plain" else html_parts).append(part)
-        else:
-            cid = next((_decode_header(v) for v in _raw(part, "content-id")), "")
-            inline = part.get_content_disposition() == "inline"
-            data = _payload_bytes(part)
-            attachments.append(Attachment(filename, ctype, data, cid or None, inline))
+            continue
+        cid = next((_decode_header(v) for v in _raw(part, "content-id")), "")
+        attachments.append(
+            Attachment(
+                filename=filename,
+                content_type=ctype,
+                data=_payload_bytes(part),
+                content_id=cid or None,
+                inline=disposition == "inline",
+            )
+        )
     # A blank text/plain alternative is common; the HTML then carries the message.
     main = next((p for p in plain if _payload_bytes(p).strip()), None)
     main = main or next(iter(html_parts + plain), None)
@@ -276,8 +282,9 @@ def _resplit(part: Message, payload: object) -> list[Message]:
     if (match[1] or match[2]) == part.get_boundary():
         return []  # the email package already failed with this boundary
     boundary = re.escape(match[1] or match[2])
-    body = re.split(rf"^--{boundary}--[ \t]*\r?$", payload, maxsplit=1, flags=re.M)[0]
-    chunks = re.split(rf"^--{boundary}[ \t]*\r?\n", body, flags=re.M)[1:]
+    # Like the email package, the line break before a boundary belongs to the boundary.
+    body = re.split(rf"\r?\n--{boundary}--", "\n" + payload, maxsplit=1)[0]
+    chunks = re.split(rf"\r?\n--{boundary}[ \t]*\r?\n", body)[1:]
     try:
         blobs = [chunk.encode("ascii", "surrogateescape") for chunk in chunks]
     except UnicodeEncodeError:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 
 import aiosmtplib
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -33,15 +33,35 @@ def render(template: str, **context: object) -> str:
     return _templates.get_template(template).render(**context)
 
 
-def forward_message_id(msgkey: str, owner: str, domain: str) -> str:
+def forward_message_id(msgkey: str, owner: str, domain: str, cause: str = "") -> str:
     """Deterministic, so sending the same forward again is recognisably the same mail."""
-    who = hashlib.sha256(owner.encode()).hexdigest()[:8]
+    who = hashlib.sha256(f"{owner}\0{cause}".encode()).hexdigest()[:8]
     return f"<fwd.{msgkey}.{who}@{domain}>"
 
 
-def _header_address(address: str, name: str = "") -> HeaderAddress:
+def header_address(address: str, name: str = "") -> HeaderAddress:
     username, _, domain = address.partition("@")
     return HeaderAddress(display_name=name, username=username, domain=domain)
+
+
+def stamp(
+    *, sender: str, alias: Address, to: str, subject: str, message_id: str, kind: str
+) -> EmailMessage:
+    """A new message from the alias with the headers every mail the product writes has.
+
+    `sender` is the display name, written quoted as PRODUCT.md shows it; the email package
+    encodes non-ASCII names. `kind` goes into X-CSM-Router so a copy that comes back to
+    the alias is recognised and never loops.
+    """
+    out = EmailMessage()
+    display = sender.replace("\\", "").replace('"', "")
+    out["From"] = f'"{display}" <{alias.address}>'
+    out["To"] = to
+    out["Subject"] = subject
+    out["Date"] = format_datetime(datetime.now(UTC))
+    out["Message-ID"] = message_id
+    out[OWN_HEADER] = kind
+    return out
 
 
 @dataclass(frozen=True)
@@ -66,25 +86,23 @@ def render_forward(
     previous: Sequence[str] = (),
 ) -> EmailMessage:
     """The forward a CSM receives: reference, context block, original text and attachments."""
-    out = EmailMessage()
     customer_name = msg.sender_name or msg.sender
-    alias_name = alias.name or alias.address
-    # Written quoted as PRODUCT.md shows it; the email package encodes non-ASCII names.
-    display = f"{customer_name} via {alias_name}".replace("\\", "").replace('"', "")
-    out["From"] = f'"{display}" <{alias.address}>'
-    out["To"] = _header_address(owner.address, owner.name)
+    out = stamp(
+        sender=f"{customer_name} via {alias.name or alias.address}",
+        alias=alias,
+        to=str(Address(owner.address, owner.name)),
+        subject=subject_with_ref(msg.subject or "(no subject)", ref),
+        message_id=message_id,
+        kind=f"forward {format_ref(ref)}",
+    )
     out["Reply-To"] = [
-        _header_address(msg.sender, msg.sender_name),
-        _header_address(alias.address, alias.name),
+        header_address(msg.sender, msg.sender_name),
+        header_address(alias.address, alias.name),
     ]
-    out["Subject"] = subject_with_ref(msg.subject or "(no subject)", ref)
-    out["Date"] = format_datetime(datetime.now(UTC))
-    out["Message-ID"] = message_id
     if previous:
         # The CSM's client threads all forwards of one thread together.
         out["In-Reply-To"] = previous[-1]
         out["References"] = " ".join(previous)
-    out[OWN_HEADER] = f"forward {format_ref(ref)}"
     body = render(
         "forward.txt.j2",
         ref=f"[{format_ref(ref)}]",
@@ -118,20 +136,25 @@ def render_notice(
     sender: Address,
     to: Sequence[str],
     subject: str,
-    domain: str,
+    message_id: str,
+    in_reply_to: str | None = None,
     **context: object,
 ) -> EmailMessage:
-    """A short notice the product writes (overflow, confirmations) from a template."""
-    out = EmailMessage()
-    out["From"] = _header_address(sender.address, sender.name)
-    out["To"] = ", ".join(to)
-    out["Subject"] = subject
-    out["Date"] = format_datetime(datetime.now(UTC))
-    out["Message-ID"] = make_msgid(domain=domain)
+    """A short notice the product writes (overflow, confirmations, reminders) from a template."""
+    out = stamp(sender=sender.name or sender.address, alias=sender, to=", ".join(to),
+                subject=subject, message_id=message_id, kind=template.split(".", 1)[0])
     out["Auto-Submitted"] = "auto-generated"  # RFC 3834: nobody should auto-reply to it
-    out[OWN_HEADER] = template.split(".", 1)[0]
+    if in_reply_to:
+        out["In-Reply-To"] = in_reply_to
+        out["References"] = in_reply_to
     out.set_content(render(template, **context))
     return out
+
+
+def message_id_for(kind: str, *parts: object, domain: str) -> str:
+    """A deterministic Message-ID: the same notice sent again is recognisably the same."""
+    digest = hashlib.sha256("\0".join(str(p) for p in parts).encode()).hexdigest()[:24]
+    return f"<{kind}.{digest}@{domain}>"
 
 
 async def send(

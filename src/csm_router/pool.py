@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -76,8 +77,10 @@ class CsmStatus:
     away: bool
     away_until: str | None
     open: int
+    overdue: int
     assigned_today: int
     median_first_response_minutes: float | None
+    p90_first_response_minutes: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,10 +92,12 @@ def status(store: Store, now: float) -> list[CsmStatus]:
     pipe = store.redis.pipeline(transaction=False)
     pipe.hgetall(key("away"))
     pipe.hgetall(key("stats", "assigned", today))
+    pipe.zrangebyscore(key("due"), "-inf", now)
     for member in store.settings.pool:
         pipe.scard(key("open", member.address))
         pipe.lrange(key("stats", "first-response", member.address), 0, -1)
-    away_raw, assigned_raw, *per_csm = pipe.execute()
+    away_raw, assigned_raw, overdue_refs, *per_csm = pipe.execute()
+    overdue = _owners(store, [int(text(r)) for r in overdue_refs])
     away = {k.decode(): v.decode() for k, v in away_raw.items()}
     assigned = {k.decode(): int(v) for k, v in assigned_raw.items()}
     rows = []
@@ -107,7 +112,7 @@ def status(store: Store, now: float) -> list[CsmStatus]:
             if until
             else None
         )
-        median = statistics.median(float(d) for d in durations) / 60 if durations else None
+        minutes = sorted(float(d) / 60 for d in durations)
         rows.append(
             CsmStatus(
                 address=member.address,
@@ -116,11 +121,32 @@ def status(store: Store, now: float) -> list[CsmStatus]:
                 away=is_away,
                 away_until=until_text if is_away else None,
                 open=int(open_count),
+                overdue=overdue.get(member.address, 0),
                 assigned_today=assigned.get(member.address, 0),
-                median_first_response_minutes=round(median, 1) if median is not None else None,
+                median_first_response_minutes=_percentile(minutes, 50),
+                p90_first_response_minutes=_percentile(minutes, 90),
             )
         )
     return rows
+
+
+def _percentile(ordered: list[float], pct: int) -> float | None:
+    """Nearest-rank percentile (50 = median of odd counts, upper median of even ones)."""
+    if not ordered:
+        return None
+    if pct == 50:
+        return round(statistics.median(ordered), 1)
+    rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
+    return round(ordered[rank], 1)
+
+
+def _owners(store: Store, refs: list[int]) -> dict[str, int]:
+    """How many of `refs` each CSM owns."""
+    counts: dict[str, int] = {}
+    for info in store.threads_info(refs).values():
+        if info.owner:
+            counts[info.owner] = counts.get(info.owner, 0) + 1
+    return counts
 
 
 def held_count(store: Store) -> int:

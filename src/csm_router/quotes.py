@@ -19,30 +19,28 @@ _DIGIT = re.compile(r"\d")
 _WRAPPED_TAIL = re.compile(r">\s*:")  # Gmail wrapping "<addr>:" right before the ">"
 
 _START_WORD = re.compile(
-    r"-*\s*(?:on|le|am|el|il|em|op|den|på|in data|w dniu|dnia)\s", re.IGNORECASE
+    r"-*+\s*+(?:on|le|am|el|il|em|op|den|på|in data|w dniu|dnia)\s", re.IGNORECASE
 )
-_START_DATE = re.compile(r"-*\s*\S{0,12}\s*\d")  # "2017-11-24 ...", "ср, 30 апр.", "pe 20."
-_ATTRIBUTION_END = (
-    re.compile(
-        r"(?:\bwrote|\ba écrit|\bescribió|\bha scritto|\bescreveu|\bnapisał(?:\(a\))?"
-        r"|\bkirjoitti|\bírta|\bнаписала?|\bskrev)\s*:?\s*-*$",
-        re.IGNORECASE,
-    ),
-    re.compile(r"\b(?:wrote|schrieb|schreef|skrev)\b.{0,300}:$", re.IGNORECASE),
-    re.compile(r"<[^<>\s]+@[^<>\s]+\s*>\s*:$"),
+_START_DATE = re.compile(r"-*+\s*+\S{0,12}\s*\d")  # "2017-11-24 ...", "ср, 30 апр.", "pe 20."
+_VERB_AT_END = re.compile(
+    r"(?:\bwrote|\ba écrit|\bescribió|\bha scritto|\bescreveu|\bnapisał(?:\(a\))?"
+    r"|\bkirjoitti|\bírta|\bнаписала?|\bskrev)\s*:?\s*-*$",
+    re.IGNORECASE,
 )
+_VERB_BEFORE_NAME = re.compile(r"\b(?:wrote|schrieb|schreef|skrev)\b", re.IGNORECASE)
+_ADDRESS_AT_END = re.compile(r"<[^<>\s@]+@[^<>\s@]+\s*>\s*:$")  # no "@" twice: no backtracking
 _ORIGINAL = re.compile(
-    r"-{2,}\s*(?:original message|ursprüngliche nachricht|message d['’]origine"
+    r"-{2,}+\s*+(?:original message|ursprüngliche nachricht|message d['’]origine"
     r"|mensaje original|messaggio originale|mensagem original|oorspronkelijk bericht"
     r"|oprindelig besked|opprinnelig melding|ursprungligt meddelande|alkuperäinen viesti"
     r"|исходное сообщение|wiadomość oryginalna|oryginalna wiadomość)\s*-{2,}",
     re.IGNORECASE,
 )
 _FROM_LABEL = re.compile(
-    r"[\s*]*(?:from|de|von|van|da|fra|från|od|lähettäjä|от|feladó)\s*:", re.IGNORECASE
+    r"[\s*]*+(?:from|de|von|van|da|fra|från|od|lähettäjä|от|feladó)\s*:", re.IGNORECASE
 )
 _HEADER_LABEL = re.compile(
-    r"[\s*]*(?:sent|date|to|cc|subject|envoyé|à|objet|gesendet|datum|an|betreff|verzonden"
+    r"[\s*]*+(?:sent|date|to|cc|subject|envoyé|à|objet|gesendet|datum|an|betreff|verzonden"
     r"|aan|onderwerp|inviato|oggetto|a|data|enviado|para|asunto|assunto|dato|til|emne"
     r"|skickat|till|ämne|lähetetty|vastaanottaja|aihe|wysłano|do|temat|отправлено|кому"
     r"|тема|дата)(?:\s+le)?\s*:",
@@ -104,7 +102,7 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
             break
         parts.insert(0, line)
         joined = " ".join(parts)
-        if _DIGIT.search(joined) and any(p.search(joined) for p in _ATTRIBUTION_END):
+        if _is_attribution(joined):
             windows.append((first, line))
     # Prefer a window opening with "On"/"Le"/...; a bare date opening is the fallback.
     for start_pattern in (_START_WORD, _START_DATE):
@@ -112,6 +110,19 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
             if start_pattern.match(line):
                 return first
     return None
+
+
+def _is_attribution(text: str) -> bool:
+    """Whether ``text`` ends like "<date> ... <name> wrote:" in one of the known forms."""
+    if not _DIGIT.search(text):
+        return False
+    # Every form ends the text, so the regexes only need to look at its end.
+    if _VERB_AT_END.search(text[-60:]):
+        return True
+    # "Am <date> schrieb <name> <addr>:" and "<date>, <name> <addr>:"
+    return text.endswith(":") and bool(
+        _ADDRESS_AT_END.search(text[-200:]) or _VERB_BEFORE_NAME.search(text[-300:])
+    )
 
 
 def _header_block_end(lines: list[str], i: int) -> int | None:
@@ -143,6 +154,9 @@ def _separator_before(lines: list[str], i: int) -> int:
     return i
 
 
+_DECLARATION = re.compile(r"<[!?][^<>]*>")  # <!DOCTYPE>, <![if mso]>, <?xml?>: never text
+_STRAY_LT = re.compile(r"<(?![a-zA-Z/])|<(?=[^<>]*(?:<|\Z))")  # a "<" that opens no whole tag
+_MAX_QUOTE_DEPTH = 16  # hostile nesting must not multiply the output size
 _SKIP_TAGS = frozenset({"script", "style", "head", "title", "template"})
 _BLOCK_TAGS = frozenset(
     {
@@ -213,11 +227,26 @@ def html_to_text(html: str) -> str:
     """Readable text from HTML: blocks become lines, blockquote lines are prefixed "> "."""
     parser = _HtmlToText()
     with contextlib.suppress(Exception):  # html.parser may assert on pathological markup
-        parser.feed(html)
+        parser.feed(_defuse(html))
         parser.close()
     parser.flush()
     out: list[str] = []
     for depth, text in parser.lines:
         if text or (out and out[-1].strip("> ")):  # collapse runs of blank lines
-            out.append(("> " * depth + text).rstrip())
+            out.append(("> " * min(depth, _MAX_QUOTE_DEPTH) + text).rstrip())
     return "\n".join(out).strip()
+
+
+def _defuse(html: str) -> str:
+    """Drop comments and declarations and escape stray "<", all in linear time.
+
+    html.parser rescans to the end of the input for every unclosed construct, which is
+    quadratic on hostile markup; after this every "<" opens a tag closed before the next "<".
+    """
+    kept: list[str] = []
+    i = 0
+    while (start := html.find("<!--", i)) >= 0 and (end := html.find("-->", start + 4)) >= 0:
+        kept.append(html[i:start])
+        i = end + 3
+    kept.append(html[i:])
+    return _STRAY_LT.sub("&lt;", _DECLARATION.sub("", "".join(kept)))

@@ -9,13 +9,21 @@ from collections.abc import Callable
 
 import redis
 
+from csm_router.auth import verify_sender
 from csm_router.decide import decide
 from csm_router.decision import Action
-from csm_router.dispatch import Runtime, dispatch, release_held
+from csm_router.dispatch import (
+    Runtime,
+    command_notice,
+    delivery_reason,
+    dispatch,
+    ensure_sweep,
+    release_held,
+)
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
-from csm_router.store import Outcome, message_key
+from csm_router.store import message_key
 from csm_router.threads import format_ref
 
 log = logging.getLogger(__name__)
@@ -66,6 +74,7 @@ class Router:
                              mode, self.rt.settings.poll_seconds)
                 handled = self.poll_once()
                 release_held(self.rt)
+                ensure_sweep(self.rt)
                 backoff.reset()
                 if handled:
                     continue
@@ -122,30 +131,43 @@ class Router:
         msgkey = message_key(msg, raw)
         seen = store.message(msgkey)
         if seen:
-            if seen.get("state") == "decided" and seen.get("owner"):
+            if not seen.get("dispatched"):
                 # Recorded by a process that died before enqueueing: finish its work.
-                dispatch(self.rt, msgkey, Outcome.from_record(seen), seen.get("why", ""))
+                outcome = store.outcome(msgkey)
+                if outcome is not None:
+                    dispatch(self.rt, msgkey, outcome)
             log.debug("UID %s %s already %s", uid, msg.message_id, seen.get("state"))
             return "duplicate"
-        snap = store.snapshot(msg, now)
+        verdict = verify_sender(msg, settings.trusted_authserv_id)
+        snap = store.snapshot(msg, now, verdict=verdict, support_rules=self.rt.support_rules)
         decision = decide(msg, snap)
-        if decision.action is Action.FORWARD:
+        if decision.action is Action.QUARANTINE:
+            return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey)
+        if decision.action in (Action.FORWARD, Action.SUPPORT):
             store.save_raw(msgkey, raw)
-        outcome = store.record(msgkey, msg, decision, now, uid=uid)
+        outcome = store.record(
+            msgkey, msg, decision, now, uid=uid,
+            why_deliver=delivery_reason(decision, msg.sender),
+            notice=command_notice(decision, msg, settings),
+        )
         if outcome.status == "dup":
             return "duplicate"
         ref = format_ref(outcome.ref) if outcome.ref else "-"
         target = outcome.owner or ("held" if outcome.state == "held" else decision.target_label)
-        log.info("%s %s -> %s by %s (%s)", ref, msg.message_id, target, decision.rule, decision.why)
-        dispatch(self.rt, msgkey, outcome, decision.why)
+        command = f" #{decision.command.name}" if decision.command else ""
+        log.info("%s %s -> %s by %s%s (%s)", ref, msg.message_id, target, decision.rule,
+                 command, decision.error or decision.why)
+        dispatch(self.rt, msgkey, outcome)
         return outcome.state
 
-    def _quarantine(self, uid: int, raw: bytes, message_id: str, reason: str) -> str:
-        msgkey = message_key(None, raw)
+    def _quarantine(
+        self, uid: int, raw: bytes, message_id: str, reason: str, msgkey: str | None = None
+    ) -> str:
+        msgkey = msgkey or message_key(None, raw)
         if self.rt.store.message(msgkey):
             return "duplicate"
         self.mailbox.quarantine(uid)
         self.rt.store.record_quarantine(msgkey, message_id, reason, self.clock())
-        log.warning("UID %s quarantined to %s: %s", uid, self.mailbox.quarantine_folder, reason)
+        log.warning("UID %s %s quarantined to %s: %s", uid, message_id or "(no id)",
+                    self.mailbox.quarantine_folder, reason)
         return "quarantined"
-

@@ -12,6 +12,8 @@ from typing import Any
 
 from redis import Redis
 
+from csm_router.auth import Verdict
+from csm_router.classify import RuleSet
 from csm_router.config import Settings
 from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import Inbound
@@ -44,6 +46,32 @@ def _hash(raw: Any) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Followup:
+    """Work a recorded message calls for; enqueued with fixed job ids, so safe to repeat."""
+
+    deliver: tuple[str, ...] = ()  # messages to forward to `owner`
+    owner: str | None = None
+    why: str = ""
+    support: str | None = None  # message to hand to Support
+    overflow: int | None = None  # thread to tell the overflow address about
+    notice: dict[str, str] | None = None  # a confirmation or error for the sender
+
+    @classmethod
+    def from_json(cls, data: Any) -> Followup:
+        if not isinstance(data, dict):
+            return cls()
+        deliver = data.get("deliver")
+        return cls(
+            deliver=tuple(m for m in deliver if m) if isinstance(deliver, list) else (),
+            owner=data.get("owner") or None,
+            why=data.get("why") or "",
+            support=data.get("support") or None,
+            overflow=int(data["overflow"]) if data.get("overflow") else None,
+            notice=data.get("notice") or None,
+        )
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What recording a decision did."""
 
@@ -52,17 +80,17 @@ class Outcome:
     ref: int | None
     owner: str | None
     new_thread: bool = False
-    held_new: bool = False  # the thread has just become held: tell the overflow address
-    released: tuple[str, ...] = ()  # held messages now decided, to deliver
+    followup: Followup = field(default_factory=Followup)
 
     @classmethod
-    def from_record(cls, record: dict[str, str]) -> Outcome:
-        """The outcome a stored message record stands for (to finish interrupted work)."""
+    def from_json(cls, out: dict[str, Any]) -> Outcome:
         return cls(
-            status="dup",
-            state=record["state"],
-            ref=int(record["ref"]) if record.get("ref") else None,
-            owner=record.get("owner") or None,
+            status=out["status"],
+            state=out["state"],
+            ref=int(out["ref"]) if out.get("ref") not in (None, "") else None,
+            owner=out.get("owner") or None,
+            new_thread=bool(out.get("new_thread")),
+            followup=Followup.from_json(out.get("followup")),
         )
 
 
@@ -92,6 +120,7 @@ class Store:
             source = (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
             script = self._scripts[name] = self.redis.register_script(source)
         base = {
+            "exclude": "",
             "pool": [[m.address, m.weight] for m in self.settings.pool],
             "env_away": sorted(self.settings.away),
             "max_open": self.settings.max_open_per_csm,
@@ -107,7 +136,14 @@ class Store:
 
     # -- deciding -------------------------------------------------------------------
 
-    def snapshot(self, msg: Inbound, now: float, *, sender_verified: bool = True) -> Snapshot:
+    def snapshot(
+        self,
+        msg: Inbound,
+        now: float,
+        *,
+        verdict: Verdict | None = None,
+        support_rules: RuleSet | None = None,
+    ) -> Snapshot:
         """Gather what the rules may read about `msg` in two round trips."""
         header_ids = [*msg.in_reply_to, *reversed(msg.references)]
         subject_refs = refs_in_subject(msg.subject)
@@ -162,7 +198,10 @@ class Store:
             tag_owner=tag_owner,
             tag_thread=tag_thread,
             onboarding=onboarding,
-            sender_verified=sender_verified,
+            sender_verified=verdict.verified if verdict else True,
+            verdict=verdict.why if verdict else "",
+            support_address=support.address if (support := self.settings.support_address) else None,
+            support_rules=support_rules,
         )
 
     def threads_info(self, refs: list[int]) -> dict[int, ThreadInfo]:
@@ -185,9 +224,18 @@ class Store:
         return frozenset(a for a, until in away.items() if not until or float(until) > now)
 
     def record(
-        self, msgkey: str, msg: Inbound, decision: Decision, now: float, *, uid: int = 0
+        self,
+        msgkey: str,
+        msg: Inbound,
+        decision: Decision,
+        now: float,
+        *,
+        uid: int = 0,
+        why_deliver: str = "",
+        notice: dict[str, str] | None = None,
     ) -> Outcome:
         """Record the decision for `msg` atomically; a repeat answers status 'dup'."""
+        command = decision.command
         payload = {
             "msgkey": msgkey,
             "now": now,
@@ -203,8 +251,12 @@ class Store:
             "customer_name": msg.sender_name,
             "account": msg.account,
             "subject": msg.subject,
+            "command": {"name": command.name, "argument": command.argument} if command else None,
+            "error": decision.error,
+            "why_deliver": why_deliver or decision.why,
+            "notice": notice,
         }
-        return self._outcome(self._run("record", payload))
+        return Outcome.from_json(self._run("record", payload))
 
     def record_quarantine(self, msgkey: str, message_id: str, reason: str, now: float) -> Outcome:
         """Record that a message went to quarantine, with the reason."""
@@ -217,20 +269,7 @@ class Store:
             "why": reason,
             "message_id": message_id,
         }
-        return self._outcome(self._run("record", payload))
-
-    @staticmethod
-    def _outcome(out: dict[str, Any]) -> Outcome:
-        released = out.get("released") or []
-        return Outcome(
-            status=out["status"],
-            state=out["state"],
-            ref=int(out["ref"]) if out.get("ref") not in (None, "") else None,
-            owner=out.get("owner") or None,
-            new_thread=bool(out.get("new_thread")),
-            held_new=bool(out.get("held_new")),
-            released=tuple(released) if isinstance(released, list) else (),
-        )
+        return Outcome.from_json(self._run("record", payload))
 
     def release_held(self, now: float | None = None, limit: int = 100) -> list[Released]:
         """Hand held threads to whoever can take them now."""
@@ -238,6 +277,12 @@ class Store:
         if not isinstance(out, list):
             return []
         return [Released(int(r["ref"]), r["owner"], tuple(r["msgs"] or [])) for r in out]
+
+    def sweep(self, now: float) -> dict[str, list[dict[str, Any]]]:
+        """Remind and escalate by the first-response clock; see lua/sweep.lua."""
+        out = self._run("sweep", {"now": now,
+                                  "remind_before": self.settings.remind_before_seconds})
+        return {k: v if isinstance(v, list) else [] for k, v in out.items()}
 
     def reassign(self, ref: int, target: str, why: str) -> dict[str, Any]:
         """Give thread `ref` to `target`; answers the previous owner and messages to forward."""
@@ -252,6 +297,22 @@ class Store:
         value: Any = self.redis.get(key("raw", msgkey))
         return bytes(value) if value is not None else None
 
+    def outcome(self, msgkey: str) -> Outcome | None:
+        """The recorded outcome of a message, with its follow-up work; None if unseen."""
+        record = self.message(msgkey)
+        if not record:
+            return None
+        return Outcome(
+            status="dup",
+            state=record["state"],
+            ref=int(record["ref"]) if record.get("ref") else None,
+            owner=record.get("owner") or None,
+            followup=Followup.from_json(json.loads(record.get("followup") or "{}")),
+        )
+
+    def mark_dispatched(self, msgkey: str) -> None:
+        self.redis.hset(key("msg", msgkey), "dispatched", 1)
+
     def message(self, msgkey: str) -> dict[str, str]:
         return _hash(self.redis.hgetall(key("msg", msgkey)))
 
@@ -260,6 +321,10 @@ class Store:
 
     def events(self, ref: int) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(key("thread", ref, "events"), 0, -1)]
+
+    def thread_messages(self, ref: int) -> list[str]:
+        """Keys of the customer messages of a thread, oldest first."""
+        return [text(m) for m in self.redis.lrange(key("thread", ref, "msgs"), 0, -1)]
 
     def link_message_id(self, message_id: str, ref: int) -> None:
         self.redis.set(key("msgid", message_id), ref)

@@ -30,7 +30,7 @@ local function pick()
   local cws = {}
   for _, m in ipairs(d.pool) do
     local addr, w = m[1], m[2]
-    if not is_away(addr) and has_room(addr) then
+    if addr ~= d.exclude and not is_away(addr) and has_room(addr) then
       local cw = tonumber(redis.call('HGET', P .. 'rr', addr) or '0') + w
       cws[addr] = cw
       total = total + w
@@ -84,4 +84,27 @@ local function link_ids(ref, ids)
   for _, id in ipairs(ids or {}) do
     redis.call('SET', P .. 'msgid:' .. id, ref)
   end
+end
+
+-- The first-response clock: `csm:due` holds every thread waiting for its first answer.
+local function start_clock(ref, at)
+  redis.call('HSET', P .. 'thread:' .. ref, 'due', at, 'reminded', '', 'escalated', '')
+  redis.call('ZADD', P .. 'due', at, ref)
+end
+
+local function stop_clock(ref)
+  redis.call('HSET', P .. 'thread:' .. ref, 'due', '')
+  redis.call('ZREM', P .. 'due', ref)
+end
+
+-- The thread leaves its owner's open set (closed, or with Support); the owner is kept.
+local function park(ref, state)
+  local tkey = P .. 'thread:' .. ref
+  local owner = redis.call('HGET', tkey, 'owner')
+  if owner and owner ~= '' then
+    redis.call('SREM', P .. 'open:' .. owner, ref)
+  end
+  redis.call('HSET', tkey, 'state', state)
+  redis.call('ZREM', P .. 'held', ref)
+  stop_clock(ref)
 end

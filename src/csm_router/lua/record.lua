@@ -1,21 +1,26 @@
--- Record one message's decision atomically: claim, thread, owner pick, links, history.
--- A message already recorded is never recorded again: the answer says 'dup' and its state.
+-- Record one message's decision atomically: claim, thread, owner pick, links, history and
+-- any command. A message already recorded is never recorded again: the answer says 'dup'.
 local mkey = P .. 'msg:' .. d.msgkey
 if redis.call('EXISTS', mkey) == 1 then
   local s = redis.call('HMGET', mkey, 'state', 'ref', 'owner')
   return cjson.encode({status = 'dup', state = s[1], ref = tonumber(s[2]), owner = s[3] or ''})
 end
 
+-- followup: work the caller enqueues (and re-enqueues after a crash) with fixed job ids.
+local followup = {why = d.why_deliver}
+if v(d.notice) then followup.notice = d.notice end
+
 local function finish(state, ref, owner, extra)
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
-    'rule', d.rule, 'why', d.why, 'at', d.now, 'message_id', d.message_id or '',
-    'uid', d.uid or '')
-  local out = {status = 'new', state = state, ref = ref, owner = owner or ''}
+    'action', d.action, 'rule', d.rule, 'why', d.why, 'at', d.now,
+    'message_id', d.message_id or '', 'uid', d.uid or '', 'followup', cjson.encode(followup))
+  local out = {status = 'new', state = state, ref = ref, owner = owner or '', followup = followup}
   for k, x in pairs(extra or {}) do out[k] = x end
   return cjson.encode(out)
 end
 
 local ref = v(d.ref)
+local command = v(d.command)
 
 if d.action == 'ignore' or d.action == 'quarantine' then
   if ref then
@@ -24,45 +29,107 @@ if d.action == 'ignore' or d.action == 'quarantine' then
   return finish(d.action == 'ignore' and 'ignored' or 'quarantined', ref, nil)
 end
 
-if d.action == 'reply' then
+if d.action == 'reply' or d.action == 'command' then
   local tkey = P .. 'thread:' .. ref
-  local first = redis.call('HGET', tkey, 'first_response')
-  if not first or first == '' then
-    local created = tonumber(redis.call('HGET', tkey, 'created') or d.now)
-    redis.call('HSET', tkey, 'first_response', d.now, 'due', '')
-    redis.call('LPUSH', P .. 'stats:first-response:' .. d.target, d.now - created)
-    redis.call('LTRIM', P .. 'stats:first-response:' .. d.target, 0, 999)
+  local old = redis.call('HGET', tkey, 'owner')
+  local state = 'done'
+  if d.action == 'reply' then
+    local first = redis.call('HGET', tkey, 'first_response')
+    if not first or first == '' then
+      local created = tonumber(redis.call('HGET', tkey, 'created') or d.now)
+      redis.call('HSET', tkey, 'first_response', d.now)
+      redis.call('LPUSH', P .. 'stats:first-response:' .. d.target, d.now - created)
+      redis.call('LTRIM', P .. 'stats:first-response:' .. d.target, 0, 999)
+    end
+    stop_clock(ref)
+    local tstate = redis.call('HGET', tkey, 'state')
+    if tstate == 'closed' or tstate == 'support' then
+      -- A CSM writing in a parked thread takes it, but does not reopen or recall it.
+      redis.call('HSET', tkey, 'owner', d.target)
+    else
+      set_owner(ref, d.target)
+      followup.deliver = release_messages(ref, d.target)
+      followup.owner = d.target
+    end
+    event(ref, 'reply', {msg = d.message_id, owner = d.target, previous = old or '',
+      rule = d.rule, why = d.why})
   end
-  local old = set_owner(ref, d.target)
-  local released = release_messages(ref, d.target)
+  if command and not v(d.error) then
+    local name = command.name
+    if name == 'close' then
+      park(ref, 'closed')
+      event(ref, 'closed', {owner = d.target, why = 'closed with #close'})
+    elseif name == 'support' then
+      park(ref, 'support')
+      followup.support = redis.call('HGET', tkey, 'last_msg')
+      event(ref, 'to-support', {owner = d.target, why = '#support by ' .. d.target})
+    elseif name == 'reassign' then
+      set_owner(ref, command.argument)
+      start_clock(ref, d.now + d.sla_seconds)
+      followup.deliver = {redis.call('HGET', tkey, 'last_msg')}
+      followup.owner = command.argument
+      event(ref, 'reassigned', {owner = command.argument, previous = d.target,
+        why = '#reassign by ' .. d.target})
+    elseif name == 'success' then
+      -- Back to the CSM who had it, if they can take it; otherwise the next one.
+      local owner = old
+      if not owner or owner == '' or is_away(owner) or not has_room(owner) then
+        owner = pick()
+      end
+      local last = redis.call('HGET', tkey, 'last_msg')
+      if owner then
+        set_owner(ref, owner)
+        start_clock(ref, d.now + d.sla_seconds)
+        followup.deliver = {last}
+        followup.owner = owner
+      else
+        redis.call('HSET', tkey, 'state', 'held', 'owner', '')
+        redis.call('ZADD', P .. 'held', d.now, ref)
+        redis.call('RPUSH', tkey .. ':held', last)
+        followup.overflow = ref
+      end
+      event(ref, 'from-support', {owner = owner or '', why = '#success by Support'})
+    end
+    state = 'decided'
+  end
   redis.call('HSET', tkey, 'last_activity', d.now)
   link_ids(ref, d.link_ids)
-  event(ref, 'reply', {msg = d.message_id, owner = d.target, previous = old or '',
-    rule = d.rule, why = d.why})
-  return finish('done', ref, d.target, {released = released})
+  return finish(state, ref, d.target)
 end
 
--- d.action == 'forward'
+-- d.action == 'forward' or 'support': a customer's message, in a new or known thread
 local new = false
 if not ref then
   ref = redis.call('INCR', P .. 'seq')
   new = true
   redis.call('HSET', P .. 'thread:' .. ref, 'ref', ref, 'customer', d.customer,
     'customer_name', d.customer_name, 'account', d.account, 'subject', d.subject,
-    'created', d.now, 'state', 'open', 'owner', '', 'due', d.now + d.sla_seconds,
-    'first_response', '', 'first_msg', d.msgkey)
+    'created', d.now, 'state', 'open', 'owner', '', 'first_response', '',
+    'first_msg', d.msgkey)
   redis.call('ZADD', P .. 'threads', d.now, ref)
   redis.call('ZADD', P .. 'account:' .. d.account, d.now, ref)
 end
 local tkey = P .. 'thread:' .. ref
 redis.call('ZADD', P .. 'customer:' .. d.customer, d.now, ref)
 redis.call('HSET', tkey, 'last_activity', d.now, 'last_msg', d.msgkey)
+redis.call('RPUSH', tkey .. ':msgs', d.msgkey)
 link_ids(ref, d.link_ids)
+
+if d.action == 'support' then
+  local owner = redis.call('HGET', tkey, 'owner')
+  if redis.call('HGET', tkey, 'state') ~= 'support' then
+    park(ref, 'support')
+  end
+  followup.support = d.msgkey
+  event(ref, new and 'new-support' or 'to-support', {msg = d.message_id, rule = d.rule,
+    why = d.why})
+  return finish('decided', ref, owner ~= '' and owner or nil, {new_thread = new})
+end
 
 local state = redis.call('HGET', tkey, 'state')
 if state == 'closed' then
-  -- The customer wrote again: the thread reopens with a fresh first-response clock.
-  redis.call('HSET', tkey, 'state', 'open', 'due', d.now + d.sla_seconds, 'first_response', '')
+  -- The customer wrote again: the thread reopens with its owner and a fresh clock.
+  redis.call('HSET', tkey, 'state', 'open', 'first_response', '')
   event(ref, 'reopened', {msg = d.message_id})
 end
 
@@ -79,6 +146,7 @@ if not owner then
   redis.call('HSET', tkey, 'state', 'held', 'owner', '')
   if held_new then
     redis.call('ZADD', P .. 'held', d.now, ref)
+    followup.overflow = ref
   end
   redis.call('RPUSH', tkey .. ':held', d.msgkey)
   event(ref, 'held', {msg = d.message_id, rule = d.rule, why = d.why})
@@ -86,6 +154,11 @@ if not owner then
 end
 
 local previous = set_owner(ref, owner)
+if new or state == 'closed' or previous ~= owner then
+  start_clock(ref, d.now + d.sla_seconds)
+end
+followup.deliver = {d.msgkey}
+followup.owner = owner
 event(ref, new and 'new' or 'routed', {msg = d.message_id, owner = owner,
   previous = previous or '', rule = d.rule, why = d.why})
 return finish('decided', ref, owner, {new_thread = new})

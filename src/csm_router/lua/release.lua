@@ -5,7 +5,7 @@ for _, ref in ipairs(refs) do
   local owner = pick()
   if not owner then break end
   set_owner(ref, owner)
-  redis.call('HSET', P .. 'thread:' .. ref, 'due', d.now + d.sla_seconds)
+  start_clock(ref, d.now + d.sla_seconds)
   local msgs = release_messages(ref, owner)
   event(ref, 'released', {owner = owner, why = 'a CSM became available'})
   table.insert(out, {ref = tonumber(ref), owner = owner, msgs = msgs})

@@ -9,9 +9,12 @@ from csm_router.message import Inbound
 from csm_router.rules import (
     automatic,
     from_pool_csm,
+    from_support,
+    impersonation,
     known_thread,
     onboarding_owner,
     round_robin,
+    technical,
 )
 
 
@@ -26,8 +29,11 @@ class Rule(Protocol):
 POLICY: tuple[Rule, ...] = (
     # Auto-replies come first: a CSM's out-of-office copied to the alias is not an answer.
     automatic,
+    impersonation,  # claims to be a CSM or Support without proof: quarantined
+    from_support,
     from_pool_csm,
-    known_thread,
-    onboarding_owner,
+    known_thread,  # an existing thread stays with its owner, technical or not
+    onboarding_owner,  # onboarding includes set-up questions: the owner keeps them too
+    technical,
     round_robin,  # always answers (a CSM, or held for overflow): keep last
 )

@@ -25,6 +25,9 @@ def check(msg: Inbound, snap: Snapshot) -> Decision | None:
 
 def _to_owner(thread: ThreadInfo, snap: Snapshot, matched_by: str) -> Decision:
     ref = thread.ref
+    if thread.state is ThreadState.SUPPORT:
+        why = f"the thread is with Support ({matched_by})"
+        return Decision.to_support(rule=NAME, ref=ref, why=why)
     if thread.state is ThreadState.HELD or thread.owner is None:
         return Decision.next_csm(rule=NAME, ref=ref, why=f"held thread ({matched_by})")
     if not snap.in_pool(thread.owner):
