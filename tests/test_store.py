@@ -9,8 +9,10 @@ import fakeredis
 import pytest
 
 from csm_router import pool
+from csm_router.auth import verify_sender
 from csm_router.config import Settings, load_settings
 from csm_router.decide import decide
+from csm_router.dispatch import record_decision
 from csm_router.message import Inbound, parse
 from csm_router.store import Outcome, Store, key, message_key
 
@@ -44,8 +46,9 @@ def mail(sender: str = "jane@globex.com", subject: str = "Question", extra: str 
 
 
 def route(store: Store, msg: Inbound, now: float = NOW) -> Outcome:
-    decision = decide(msg, store.snapshot(msg, now))
-    return store.record(message_key(msg, msg.raw), msg, decision, now)
+    """What the router does with one message, minus IMAP and the queues."""
+    decision = decide(msg, store.snapshot(msg, now, verdict=verify_sender(msg, None)))
+    return record_decision(store, message_key(msg, msg.raw), msg, decision, now)
 
 
 def owners(store: Store, count: int) -> list[str | None]:
@@ -182,3 +185,85 @@ def test_signature_tag_is_stable_and_unique() -> None:
     assert pool.signature_tag(store, BOB) != alice
     with pytest.raises(pool.PoolError, match="not in ROUTER_POOL"):
         pool.signature_tag(store, "eve@evil.example")
+
+
+# -- commands and the first-response clock ----------------------------------------------
+
+GENUINE = "Authentication-Results: mx; dmarc=pass header.from=acme.com\r\n"
+
+
+def csm_reply(store: Store, csm: str, ref: int, body: str, now: float = NOW) -> Outcome:
+    n = next(_ids)
+    msg = parse(
+        f"From: {csm}\r\nTo: jane@globex.com\r\nCc: success@acme.com\r\n{GENUINE}"
+        f"Subject: Re: [CS-{ref}] Question\r\nMessage-ID: <r{n}@acme.com>\r\n\r\n{body}\r\n"
+        .encode()
+    )
+    return route(store, msg, now)
+
+
+def support_store() -> Store:
+    return make_store(support_address="support@acme.com")
+
+
+def test_close_parks_the_thread_and_stops_its_clock() -> None:
+    store = support_store()
+    one = route(store, mail())
+    ref = one.ref or 0
+    assert store.redis.zscore(key("due"), ref) == NOW + 3600
+    closed = csm_reply(store, ALICE, ref, "#close")
+    assert closed.state == "decided" and closed.followup.notice is not None
+    assert store.thread(ref)["state"] == "closed"
+    assert store.redis.zscore(key("due"), ref) is None
+    assert store.redis.scard(key("open", ALICE)) == 0
+
+
+def test_support_command_hands_over_the_last_customer_message() -> None:
+    store = support_store()
+    first = route(store, mail())
+    ref = first.ref or 0
+    last = mail(subject=f"Re: [CS-{ref}] Question")
+    route(store, last)
+    out = csm_reply(store, ALICE, ref, "#support")
+    assert out.followup.support == message_key(last, last.raw)
+    assert store.thread(ref)["state"] == "support"
+    # The customer's next message follows the thread to Support.
+    after = route(store, mail(subject=f"Re: [CS-{ref}] Question"))
+    assert after.followup.support is not None and after.owner == ALICE
+
+
+def test_reassign_command_moves_ownership_and_forwards() -> None:
+    store = support_store()
+    one = route(store, mail())
+    out = csm_reply(store, ALICE, one.ref or 0, "#reassign carol@acme.com")
+    assert (out.followup.owner, len(out.followup.deliver)) == (CAROL, 1)
+    assert store.thread(one.ref or 0)["owner"] == CAROL
+
+
+def test_a_refused_command_changes_nothing_but_answers() -> None:
+    store = support_store()
+    one = route(store, mail())
+    out = csm_reply(store, ALICE, one.ref or 0, "#reassign dave@acme.com")
+    assert out.followup.notice is not None and "not in the pool" in out.followup.notice["text"]
+    assert store.thread(one.ref or 0)["owner"] == ALICE
+
+
+def test_sweep_reminds_once_then_escalates_once() -> None:
+    store = support_store()
+    one = route(store, mail())
+    ref = one.ref or 0
+    assert store.sweep(NOW + 10 * 60) == {"reminders": [], "escalations": []}
+    (reminder,) = store.sweep(NOW + 46 * 60)["reminders"]
+    assert (reminder["ref"], reminder["owner"]) == (ref, ALICE)
+    assert store.sweep(NOW + 50 * 60)["reminders"] == []
+    (escalation,) = store.sweep(NOW + 61 * 60)["escalations"]
+    assert (escalation["previous"], escalation["owner"]) == (ALICE, BOB)
+    assert store.thread(ref)["owner"] == BOB
+    assert store.sweep(NOW + 200 * 60) == {"reminders": [], "escalations": []}
+
+
+def test_an_answer_before_the_target_means_no_escalation() -> None:
+    store = support_store()
+    one = route(store, mail())
+    csm_reply(store, ALICE, one.ref or 0, "Here is how.", now=NOW + 30 * 60)
+    assert store.sweep(NOW + 500 * 60) == {"reminders": [], "escalations": []}

@@ -15,6 +15,7 @@ from csm_router.threads import (
 def test_subject_gets_one_reference() -> None:
     assert subject_with_ref("Renewal", 1042) == "[CS-1042] Renewal"
     assert subject_with_ref("Re: [CS-1042] Renewal", 1042) == "Re: [CS-1042] Renewal"
+    assert subject_with_ref("RE: AW: Renewal", 1042) == "RE: AW: [CS-1042] Renewal"
 
 
 def test_reference_found_in_reply_subjects() -> None:

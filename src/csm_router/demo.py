@@ -69,6 +69,9 @@ class Demo:
             away="",
             max_open_per_csm=0,
             poll_seconds=1,
+            support_address="Acme Support <support@acme.com>",
+            overflow_address="CS Lead <cs-lead@acme.com>",
+            first_response_minutes=60,
         )
         self.rt = Runtime.from_settings(self.settings, fakeredis.FakeRedis())
         jobs.configure(self.rt)
@@ -87,12 +90,12 @@ class Demo:
         self.seen = len(self.smtp.messages)
         return new
 
-    def show(self, title: str, forwards: list[Received]) -> None:
+    def show(self, title: str, forwards: list[Received], limit: int = 12) -> None:
         table = Table(title=title, title_justify="left", show_lines=False)
         table.add_column("to")
         table.add_column("subject")
         table.add_column("why")
-        for r in forwards:
+        for r in forwards[:limit]:
             why = next(
                 (line.removeprefix("Why you: ") for line in _body(r).splitlines()
                  if line.startswith("Why you: ")),
@@ -101,6 +104,8 @@ class Demo:
             table.add_row(", ".join(r.rcpt_tos), str(r.message["Subject"]), why)
         if not forwards:
             table.add_row("-", "(nothing sent)", "")
+        if len(forwards) > limit:
+            table.add_row("...", f"and {len(forwards) - limit} more", "")
         console.print(table)
 
 
@@ -130,7 +135,7 @@ def _story(demo: Demo) -> None:
     console.print(pool.signature_tag(store, "carol@acme.com"), style="cyan")
     carol_tag = pool.signature_tag(store, "carol@acme.com")
 
-    console.print("\n[bold]2. Eight customers write in.[/]")
+    console.print("\n[bold]2. Nine customers write in.[/]")
     customers = [
         ("Dana Lee <dana@globex.com>", "How do I add teammates?"),
         ("Eli Park <eli@initech.io>", "Renewal options for next year"),
@@ -146,8 +151,14 @@ def _story(demo: Demo) -> None:
         mid, raw = _mail(sender, subject, f"Hello,\n\n{subject}\n\nThanks!\n")
         first_ids[sender] = mid
         demo.send(raw)
+    _, raw = _mail("Lea Hart <lea@cyberdyne.ai>", "CSV export fails",
+                   "Hi, since this morning every export returns a 500 error:\n\n"
+                   "Traceback (most recent call last):\n  File \"export.py\", line 88\n"
+                   "ExportError: upstream timeout\n")
+    demo.send(raw)
     forwards = demo.route()
-    demo.show("Forwards (smooth weighted round-robin: A B C A A B C A)", forwards)
+    demo.show("Smooth weighted round-robin (A B C A A B C A); the technical one goes to "
+              "Support, and its customer gets a note", forwards)
     by_customer = {str(r.message["Reply-To"]).split(",")[0]: r for r in forwards}
 
     console.print("\n[bold]3. Alice answers Dana from her own mail client (alias copied).[/]")
@@ -187,14 +198,29 @@ def _story(demo: Demo) -> None:
     demo.show("Onboarding owner gets it; the auto-reply is ignored; the broken one is "
               "quarantined", demo.route())
 
-    console.print("\n[bold]7. The pool now[/] (`csm-router status`)")
+    console.print("\n[bold]7. Carol closes Eli's new thread with a line `#close`.[/]")
+    carols = [r for r in demo.smtp.messages if r.rcpt_tos == ["carol@acme.com"]]
+    last = carols[-1]
+    _, raw = _mail("Carol Diaz <carol@acme.com>", f"Re: {last.message['Subject']}",
+                   "Hi Eli, done: see Settings > Export.\n\n#close\n", to="eli@initech.io",
+                   cc=ALIAS, in_reply_to=str(last.message["Message-ID"]))
+    demo.send(raw)
+    demo.show("Carol gets a confirmation", demo.route())
+
+    console.print("\n[bold]8. An hour passes without answers[/] (`csm-router sweep --at ...`)")
+    logging.getLogger("csm_router.jobs").setLevel(logging.ERROR)  # one line per thread
+    print(jobs.sla_sweep(time.time() + 61 * 60, chained=False))
+    demo.show("Overdue threads move to the next CSM; the lead is told once per thread",
+              demo.route(), limit=4)
+
+    console.print("\n[bold]9. The pool now[/] (`csm-router status`)")
     table = Table()
-    for column in ("CSM", "weight", "open", "assigned today", "median 1st response"):
+    for column in ("CSM", "weight", "open", "overdue", "assigned today", "median 1st resp."):
         table.add_column(column)
     for row in pool.status(store, time.time()):
         median = row.median_first_response_minutes
-        table.add_row(row.name, str(row.weight), str(row.open), str(row.assigned_today),
-                      "-" if median is None else f"{median:.1f} min")
+        table.add_row(row.name, str(row.weight), str(row.open), str(row.overdue),
+                      str(row.assigned_today), "-" if median is None else f"{median:.1f} min")
     console.print(table)
     sample = by_customer.get("Kai Moss <kai@wonka.biz>") or forwards[-1]
     console.print("\n[bold]A forward as the CSM sees it:[/]")

@@ -181,5 +181,18 @@ def command_notice(decision: Decision, msg: Inbound, settings: Settings) -> dict
         error=decision.error,
         support=settings.support_address.address if settings.support_address else "",
     )
-    subject = f"Re: {msg.subject}" if msg.subject else f"#{command.name}"
+    subject = msg.subject or f"#{command.name}"
+    if not subject.lower().startswith("re:"):
+        subject = f"Re: {subject}"
     return {"to": msg.sender, "subject": subject, "text": text, "in_reply_to": msg.message_id}
+
+
+def record_decision(
+    store: Store, msgkey: str, msg: Inbound, decision: Decision, now: float, uid: int = 0
+) -> Outcome:
+    """Record a decision with the follow-up texts it implies (forward reason, command reply)."""
+    return store.record(
+        msgkey, msg, decision, now, uid=uid,
+        why_deliver=delivery_reason(decision, msg.sender),
+        notice=command_notice(decision, msg, store.settings),
+    )

@@ -14,10 +14,9 @@ from csm_router.decide import decide
 from csm_router.decision import Action
 from csm_router.dispatch import (
     Runtime,
-    command_notice,
-    delivery_reason,
     dispatch,
     ensure_sweep,
+    record_decision,
     release_held,
 )
 from csm_router.errors import PermanentError, TransientError
@@ -145,11 +144,7 @@ class Router:
             return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey)
         if decision.action in (Action.FORWARD, Action.SUPPORT):
             store.save_raw(msgkey, raw)
-        outcome = store.record(
-            msgkey, msg, decision, now, uid=uid,
-            why_deliver=delivery_reason(decision, msg.sender),
-            notice=command_notice(decision, msg, settings),
-        )
+        outcome = record_decision(store, msgkey, msg, decision, now, uid)
         if outcome.status == "dup":
             return "duplicate"
         ref = format_ref(outcome.ref) if outcome.ref else "-"

@@ -16,6 +16,7 @@ FIRST_REF = 1001
 TAG_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 TAG_LENGTH = 6
 
+_REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|fwd?|aw|wg|sv|vs|tr|rv)\s*:\s*)+", re.IGNORECASE)
 _SUBJECT_REF_RE = re.compile(rf"\[\s*{REF_PREFIX}-(\d{{4,9}})\s*\]", re.IGNORECASE)
 # In a body a reference is written bare as often as bracketed ("about CS-1042").
 _BODY_REF_RE = re.compile(rf"(?<![\w-]){REF_PREFIX}-(\d{{4,9}})(?![\w-])", re.IGNORECASE)
@@ -34,7 +35,10 @@ def subject_with_ref(subject: str, ref: int) -> str:
     tag = f"[{format_ref(ref)}]"
     if tag.lower() in subject.lower():
         return subject
-    return f"{tag} {subject}".rstrip()
+    # After any "Re:"/"Fwd:" so mail clients still see a reply: "Re: [CS-1042] ...".
+    prefix = _REPLY_PREFIX.match(subject)
+    head = prefix.group(0) if prefix else ""
+    return f"{head}{tag} {subject[len(head):]}".rstrip()
 
 
 def refs_in_subject(subject: str) -> list[int]:
