@@ -7,25 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.config import PoolMember
+from csm_router.classify import load_rules
 from csm_router.decide import decide
 from csm_router.decision import Action, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import parse
+from support.snapshots import NOW, SNAP
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
-NOW = 1_772_528_400.0  # 2026-03-03 09:00 UTC
 DAY = 86_400
-SNAP = Snapshot(
-    now=NOW,
-    alias="success@acme.com",
-    pool=(
-        PoolMember("alice@acme.com", "Alice Smith", 2),
-        PoolMember("bob@acme.com", "Bob Jones"),
-        PoolMember("carol@acme.com"),
-    ),
-    away=frozenset(),
-)
 CUSTOMER = "dana@customer.example"
 ALICES_THREAD = ThreadInfo(1042, "alice@acme.com", ThreadState.OPEN, CUSTOMER)
 BOBS_THREAD = ThreadInfo(1042, "bob@acme.com", ThreadState.OPEN, CUSTOMER)
@@ -357,3 +347,41 @@ def test_mailing_list_robot_reply_is_ignored_as_automatic() -> None:
     decision = decide(parse(path.read_bytes()), SNAP)
 
     assert (decision.action, decision.rule) == (Action.IGNORE, "automatic"), decision.why
+
+
+# -- technical requests: who wins --------------------------------------------------------
+
+RULES = load_rules()
+WITH_SUPPORT = replace(SNAP, support_address="support@acme.com", support_rules=RULES)
+BUG_REPORT = b"""\
+From: Dana Customer <dana@customer.example>
+To: success@acme.com
+Subject: Export broken
+Message-ID: <bug-1@customer.example>
+
+Hi, since this morning every export returns a 500 error and the page crashes.
+"""
+
+
+def test_a_new_technical_request_goes_to_support() -> None:
+    decision = decide(parse(BUG_REPORT), WITH_SUPPORT)
+    assert (decision.action, decision.rule) == (Action.SUPPORT, "technical")
+    assert "500 error" in decision.why
+
+
+def test_a_technical_request_in_a_known_thread_stays_with_its_owner() -> None:
+    snap = replace(WITH_SUPPORT, thread=ALICES_THREAD, matched_by="reply headers")
+    decision = decide(parse(BUG_REPORT), snap)
+    assert (decision.action, decision.target, decision.rule) == (
+        Action.FORWARD, "alice@acme.com", "known-thread")
+
+
+def test_a_technical_request_from_an_onboarding_account_stays_with_its_owner() -> None:
+    decision = decide(parse(BUG_REPORT), replace(WITH_SUPPORT, onboarding=ONBOARDING))
+    assert (decision.action, decision.target, decision.rule) == (
+        Action.FORWARD, "carol@acme.com", "onboarding-owner")
+
+
+def test_without_a_support_address_technical_requests_stay_with_cs() -> None:
+    decision = decide(parse(BUG_REPORT), replace(WITH_SUPPORT, support_address=None))
+    assert decision.rule == "round-robin"

@@ -26,7 +26,7 @@ PASSWORD = "demo-password"
 console = Console(highlight=False)
 
 
-def _mail(
+def compose(
     sender: str,
     subject: str,
     body: str,
@@ -34,8 +34,10 @@ def _mail(
     to: str = ALIAS,
     cc: str | None = None,
     in_reply_to: str | None = None,
+    references: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[str, bytes]:
+    """A message as a mail client writes it; answers (Message-ID, bytes)."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to
@@ -47,7 +49,7 @@ def _mail(
     msg["Message-ID"] = message_id
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
-        msg["References"] = in_reply_to
+        msg["References"] = references or in_reply_to
     for name, value in (headers or {}).items():
         msg[name] = value
     msg.set_content(body)
@@ -148,10 +150,10 @@ def _story(demo: Demo) -> None:
     ]
     first_ids = {}
     for sender, subject in customers:
-        mid, raw = _mail(sender, subject, f"Hello,\n\n{subject}\n\nThanks!\n")
+        mid, raw = compose(sender, subject, f"Hello,\n\n{subject}\n\nThanks!\n")
         first_ids[sender] = mid
         demo.send(raw)
-    _, raw = _mail("Lea Hart <lea@cyberdyne.ai>", "CSV export fails",
+    _, raw = compose("Lea Hart <lea@cyberdyne.ai>", "CSV export fails",
                    "Hi, since this morning every export returns a 500 error:\n\n"
                    "Traceback (most recent call last):\n  File \"export.py\", line 88\n"
                    "ExportError: upstream timeout\n")
@@ -164,7 +166,7 @@ def _story(demo: Demo) -> None:
     console.print("\n[bold]3. Alice answers Dana from her own mail client (alias copied).[/]")
     dana_fwd = next(r for r in forwards if "dana@globex.com" in str(r.message["Reply-To"]))
     owner = dana_fwd.rcpt_tos[0]
-    reply_id, raw = _mail(
+    reply_id, raw = compose(
         f"Alice Smith <{owner}>", f"Re: {dana_fwd.message['Subject']}",
         "Hi Dana, Settings > Team > Invite. Alice\n", to="dana@globex.com", cc=ALIAS,
         in_reply_to=str(dana_fwd.message["Message-ID"]),
@@ -174,14 +176,14 @@ def _story(demo: Demo) -> None:
 
     console.print("\n[bold]4. Dana replies to Alice; Alice is away today.[/]")
     pool.set_away(store, owner)
-    _, raw = _mail("Dana Lee <dana@globex.com>", f"Re: {dana_fwd.message['Subject']}",
+    _, raw = compose("Dana Lee <dana@globex.com>", f"Re: {dana_fwd.message['Subject']}",
                    "Thanks! And how do I remove someone?\n", in_reply_to=reply_id)
     demo.send(raw)
     demo.show("The thread goes to the next available CSM, with the reason", demo.route())
     pool.set_back(store, owner)
 
     console.print("\n[bold]5. Eli writes a fresh email quoting Carol's signature.[/]")
-    _, raw = _mail("Eli Park <eli@initech.io>", "One more thing",
+    _, raw = compose("Eli Park <eli@initech.io>", "One more thing",
                    f"Quick follow-up.\n\n> Best,\n> Carol Diaz\n> {carol_tag}\n")
     demo.send(raw)
     demo.show("Quoted signature -> Carol", demo.route())
@@ -189,9 +191,9 @@ def _story(demo: Demo) -> None:
     console.print("\n[bold]6. newco.io is onboarding with Bob; an auto-reply and a broken "
                   "message arrive too.[/]")
     pool.assign_onboarding(store, "newco.io", "bob@acme.com", 90, time.time())
-    _, raw = _mail("Nia Cole <nia@newco.io>", "Kick-off call", "When can we start?\n")
+    _, raw = compose("Nia Cole <nia@newco.io>", "Kick-off call", "When can we start?\n")
     demo.send(raw)
-    _, raw = _mail("Kai Moss <kai@wonka.biz>", "Out of office", "I am away.\n",
+    _, raw = compose("Kai Moss <kai@wonka.biz>", "Out of office", "I am away.\n",
                    headers={"Auto-Submitted": "auto-replied"})
     demo.send(raw)
     demo.send(b"From: nobody\r\nSubject: no message id, no sender\r\n\r\nbroken\r\n")
@@ -201,7 +203,7 @@ def _story(demo: Demo) -> None:
     console.print("\n[bold]7. Carol closes Eli's new thread with a line `#close`.[/]")
     carols = [r for r in demo.smtp.messages if r.rcpt_tos == ["carol@acme.com"]]
     last = carols[-1]
-    _, raw = _mail("Carol Diaz <carol@acme.com>", f"Re: {last.message['Subject']}",
+    _, raw = compose("Carol Diaz <carol@acme.com>", f"Re: {last.message['Subject']}",
                    "Hi Eli, done: see Settings > Export.\n\n#close\n", to="eli@initech.io",
                    cc=ALIAS, in_reply_to=str(last.message["Message-ID"]))
     demo.send(raw)

@@ -103,7 +103,29 @@ class _WholeResponseWriter:
         return getattr(self._writer, name)
 
 
-class EmbeddedImap:
+class Service:
+    """A server started and stopped around a `with` block."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedImap(Service):
     """A pymap in-memory IMAP server for one user, run on its own event loop in a thread."""
 
     def __init__(self, user: str, password: str) -> None:
@@ -160,18 +182,6 @@ class EmbeddedImap:
         thread.join()
         self._thread = self._loop = self._stopping = None
         self._port = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def append(self, raw: bytes, folder: str = "INBOX") -> None:
         """Deliver ``raw`` into ``folder`` with an IMAP APPEND over loopback."""
@@ -303,7 +313,7 @@ class _Controller(Controller):
         return server
 
 
-class RecordingSmtp:
+class RecordingSmtp(Service):
     """An SMTP relay on loopback that records what it is sent (no auth, no delivery)."""
 
     def __init__(self) -> None:
@@ -345,18 +355,6 @@ class RecordingSmtp:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         """Block until at least ``count`` messages are recorded; return them all.

@@ -189,3 +189,11 @@ def test_an_answer_stops_the_clock(acme: Product) -> None:
     row = next(r for r in json.loads(acme.cli("status", "--json").stdout)["pool"]
                if r["address"] == owner)
     assert row["overdue"] == 0 and row["p90_first_response_minutes"] is not None
+
+
+def test_technical_reply_in_a_csm_thread_stays_with_the_owner_flagged(acme: Product) -> None:
+    owner, _ = new_thread(acme)
+    acme.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] How do I invite my team?", TECHNICAL)
+    (follow_up,) = acme.route()
+    assert follow_up.rcpt_tos == [owner]
+    assert "Looks technical" in body_of(follow_up) and "#support" in body_of(follow_up)

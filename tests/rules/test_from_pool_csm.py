@@ -4,22 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from csm_router.config import PoolMember
-from csm_router.decision import Action, Snapshot, ThreadInfo, ThreadState
+from csm_router.decision import Action, ThreadInfo, ThreadState
 from csm_router.message import Inbound, parse
 from csm_router.rules import from_pool_csm
+from support.snapshots import SNAP
 
-NOW = 1_772_528_400.0  # 2026-03-03 09:00 UTC
-SNAP = Snapshot(
-    now=NOW,
-    alias="success@acme.com",
-    pool=(
-        PoolMember("alice@acme.com", "Alice Smith", 2),
-        PoolMember("bob@acme.com", "Bob Jones"),
-        PoolMember("carol@acme.com"),
-    ),
-    away=frozenset(),
-)
 THREAD = ThreadInfo(1042, "alice@acme.com", ThreadState.OPEN, "dana@customer.example")
 IN_THREAD = replace(SNAP, thread=THREAD, matched_by="reply headers")
 

@@ -6,22 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.config import PoolMember
 from csm_router.decision import Action, Decision, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import Inbound, parse
 from csm_router.rules import known_thread
+from support.snapshots import SNAP
 
-NOW = 1_772_528_400.0  # 2026-03-03 09:00 UTC
-SNAP = Snapshot(
-    now=NOW,
-    alias="success@acme.com",
-    pool=(
-        PoolMember("alice@acme.com", "Alice Smith", 2),
-        PoolMember("bob@acme.com", "Bob Jones"),
-        PoolMember("carol@acme.com"),
-    ),
-    away=frozenset(),
-)
 CUSTOMER = "dana@customer.example"
 
 REPLY = parse(

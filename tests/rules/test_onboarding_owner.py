@@ -6,23 +6,12 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.config import PoolMember
-from csm_router.decision import Action, Onboarding, Snapshot
+from csm_router.decision import Action, Onboarding
 from csm_router.message import parse
 from csm_router.rules import onboarding_owner
+from support.snapshots import NOW, SNAP
 
-NOW = 1_772_528_400.0  # 2026-03-03 09:00 UTC
 DAY = 86_400
-SNAP = Snapshot(
-    now=NOW,
-    alias="success@acme.com",
-    pool=(
-        PoolMember("alice@acme.com", "Alice Smith", 2),
-        PoolMember("bob@acme.com", "Bob Jones"),
-        PoolMember("carol@acme.com"),
-    ),
-    away=frozenset(),
-)
 
 NEW_MAIL = parse(
     b"""\

@@ -6,18 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.config import PoolMember
 from csm_router.decision import Action, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import parse
 from csm_router.rules import round_robin
-
-NOW = 1_772_528_400.0  # 2026-03-03 09:00 UTC
-POOL = (
-    PoolMember("alice@acme.com", "Alice Smith", 2),
-    PoolMember("bob@acme.com", "Bob Jones"),
-    PoolMember("carol@acme.com"),
-)
-SNAP = Snapshot(now=NOW, alias="success@acme.com", pool=POOL, away=frozenset())
+from support.snapshots import NOW, POOL, SNAP
 
 NEW_MAIL = parse(
     b"""\

@@ -5,11 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from typing import Any
 
+from csm_router.demo import compose
 from csm_router.embedded import Received, RecordingSmtp
 from support.servers import Mailbox
 
@@ -21,30 +20,10 @@ def customer_mail(
     sender: str,
     subject: str,
     body: str = "Hello,\n\nCould you help?\n\nThanks\n",
-    *,
-    to: str,
-    cc: str | None = None,
-    in_reply_to: str | None = None,
-    references: str | None = None,
-    headers: dict[str, str] | None = None,
+    **kw: Any,
 ) -> tuple[str, bytes]:
     """A message as a mail client writes it; answers (Message-ID, bytes)."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    if cc:
-        msg["Cc"] = cc
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime.now(UTC))
-    message_id = make_msgid(domain="client.example")
-    msg["Message-ID"] = message_id
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-        msg["References"] = references or in_reply_to
-    for name, value in (headers or {}).items():
-        msg[name] = value
-    msg.set_content(body)
-    return message_id, msg.as_bytes()
+    return compose(sender, subject, body, **kw)
 
 
 @dataclass

@@ -17,12 +17,13 @@ import time
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import redis
 from imapclient import IMAPClient
+
+from csm_router.embedded import Service
 
 HOST = "127.0.0.1"
 TEST_COMMAND_HINT = (
@@ -94,29 +95,7 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"<{path} is empty>"
 
 
-class _Server:
-    """Context-manager plumbing shared by the servers."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class RedisServer(_Server):
+class RedisServer(Service):
     """A throw-away redis-server without persistence."""
 
     def __init__(self, root: Path, binary: str | None = None) -> None:
@@ -213,7 +192,7 @@ service lmtp {{
 """
 
 
-class DovecotServer(_Server):
+class DovecotServer(Service):
     """Dovecot in the foreground serving IMAP and LMTP for any user with one shared password."""
 
     def __init__(
