@@ -6,11 +6,12 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
+from rq.registry import ScheduledJobRegistry
 
 from csm_router import jobs
 from csm_router.config import load_settings
 from csm_router.decide import decide
-from csm_router.dispatch import Runtime
+from csm_router.dispatch import MAINTENANCE, Runtime, ensure_sweep
 from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError, TransientError
 from csm_router.message import parse
@@ -91,3 +92,12 @@ def test_overflow_notice_names_customer_subject_and_reference(
     text = notice.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert "jane@globex.com" in text and "Help" in text and "CS-1001" in text
     assert notice.message["Auto-Submitted"] == "auto-generated"
+
+
+def test_one_sweep_chain_is_kept_scheduled(rt: Runtime) -> None:
+    registry = ScheduledJobRegistry(queue=rt.queues[MAINTENANCE])
+    ensure_sweep(rt)
+    ensure_sweep(rt)  # a second router or worker does not start a second chain
+    assert registry.count == 1
+    assert jobs.sla_sweep(0.0) == "0 reminded, 0 escalated, 0 released"
+    assert registry.count == 2  # the sweep scheduled its successor

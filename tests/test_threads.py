@@ -7,6 +7,7 @@ from csm_router.threads import (
     new_tag,
     refs_in_subject,
     refs_in_text,
+    reply_subject,
     subject_with_ref,
     tags_in_text,
 )
@@ -16,6 +17,12 @@ def test_subject_gets_one_reference() -> None:
     assert subject_with_ref("Renewal", 1042) == "[CS-1042] Renewal"
     assert subject_with_ref("Re: [CS-1042] Renewal", 1042) == "Re: [CS-1042] Renewal"
     assert subject_with_ref("RE: AW: Renewal", 1042) == "RE: AW: [CS-1042] Renewal"
+
+
+def test_reply_subject_does_not_stack() -> None:
+    assert reply_subject("Renewal") == "Re: Renewal"
+    assert reply_subject("RE: Renewal") == "RE: Renewal"
+    assert reply_subject("AW: Renewal") == "AW: Renewal"
 
 
 def test_reference_found_in_reply_subjects() -> None:

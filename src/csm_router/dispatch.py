@@ -19,7 +19,7 @@ from csm_router.decision import Action, Decision
 from csm_router.message import Inbound
 from csm_router.outbound import render
 from csm_router.store import Outcome, Store, key
-from csm_router.threads import format_ref
+from csm_router.threads import format_ref, reply_subject
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,14 @@ def enqueue_delivery(
              what=f"deliver {msgkey} to {owner}")
 
 
-def enqueue_support(rt: Runtime, msgkey: str, ref: int) -> None:
-    """Hand message `msgkey` of thread `ref` to Support."""
+def enqueue_support(
+    rt: Runtime, msgkey: str, ref: int, cause: str = "", tell: bool = False
+) -> None:
+    """Hand message `msgkey` of thread `ref` to Support (again, for a new `cause`)."""
     from csm_router import jobs
 
-    _enqueue(rt, SUPPORT, jobs.hand_to_support, msgkey, ref,
-             job_id=_job_id("support", msgkey), what=f"support handoff of CS-{ref}")
+    _enqueue(rt, SUPPORT, jobs.hand_to_support, msgkey, ref, cause, tell,
+             job_id=_job_id("support", msgkey, cause), what=f"support handoff of CS-{ref}")
 
 
 def enqueue_overflow(rt: Runtime, ref: int) -> None:
@@ -120,7 +122,8 @@ def dispatch(rt: Runtime, msgkey: str, outcome: Outcome) -> None:
             # A message forwarding itself is its first forward; others are re-forwards.
             enqueue_delivery(rt, other, work.owner, work.why, "" if other == msgkey else msgkey)
     if work.support and outcome.ref is not None:
-        enqueue_support(rt, work.support, outcome.ref)
+        cause = "" if work.support == msgkey else msgkey
+        enqueue_support(rt, work.support, outcome.ref, cause, work.tell)
     if work.overflow is not None:
         enqueue_overflow(rt, work.overflow)
     if work.notice:
@@ -181,9 +184,7 @@ def command_notice(decision: Decision, msg: Inbound, settings: Settings) -> dict
         error=decision.error,
         support=settings.support_address.address if settings.support_address else "",
     )
-    subject = msg.subject or f"#{command.name}"
-    if not subject.lower().startswith("re:"):
-        subject = f"Re: {subject}"
+    subject = reply_subject(msg.subject or f"#{command.name}")
     return {"to": msg.sender, "subject": subject, "text": text, "in_reply_to": msg.message_id}
 
 

@@ -25,7 +25,7 @@ from csm_router.outbound import (
 )
 from csm_router.store import key, text
 from csm_router.support import EarlierMessage, SupportHandoff, load_handler
-from csm_router.threads import format_ref, subject_with_ref
+from csm_router.threads import format_ref, reply_subject, subject_with_ref
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,9 @@ def _earlier_threads(rt: Runtime, account: str, ref: int, limit: int = 5) -> lis
     return out[:limit]
 
 
-def hand_to_support(msgkey: str, ref: int) -> str:
-    """Hand a message to Support (the configured handler), tell the customer and the CSM."""
+def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -> str:
+    """Hand a message to Support (the configured handler); with `tell`, the thread has
+    just moved there, so the customer gets a note and the CSM a copy."""
     rt = runtime()
     store, settings = rt.store, rt.settings
     alias = settings.alias
@@ -163,17 +164,21 @@ def hand_to_support(msgkey: str, ref: int) -> str:
         csm=csm,
         history=tuple(_event_line(e) for e in events),
         earlier_messages=tuple(earlier[-5:]),
-        message_id=message_id_for("support", msgkey, domain=alias.domain),
+        message_id=message_id_for("support", msgkey, cause, domain=alias.domain),
     )
     if not _already_sent(rt, handoff.message_id):
         load_handler(settings.support_handler)(handoff, settings)
         rt.redis.set(key("sent", handoff.message_id), 1, ex=SENT_TTL_SECONDS)
     rt.store.link_message_id(handoff.message_id, ref)
+    store.redis.hset(key("msg", msgkey), "state", "delivered")
+    log.info("%s %s handed to Support (%s)", handoff.ref, msg.message_id, why)
+    if not tell:
+        return f"handed {handoff.ref} to Support"
 
-    subject = subject_with_ref(f"Re: {msg.subject}" if msg.subject else "", ref)
+    subject = subject_with_ref(reply_subject(msg.subject), ref)
     note = render_notice(
         "support_customer_note.txt.j2", sender=alias, to=[str(handoff.customer)],
-        subject=subject, message_id=message_id_for("note", msgkey, domain=alias.domain),
+        subject=subject, message_id=message_id_for("note", msgkey, cause, domain=alias.domain),
         in_reply_to=msg.message_id, name=msg.sender_name, ref=handoff.ref,
         alias_name=alias.name or alias.address,
     )
@@ -184,14 +189,12 @@ def hand_to_support(msgkey: str, ref: int) -> str:
         copy = render_notice(
             "support_csm_copy.txt.j2", sender=alias, to=[csm],
             subject=f"[{handoff.ref}] with Support: {msg.subject}",
-            message_id=message_id_for("support-copy", msgkey, csm, domain=alias.domain),
+            message_id=message_id_for("support-copy", msgkey, cause, csm, domain=alias.domain),
             ref=handoff.ref, customer=str(handoff.customer), support=str(settings.support_address),
             why=why, text=msg.fresh_text.strip(),
         )
         _send_once(rt, copy, [csm])
-    store.redis.hset(key("msg", msgkey), "state", "delivered")
-    log.info("%s %s handed to Support (%s)", handoff.ref, msg.message_id, why)
-    return f"handed {handoff.ref} to Support"
+    return f"handed {handoff.ref} to Support; customer told"
 
 
 def _event_line(event: dict[str, object]) -> str:

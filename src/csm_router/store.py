@@ -53,6 +53,7 @@ class Followup:
     owner: str | None = None
     why: str = ""
     support: str | None = None  # message to hand to Support
+    tell: bool = False  # the thread just moved to Support: tell the customer and the CSM
     overflow: int | None = None  # thread to tell the overflow address about
     notice: dict[str, str] | None = None  # a confirmation or error for the sender
 
@@ -66,6 +67,7 @@ class Followup:
             owner=data.get("owner") or None,
             why=data.get("why") or "",
             support=data.get("support") or None,
+            tell=bool(data.get("tell")),
             overflow=int(data["overflow"]) if data.get("overflow") else None,
             notice=data.get("notice") or None,
         )

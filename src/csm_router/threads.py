@@ -41,6 +41,11 @@ def subject_with_ref(subject: str, ref: int) -> str:
     return f"{head}{tag} {subject[len(head):]}".rstrip()
 
 
+def reply_subject(subject: str) -> str:
+    """`Re: subject`, without stacking a second "Re:"."""
+    return subject if _REPLY_PREFIX.match(subject) else f"Re: {subject}".rstrip()
+
+
 def refs_in_subject(subject: str) -> list[int]:
     """Bracketed references in a subject, first first."""
     return _unique(int(m.group(1)) for m in _SUBJECT_REF_RE.finditer(subject))

@@ -65,8 +65,10 @@ def test_technical_request_goes_to_support_and_the_customer_is_told(acme: Produc
     assert "technical" in acme.cli("thread", "CS-1001").stdout
 
     acme.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] API down?", "Any news?\n")
-    (again,) = to(acme.route(), SUPPORT)
+    later = acme.route()
+    (again,) = to(later, SUPPORT)
     assert "Any news?" in body_of(again)
+    assert to(later, "jane@globex.com") == []  # told once, when the thread moved
 
 
 def test_support_command_hands_the_thread_over(acme: Product) -> None:
@@ -151,6 +153,11 @@ def test_support_gives_a_thread_back_with_success(acme: Product) -> None:
     assert "Support gave the thread back" in body_of(back)
     (confirmation,) = to(sent, SUPPORT)
     assert "is back with Customer Success" in body_of(confirmation)
+
+    # Handing the same thread over a second time reaches Support a second time.
+    csm_writes(acme, owner, "Sorry, it is technical after all.\n#support\n", back)
+    (again,) = to(acme.route(), SUPPORT)
+    assert "how do I invite my team?" in body_of(again)
 
 
 def _at(minutes: int) -> str:

@@ -25,6 +25,7 @@ local command = v(d.command)
 if d.action == 'ignore' or d.action == 'quarantine' then
   if ref then
     event(ref, d.action, {msg = d.message_id, rule = d.rule, why = d.why})
+    link_ids(ref, d.link_ids)  -- a customer's answer to it still finds the thread
   end
   return finish(d.action == 'ignore' and 'ignored' or 'quarantined', ref, nil)
 end
@@ -62,6 +63,7 @@ if d.action == 'reply' or d.action == 'command' then
     elseif name == 'support' then
       park(ref, 'support')
       followup.support = redis.call('HGET', tkey, 'last_msg')
+      followup.tell = true
       event(ref, 'to-support', {owner = d.target, why = '#support by ' .. d.target})
     elseif name == 'reassign' then
       set_owner(ref, command.argument)
@@ -119,6 +121,8 @@ if d.action == 'support' then
   local owner = redis.call('HGET', tkey, 'owner')
   if redis.call('HGET', tkey, 'state') ~= 'support' then
     park(ref, 'support')
+    -- Customer and CSM hear about the move once, not on every later message.
+    followup.tell = true
   end
   followup.support = d.msgkey
   event(ref, new and 'new-support' or 'to-support', {msg = d.message_id, rule = d.rule,
