@@ -41,6 +41,7 @@ def test_pool_names_may_hold_commas_in_quotes() -> None:
     [
         ("", "empty"),
         ("alice@acme.com*0", "at least 1"),
+        ("alice@acme.com*x", "whole number"),
         ("alice@acme.com, ALICE@acme.com", "listed twice"),
         ("not an address", "not an email address"),
     ],

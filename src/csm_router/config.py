@@ -120,6 +120,8 @@ def parse_pool(text: str) -> tuple[PoolMember, ...]:
             item = item[: match.start()]
             if weight < 1:
                 raise ValueError(f"weight of {item.strip()!r} must be at least 1")
+        elif "*" in item:
+            raise ValueError(f"{item.strip()!r}: a weight is a whole number, as in bob@acme.com*2")
         address = parse_address(item)
         if any(m.address == address.address for m in members):
             raise ValueError(f"{address.address} is listed twice")

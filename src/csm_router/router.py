@@ -61,11 +61,11 @@ class Router:
 
     def run(self, *, exit_when_idle: bool = False) -> None:
         """Watch until stopped; with `exit_when_idle`, return once nothing new is left."""
-        self.rt.store.ensure_sequence()
         backoff = Backoff()
         while not self.stop.is_set():
             try:
                 if not self._connected:
+                    self.rt.store.ensure_sequence()
                     self.mailbox.connect()
                     self._connected = True
                     mode = "IDLE" if self.mailbox.has_idle() else "polling (no IDLE)"
@@ -82,7 +82,7 @@ class Router:
                 self.mailbox.wait(self.rt.settings.poll_seconds, self.stop)
             except (TransientError, redis.ConnectionError, redis.TimeoutError) as exc:
                 delay = backoff.next()
-                log.warning("%s; retrying in %.0fs", exc, delay)
+                log.warning("%s (retrying in %.0fs)", str(exc).rstrip("."), delay)
                 self._disconnect()
                 self.stop.wait(delay)
         self._disconnect()
