@@ -1,0 +1,89 @@
+"""The router loop in-process: embedded IMAP and SMTP, in-memory Redis, RQ's own worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+from rq import SimpleWorker
+
+from csm_router import jobs
+from csm_router.auth import verify_sender
+from csm_router.config import load_settings
+from csm_router.decide import decide
+from csm_router.demo import compose
+from csm_router.dispatch import QUEUES, Runtime, record_decision
+from csm_router.embedded import EmbeddedImap, RecordingSmtp
+from csm_router.mailbox import Mailbox
+from csm_router.message import parse
+from csm_router.router import Router
+from csm_router.store import key, message_key
+
+ALIAS = "success@acme.com"
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[EmbeddedImap, RecordingSmtp]]:
+    with EmbeddedImap(ALIAS, "pw") as imap, RecordingSmtp() as smtp:
+        yield imap, smtp
+
+
+@pytest.fixture
+def rt(servers: tuple[EmbeddedImap, RecordingSmtp]) -> Iterator[Runtime]:
+    imap, smtp = servers
+    settings = load_settings(
+        imap_url=imap.url, smtp_url=smtp.url, alias=f"Acme CS <{ALIAS}>",
+        pool="alice@acme.com, bob@acme.com", away="", max_open_per_csm=0,
+    )
+    runtime = Runtime.from_settings(settings, fakeredis.FakeRedis())
+    jobs.configure(runtime)
+    yield runtime
+    jobs.configure(None)
+
+
+def run(rt: Runtime) -> Router:
+    router = Router(rt, Mailbox(rt.settings.required_imap()))
+    router.run(exit_when_idle=True)
+    SimpleWorker([rt.queues[q] for q in QUEUES], connection=rt.redis).work(burst=True)
+    return router
+
+
+def test_work_recorded_by_a_killed_router_is_finished_by_the_next(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp]
+) -> None:
+    imap, smtp = servers
+    _, raw = compose("Jane <jane@globex.com>", "Help", "Hello\n")
+    imap.append(raw)
+    # What a router leaves behind when it dies right after recording: a decision in
+    # Redis, nothing enqueued, the checkpoint not moved.
+    msg = parse(raw)
+    msgkey = message_key(msg, raw)
+    rt.store.ensure_sequence()
+    rt.store.save_raw(msgkey, raw)
+    snap = rt.store.snapshot(msg, 0.0, verdict=verify_sender(msg, None))
+    record_decision(rt.store, msgkey, msg, decide(msg, snap), 0.0)
+    assert smtp.messages == []
+
+    run(rt)
+    (forward,) = smtp.messages
+    assert forward.rcpt_tos == ["alice@acme.com"]
+    assert rt.store.message(msgkey)["state"] == "delivered"
+    assert rt.redis.get(key("seq")) == b"1001"  # no second thread was made
+
+
+def test_a_recreated_folder_is_rescanned_without_routing_twice(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp]
+) -> None:
+    imap, smtp = servers
+    for n in range(3):
+        imap.append(compose(f"C{n} <c{n}@c{n}.com>", f"Q{n}", "Hi\n")[1])
+    router = run(rt)
+    assert len(smtp.messages) == 3
+    name = router.mailbox.name
+    validity, last = rt.store.checkpoint(name)
+    rt.redis.hset(key("mailbox", name), "uidvalidity", validity + 1)  # as after a re-create
+    imap.append(compose("New <new@new.com>", "Q3", "Hi\n")[1])
+    run(rt)
+    assert len(smtp.messages) == 4  # only the new one
+    assert rt.store.checkpoint(name) == (validity, last + 1)
