@@ -9,13 +9,14 @@ import pytest
 from rq.registry import ScheduledJobRegistry
 
 from csm_router import jobs
-from csm_router.config import load_settings
+from csm_router.config import Settings, load_settings
 from csm_router.decide import decide
-from csm_router.dispatch import MAINTENANCE, Runtime, ensure_sweep
+from csm_router.dispatch import MAINTENANCE, Runtime, ensure_sweep, record_decision
 from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError, TransientError
 from csm_router.message import parse
 from csm_router.store import message_key
+from csm_router.support import SupportHandoff
 
 RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Help\r\n"
        b"Message-ID: <q1@globex.com>\r\n\r\nHow do I export?\r\n")
@@ -101,3 +102,37 @@ def test_one_sweep_chain_is_kept_scheduled(rt: Runtime) -> None:
     assert registry.count == 1
     assert jobs.sla_sweep(0.0) == "0 reminded, 0 escalated, 0 released"
     assert registry.count == 2  # the sweep scheduled its successor
+
+
+HANDOFFS: list[SupportHandoff] = []
+
+
+def record_handoff(handoff: SupportHandoff, settings: Settings) -> None:
+    """A team's own Support handler (a ticket system), as ROUTER_SUPPORT_HANDLER names it."""
+    HANDOFFS.append(handoff)
+
+
+def test_a_team_can_plug_in_its_own_support_handler(smtp: RecordingSmtp) -> None:
+    settings = load_settings(
+        alias="Acme CS <success@acme.com>", pool="alice@acme.com", smtp_url=smtp.url,
+        away="", max_open_per_csm=0, support_address="support@acme.com",
+        support_handler=f"{__name__}:record_handoff",
+    )
+    rt = Runtime.from_settings(settings, fakeredis.FakeRedis())
+    jobs.configure(rt)
+    raw = RAW.replace(b"How do I export?", b"The export returns a 500 error since today.")
+    msg = parse(raw)
+    msgkey = message_key(msg, raw)
+    rt.store.ensure_sequence()
+    rt.store.save_raw(msgkey, raw)
+    outcome = record_decision(rt.store, msgkey, msg, decide(msg, rt.store.snapshot(
+        msg, 0.0, support_rules=rt.support_rules)), 0.0)
+    assert outcome.followup.support == msgkey
+    jobs.hand_to_support(msgkey, outcome.ref or 0, tell=True)
+    jobs.configure(None)
+
+    (handoff,) = HANDOFFS
+    assert (handoff.ref, handoff.customer.address, handoff.account) == (
+        "CS-1001", "jane@globex.com", "globex.com")
+    assert "500 error" in handoff.why and "500 error" in handoff.message.text
+    assert [r.rcpt_tos for r in smtp.messages] == [["jane@globex.com"]]  # only the note
