@@ -259,7 +259,7 @@ def cmd_thread(args: argparse.Namespace) -> int:
 def cmd_reassign(args: argparse.Namespace) -> int:
     rt = _runtime()
     ref = _ref(args.ref)
-    address = pool._require_member(rt.store, args.address)
+    address = pool.require_member(rt.store, args.address)
     result = rt.store.reassign(ref, address, "reassigned by an admin")
     if result.get("error"):
         raise pool.PoolError(f"{format_ref(ref)}: {result['error']}")

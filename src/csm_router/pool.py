@@ -16,7 +16,8 @@ class PoolError(ValueError):
     """An admin asked for something about a CSM or thread that does not hold."""
 
 
-def _require_member(store: Store, address: str) -> str:
+def require_member(store: Store, address: str) -> str:
+    """The address, normalised, if it is in the pool; PoolError naming the pool otherwise."""
     address = address.strip().lower()
     if store.settings.member(address) is None:
         members = ", ".join(m.address for m in store.settings.pool)
@@ -26,14 +27,14 @@ def _require_member(store: Store, address: str) -> str:
 
 def set_away(store: Store, address: str, until: float | None = None) -> str:
     """Mark a CSM away (until a time, or until `back`); they get nothing new."""
-    address = _require_member(store, address)
+    address = require_member(store, address)
     store.redis.hset(key("away"), address, "" if until is None else repr(until))
     return address
 
 
 def set_back(store: Store, address: str) -> str:
     """A CSM is back; held threads can go to them."""
-    address = _require_member(store, address)
+    address = require_member(store, address)
     store.redis.hdel(key("away"), address)
     if address in store.settings.away:
         raise PoolError(f"{address} is still listed in ROUTER_AWAY; remove it there too")
@@ -42,7 +43,7 @@ def set_back(store: Store, address: str) -> str:
 
 def assign_onboarding(store: Store, account: str, address: str, days: int, now: float) -> None:
     """Make `address` the onboarding owner of `account` (a customer domain) for `days`."""
-    address = _require_member(store, address)
+    address = require_member(store, address)
     account = account.strip().lower().lstrip("@").rpartition("@")[2]
     if "." not in account:
         raise PoolError(f"{account!r} is not a customer domain (e.g. customer.com)")
@@ -53,7 +54,7 @@ def assign_onboarding(store: Store, account: str, address: str, days: int, now: 
 
 def signature_tag(store: Store, address: str) -> str:
     """The CSM's signature tag (`CSM-7KQ4XM`), created once and kept in Redis."""
-    address = _require_member(store, address)
+    address = require_member(store, address)
     own_key = key("sigtag-of", address)
     while True:
         existing = store.redis.get(own_key)

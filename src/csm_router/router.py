@@ -116,9 +116,20 @@ class Router:
             return self._handle(uid, raw)
         except (TransientError, PermanentError, redis.ConnectionError, redis.TimeoutError):
             raise
-        except Exception as exc:  # a bug must not lose the message: quarantine it
-            log.exception("UID %s: unexpected error, quarantining", uid)
+        except Exception as exc:
+            log.exception("UID %s: unexpected error", uid)
+            if self._recorded(raw):
+                # Decided but not finished: retry after a backoff rather than skip it.
+                raise TransientError(f"UID {uid}: {type(exc).__name__} after recording") from exc
+            # A bug must not lose the message: keep it in quarantine with the reason.
             return self._quarantine(uid, raw, "", f"internal error: {type(exc).__name__}")
+
+    def _recorded(self, raw: bytes) -> bool:
+        try:
+            msgkey = message_key(parse(raw, max_bytes=self.rt.settings.max_message_bytes), raw)
+        except MalformedMessageError:
+            msgkey = message_key(None, raw)
+        return bool(self.rt.store.message(msgkey))
 
     def _handle(self, uid: int, raw: bytes) -> str:
         store, settings = self.rt.store, self.rt.settings
