@@ -104,6 +104,22 @@ class Mailbox:
             raise TransientError(f"IMAP search: {exc}") from None
         return sorted(uid for uid in uids if uid > after)
 
+    def starting_uids(self) -> tuple[list[int], int]:
+        """Where a first run (or a rescan) starts: the unread UIDs, and the top UID now.
+
+        Mail already read in the alias before the router ever ran is history, not work;
+        routing it would flood the pool with old threads.
+        """
+        try:
+            self.client.noop()
+            # ALL before UNSEEN: anything arriving in between is above `top` and is
+            # picked up by the next poll rather than skipped.
+            top = max(self.client.search(["ALL"]), default=0)
+            unseen = self.client.search(["UNSEEN"])
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP search: {exc}") from None
+        return sorted(uid for uid in unseen if uid <= top), top
+
     def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
         """(uid, raw bytes) of each message, in batches, without setting \\Seen."""
         for start in range(0, len(uids), FETCH_BATCH):

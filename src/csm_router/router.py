@@ -95,19 +95,24 @@ class Router:
         """Handle every message above the checkpoint; answers how many there were."""
         store, mailbox = self.rt.store, self.mailbox
         validity, last = store.checkpoint(mailbox.name)
-        if validity != mailbox.uidvalidity:
-            if validity:
-                # The folder was recreated: UIDs mean nothing now. Message-IDs still do,
-                # so rescanning from the start routes nothing twice.
-                log.warning("%s: UIDVALIDITY changed %s -> %s, rescanning",
-                            mailbox.name, validity, mailbox.uidvalidity)
-            last = 0
-        uids = mailbox.new_uids(last)
+        top = 0
+        if validity == mailbox.uidvalidity:
+            uids = mailbox.new_uids(last)
+        else:
+            # First run, or the folder was recreated and its UIDs mean nothing now:
+            # start with what is unread. Message-IDs still identify what was routed
+            # before, so a rescan routes nothing twice.
+            uids, top = mailbox.starting_uids()
+            log.info("%s: %s (UIDVALIDITY %s): %d unread message(s) to route, read mail "
+                     "left alone", mailbox.name, "rescan" if validity else "first run",
+                     mailbox.uidvalidity, len(uids))
         for uid, raw in mailbox.fetch(uids):
             if self.stop.is_set():
-                break
+                return len(uids)
             self.handle(uid, raw)
             store.advance_checkpoint(mailbox.name, mailbox.uidvalidity, uid)
+        if validity != mailbox.uidvalidity:
+            store.advance_checkpoint(mailbox.name, mailbox.uidvalidity, top)
         return len(uids)
 
     def handle(self, uid: int, raw: bytes) -> str:

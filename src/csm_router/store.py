@@ -343,7 +343,7 @@ class Store:
         self.redis.eval(
             "local v = redis.call('HGET', KEYS[1], 'uidvalidity')"
             " local u = tonumber(redis.call('HGET', KEYS[1], 'last_uid') or '0')"
-            " if v ~= ARGV[1] then u = 0 end"
+            " if v ~= ARGV[1] then u = -1 end"
             " if tonumber(ARGV[2]) > u then"
             "   redis.call('HSET', KEYS[1], 'uidvalidity', ARGV[1], 'last_uid', ARGV[2]) end"
             " return 1",

@@ -178,3 +178,18 @@ def test_check_reports_a_refused_login_without_the_password(product: Product) ->
     assert done.returncode == 1
     assert "FAIL  imap" in done.stdout and "login" in done.stdout
     assert "Wr0ng-Pa55" not in done.stdout + done.stderr
+
+
+def test_first_run_routes_unread_mail_and_leaves_old_read_mail_alone(product: Product) -> None:
+    for n in range(3):
+        product.write(f"Old {n} <old{n}@old.com>", f"Old question {n}")
+    client = product.mailbox.imap_client()
+    client.select_folder("INBOX")
+    read = sorted(client.search("ALL"))[:2]
+    client.add_flags(read, [b"\\Seen"])  # someone already handled these by hand
+    (only,) = product.route()
+    assert str(only.message["Subject"]) == "[CS-1001] Old question 2"
+    client.remove_flags(read, [b"\\Seen"])  # unread again later: still history, not work
+    product.write("New <new@new.com>", "New question")
+    (new,) = product.route()
+    assert str(new.message["Subject"]) == "[CS-1002] New question"
