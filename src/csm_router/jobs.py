@@ -16,6 +16,7 @@ from csm_router.dispatch import Runtime
 from csm_router.errors import PermanentError
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.outbound import (
+    EarlierMessage,
     EarlierThread,
     forward_message_id,
     message_id_for,
@@ -24,7 +25,7 @@ from csm_router.outbound import (
     send,
 )
 from csm_router.store import key, text
-from csm_router.support import EarlierMessage, SupportHandoff, load_handler
+from csm_router.support import SupportHandoff, load_handler
 from csm_router.threads import format_ref, reply_subject, subject_with_ref
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
         if found.technical:
             why += f". Looks technical ({found.explain()}): reply with #support to hand it over"
     previous_key = key("thread", ref, "forwards", owner)
+    previous = [text(p) for p in rt.redis.lrange(previous_key, -10, -1)]
     forward = render_forward(
         msg,
         ref=ref,
@@ -108,7 +110,10 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
         due=datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None,
         sla_minutes=settings.first_response_minutes,
         earlier=_earlier_threads(rt, thread.get("account", ""), ref),
-        previous=[text(p) for p in rt.redis.lrange(previous_key, -10, -1)],
+        previous=previous,
+        # Someone new to the thread reads what was said so far: nobody asks the
+        # customer to repeat themselves.
+        history=() if previous else _thread_history(rt, ref, msgkey),
     )
     _send_once(rt, forward, [owner])
     with rt.redis.pipeline() as pipe:
@@ -118,6 +123,29 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
         pipe.execute()
     log.info("%s %s forwarded to %s as %s", format_ref(ref), msg.message_id, owner, message_id)
     return f"sent {message_id}"
+
+
+def _thread_history(
+    rt: Runtime, ref: int, current: str, limit: int = 5, max_chars: int = 2000
+) -> list[EarlierMessage]:
+    """The thread's messages before `current` (customer's and CSMs'), newest `limit`."""
+    keys = rt.store.thread_messages(ref)
+    if current in keys:
+        keys = keys[: keys.index(current)]
+    history = []
+    for other in keys[-limit:]:
+        raw = rt.store.load_raw(other)
+        if raw is None:
+            continue  # expired: the events in `csm-router thread` still tell the story
+        try:
+            earlier = parse(raw, max_bytes=rt.settings.max_message_bytes)
+        except MalformedMessageError:
+            continue
+        body = earlier.fresh_text.strip()
+        if len(body) > max_chars:
+            body = body[:max_chars] + " [...]"
+        history.append(EarlierMessage(earlier.header("Date") or "", earlier.sender, body))
+    return history
 
 
 def _earlier_threads(rt: Runtime, account: str, ref: int, limit: int = 5) -> list[EarlierThread]:
@@ -146,14 +174,6 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -
     csm = thread.get("owner") or None
     why = next((e.get("why", "") for e in reversed(events)
                 if e.get("event") in ("new-support", "to-support")), "")
-    earlier = []
-    for other in store.thread_messages(ref):
-        if other == msgkey:
-            continue
-        raw = store.load_raw(other)
-        if raw is not None:
-            with_text = parse(raw)
-            earlier.append(EarlierMessage(with_text.header("Date") or "", with_text.fresh_text))
     handoff = SupportHandoff(
         ref=format_ref(ref),
         customer=Address(msg.sender, msg.sender_name),
@@ -163,7 +183,7 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -
         message=msg,
         csm=csm,
         history=tuple(_event_line(e) for e in events),
-        earlier_messages=tuple(earlier[-5:]),
+        earlier_messages=tuple(_thread_history(rt, ref, msgkey)),
         message_id=message_id_for("support", msgkey, cause, domain=alias.domain),
     )
     if not _already_sent(rt, handoff.message_id):

@@ -65,6 +65,15 @@ def stamp(
 
 
 @dataclass(frozen=True)
+class EarlierMessage:
+    """A message earlier in the same thread, as the next reader needs it."""
+
+    date: str
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True)
 class EarlierThread:
     ref: str
     subject: str
@@ -84,6 +93,7 @@ def render_forward(
     sla_minutes: int,
     earlier: Sequence[EarlierThread] = (),
     previous: Sequence[str] = (),
+    history: Sequence[EarlierMessage] = (),
 ) -> EmailMessage:
     """The forward a CSM receives: reference, context block, original text and attachments."""
     customer_name = msg.sender_name or msg.sender
@@ -112,6 +122,7 @@ def render_forward(
         due=due.strftime("%Y-%m-%d %H:%M UTC") if due else None,
         sla_minutes=sla_minutes,
         earlier=earlier,
+        history=history,
         alias=alias.address,
         attachments=[a.filename for a in msg.attachments],
         date=format_datetime(msg.date) if msg.date else "(no date)",

@@ -158,7 +158,7 @@ class Router:
         decision = decide(msg, snap)
         if decision.action is Action.QUARANTINE:
             return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey)
-        if decision.action in (Action.FORWARD, Action.SUPPORT):
+        if decision.action in (Action.FORWARD, Action.SUPPORT, Action.RECORD_REPLY):
             store.save_raw(msgkey, raw)
         outcome = record_decision(store, msgkey, msg, decision, now, uid)
         if outcome.status == "dup":

@@ -15,16 +15,10 @@ from dataclasses import dataclass, field
 from csm_router.config import Address, Settings
 from csm_router.errors import PermanentError
 from csm_router.message import Inbound
-from csm_router.outbound import header_address, render, send, stamp
+from csm_router.outbound import EarlierMessage, header_address, render, send, stamp
 from csm_router.rules.automatic import OWN_HEADER
 
 Handler = Callable[["SupportHandoff", Settings], None]
-
-
-@dataclass(frozen=True)
-class EarlierMessage:
-    date: str
-    text: str
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,22 @@ def test_technical_reply_in_a_csm_thread_stays_with_the_owner_flagged(acme: Prod
     (follow_up,) = acme.route()
     assert follow_up.rcpt_tos == [owner]
     assert "Looks technical" in body_of(follow_up) and "#support" in body_of(follow_up)
+
+
+def test_a_csm_new_to_a_thread_reads_what_was_said_so_far(acme: Product) -> None:
+    owner, fwd = new_thread(acme)
+    csm_writes(acme, owner, "Hi Jane, it is under Settings > Team.\n", fwd)
+    acme.route()
+    acme.cli("away", owner)
+    acme.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] How do I invite my team?",
+               "I cannot find Settings, where is it?\n")
+    (moved,) = acme.route()
+    assert moved.rcpt_tos != [owner]
+    body = body_of(moved)
+    assert "how do I invite my team?" in body  # the customer's first message
+    assert f"Earlier in this thread: {owner}" in body and "Settings > Team" in body
+    assert "where is it?" in body
+    acme.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] How do I invite my team?",
+               "Found it, thanks.\n")
+    (again,) = acme.route()
+    assert "Earlier in this thread" not in body_of(again)  # they have it already

@@ -54,6 +54,7 @@ if d.action == 'reply' or d.action == 'command' then
     end
     event(ref, 'reply', {msg = d.message_id, owner = d.target, previous = old or '',
       rule = d.rule, why = d.why})
+    redis.call('RPUSH', tkey .. ':msgs', d.msgkey)
   end
   if command and not v(d.error) then
     local name = command.name
