@@ -82,3 +82,31 @@ def test_forward_ids_are_deterministic_per_message_and_owner() -> None:
     assert one == forward_message_id("k1", "alice@acme.com", "acme.com")
     assert one != forward_message_id("k1", "bob@acme.com", "acme.com")
     assert one.endswith("@acme.com>")
+
+
+HTML_RAW = (
+    b"From: Jane <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Chart\r\n"
+    b"Message-ID: <html-1@globex.com>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/related; boundary="r"\r\n\r\n'
+    b"--r\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    b"<html><head><script>alert(1)</script></head><body><table><tr><td>Q3</td></tr></table>"
+    b'<img src="cid:chart@globex"></body></html>\r\n'
+    b"--r\r\nContent-Type: image/png\r\nContent-ID: <chart@globex>\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--r--\r\n"
+)
+
+
+def test_html_mail_keeps_its_formatting_and_inline_images() -> None:
+    fwd = render_forward(parse(HTML_RAW), **{  # type: ignore[arg-type]
+        "ref": 7, "owner": ALICE, "alias": ALIAS, "why": "a <b>bold</b> reason",
+        "message_id": "<f@acme.com>", "due": None, "sla_minutes": 60})
+    back = email.message_from_bytes(fwd.as_bytes(), policy=email.policy.default)
+    plain = back.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = back.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Q3" in plain and "<table>" not in plain
+    assert "<table><tr><td>Q3</td></tr></table>" in html
+    assert "a &lt;b&gt;bold&lt;/b&gt; reason" in html  # context escaped, customer HTML kept
+    assert "alert(1)" not in html
+    related = [p for p in back.walk() if p.get("Content-ID") == "<chart@globex>"]
+    assert len(related) == 1 and related[0].get_content() == b"\x89PNG\r\n\x1a\n"
+    assert list(back.iter_attachments()) == []  # the image stays inline, not an attachment

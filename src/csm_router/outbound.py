@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,22 +11,26 @@ from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import cast
 
 import aiosmtplib
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from csm_router.config import Address, PoolMember, ServerUrl
 from csm_router.errors import PermanentError, TransientError
-from csm_router.message import Inbound
+from csm_router.message import Attachment, Inbound
 from csm_router.rules.automatic import OWN_HEADER
 from csm_router.threads import format_ref, subject_with_ref
 
 _templates = Environment(
     loader=PackageLoader("csm_router", "templates"),
     undefined=StrictUndefined,
-    autoescape=False,  # plain-text mail; nothing here is rendered as HTML
+    # Customer text lands in the HTML forward: escape it there; plain text stays as is.
+    autoescape=lambda name: name is not None and ".html" in name,
     keep_trailing_newline=True,
 )
+_BODY = re.compile(r"<body[^>]*>(.*)</body\s*>", re.IGNORECASE | re.DOTALL)
+_SCRIPT = re.compile(r"<script\b.*?</script\s*>", re.IGNORECASE | re.DOTALL)
 
 
 def render(template: str, **context: object) -> str:
@@ -113,10 +118,11 @@ def render_forward(
         # The CSM's client threads all forwards of one thread together.
         out["In-Reply-To"] = previous[-1]
         out["References"] = " ".join(previous)
-    body = render(
-        "forward.txt.j2",
+    customer = str(Address(msg.sender, msg.sender_name))
+    context = render(
+        "forward_context.txt.j2",
         ref=f"[{format_ref(ref)}]",
-        customer=str(Address(msg.sender, msg.sender_name)),
+        customer=customer,
         account=msg.account,
         why=why,
         due=due.strftime("%Y-%m-%d %H:%M UTC") if due else None,
@@ -124,21 +130,47 @@ def render_forward(
         earlier=earlier,
         history=history,
         alias=alias.address,
-        attachments=[a.filename for a in msg.attachments],
-        date=format_datetime(msg.date) if msg.date else "(no date)",
-        subject=msg.subject or "(no subject)",
-        text=msg.text.strip(),
-    )
-    out.set_content(body, cte="quoted-printable")
-    for attachment in msg.attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        out.add_attachment(
-            attachment.data,
-            maintype=maintype or "application",
-            subtype=subtype or "octet-stream",
-            filename=attachment.filename,
-        )
+        attachments=[a.filename for a in msg.attachments if a.filename],
+    ).rstrip("\n") + "\n"
+    original = {
+        "context": context,
+        "customer": customer,
+        "date": format_datetime(msg.date) if msg.date else "(no date)",
+        "subject": msg.subject or "(no subject)",
+    }
+    out.set_content(render("forward.txt.j2", text=msg.text.strip(), **original),
+                    cte="quoted-printable")
+    html_part = None
+    if msg.html:
+        # The customer's own formatting (tables, inline images) for clients that show HTML.
+        found = _BODY.search(msg.html)
+        body = _SCRIPT.sub("", found.group(1) if found else msg.html)
+        out.add_alternative(render("forward.html.j2", original=body, **original),
+                            subtype="html", cte="quoted-printable")
+        html_part = cast(EmailMessage, out.get_payload()[1])  # type: ignore[index]
+    attach_originals(out, msg.attachments, html_part)
     return out
+
+
+def attach_originals(
+    out: EmailMessage, attachments: Sequence[Attachment], html: EmailMessage | None = None
+) -> None:
+    """Carry every original attachment; images the HTML shows inline stay inline with it."""
+    inline = [a for a in attachments if html is not None and a.content_id]
+    for a in inline:
+        maintype, _, subtype = a.content_type.partition("/")
+        cid = a.content_id if (a.content_id or "").startswith("<") else f"<{a.content_id}>"
+        assert html is not None
+        html.add_related(a.data, maintype=maintype or "application",
+                         subtype=subtype or "octet-stream", cid=cid,
+                         filename=a.filename or None)
+    for a in attachments:
+        if a in inline:
+            continue
+        maintype, _, subtype = a.content_type.partition("/")
+        out.add_attachment(a.data, maintype=maintype or "application",
+                           subtype=subtype or "octet-stream",
+                           filename=a.filename or "attachment")
 
 
 def render_notice(

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from csm_router.config import Address, Settings
 from csm_router.errors import PermanentError
 from csm_router.message import Inbound
-from csm_router.outbound import EarlierMessage, header_address, render, send, stamp
+from csm_router.outbound import (
+    EarlierMessage,
+    attach_originals,
+    header_address,
+    render,
+    send,
+    stamp,
+)
 from csm_router.rules.automatic import OWN_HEADER
 
 Handler = Callable[["SupportHandoff", Settings], None]
@@ -84,9 +91,6 @@ def mail_support(handoff: SupportHandoff, settings: Settings) -> None:
         subject=msg.subject or "(no subject)",
         text=msg.text.strip(),
     ), cte="quoted-printable")
-    for attachment in msg.attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        out.add_attachment(attachment.data, maintype=maintype or "application",
-                           subtype=subtype or "octet-stream", filename=attachment.filename)
+    attach_originals(out, msg.attachments)
     assert OWN_HEADER in out
     asyncio.run(send(out, settings.required_smtp(), [support.address], sender=alias.address))
