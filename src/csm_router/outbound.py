@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import ssl
@@ -31,6 +32,12 @@ _templates = Environment(
 )
 _BODY = re.compile(r"<body[^>]*>(.*)</body\s*>", re.IGNORECASE | re.DOTALL)
 _SCRIPT = re.compile(r"<script\b.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The verifying TLS context, built once: loading the CA store costs tens of ms."""
+    return ssl.create_default_context()
 
 
 def render(template: str, **context: object) -> str:
@@ -220,7 +227,7 @@ async def send(
             password=smtp.password or None,
             use_tls=smtp.tls,
             start_tls=None if not smtp.tls else False,  # None: STARTTLS when offered
-            tls_context=ssl.create_default_context(),
+            tls_context=tls_context(),
             timeout=timeout,
         )
     except aiosmtplib.SMTPRecipientsRefused as exc:

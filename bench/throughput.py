@@ -1,0 +1,108 @@
+"""Routing and delivery throughput against the mail servers' own speed, measured in one run.
+
+Starts a real Dovecot, redis-server and an SMTP relay on loopback, then times:
+
+- baseline IMAP: fetching N messages from the alias with BODY.PEEK[] (the server's limit);
+- router: `Router.poll_once` routing the same N messages (fetch, parse, decide, record,
+  enqueue);
+- baseline SMTP: sending N messages to the relay with aiosmtplib, one connection each;
+- worker: RQ's SimpleWorker running the N delivery jobs (render, send, record).
+
+Figures are reported as ratios to the baseline from the same run, because this machine's
+absolute speed varies. Usage: `./scripts/bench [N]` (default 300).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+from rq import SimpleWorker
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from csm_router import jobs  # noqa: E402
+from csm_router.config import load_settings  # noqa: E402
+from csm_router.demo import compose  # noqa: E402
+from csm_router.dispatch import QUEUES, Runtime  # noqa: E402
+from csm_router.embedded import RecordingSmtp  # noqa: E402
+from csm_router.mailbox import Mailbox  # noqa: E402
+from csm_router.router import Router  # noqa: E402
+from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
+
+USER = "success@acme.com"
+
+
+def timed(label: str, work: object) -> float:
+    start = time.perf_counter()
+    work()  # type: ignore[operator]
+    elapsed = time.perf_counter() - start
+    print(f"  {label:<34} {elapsed:7.2f} s")
+    return elapsed
+
+
+def main(count: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="csm-bench-") as tmp:
+        root = Path(tmp)
+        for name in ("dovecot", "redis"):
+            (root / name).mkdir()
+        grant_traverse(root / "dovecot", up_to=root)
+        with DovecotServer(root / "dovecot") as dovecot, \
+                RedisServer(root / "redis") as redis_server, RecordingSmtp() as smtp:
+            run(count, dovecot, redis_server, smtp)
+
+
+def run(
+    count: int, dovecot: DovecotServer, redis_server: RedisServer, smtp: RecordingSmtp
+) -> None:
+    settings = load_settings(
+        imap_url=dovecot.imap_url(USER), smtp_url=smtp.url, redis_url=redis_server.url,
+        alias=f"Acme CS <{USER}>", pool="alice@acme.com*2, bob@acme.com, carol@acme.com",
+        away="", max_open_per_csm=0,
+    )
+    rt = Runtime.from_settings(settings)
+    jobs.configure(rt)
+    for n in range(count):
+        dovecot.deliver(USER, compose(f"C{n} <c{n}@customer{n % 50}.com>", f"Question {n}",
+                                      "Hello,\n\nhow do I export a report?\n\nThanks\n" * 5)[1])
+    print(f"{count} messages")
+
+    client = dovecot.imap_client(USER)
+    client.select_folder("INBOX", readonly=True)
+    uids = client.search("ALL")
+    fetch = timed("baseline: IMAP fetch", lambda: [
+        client.fetch(uids[i : i + 50], ["BODY.PEEK[]"]) for i in range(0, len(uids), 50)])
+    client.logout()
+
+    mailbox = Mailbox(settings.required_imap())
+    mailbox.connect()
+    router = Router(rt, mailbox)
+    route = timed("router: fetch+parse+decide+record", router.poll_once)
+    mailbox.close()
+
+    sample = EmailMessage()
+    sample["From"], sample["To"], sample["Subject"] = USER, "alice@acme.com", "baseline"
+    sample.set_content("Hello\n" * 40)
+
+    async def send_all() -> None:
+        for _ in range(count):
+            await aiosmtplib.send(sample, hostname=smtp.host, port=smtp.port)
+
+    send = timed("baseline: SMTP send", lambda: asyncio.run(send_all()))
+    smtp.clear()
+    worker = SimpleWorker([rt.queues[q] for q in QUEUES], connection=rt.redis)
+    deliver = timed("worker: render+send+record", lambda: worker.work(burst=True,
+                                                                        logging_level="WARNING"))
+    assert len(smtp.messages) == count, f"expected {count} forwards, got {len(smtp.messages)}"
+    print(f"router / IMAP fetch: {route / fetch:5.1f}x   ({count / route:6.0f} msg/s)")
+    print(f"worker / SMTP send:  {deliver / send:5.1f}x   ({count / deliver:6.0f} msg/s)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
