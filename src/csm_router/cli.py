@@ -25,7 +25,7 @@ from csm_router.config import ConfigError, Settings, load_settings, redact_url
 from csm_router.dispatch import QUEUES, Runtime, enqueue_delivery, ensure_sweep, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
-from csm_router.outbound import render
+from csm_router.outbound import render, warm_up
 from csm_router.router import Router
 from csm_router.threads import format_ref
 
@@ -76,6 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _setup_logging(rt.settings)
     rt.settings.required_smtp()
     jobs.configure(rt)
+    warm_up()
     ensure_sweep(rt)
     worker = Worker([rt.queues[name] for name in QUEUES], connection=rt.redis)
     worker.work(burst=args.burst, with_scheduler=True, logging_level=rt.settings.log_level)

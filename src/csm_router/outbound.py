@@ -40,6 +40,14 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def warm_up() -> None:
+    """Build the TLS context and compile every template now, in a worker's parent process,
+    so each forked job inherits them instead of paying for them again."""
+    tls_context()
+    for name in _templates.list_templates():
+        _templates.get_template(name)
+
+
 def render(template: str, **context: object) -> str:
     """Render one of `templates/` with `context`."""
     return _templates.get_template(template).render(**context)
