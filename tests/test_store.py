@@ -267,3 +267,19 @@ def test_an_answer_before_the_target_means_no_escalation() -> None:
     one = route(store, mail())
     csm_reply(store, ALICE, one.ref or 0, "Here is how.", now=NOW + 30 * 60)
     assert store.sweep(NOW + 500 * 60) == {"reminders": [], "escalations": []}
+
+
+def test_a_second_delivery_of_the_same_mail_is_the_same_message() -> None:
+    raw = (b"From: jane@globex.com\r\nSubject: Hi\r\nMessage-ID: <same@globex.com>\r\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHello\r\n")
+    again = b"Received: from mx2 by mx1; Mon, 23 Nov 2026 10:00:01 +0000\r\n" + raw
+    assert message_key(parse(raw), raw) == message_key(parse(again), again)
+
+
+def test_another_mail_reusing_a_message_id_is_not_dropped() -> None:
+    store = make_store()
+    first = mail(extra="")
+    reused = parse(first.raw.replace(b"Hello", b"A different question"))
+    assert reused.message_id == first.message_id
+    assert route(store, first).status == "new"
+    assert route(store, reused).status == "new"

@@ -29,9 +29,22 @@ def key(*parts: object) -> str:
 
 
 def message_key(msg: Inbound | None, raw: bytes) -> str:
-    """A message's identity: its Message-ID, so a copy delivered twice is handled once."""
-    basis = msg.message_id.encode() if msg is not None else raw
-    return hashlib.sha256(basis).hexdigest()[:32]
+    """A message's identity, so a copy delivered twice is handled once.
+
+    The Message-ID plus a fingerprint of what the sender wrote: a second delivery of the
+    same mail (with other Received/Delivered-To lines) is the same message, while a
+    different mail that reuses a Message-ID, as some senders do, is not silently dropped.
+    Unparsable mail is identified by its bytes.
+    """
+    if msg is None:
+        return hashlib.sha256(raw).hexdigest()[:32]
+    digest = hashlib.sha256()
+    for part in (msg.message_id, msg.sender, msg.subject, msg.header("Date") or "",
+                 msg.text, msg.html or ""):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    for attachment in msg.attachments:
+        digest.update(hashlib.sha256(attachment.data).digest())
+    return digest.hexdigest()[:32]
 
 
 def text(value: Any) -> str:
