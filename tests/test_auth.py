@@ -21,6 +21,7 @@ def mail(*results: str, sender: str = "alice@acme.com") -> Inbound:
         "mx.acme.com; dkim=pass (good signature) header.d=acme.com header.s=s1",
         "mx.acme.com; spf=pass smtp.mailfrom=bounces@acme.com",
         "mx.acme.com; dkim=pass header.i=@acme.com",
+        "mx.acme.com; auth=pass smtp.auth=alice@acme.com",
     ],
 )
 def test_aligned_pass_from_the_trusted_server_verifies(result: str) -> None:
@@ -33,6 +34,7 @@ def test_aligned_pass_from_the_trusted_server_verifies(result: str) -> None:
         (("mx.acme.com; dmarc=fail header.from=acme.com",), "no passing"),
         (("mx.acme.com; dkim=pass header.d=evil.example",), "no passing"),
         (("mx.acme.com; spf=pass smtp.mailfrom=evil.example",), "no passing"),
+        (("mx.acme.com; auth=pass smtp.auth=eve@evil.example",), "no passing"),
         (("evil.example; dmarc=pass header.from=acme.com",), "no Authentication-Results from"),
         ((), "no Authentication-Results from"),
     ],

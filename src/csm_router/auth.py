@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from csm_router.message import Inbound
 
-_RESULT = re.compile(r"\b(dmarc|dkim|spf)\s*=\s*(\w+)((?:\s+[\w.-]+\s*=\s*[^\s;]+)*)", re.I)
+_RESULT = re.compile(r"\b(dmarc|dkim|spf|auth)\s*=\s*(\w+)((?:\s+[\w.-]+\s*=\s*[^\s;]+)*)", re.I)
 _PROP = re.compile(r"([\w.-]+)\s*=\s*([^\s;]+)")
 _COMMENT = re.compile(r"\([^()]*\)")
 
@@ -28,6 +28,8 @@ def _aligned(method: str, props: dict[str, str], domain: str) -> bool:
         checked = props.get("header.from", domain)
     elif method == "dkim":
         checked = props.get("header.d") or _domain(props.get("header.i", ""))
+    elif method == "auth":  # authenticated submission (RFC 8601 section 2.7.4)
+        checked = _domain(props.get("smtp.auth", "") or props.get("smtp.mailfrom", ""))
     else:
         checked = _domain(props.get("smtp.mailfrom", ""))
     checked = checked.lower()
@@ -59,4 +61,4 @@ def verify_sender(msg: Inbound, trusted_authserv_id: str | None) -> Verdict:
             props = {k.lower(): v for k, v in _PROP.findall(match.group(3))}
             if result == "pass" and _aligned(method, props, domain):
                 return Verdict(True, f"{method}=pass for {domain}")
-    return Verdict(False, f"no passing, aligned dmarc/dkim/spf result for {domain}")
+    return Verdict(False, f"no passing, aligned dmarc/dkim/spf/auth result for {domain}")
