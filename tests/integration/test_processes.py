@@ -130,3 +130,38 @@ def test_router_polls_a_server_without_idle(
             stop(router), stop(worker)
     assert str(sent.message["Subject"]) == "[CS-1001] Polled"
     assert "with polling (no IDLE)" in (product.workdir / "router.log").read_text()
+
+
+def test_relay_trouble_is_retried_until_the_forward_goes_out(product: Product) -> None:
+    product.smtp.fail_next(451, "4.3.0 try again later", count=2)
+    worker = start(product, "worker", log="worker.log")
+    try:
+        product.write("Jane Doe <jane@globex.com>", "Patience")
+        product.cli("run", "--exit-when-idle")
+        # RQ's scheduler re-queues the job after 5 s, then 15 s: the third try succeeds.
+        (sent,) = product.smtp.wait_for(1, timeout=60)
+    finally:
+        stop(worker)
+    assert str(sent.message["Subject"]) == "[CS-1001] Patience"
+
+
+def test_killing_the_router_mid_stream_loses_and_doubles_nothing(product: Product) -> None:
+    worker = start(product, "worker", log="worker.log")
+    router = start(product, "run", log="router1.log")
+    try:
+        for n in range(15):
+            product.write(f"C{n} <c{n}@c{n}.com>", f"Stream {n:02d}")
+        product.smtp.wait_for(5, timeout=60)
+        router.kill()  # SIGKILL: no clean-up of any kind
+        router.wait(timeout=10)
+        for n in range(15, 30):  # mail keeps arriving while no router runs
+            product.write(f"C{n} <c{n}@c{n}.com>", f"Stream {n:02d}")
+        router = start(product, "run", log="router2.log")
+        sent = product.smtp.wait_for(30, timeout=120)
+    finally:
+        stop(router)
+        stop(worker)
+    subjects = sorted(str(r.message["Subject"]).split("] ", 1)[1] for r in sent)
+    assert subjects == [f"Stream {n:02d}" for n in range(30)]
+    assert len(product.smtp.messages) == 30  # counted after both processes stopped
+    assert "first run" not in (product.workdir / "router2.log").read_text()  # resumed
