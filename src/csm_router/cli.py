@@ -26,6 +26,7 @@ from csm_router.dispatch import QUEUES, Runtime, enqueue_delivery, ensure_sweep,
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.outbound import render, warm_up
+from csm_router.recovery import reclaim
 from csm_router.router import Router
 from csm_router.threads import format_ref
 
@@ -77,8 +78,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     rt.settings.required_smtp()
     jobs.configure(rt)
     warm_up()
+    if args.name:
+        reclaim(rt.redis, args.name)
     ensure_sweep(rt)
-    worker = Worker([rt.queues[name] for name in QUEUES], connection=rt.redis)
+    worker = Worker([rt.queues[name] for name in QUEUES], connection=rt.redis, name=args.name)
     worker.work(burst=args.burst, with_scheduler=True, logging_level=rt.settings.log_level)
     return 0
 
@@ -311,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once nothing new is left (for batch runs and tests)")
     p = add("worker", cmd_worker, "RQ worker for the deliver, support and maintenance queues")
     p.add_argument("--burst", action="store_true", help="stop when the queues are empty")
+    p.add_argument("--name", help="a stable name, unique among live workers (e.g. host-1): "
+                   "on restart, jobs the previous worker of that name had in hand run again "
+                   "at once")
     add("check", cmd_check, "validate configuration and log in to Redis, IMAP and SMTP")
     add("demo", cmd_demo, "run the whole product on embedded servers and show what happens")
     p = add("sweep", cmd_sweep, "run one first-response sweep now (the worker runs one every 30s)")

@@ -281,8 +281,18 @@ class _Recorder:
         self.changed = threading.Condition()
         self.messages: list[Received] = []
         self.failures: list[str] = []
+        self.holds = 0  # how many coming DATA commands hang, as a stuck relay's would
+        self.released = threading.Event()
+        self.waiting = threading.Event()  # set while a DATA hangs
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.changed:
+            held = self.holds > 0
+            self.holds -= held
+        if held:
+            self.waiting.set()
+            await asyncio.to_thread(self.released.wait)
+            return "451 4.3.0 held, not delivered"
         with self.changed:
             if self.failures:
                 return self.failures.pop(0)
@@ -352,6 +362,7 @@ class RecordingSmtp(Service):
 
     def stop(self) -> None:
         """Stop the relay and join its thread."""
+        self._recorder.released.set()  # a held DATA must not keep the thread alive
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
@@ -376,6 +387,22 @@ class RecordingSmtp(Service):
             raise ValueError(f"SMTP failure code must be 4xx or 5xx, not {code}")
         with self._recorder.changed:
             self._recorder.failures.extend([f"{code} {text}"] * count)
+
+    def hold(self, count: int = 1) -> None:
+        """Make the next `count` DATA commands hang until `release()`, then fail with 451."""
+        with self._recorder.changed:
+            self._recorder.holds = count
+        self._recorder.waiting.clear()
+        self._recorder.released.clear()
+
+    def wait_until_held(self, timeout: float = 20.0) -> None:
+        """Block until a client's DATA is waiting on `hold()`."""
+        if not self._recorder.waiting.wait(timeout):
+            raise TimeoutError(f"no SMTP client reached DATA within {timeout}s")
+
+    def release(self) -> None:
+        """Let held DATA commands finish (with 451; nothing held is recorded)."""
+        self._recorder.released.set()
 
     def clear(self) -> None:
         """Forget recorded messages and pending failures."""

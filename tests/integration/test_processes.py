@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -23,8 +24,18 @@ CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 
 def start(product: Product, *args: str, log: str) -> subprocess.Popen[bytes]:
     out = open(product.workdir / log, "wb")  # noqa: SIM115  # closed with the process
-    return subprocess.Popen([sys.executable, "-m", "csm_router.cli", *args],
-                            env=product.env, cwd=product.workdir, stdout=out, stderr=out)
+    return subprocess.Popen([sys.executable, "-m", "csm_router.cli", *args], env=product.env,
+                            cwd=product.workdir, stdout=out, stderr=out, start_new_session=True)
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and its children, as systemd kills a unit's cgroup.
+
+    RQ's work horse runs in a session of its own, so its parent's group does not reach it.
+    """
+    subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
@@ -152,8 +163,7 @@ def test_killing_the_router_mid_stream_loses_and_doubles_nothing(product: Produc
         for n in range(15):
             product.write(f"C{n} <c{n}@c{n}.com>", f"Stream {n:02d}")
         product.smtp.wait_for(5, timeout=60)
-        router.kill()  # SIGKILL: no clean-up of any kind
-        router.wait(timeout=10)
+        kill(router)
         for n in range(15, 30):  # mail keeps arriving while no router runs
             product.write(f"C{n} <c{n}@c{n}.com>", f"Stream {n:02d}")
         router = start(product, "run", log="router2.log")
@@ -165,3 +175,21 @@ def test_killing_the_router_mid_stream_loses_and_doubles_nothing(product: Produc
     assert subjects == [f"Stream {n:02d}" for n in range(30)]
     assert len(product.smtp.messages) == 30  # counted after both processes stopped
     assert "first run" not in (product.workdir / "router2.log").read_text()  # resumed
+
+
+def test_a_killed_worker_s_job_in_hand_is_taken_up_at_restart(product: Product) -> None:
+    product.smtp.hold()  # the relay takes the forward's DATA and sits on it
+    worker = start(product, "worker", "--name", "host-1", log="worker1.log")
+    product.write("Jane Doe <jane@globex.com>", "In hand")
+    product.cli("run", "--exit-when-idle")
+    product.smtp.wait_until_held(timeout=60)
+    kill(worker)  # while the job is in hand
+    product.smtp.release()  # the dead worker's DATA is answered 451 and not recorded
+    worker = start(product, "worker", "--name", "host-1", log="worker2.log")
+    try:
+        # Well within RQ's own abandoned-job expiry (minutes): taken up at restart.
+        (sent,) = product.smtp.wait_for(1, timeout=30)
+    finally:
+        stop(worker)
+    assert str(sent.message["Subject"]) == "[CS-1001] In hand"
+    assert "requeued" in (product.workdir / "worker2.log").read_text()
