@@ -71,10 +71,6 @@ class Product:
         return new
 
 
-def forwards_to(received: list[Received], address: str) -> list[Received]:
-    return [r for r in received if r.rcpt_tos == [address]]
-
-
 def body_of(received: Received) -> str:
     part = received.message.get_body(("plain",))
     assert part is not None
