@@ -514,3 +514,16 @@ def test_corpus_outlook_express_unquoted_boundary() -> None:
 def test_corpus_utf8_text_labelled_iso_2022_jp() -> None:
     msg = parse((CORPUS / "bounces/sisimai/bsd-lf/lhost-kddi-01.eml").read_bytes())
     assert msg.text.startswith("送信先のメールボックスが一杯のため")
+
+
+def test_encoded_word_attachment_names_are_decoded() -> None:
+    raw = (
+        b"From: a@example.com\r\nMessage-ID: <fn@example.com>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nsee attached\r\n--b\r\n"
+        b"Content-Type: application/pdf\r\n"
+        b'Content-Disposition: attachment; filename="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?="\r\n'
+        b"\r\n%PDF\r\n--b--\r\n"
+    )
+    (attachment,) = parse(raw).attachments
+    assert attachment.filename == "résumé.pdf"

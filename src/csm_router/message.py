@@ -108,7 +108,7 @@ def parse(raw: bytes, *, max_bytes: int = 25 * 1024 * 1024) -> Inbound:
 
 
 def _parse(raw: bytes) -> Inbound:
-    msg = message_from_bytes(raw, policy=policy.default)
+    msg = message_from_bytes(raw, policy=policy.compat32)
     headers = [(name, _decode_header(value)) for name, value in msg.raw_items()]
     for name, value in headers:
         if name.lower() in _INJECTION_CHECKED and _INJECTION.search(value):
@@ -289,13 +289,14 @@ def _resplit(part: Message, payload: object) -> list[Message]:
         blobs = [chunk.encode("ascii", "surrogateescape") for chunk in chunks]
     except UnicodeEncodeError:
         return []
-    return [message_from_bytes(blob, policy=policy.default) for blob in blobs]
+    return [message_from_bytes(blob, policy=policy.compat32) for blob in blobs]
 
 
 def _filename(part: Message) -> str:
     """Declared filename without directories or control characters; "" if none."""
     try:
-        name = _clean(str(part.get_filename() or ""))
+        # Parsed with compat32 for speed, so RFC 2047 words in names are decoded here.
+        name = _decode_header(str(part.get_filename() or ""))
     except Exception:  # a garbled Content-Disposition must not lose the attachment
         name = ""
     name = _UNSAFE_FILENAME.sub("", name).replace("\\", "/").rpartition("/")[2].strip()
