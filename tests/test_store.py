@@ -283,3 +283,11 @@ def test_another_mail_reusing_a_message_id_is_not_dropped() -> None:
     assert reused.message_id == first.message_id
     assert route(store, first).status == "new"
     assert route(store, reused).status == "new"
+
+
+def test_message_records_and_links_expire_long_after_any_reply() -> None:
+    store = make_store()
+    msg = mail()
+    route(store, msg)
+    for name in (key("msg", message_key(msg, msg.raw)), key("msgid", msg.message_id)):
+        assert 399 * 86400 < store.redis.ttl(name) <= 400 * 86400

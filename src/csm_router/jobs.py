@@ -24,7 +24,7 @@ from csm_router.outbound import (
     render_notice,
     send,
 )
-from csm_router.store import key, text
+from csm_router.store import KEEP_SECONDS, key, text
 from csm_router.support import SupportHandoff, load_handler
 from csm_router.threads import format_ref, reply_subject, subject_with_ref
 
@@ -117,7 +117,7 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     )
     _send_once(rt, forward, [owner])
     with rt.redis.pipeline() as pipe:
-        pipe.set(key("msgid", message_id), ref)
+        pipe.set(key("msgid", message_id), ref, ex=KEEP_SECONDS)
         pipe.rpush(previous_key, message_id)
         pipe.hset(key("msg", msgkey), "state", "delivered")
         pipe.execute()

@@ -21,6 +21,7 @@ from csm_router.threads import FIRST_REF, refs_in_subject, refs_in_text, tags_in
 
 PREFIX = "csm:"
 RAW_TTL_SECONDS = 14 * 86400
+KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.lua too)
 
 
 def key(*parts: object) -> str:
@@ -342,7 +343,7 @@ class Store:
         return [text(m) for m in self.redis.lrange(key("thread", ref, "msgs"), 0, -1)]
 
     def link_message_id(self, message_id: str, ref: int) -> None:
-        self.redis.set(key("msgid", message_id), ref)
+        self.redis.set(key("msgid", message_id), ref, ex=KEEP_SECONDS)
 
     # -- mailbox checkpoint ---------------------------------------------------------
 

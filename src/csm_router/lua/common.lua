@@ -80,9 +80,12 @@ local function release_messages(ref, owner)
   return msgs
 end
 
+-- How long a message's record and its Message-ID link are kept: long past any reply.
+local KEEP_SECONDS = 400 * 86400
+
 local function link_ids(ref, ids)
   for _, id in ipairs(ids or {}) do
-    redis.call('SET', P .. 'msgid:' .. id, ref)
+    redis.call('SET', P .. 'msgid:' .. id, ref, 'EX', KEEP_SECONDS)
   end
 end
 

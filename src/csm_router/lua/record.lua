@@ -14,6 +14,7 @@ local function finish(state, ref, owner, extra)
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
     'action', d.action, 'rule', d.rule, 'why', d.why, 'at', d.now,
     'message_id', d.message_id or '', 'uid', d.uid or '', 'followup', cjson.encode(followup))
+  redis.call('EXPIRE', mkey, KEEP_SECONDS)
   local out = {status = 'new', state = state, ref = ref, owner = owner or '', followup = followup}
   for k, x in pairs(extra or {}) do out[k] = x end
   return cjson.encode(out)
