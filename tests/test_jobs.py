@@ -6,12 +6,20 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
+from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
 from csm_router import jobs
 from csm_router.config import Settings, load_settings
 from csm_router.decide import decide
-from csm_router.dispatch import MAINTENANCE, Runtime, ensure_sweep, record_decision
+from csm_router.dispatch import (
+    MAINTENANCE,
+    Runtime,
+    enqueue_delivery,
+    ensure_sweep,
+    failed_jobs,
+    record_decision,
+)
 from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError, TransientError
 from csm_router.message import parse
@@ -136,3 +144,11 @@ def test_a_team_can_plug_in_its_own_support_handler(smtp: RecordingSmtp) -> None
         "CS-1001", "jane@globex.com", "globex.com")
     assert "500 error" in handoff.why and "500 error" in handoff.message.text
     assert [r.rcpt_tos for r in smtp.messages] == [["jane@globex.com"]]  # only the note
+
+
+def test_status_counts_jobs_that_gave_up(rt: Runtime, smtp: RecordingSmtp) -> None:
+    msgkey = routed(rt)
+    smtp.fail_next(550, "5.7.1 rejected")
+    enqueue_delivery(rt, msgkey, "alice@acme.com")
+    SimpleWorker([rt.queues["deliver"]], connection=rt.redis).work(burst=True)
+    assert failed_jobs(rt)["deliver"] == 1

@@ -22,7 +22,14 @@ from rich.table import Table
 
 from csm_router import __version__, jobs, pool
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
-from csm_router.dispatch import QUEUES, Runtime, enqueue_delivery, ensure_sweep, release_held
+from csm_router.dispatch import (
+    QUEUES,
+    Runtime,
+    enqueue_delivery,
+    ensure_sweep,
+    failed_jobs,
+    release_held,
+)
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.outbound import render, warm_up
@@ -149,8 +156,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     rt = _runtime()
     rows = pool.status(rt.store, time.time())
     held = pool.held_count(rt.store)
+    failed = failed_jobs(rt)
     if args.json:
-        print(json.dumps({"pool": [r.as_dict() for r in rows], "held": held}, indent=2))
+        print(json.dumps({"pool": [r.as_dict() for r in rows], "held": held,
+                          "failed_jobs": failed}, indent=2))
         return 0
     table = Table(title=f"Pool for {rt.settings.alias}")
     table.caption = "1st resp. = time to first response"
@@ -170,6 +179,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                       minutes(r.p90_first_response_minutes))
     out.print(table)
     out.print(f"held, waiting for a free CSM: {held}")
+    if any(failed.values()):
+        counts = ", ".join(f"{count} {name}" for name, count in failed.items() if count)
+        out.print(f"[red]jobs that gave up after their retries: {counts}[/] (see `rq info`)")
     return 0
 
 

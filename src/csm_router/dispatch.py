@@ -12,6 +12,7 @@ from typing import Any
 from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
+from rq.registry import FailedJobRegistry
 
 from csm_router.classify import RuleSet, load_rules
 from csm_router.config import Settings
@@ -129,6 +130,11 @@ def dispatch(rt: Runtime, msgkey: str, outcome: Outcome) -> None:
     if work.notice:
         enqueue_notice(rt, msgkey)
     rt.store.mark_dispatched(msgkey)
+
+
+def failed_jobs(rt: Runtime) -> dict[str, int]:
+    """Jobs that gave up (after their retries) per queue: mail that did not go out."""
+    return {name: FailedJobRegistry(queue=queue).count for name, queue in rt.queues.items()}
 
 
 def release_held(rt: Runtime) -> int:

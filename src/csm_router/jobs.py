@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from typing import ParamSpec, TypeVar
+
+from rq import get_current_job
 
 from csm_router import dispatch
 from csm_router.classify import classify
@@ -30,8 +35,29 @@ from csm_router.threads import format_ref, reply_subject, subject_with_ref
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 SENT_TTL_SECONDS = 90 * 86400
 _runtime: Runtime | None = None
+
+
+def fail_fast(func: Callable[P, R]) -> Callable[P, R]:
+    """A PermanentError ends the job at once: retrying a 5xx or an expired message is no use.
+
+    The job then lands in RQ's failed registry, which `csm-router status` counts.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except PermanentError:
+            job = get_current_job()
+            if job is not None:
+                job.retries_left = 0
+            raise
+
+    return wrapper
 
 
 def configure(rt: Runtime | None) -> None:
@@ -79,6 +105,7 @@ def _load(rt: Runtime, msgkey: str, ref: int) -> Inbound:
         raise PermanentError(f"CS-{ref}: {exc}") from None
 
 
+@fail_fast
 def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     """Forward one routed message to `owner`'s own inbox, once (per `cause`)."""
     rt = runtime()
@@ -162,6 +189,7 @@ def _earlier_threads(rt: Runtime, account: str, ref: int, limit: int = 5) -> lis
     return out[:limit]
 
 
+@fail_fast
 def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -> str:
     """Hand a message to Support (the configured handler); with `tell`, the thread has
     just moved there, so the customer gets a note and the CSM a copy."""
@@ -223,6 +251,7 @@ def _event_line(event: dict[str, object]) -> str:
     return f"{_when(event.get('at'))}  {event.get('event')}{owner}{why}"  # type: ignore[arg-type]
 
 
+@fail_fast
 def send_notice(msgkey: str) -> str:
     """Send the confirmation or error recorded for a command in message `msgkey`."""
     rt = runtime()
@@ -240,6 +269,7 @@ def send_notice(msgkey: str) -> str:
     return f"told {notice['to']}"
 
 
+@fail_fast
 def notify_overflow(ref: int) -> str:
     """Tell the overflow address that a thread is held because nobody can take it."""
     rt = runtime()
@@ -261,6 +291,7 @@ def notify_overflow(ref: int) -> str:
     return "told"
 
 
+@fail_fast
 def remind(ref: int, owner: str, due: float) -> str:
     """Remind a CSM that a thread's first answer is nearly due."""
     rt = runtime()
@@ -279,6 +310,7 @@ def remind(ref: int, owner: str, due: float) -> str:
     return f"reminded {owner}"
 
 
+@fail_fast
 def escalate(ref: int, previous: str, owner: str, due: float) -> str:
     """Tell the lead, once, that a thread missed its first-response target."""
     rt = runtime()
