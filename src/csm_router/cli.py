@@ -32,7 +32,7 @@ from csm_router.dispatch import (
 )
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
-from csm_router.outbound import render, warm_up
+from csm_router.outbound import event_line, render, warm_up, when
 from csm_router.recovery import reclaim
 from csm_router.router import Router
 from csm_router.threads import format_ref
@@ -231,17 +231,12 @@ def cmd_threads(args: argparse.Namespace) -> int:
     for column in ("ref", "customer", "subject", "owner", "state", "due"):
         table.add_column(column)
     for t in threads:
-        due = _when(t.get("due"))
+        due = when(t.get("due"))
         table.add_row(format_ref(int(t["ref"])), t.get("customer", ""), t.get("subject", ""),
                       t.get("owner", "") or "-", t.get("state", ""), due)
     out.print(table)
     return 0
 
-
-def _when(epoch: str | None) -> str:
-    if not epoch:
-        return "-"
-    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _ref(text: str) -> int:
@@ -260,15 +255,12 @@ def cmd_thread(args: argparse.Namespace) -> int:
     out.print(f"[bold][{format_ref(ref)}][/] {thread.get('subject', '')}")
     for name in ("customer", "account", "owner", "state"):
         out.print(f"  {name:<15} {thread.get(name) or '-'}")
-    out.print(f"  {'created':<15} {_when(thread.get('created'))}")
-    out.print(f"  {'due':<15} {_when(thread.get('due'))}")
-    out.print(f"  {'first response':<15} {_when(thread.get('first_response'))}")
+    out.print(f"  {'created':<15} {when(thread.get('created'))}")
+    out.print(f"  {'due':<15} {when(thread.get('due'))}")
+    out.print(f"  {'first response':<15} {when(thread.get('first_response'))}")
     out.print("history:")
     for e in rt.store.events(ref):
-        who = f" -> {e['owner']}" if e.get("owner") else ""
-        rule = f" by {e['rule']}" if e.get("rule") else ""
-        why = f" ({e['why']})" if e.get("why") else ""
-        out.print(f"  {_when(str(e['at']))}  {e['event']}{who}{rule}{why}  {e.get('msg', '')}")
+        out.print(f"  {event_line(e)}  {e.get('msg', '')}")
     return 0
 
 

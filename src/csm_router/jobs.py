@@ -23,11 +23,13 @@ from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.outbound import (
     EarlierMessage,
     EarlierThread,
+    event_line,
     forward_message_id,
     message_id_for,
     render_forward,
     render_notice,
     send,
+    when,
 )
 from csm_router.store import KEEP_SECONDS, key, text
 from csm_router.support import SupportHandoff, load_handler
@@ -72,11 +74,6 @@ def runtime() -> Runtime:
         _runtime = Runtime.from_settings(load_settings())
     return _runtime
 
-
-def _when(epoch: float | str | None) -> str:
-    if not epoch:
-        return "-"
-    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _already_sent(rt: Runtime, message_id: str) -> bool:
@@ -210,7 +207,7 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -
         why=why,
         message=msg,
         csm=csm,
-        history=tuple(_event_line(e) for e in events),
+        history=tuple(event_line(e) for e in events),
         earlier_messages=tuple(_thread_history(rt, ref, msgkey)),
         message_id=message_id_for("support", msgkey, cause, domain=alias.domain),
     )
@@ -243,12 +240,6 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -
         )
         _send_once(rt, copy, [csm])
     return f"handed {handoff.ref} to Support; customer told"
-
-
-def _event_line(event: dict[str, object]) -> str:
-    owner = f" -> {event['owner']}" if event.get("owner") else ""
-    why = f" ({event['why']})" if event.get("why") else ""
-    return f"{_when(event.get('at'))}  {event.get('event')}{owner}{why}"  # type: ignore[arg-type]
 
 
 @fail_fast
@@ -300,9 +291,9 @@ def remind(ref: int, owner: str, due: float) -> str:
     lead = settings.overflow_address
     notice = render_notice(
         "reminder.txt.j2", sender=settings.alias, to=[owner],
-        subject=f"Reminder: [{format_ref(ref)}] is due at {_when(due)}",
+        subject=f"Reminder: [{format_ref(ref)}] is due at {when(due)}",
         message_id=message_id_for("remind", ref, due, domain=settings.alias.domain),
-        ref=format_ref(ref), customer=thread.get("customer", ""), due=_when(due),
+        ref=format_ref(ref), customer=thread.get("customer", ""), due=when(due),
         subject_line=thread.get("subject", ""), alias=settings.alias.address,
         lead=lead.address if lead else "the CS lead",
     )
@@ -326,7 +317,7 @@ def escalate(ref: int, previous: str, owner: str, due: float) -> str:
         message_id=message_id_for("escalate", ref, domain=settings.alias.domain),
         ref=format_ref(ref), customer=thread.get("customer", ""),
         subject_line=thread.get("subject", ""), previous=previous or "nobody", owner=owner,
-        due=_when(due),
+        due=when(due),
     )
     _send_once(rt, notice, [lead.address])
     return f"told {lead.address}"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
-from typing import cast
+from typing import Any, cast
 
 import aiosmtplib
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -51,6 +51,21 @@ def warm_up() -> None:
 def render(template: str, **context: object) -> str:
     """Render one of `templates/` with `context`."""
     return _templates.get_template(template).render(**context)
+
+
+def when(epoch: float | str | None) -> str:
+    """An epoch time as people read it in mail and on the command line; "-" for none."""
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One event of a thread's history: when, what, to whom, by which rule and why."""
+    owner = f" -> {event['owner']}" if event.get("owner") else ""
+    rule = f" by {event['rule']}" if event.get("rule") else ""
+    why = f" ({event['why']})" if event.get("why") else ""
+    return f"{when(event.get('at'))}  {event.get('event')}{owner}{rule}{why}"
 
 
 def forward_message_id(msgkey: str, owner: str, domain: str, cause: str = "") -> str:
