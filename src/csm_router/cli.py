@@ -39,6 +39,8 @@ from csm_router.threads import format_ref
 
 log = logging.getLogger("csm_router")
 out = Console(highlight=False)
+if not out.is_terminal:
+    out.width = 120  # piped into a file or a ticket: 80 columns would wrap every table
 
 
 def _setup_logging(settings: Settings | None = None) -> None:
@@ -162,9 +164,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "failed_jobs": failed}, indent=2))
         return 0
     table = Table(title=f"Pool for {rt.settings.alias}")
-    table.caption = "1st resp. = time to first response"
     columns = ("CSM", "weight", "away", "open", "overdue", "assigned today",
-               "median 1st resp.", "p90 1st resp.")
+               "median 1st response", "p90 1st response")
     for column in columns:
         table.add_column(column, justify="left" if column in ("CSM", "away") else "right",
                          no_wrap=column == "CSM")
