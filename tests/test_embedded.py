@@ -283,3 +283,28 @@ def test_smtp_stop_with_connected_client_is_clean(caplog: pytest.LogCaptureFixtu
     assert set(threading.enumerate()) <= before
     assert not [r for r in caplog.records if r.name.startswith(("asyncio", "mail.log"))]
     conn.close()
+
+
+def test_smtp_hold_keeps_data_waiting_then_fails_it_unrecorded(smtp: RecordingSmtp) -> None:
+    smtp.hold()
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+                client.sendmail("a@acme.com", ["b@acme.com"], b"Subject: held\r\n\r\nx\r\n")
+            outcome.append(None)
+        except smtplib.SMTPException as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    smtp.wait_until_held(timeout=5)
+    assert outcome == [] and smtp.messages == []  # the client is still waiting
+    smtp.release()
+    sender.join(timeout=10)
+    assert isinstance(outcome[0], smtplib.SMTPDataError) and outcome[0].smtp_code == 451
+    assert smtp.messages == []
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        client.sendmail("a@acme.com", ["b@acme.com"], b"Subject: next\r\n\r\nx\r\n")
+    assert [str(r.message["Subject"]) for r in smtp.wait_for(1)] == ["next"]
