@@ -176,14 +176,13 @@ def _earlier_threads(rt: Runtime, account: str, ref: int, limit: int = 5) -> lis
     if not account:
         return []
     refs = [int(text(r)) for r in rt.redis.zrevrange(key("account", account), 0, limit)]
-    out = []
-    for other in refs:
-        if other == ref:
-            continue
-        t = rt.store.thread(other)
-        out.append(EarlierThread(format_ref(other), t.get("subject", ""),
-                                 t.get("owner", ""), t.get("state", "")))
-    return out[:limit]
+    refs = [other for other in refs if other != ref][:limit]
+    with rt.redis.pipeline(transaction=False) as pipe:
+        for other in refs:
+            pipe.hmget(key("thread", other), "subject", "owner", "state")
+        rows = pipe.execute()
+    return [EarlierThread(format_ref(other), *(text(v) for v in row))
+            for other, row in zip(refs, rows, strict=True)]
 
 
 @fail_fast

@@ -106,13 +106,24 @@ class Router:
             log.info("%s: %s (UIDVALIDITY %s): %d unread message(s) to route, read mail "
                      "left alone", mailbox.name, "rescan" if validity else "first run",
                      mailbox.uidvalidity, len(uids))
-        for uid, raw in mailbox.fetch(uids):
-            if self.stop.is_set():
-                return len(uids)
-            self.handle(uid, raw)
-            store.advance_checkpoint(mailbox.name, mailbox.uidvalidity, uid)
-        if validity != mailbox.uidvalidity:
-            store.advance_checkpoint(mailbox.name, mailbox.uidvalidity, top)
+        done, finished = 0, False
+        try:
+            for uid, raw in mailbox.fetch(uids):
+                if self.stop.is_set():
+                    break
+                self.handle(uid, raw)
+                done = uid
+            else:
+                finished = True
+        finally:
+            # Once per pass, not per message: after a crash the few messages handled since
+            # are fetched again and recognised as already recorded.
+            if validity == mailbox.uidvalidity:
+                store.advance_checkpoint(mailbox.name, validity, done)
+            elif finished:
+                # Only a complete first run (or rescan) may start the checkpoint: a partial
+                # one is redone, or read mail above `done` would be routed as new.
+                store.advance_checkpoint(mailbox.name, mailbox.uidvalidity, max(done, top))
         return len(uids)
 
     def handle(self, uid: int, raw: bytes) -> str:

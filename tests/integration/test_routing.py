@@ -193,3 +193,13 @@ def test_first_run_routes_unread_mail_and_leaves_old_read_mail_alone(product: Pr
     product.write("New <new@new.com>", "New question")
     (new,) = product.route()
     assert str(new.message["Subject"]) == "[CS-1002] New question"
+
+
+def test_forward_lists_the_accounts_earlier_threads(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Renewal")
+    product.route()
+    product.write("Jim Doe <jim@globex.com>", "Dashboards")
+    (second,) = product.route()
+    body = body_of(second)
+    assert "Earlier threads of globex.com:" in body
+    assert "[CS-1001] Renewal · " in body
