@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formataddr, parseaddr
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ROUTER_"
@@ -184,21 +184,15 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     log_level: str = "INFO"
 
-    @field_validator("imap_url", mode="before")
+    @field_validator("imap_url", "smtp_url", mode="before")
     @classmethod
-    def _imap(cls, value: Any) -> ServerUrl | None:
+    def _server(cls, value: Any, info: ValidationInfo) -> ServerUrl | None:
         if value is None or isinstance(value, ServerUrl) or not str(value).strip():
             return value or None
+        if info.field_name == "smtp_url":
+            return parse_server_url(str(value), ("smtp", "smtps"))
         url = parse_server_url(str(value), ("imap", "imaps"))
-        return ServerUrl(url.scheme, url.host, url.port, url.username, url.password,
-                         url.path or "INBOX")
-
-    @field_validator("smtp_url", mode="before")
-    @classmethod
-    def _smtp(cls, value: Any) -> ServerUrl | None:
-        if value is None or isinstance(value, ServerUrl) or not str(value).strip():
-            return value or None
-        return parse_server_url(str(value), ("smtp", "smtps"))
+        return replace(url, path=url.path or "INBOX")
 
     @field_validator("redis_url", mode="before")
     @classmethod

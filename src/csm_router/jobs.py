@@ -80,16 +80,24 @@ def _already_sent(rt: Runtime, message_id: str) -> bool:
     return bool(rt.redis.exists(key("sent", message_id)))
 
 
-def _send_once(rt: Runtime, message: EmailMessage, recipients: list[str]) -> bool:
-    """Send unless a mail with this Message-ID went out before; answers whether it sent."""
-    message_id = str(message["Message-ID"])
+def _once(rt: Runtime, message_id: str, action: Callable[[], object]) -> bool:
+    """Run `action` unless the mail `message_id` went out before; answers whether it ran."""
     if _already_sent(rt, message_id):
         return False
+    action()
+    rt.redis.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
+    return True
+
+
+def _send(rt: Runtime, message: EmailMessage, recipients: list[str]) -> None:
     settings = rt.settings
     asyncio.run(send(message, settings.required_smtp(), recipients,
                      sender=settings.alias.address))
-    rt.redis.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
-    return True
+
+
+def _send_once(rt: Runtime, message: EmailMessage, recipients: list[str]) -> bool:
+    """Send unless a mail with this Message-ID went out before; answers whether it sent."""
+    return _once(rt, str(message["Message-ID"]), lambda: _send(rt, message, recipients))
 
 
 def _load(rt: Runtime, msgkey: str, ref: int) -> Inbound:
@@ -139,8 +147,9 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
         # customer to repeat themselves.
         history=() if previous else _thread_history(rt, ref, msgkey),
     )
-    _send_once(rt, forward, [owner])
+    _send(rt, forward, [owner])  # checked not sent above, before rendering
     with rt.redis.pipeline() as pipe:
+        pipe.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
         pipe.set(key("msgid", message_id), ref, ex=KEEP_SECONDS)
         pipe.rpush(previous_key, message_id)
         pipe.hset(key("msg", msgkey), "state", "delivered")
@@ -210,9 +219,7 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -
         earlier_messages=tuple(_thread_history(rt, ref, msgkey)),
         message_id=message_id_for("support", msgkey, cause, domain=alias.domain),
     )
-    if not _already_sent(rt, handoff.message_id):
-        load_handler(settings.support_handler)(handoff, settings)
-        rt.redis.set(key("sent", handoff.message_id), 1, ex=SENT_TTL_SECONDS)
+    _once(rt, handoff.message_id, lambda: load_handler(settings.support_handler)(handoff, settings))
     rt.store.link_message_id(handoff.message_id, ref)
     store.redis.hset(key("msg", msgkey), "state", "delivered")
     log.info("%s %s handed to Support (%s)", handoff.ref, msg.message_id, why)

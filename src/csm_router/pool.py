@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from csm_router.store import Store, key, text
+from csm_router.store import Store, key, text, text_hash
 from csm_router.threads import format_tag, new_tag
 
 
@@ -99,15 +99,14 @@ def status(store: Store, now: float) -> list[CsmStatus]:
         pipe.lrange(key("stats", "first-response", member.address), 0, -1)
     away_raw, assigned_raw, overdue_refs, *per_csm = pipe.execute()
     overdue = _owners(store, [int(text(r)) for r in overdue_refs])
-    away = {k.decode(): v.decode() for k, v in away_raw.items()}
-    assigned = {k.decode(): int(v) for k, v in assigned_raw.items()}
+    away = text_hash(away_raw)
+    away_now = store.away_now(away_raw, now)
+    assigned = {k: int(v) for k, v in text_hash(assigned_raw).items()}
     rows = []
     for i, member in enumerate(store.settings.pool):
         open_count, durations = per_csm[2 * i], per_csm[2 * i + 1]
         until = away.get(member.address)
-        is_away = member.address in store.settings.away or (
-            until is not None and (until == "" or float(until) > now)
-        )
+        is_away = member.address in away_now
         until_text = (
             datetime.fromtimestamp(float(until), UTC).isoformat(timespec="minutes")
             if until

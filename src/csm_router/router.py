@@ -22,7 +22,7 @@ from csm_router.dispatch import (
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
-from csm_router.store import message_key
+from csm_router.store import Outcome, message_key
 from csm_router.threads import format_ref
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,7 @@ class Router:
         if seen:
             if not seen.get("dispatched"):
                 # Recorded by a process that died before enqueueing: finish its work.
-                outcome = store.outcome(msgkey)
-                if outcome is not None:
-                    dispatch(self.rt, msgkey, outcome)
+                dispatch(self.rt, msgkey, Outcome.from_record(seen))
             log.debug("UID %s %s already %s", uid, msg.message_id, seen.get("state"))
             return "duplicate"
         verdict = verify_sender(msg, settings.trusted_authserv_id)

@@ -48,6 +48,18 @@ def message_key(msg: Inbound | None, raw: bytes) -> str:
     return digest.hexdigest()[:32]
 
 
+# A new UIDVALIDITY starts the checkpoint afresh; within one, it only moves forward.
+_CHECKPOINT = """
+local v = redis.call('HGET', KEYS[1], 'uidvalidity')
+local u = tonumber(redis.call('HGET', KEYS[1], 'last_uid') or '0')
+if v ~= ARGV[1] then u = -1 end
+if tonumber(ARGV[2]) > u then
+  redis.call('HSET', KEYS[1], 'uidvalidity', ARGV[1], 'last_uid', ARGV[2])
+end
+return 1
+"""
+
+
 def text(value: Any) -> str:
     """A Redis reply (bytes, str or None) as str."""
     if value is None:
@@ -55,7 +67,8 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _hash(raw: Any) -> dict[str, str]:
+def text_hash(raw: Any) -> dict[str, str]:
+    """A Redis hash reply as str -> str."""
     return {text(k): text(v) for k, v in dict(raw).items()}
 
 
@@ -92,7 +105,7 @@ class Outcome:
     """What recording a decision did."""
 
     status: str  # "new", or "dup" when the message had been recorded before
-    state: str  # decided | held | done | ignored | quarantined | enqueued | delivered
+    state: str  # decided | held | done | ignored | quarantined | delivered
     ref: int | None
     owner: str | None
     new_thread: bool = False
@@ -108,6 +121,12 @@ class Outcome:
             new_thread=bool(out.get("new_thread")),
             followup=Followup.from_json(out.get("followup")),
         )
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> Outcome:
+        """The outcome a stored message record stands for, to finish interrupted work."""
+        followup = json.loads(record.get("followup") or "{}")
+        return cls.from_json({**record, "status": "dup", "followup": followup})
 
 
 @dataclass(frozen=True)
@@ -202,13 +221,13 @@ class Store:
         )
         onboarding = None
         if onboarding_raw:
-            ob = _hash(onboarding_raw)
+            ob = text_hash(onboarding_raw)
             onboarding = Onboarding(ob["owner"], float(ob["since"]), int(ob["days"]))
         return Snapshot(
             now=now,
             alias=self.settings.alias.address,
             pool=self.settings.pool,
-            away=self.settings.away | self._away_now(_hash(away_raw), now),
+            away=self.away_now(away_raw, now),
             thread=thread,
             matched_by=matched_by,
             tag_owner=tag_owner,
@@ -235,9 +254,12 @@ class Store:
                 )
         return found
 
-    @staticmethod
-    def _away_now(away: dict[str, str], now: float) -> frozenset[str]:
-        return frozenset(a for a, until in away.items() if not until or float(until) > now)
+    def away_now(self, away: Any, now: float) -> frozenset[str]:
+        """Who is away at `now`: ROUTER_AWAY plus the CLI's `csm:away` hash (read by caller)."""
+        marked = text_hash(away)
+        return self.settings.away | frozenset(
+            a for a, until in marked.items() if not until or float(until) > now
+        )
 
     def record(
         self,
@@ -313,27 +335,14 @@ class Store:
         value: Any = self.redis.get(key("raw", msgkey))
         return bytes(value) if value is not None else None
 
-    def outcome(self, msgkey: str) -> Outcome | None:
-        """The recorded outcome of a message, with its follow-up work; None if unseen."""
-        record = self.message(msgkey)
-        if not record:
-            return None
-        return Outcome(
-            status="dup",
-            state=record["state"],
-            ref=int(record["ref"]) if record.get("ref") else None,
-            owner=record.get("owner") or None,
-            followup=Followup.from_json(json.loads(record.get("followup") or "{}")),
-        )
-
     def mark_dispatched(self, msgkey: str) -> None:
         self.redis.hset(key("msg", msgkey), "dispatched", 1)
 
     def message(self, msgkey: str) -> dict[str, str]:
-        return _hash(self.redis.hgetall(key("msg", msgkey)))
+        return text_hash(self.redis.hgetall(key("msg", msgkey)))
 
     def thread(self, ref: int) -> dict[str, str]:
-        return _hash(self.redis.hgetall(key("thread", ref)))
+        return text_hash(self.redis.hgetall(key("thread", ref)))
 
     def events(self, ref: int) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(key("thread", ref, "events"), 0, -1)]
@@ -354,15 +363,7 @@ class Store:
 
     def advance_checkpoint(self, mailbox: str, uidvalidity: int, uid: int) -> None:
         """Move the checkpoint forward only; several routers may call this in any order."""
-        self.redis.eval(
-            "local v = redis.call('HGET', KEYS[1], 'uidvalidity')"
-            " local u = tonumber(redis.call('HGET', KEYS[1], 'last_uid') or '0')"
-            " if v ~= ARGV[1] then u = -1 end"
-            " if tonumber(ARGV[2]) > u then"
-            "   redis.call('HSET', KEYS[1], 'uidvalidity', ARGV[1], 'last_uid', ARGV[2]) end"
-            " return 1",
-            1,
-            key("mailbox", mailbox),
-            str(uidvalidity),
-            str(uid),
-        )
+        script = self._scripts.get("checkpoint")
+        if script is None:
+            script = self._scripts["checkpoint"] = self.redis.register_script(_CHECKPOINT)
+        script(keys=[key("mailbox", mailbox)], args=[uidvalidity, uid])
