@@ -19,7 +19,11 @@ from csm_router.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
+# Bodies are fetched at most this many, and this many bytes, per command; sizes for
+# SIZE_BATCH messages per command (a UID list that keeps well under servers' line limits).
 FETCH_BATCH = 50
+FETCH_BATCH_BYTES = 8 * 1024 * 1024
+SIZE_BATCH = 1000
 # RFC 2177: clients should re-issue IDLE at least every 29 minutes.
 MAX_IDLE_SECONDS = 29 * 60
 QUARANTINED_FLAG = b"$CsmQuarantined"
@@ -120,18 +124,51 @@ class Mailbox:
             raise TransientError(f"IMAP search: {exc}") from None
         return sorted(uid for uid in unseen if uid <= top), top
 
-    def fetch(self, uids: list[int]) -> Iterator[tuple[int, bytes]]:
-        """(uid, raw bytes) of each message, in batches, without setting \\Seen."""
-        for start in range(0, len(uids), FETCH_BATCH):
-            batch = uids[start : start + FETCH_BATCH]
-            try:
-                data = self.client.fetch(batch, [b"BODY.PEEK[]"])
-            except _NETWORK_ERRORS as exc:
-                raise TransientError(f"IMAP fetch: {exc}") from None
-            for uid in batch:
-                item = data.get(uid)
-                if item is not None and b"BODY[]" in item:
-                    yield uid, bytes(item[b"BODY[]"])
+    def fetch(self, uids: list[int], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+        """(uid, raw bytes) of each message in UID order, without setting \\Seen.
+
+        Sizes are asked first, so a message over `max_bytes` is never downloaded: it comes
+        as (uid, None). Bodies come in batches bounded by count and by total size, so a
+        run of large messages never has to sit in memory at once. A message expunged
+        meanwhile is left out.
+        """
+        for start in range(0, len(uids), SIZE_BATCH):
+            group = uids[start : start + SIZE_BATCH]
+            sizes = {uid: item[b"RFC822.SIZE"]
+                     for uid, item in self._fetch(group, b"RFC822.SIZE").items()
+                     if b"RFC822.SIZE" in item}
+            batch: list[int] = []
+            wanted = total = 0
+            for uid in group:
+                size = sizes.get(uid)
+                if size is None:
+                    continue
+                fits = size <= max_bytes
+                if fits and wanted and (wanted == FETCH_BATCH or total + size > FETCH_BATCH_BYTES):
+                    yield from self._bodies(batch, sizes, max_bytes)
+                    batch, wanted, total = [], 0, 0
+                batch.append(uid)
+                if fits:
+                    wanted, total = wanted + 1, total + size
+            yield from self._bodies(batch, sizes, max_bytes)
+
+    def _bodies(
+        self, batch: list[int], sizes: dict[int, int], max_bytes: int
+    ) -> Iterator[tuple[int, bytes | None]]:
+        wanted = [uid for uid in batch if sizes[uid] <= max_bytes]
+        data = self._fetch(wanted, b"BODY.PEEK[]") if wanted else {}
+        for uid in batch:
+            if sizes[uid] > max_bytes:
+                yield uid, None
+            elif (item := data.get(uid)) is not None and b"BODY[]" in item:
+                yield uid, bytes(item[b"BODY[]"])
+
+    def _fetch(self, uids: list[int], what: bytes) -> dict[int, dict[bytes, Any]]:
+        try:
+            data: dict[int, dict[bytes, Any]] = self.client.fetch(uids, [what])
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP fetch: {exc}") from None
+        return data
 
     def quarantine(self, uid: int) -> None:
         """Copy the message to the quarantine folder and flag the original (kept in place)."""

@@ -108,10 +108,17 @@ class Router:
                      mailbox.uidvalidity, len(uids))
         done, finished = 0, False
         try:
-            for uid, raw in mailbox.fetch(uids):
+            limit = self.rt.settings.max_message_bytes
+            for uid, raw in mailbox.fetch(uids, max_bytes=limit):
                 if self.stop.is_set():
                     break
-                self.handle(uid, raw)
+                if raw is None:
+                    # Never downloaded, so there are no bytes to key it by: its UID does.
+                    self._quarantine(uid, b"", "", f"message is over ROUTER_MAX_MESSAGE_BYTES "
+                                     f"({limit} bytes): not fetched",
+                                     f"uid-{mailbox.uidvalidity}-{uid}")
+                else:
+                    self.handle(uid, raw)
                 done = uid
             else:
                 finished = True
