@@ -104,7 +104,7 @@ def test_html_mail_keeps_its_formatting_and_inline_images() -> None:
     plain = back.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = back.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert "Q3" in plain and "<table>" not in plain
-    assert "<table><tr><td>Q3</td></tr></table>" in html
+    assert "<table><tbody><tr><td>Q3</td></tr></tbody></table>" in html
     assert "a &lt;b&gt;bold&lt;/b&gt; reason" in html  # context escaped, customer HTML kept
     assert "alert(1)" not in html
     related = [p for p in back.walk() if p.get("Content-ID") == "<chart@globex>"]

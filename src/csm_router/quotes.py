@@ -6,7 +6,7 @@ import contextlib
 import re
 from html.parser import HTMLParser
 
-__all__ = ["html_to_text", "split_reply"]
+__all__ = ["defuse_html", "html_to_text", "split_reply"]
 
 # Attribution and header lines are short. Longer lines only get the cheap ">" test, so one
 # pass over the lines stays linear however pathological the body is.
@@ -227,7 +227,7 @@ def html_to_text(html: str) -> str:
     """Readable text from HTML: blocks become lines, blockquote lines are prefixed "> "."""
     parser = _HtmlToText()
     with contextlib.suppress(Exception):  # html.parser may assert on pathological markup
-        parser.feed(_defuse(html))
+        parser.feed(defuse_html(html))
         parser.close()
     parser.flush()
     out: list[str] = []
@@ -237,7 +237,7 @@ def html_to_text(html: str) -> str:
     return "\n".join(out).strip()
 
 
-def _defuse(html: str) -> str:
+def defuse_html(html: str) -> str:
     """Drop comments and declarations and escape stray "<", all in linear time.
 
     html.parser rescans to the end of the input for every unclosed construct, which is
