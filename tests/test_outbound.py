@@ -50,7 +50,12 @@ def test_headers_follow_the_product_format() -> None:
         "jorg@globex.com", "success@acme.com"]
     assert fwd["To"].addresses[0].addr_spec == "alice@acme.com"
     assert fwd["X-CSM-Router"] == "forward CS-1042"
-    assert fwd["In-Reply-To"] is None
+
+
+def test_a_forward_answers_the_customers_message() -> None:
+    fwd = render()
+    assert fwd["In-Reply-To"] == "<orig-1@globex.com>"
+    assert fwd["References"] == "<orig-1@globex.com>"
 
 
 def test_context_block_and_original_text() -> None:
@@ -73,8 +78,14 @@ def test_original_attachments_travel_with_the_forward() -> None:
 
 def test_later_forwards_thread_under_the_earlier_ones() -> None:
     fwd = render(previous=["<fwd.a@acme.com>", "<fwd.b@acme.com>"])
-    assert fwd["In-Reply-To"] == "<fwd.b@acme.com>"
-    assert fwd["References"] == "<fwd.a@acme.com> <fwd.b@acme.com>"
+    assert fwd["In-Reply-To"] == "<orig-1@globex.com>"
+    # Oldest first, the customer's message last, as RFC 5322 orders References.
+    assert fwd["References"] == "<fwd.a@acme.com> <fwd.b@acme.com> <orig-1@globex.com>"
+
+
+def test_references_name_the_customers_message_once() -> None:
+    fwd = render(previous=["<fwd.a@acme.com>", "<orig-1@globex.com>"])
+    assert fwd["References"] == "<fwd.a@acme.com> <orig-1@globex.com>"
 
 
 def test_forward_ids_are_deterministic_per_message_and_owner() -> None:

@@ -283,10 +283,12 @@ def render_forward(
         header_address(msg.sender, msg.sender_name),
         header_address(alias.address, alias.name),
     ]
-    if previous:
-        # The CSM's client threads all forwards of one thread together.
-        out["In-Reply-To"] = previous[-1]
-        out["References"] = " ".join(previous)
+    # The forward answers the customer's message: the CSM's plain Reply then threads under
+    # it in the customer's client, the CSM's client keeps the thread's forwards together,
+    # and anyone can tell which mail a forward carries.
+    references = [*dict.fromkeys([*previous, msg.message_id])]
+    out["In-Reply-To"] = msg.message_id
+    out["References"] = " ".join(references)
     customer = str(Address(msg.sender, msg.sender_name))
     context = render(
         "forward_context.txt.j2",
