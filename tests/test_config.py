@@ -120,3 +120,23 @@ def test_missing_pool_stops_the_process_with_one_line(env: pytest.MonkeyPatch) -
     expected = "csm-router: configuration error: ROUTER_POOL: is required but not set"
     assert done.stderr.strip() == expected
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+
+
+def test_plaintext_is_refused_by_default_and_allowed_on_request(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_IMAP_URL", "imap://u:p@imap.acme.com/INBOX")
+    env.setenv("ROUTER_SMTP_URL", "smtp://u:p@smtp.acme.com:587")
+    settings = load_settings()
+    assert settings.allow_plaintext is False
+    assert settings.required_imap().starttls_required
+    assert settings.required_smtp().starttls_required
+    env.setenv("ROUTER_ALLOW_PLAINTEXT", "true")
+    settings = load_settings()
+    assert settings.allow_plaintext is True
+    assert not settings.required_imap().starttls_required
+    assert not settings.required_smtp().starttls_required
+
+
+def test_allow_plaintext_must_be_a_boolean(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_ALLOW_PLAINTEXT", "sometimes")
+    with pytest.raises(ConfigError, match=r"^ROUTER_ALLOW_PLAINTEXT: "):
+        load_settings()

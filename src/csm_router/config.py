@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from email.utils import formataddr, parseaddr
@@ -61,11 +62,27 @@ class ServerUrl:
     username: str = ""
     password: str = field(default="", repr=False)
     path: str = ""
+    allow_plaintext: bool = False
 
     @property
     def tls(self) -> bool:
-        """Implicit TLS (imaps://, smtps://); otherwise STARTTLS when offered."""
+        """Implicit TLS (imaps://, smtps://); otherwise STARTTLS."""
         return self.scheme.endswith("s")
+
+    @property
+    def starttls_required(self) -> bool:
+        """Whether a plain connection must upgrade with STARTTLS before the password goes.
+
+        Always, unless the server is on this machine or ROUTER_ALLOW_PLAINTEXT says so: a
+        man in the middle can strip STARTTLS from the server's answer and read the login.
+        """
+        return not self.tls and not self.allow_plaintext and not is_loopback(self.host)
+
+    def plaintext_refused(self, protocol: str) -> str:
+        """Why we will not log in to a server that offers no STARTTLS."""
+        return (f"{protocol} server {self.host}:{self.port} offers no STARTTLS: refusing to "
+                f"send the password in the clear (set {ENV_PREFIX}ALLOW_PLAINTEXT=true to "
+                f"allow, or use {self.scheme}s://)")
 
     def __str__(self) -> str:
         user = f"{self.username}:***@" if self.username else ""
@@ -74,6 +91,19 @@ class ServerUrl:
 
 
 _DEFAULT_PORTS = {"imap": 143, "imaps": 993, "smtp": 587, "smtps": 465}
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 _ADDR_RE = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$|^[^@\s]+@localhost$")
 
 
@@ -164,6 +194,8 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
     )
 
+    # Before the URLs: their validator reads it.
+    allow_plaintext: bool = False
     imap_url: Annotated[ServerUrl | None, NoDecode] = None
     smtp_url: Annotated[ServerUrl | None, NoDecode] = None
     redis_url: str = "redis://localhost:6379/0"
@@ -189,10 +221,11 @@ class Settings(BaseSettings):
     def _server(cls, value: Any, info: ValidationInfo) -> ServerUrl | None:
         if value is None or isinstance(value, ServerUrl) or not str(value).strip():
             return value or None
+        allow = bool(info.data.get("allow_plaintext"))
         if info.field_name == "smtp_url":
-            return parse_server_url(str(value), ("smtp", "smtps"))
+            return replace(parse_server_url(str(value), ("smtp", "smtps")), allow_plaintext=allow)
         url = parse_server_url(str(value), ("imap", "imaps"))
-        return replace(url, path=url.path or "INBOX")
+        return replace(url, path=url.path or "INBOX", allow_plaintext=allow)
 
     @field_validator("redis_url", mode="before")
     @classmethod

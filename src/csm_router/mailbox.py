@@ -66,8 +66,12 @@ class Mailbox:
             )
             # imapclient writes some commands in pieces; without NODELAY each waits ~40 ms.
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if not self.url.tls and b"STARTTLS" in client.capabilities():
-                client.starttls(ssl.create_default_context())
+            if not self.url.tls:
+                if b"STARTTLS" in client.capabilities():
+                    client.starttls(ssl.create_default_context())
+                elif self.url.starttls_required:
+                    client.shutdown()
+                    raise PermanentError(self.url.plaintext_refused("IMAP"))
             client.login(self.url.username, self.url.password)
             selected = client.select_folder(self.folder)
             if not client.folder_exists(self.quarantine_folder):

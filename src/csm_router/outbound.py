@@ -8,7 +8,7 @@ import hashlib
 import html
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
@@ -369,6 +369,30 @@ def message_id_for(kind: str, *parts: object, domain: str) -> str:
     return f"<{kind}.{digest}@{domain}>"
 
 
+@contextlib.asynccontextmanager
+async def smtp_session(smtp: ServerUrl, timeout: float = 60) -> AsyncIterator[aiosmtplib.SMTP]:
+    """A connected SMTP client, logged in if the URL has a user.
+
+    smtp:// upgrades with STARTTLS when the server offers it, and refuses to go on without
+    it (PermanentError) unless `smtp.starttls_required` says plaintext is acceptable.
+    """
+    client = aiosmtplib.SMTP(hostname=smtp.host, port=smtp.port, use_tls=smtp.tls,
+                             start_tls=False, tls_context=tls_context(), timeout=timeout)
+    async with client:
+        if not smtp.tls:
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()  # a server without EHLO has no STARTTLS either
+            if client.supports_extension("starttls"):
+                await client.starttls()
+            elif smtp.starttls_required:
+                raise PermanentError(smtp.plaintext_refused("SMTP"))
+        if smtp.username:
+            await client.login(smtp.username, smtp.password)
+        yield client
+
+
 async def send(
     message: EmailMessage,
     smtp: ServerUrl,
@@ -379,19 +403,8 @@ async def send(
 ) -> None:
     """Send one message; raise TransientError (retry) or PermanentError (give up)."""
     try:
-        await aiosmtplib.send(
-            message,
-            sender=sender,
-            recipients=list(recipients),
-            hostname=smtp.host,
-            port=smtp.port,
-            username=smtp.username or None,
-            password=smtp.password or None,
-            use_tls=smtp.tls,
-            start_tls=None if not smtp.tls else False,  # None: STARTTLS when offered
-            tls_context=tls_context(),
-            timeout=timeout,
-        )
+        async with smtp_session(smtp, timeout) as client:
+            await client.send_message(message, sender=sender, recipients=list(recipients))
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [r.code for r in exc.recipients]
         error = TransientError if all(400 <= c < 500 for c in codes) else PermanentError

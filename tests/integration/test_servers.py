@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 import redis
 
+from csm_router import config
+from csm_router.config import parse_server_url
+from csm_router.errors import PermanentError
+from csm_router.mailbox import Mailbox as RouterMailbox
 from support.servers import (
     DovecotServer,
     Mailbox,
@@ -102,3 +107,26 @@ def test_redis_is_flushed_between_tests(redis_url: str, run: int) -> None:
 def test_missing_binary_fails_with_hint(tmp_path: Path) -> None:
     with pytest.raises(MissingServerBinary, match="README"):
         find_binary("no-such-server", str(tmp_path / "no-such-server"))
+
+
+def test_router_logs_in_to_dovecot_on_loopback_without_starttls(mailbox: Mailbox) -> None:
+    # The test Dovecot runs with ssl=no on 127.0.0.1: plaintext is fine on this machine.
+    box = RouterMailbox(parse_server_url(mailbox.imap_url, ("imap",)))
+    box.connect()
+    try:
+        assert box.uidvalidity > 0
+    finally:
+        box.close()
+
+
+def test_router_refuses_a_remote_imap_server_without_starttls(
+    mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "is_loopback", lambda host: False)  # as if it were remote
+    url = parse_server_url(mailbox.imap_url, ("imap",))
+    with pytest.raises(PermanentError, match=r"^IMAP server 127\.0\.0\.1:\d+ offers no STARTTLS: "
+                       r"refusing to send the password in the clear \(set ROUTER_ALLOW_PLAINTEXT"):
+        RouterMailbox(url).connect()
+    allowed = RouterMailbox(replace(url, allow_plaintext=True))
+    allowed.connect()
+    allowed.close()
