@@ -18,9 +18,14 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import email
+import email.policy
 import pickle
 import random
+import re
+import time
 from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -527,3 +532,158 @@ def test_encoded_word_attachment_names_are_decoded() -> None:
     )
     (attachment,) = parse(raw).attachments
     assert attachment.filename == "résumé.pdf"
+
+
+# --- threading headers whatever the sender's encoding or folding ------------------------------
+
+LONG_ID = "<" + "1f3a9c.thread-" + "a" * 90 + ".reply@mail.customer.example>"  # 137 characters
+THREADING_IDS = [
+    pytest.param("<CAF+x=y_Z@mail.gmail.com>", id="plain"),
+    pytest.param(LONG_ID, id="long"),
+    pytest.param("<" + "x" * 200 + "@" + "y" * 60 + ".example>", id="very-long"),
+    pytest.param("<a!#$%&'*+-/=?^_`{|}~.b@odd.example>", id="every-atext-special"),
+    pytest.param("<üñí.çødé-reply@bücher.example>", id="non-ascii"),
+    pytest.param("<" + "ü" * 70 + "@long.example>", id="long-non-ascii"),
+]
+EMAIL_POLICIES = [
+    pytest.param(email.policy.default, id="default"),
+    pytest.param(email.policy.SMTP, id="SMTP"),
+]
+
+
+def python_reply(in_reply_to: str, references: list[str], pol: email.policy.Policy) -> bytes:
+    """A reply as Python's own email package writes it."""
+    msg = EmailMessage(policy=pol)
+    msg["From"] = "Jane <jane@customer.example>"
+    msg["To"] = "success@acme.com"
+    msg["Subject"] = "Re: [CS-1042] Export"
+    msg["Message-ID"] = "<reply.1@customer.example>"
+    msg["In-Reply-To"] = in_reply_to
+    msg["References"] = " ".join(references)
+    msg.set_content("Thanks!\n")
+    return msg.as_bytes()
+
+
+@pytest.mark.parametrize("pol", EMAIL_POLICIES)
+@pytest.mark.parametrize("ident", THREADING_IDS)
+def test_python_written_reply_keeps_the_exact_ids(ident: str, pol: email.policy.Policy) -> None:
+    references = ["<root@customer.example>", LONG_ID, ident, "<last@acme.com>"]
+    raw = python_reply(ident, references, pol)
+    msg = parse(raw)
+    assert msg.in_reply_to == (ident,)
+    assert msg.references == tuple(dict.fromkeys(references))
+
+
+def test_the_reply_that_was_routed_as_a_new_thread() -> None:
+    raw = python_reply(LONG_ID, [LONG_ID], email.policy.default)
+    assert b"In-Reply-To: =?utf-8?q?" in raw  # how Python writes it: encoded words, folded
+    assert parse(raw).in_reply_to == (LONG_ID,)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # A multi-byte character split across two words, and folding between them.
+        ("=?utf-8?b?PMO8ww==?=\n =?utf-8?b?vEB4LmV4YW1wbGU+?=", ("<üü@x.example>",)),
+        ("=?UTF-8?Q?=3Ca=40x?= =?utf-8?q?=2Eexample=3E?= <b@y>", ("<a@x.example>", "<b@y>")),
+        ("=?iso-8859-1*fr?q?=3C=E9t=E9=40x=3E?=", ("<été@x>",)),
+        ("<a@x>=?utf-8?q?=3Cb=40y=3E?=", ("<a@x>", "<b@y>")),
+        ("=?utf-8?q?=3Cfirst=40x=3E_=3Csecond=40x=3E?=", ("<first@x>", "<second@x>")),
+        ("=?bogus?q?=3Ca=40x=3E?=", ("<a@x>",)),  # unknown charset: read as UTF-8
+        ("=?utf-8?b?!!!?= <a@x>", ("<a@x>",)),  # broken base64 stays as written
+        ("=?utf-8?q?=3Cevil=0D=0ABcc:=40x=3E?= <ok@x>", ("<ok@x>",)),  # control characters
+        ("<=?utf-8?q?id?=@x> =?utf-8?q?=3Cb=40y=3E?=", ("<=?utf-8?q?id?=@x>", "<b@y>")),
+        ("<a@x> (reply to <b@y> (nested <c@z>)) <d@w>", ("<a@x>", "<d@w>")),
+        ('"Jane <jane@customer.example>" <a@x>', ("<a@x>",)),
+        ('Your message of "Mon, 2 Mar 2026" <a@x>', ("<a@x>",)),
+        ("<a@x><b@y>,<c@z>;d@w e@v", ("<a@x>", "<b@y>", "<c@z>", "<d@w>", "<e@v>")),
+        ("<a@x> <a@x>   <b@y> <a@x>", ("<a@x>", "<b@y>")),
+        ("<<a@x> <b@y", ("<a@x>", "<b@y>")),  # stray and truncated brackets
+        ("a@ @b <> ) > (", ()),
+    ],
+)
+def test_in_reply_to_is_read_robustly(value: str, expected: tuple[str, ...]) -> None:
+    assert parse(eml(f"In-Reply-To: {value}")).in_reply_to == expected
+
+
+def test_message_id_written_as_encoded_words_is_the_id_replies_quote() -> None:
+    raw = eml(f"From: a@x.example\nMessage-ID: =?utf-8?q?=3C{'m' * 70}?=\n =?utf-8?q?=40x=3E?=",
+              base=False)
+    assert parse(raw).message_id == f"<{'m' * 70}@x>"
+
+
+def test_references_keep_the_root_and_the_latest() -> None:
+    ids = [f"<r{n}@x>" for n in range(200)]
+    raw = eml("References: " + "\n ".join(ids) + "\nIn-Reply-To: " + " ".join(ids[:30]))
+    msg = parse(raw)
+    assert msg.references == (ids[0], *ids[-49:])
+    assert msg.in_reply_to == tuple(ids[:10])
+
+
+def test_a_repeated_reference_counts_where_it_was_last_written() -> None:
+    msg = parse(eml("References: <root@x> <a@x> <b@x> <a@x> <root@x>"))
+    assert msg.references == ("<root@x>", "<b@x>", "<a@x>")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "(" * 300_000,
+        "<" * 300_000,
+        '"' * 300_000,
+        "\\" * 300_000,
+        "=?" * 150_000,
+        "=?utf-8?q?" * 30_000,
+        "=?a?q?=?b?q?" * 25_000,
+        "<a@x> " * 50_000,
+        "=?utf-8?q?=3Ca=40x=3E?= " * 12_000,
+        "a@" * 150_000,
+        "<" + "a " * 150_000,  # one unclosed bracket collecting a long id
+        "a\\" * 150_000,  # one long bare word
+        '("\\<' * 75_000,
+    ],
+)
+def test_hostile_threading_headers_are_read_in_linear_time(hostile: str) -> None:
+    raw = eml(f"In-Reply-To: {hostile}\nReferences: {hostile}")
+    start = time.perf_counter()
+    msg = parse(raw)
+    assert time.perf_counter() - start < 2.0
+    assert len(msg.references) <= 50 and len(msg.in_reply_to) <= 10
+
+
+def _simple_ids(value: str) -> tuple[str, ...]:
+    """What a plain reader finds in a header without encoded words, comments or quotes."""
+    found = re.findall(r"<([^<>]*)>|([^\s<>,;]+@[^\s<>,;]+)", value)
+    return tuple(dict.fromkeys("<" + re.sub(r"\s+", "", a or b) + ">" for a, b in found))
+
+
+@needs_corpus
+def test_corpus_threading_headers_read_as_a_plain_reader_reads_them() -> None:
+    compared = 0
+    for path in EML_FILES:
+        raw = path.read_bytes()
+        try:
+            msg = parse(raw)
+        except MalformedMessageError:
+            continue
+        headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+        for name, got in (("in-reply-to", msg.in_reply_to), ("references", msg.references)):
+            value = " ".join(str(v) for k, v in headers.raw_items() if k.lower() == name)
+            if value and not re.search(r'=\?|[()"]', value):
+                assert got == _simple_ids(value.replace("\r", "").replace("\n", "")), path
+                compared += 1
+    assert compared >= 30
+
+
+@needs_corpus
+def test_corpus_replies_keep_their_threading_ids() -> None:
+    reply = parse((CORPUS / "malformed/ruby-mail/plain_emails/raw_email_reply.eml").read_bytes())
+    assert reply.in_reply_to == ("<348F04F142D69C21-291E56D292BC@xxxx.net>",)
+    assert reply.references == ("<473FF3B8.9020707@xxx.org>",
+                                "<348F04F142D69C21-291E56D292BC@xxxx.net>")
+    folded = parse((CORPUS / "malformed/flanker/multi-received-headers.eml").read_bytes())
+    assert folded.references == ("<AANLkTi=1ANR2FzeeQ-vK3-_ty0gUrOsAxMRYkob6CL-c@mail.gmail.com>",
+                                 "<AANLkTinUdYK2NpEiYCKGnCEp_OXKqst_bWNdBVHsfDVh@mail.gmail.com>")
+    apple = parse((CORPUS / "replies/talon/apple_mail_2.eml").read_bytes())
+    assert apple.in_reply_to == apple.references == (
+        "<CABzQGhkMXDxUt_tSVQcg=43aniUhtsVfCZVzu-PG0kwS_uzqMw@mail.gmail.com>",)
