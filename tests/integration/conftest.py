@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from csm_router.embedded import RecordingSmtp
-from support.product import POOL, Product
+from support.product import AUTHSERV, POOL, Product
 from support.servers import Mailbox
 
 
@@ -26,6 +26,7 @@ def product(
         ROUTER_POOL=POOL,
         ROUTER_POLL_SECONDS="1",
         ROUTER_OVERFLOW_ADDRESS="cs-lead@acme.com",
+        ROUTER_TRUSTED_AUTHSERV_ID=AUTHSERV,  # as production should run
     )
     product = Product(mailbox, smtp, env, tmp_path)
     yield product

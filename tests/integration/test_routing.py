@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -62,19 +63,36 @@ def test_csm_copy_is_recorded_not_forwarded_and_another_csm_takes_over(product: 
     product.write("Jane Doe <jane@globex.com>", "Dashboard export")
     (first,) = product.route()
     owner = first.rcpt_tos[0]
-    product.write(f"Owner <{owner}>", "Re: [CS-1001] Dashboard export", to="jane@globex.com",
-                  cc=product.alias, in_reply_to=str(first.message["Message-ID"]))
+    product.staff_writes(f"Owner <{owner}>", "Re: [CS-1001] Dashboard export",
+                         "Hi Jane, on it.\n", to="jane@globex.com", cc=product.alias,
+                         in_reply_to=str(first.message["Message-ID"]))
     assert product.route() == []
     thread = product.cli("thread", "CS-1001").stdout
     assert "first response" in thread and "reply" in thread
 
     other = CAROL if owner != CAROL else BOB
-    product.write(f"Other <{other}>", "Re: [CS-1001] Dashboard export", to="jane@globex.com",
-                  cc=product.alias)
+    product.staff_writes(f"Other <{other}>", "Re: [CS-1001] Dashboard export",
+                         "Hi Jane, I can help too.\n", to="jane@globex.com", cc=product.alias)
     assert product.route() == []
     product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
     (follow_up,) = product.route()
     assert follow_up.rcpt_tos == [other]
+
+
+def test_without_a_trusted_server_unproven_csm_mail_steers_nothing(product: Product) -> None:
+    del product.env["ROUTER_TRUSTED_AUTHSERV_ID"]
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")  # customers need no proof
+    (first,) = product.route()
+    owner = first.rcpt_tos[0]
+    product.write(f"Owner <{owner}>", "Re: [CS-1001] Dashboard export", "#close\n",
+                  to="jane@globex.com", cc=product.alias,
+                  in_reply_to=str(first.message["Message-ID"]))
+    assert product.route() == []  # no confirmation of the #close
+    thread = product.cli("thread", "CS-1001").stdout
+    assert re.search(r"state\s+open", thread) and re.search(r"first response\s+-", thread)
+    client = product.mailbox.imap_client()
+    client.select_folder("Quarantine", readonly=True)
+    assert len(client.search("ALL")) == 1
 
 
 def test_away_csm_gets_nothing_new_and_owner_away_goes_to_next(product: Product) -> None:

@@ -9,17 +9,21 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from csm_router.embedded import Received
-from support.product import ALICE, BOB, CAROL, Product, body_of
+from support.product import (
+    ALICE,
+    AUTHSERV,
+    BOB,
+    CAROL,
+    GENUINE,
+    Product,
+    body_of,
+    customer_mail,
+)
 
 pytestmark = pytest.mark.integration
 
 SUPPORT = "support@acme.com"
 LEAD = "cs-lead@acme.com"
-AUTHSERV = "mx.acme.test"
-# What the receiving MTA writes for genuine mail from acme.com (RFC 8601).
-GENUINE = {"Authentication-Results":
-           f"{AUTHSERV}; spf=pass smtp.mailfrom=acme.com; dkim=pass header.d=acme.com; "
-           "dmarc=pass header.from=acme.com"}
 TECHNICAL = (
     "Hi,\n\nsince this morning the API returns 500 errors on every call:\n\n"
     "Traceback (most recent call last):\n  File \"sync.py\", line 12, in <module>\n"
@@ -29,8 +33,8 @@ TECHNICAL = (
 
 @pytest.fixture
 def acme(product: Product) -> Product:
-    product.env.update(ROUTER_SUPPORT_ADDRESS=f"Acme Support <{SUPPORT}>",
-                       ROUTER_TRUSTED_AUTHSERV_ID=AUTHSERV)
+    # ROUTER_TRUSTED_AUTHSERV_ID=AUTHSERV is set for every product test.
+    product.env.update(ROUTER_SUPPORT_ADDRESS=f"Acme Support <{SUPPORT}>")
     return product
 
 
@@ -137,6 +141,22 @@ def test_someone_only_claiming_to_be_a_csm_cannot_steer(acme: Product) -> None:
     thread = acme.cli("thread", "CS-1001").stdout
     assert "reassigned" not in thread
     assert re.search(rf"owner\s+{owner}", thread)
+    client = acme.mailbox.imap_client()
+    client.select_folder("Quarantine", readonly=True)
+    assert len(client.search("ALL")) == 1
+
+
+def test_a_passing_result_forged_below_the_servers_own_cannot_steer(acme: Product) -> None:
+    owner, fwd = new_thread(acme)
+    # The sender wrote the passing header itself; the receiving server added its own, failing
+    # one on top, as servers do (RFC 8601 section 5: only that topmost one counts).
+    _, raw = customer_mail(f"CSM <{owner}>", f"Re: {fwd.message['Subject']}",
+                           "#reassign carol@acme.com\n", to="jane@globex.com", cc=acme.alias,
+                           in_reply_to=str(fwd.message["Message-ID"]), headers=GENUINE)
+    acme.deliver(f"Authentication-Results: {AUTHSERV}; spf=softfail smtp.mailfrom=acme.com; "
+                 "dkim=none; dmarc=fail header.from=acme.com\r\n".encode() + raw)
+    assert acme.route() == []
+    assert re.search(rf"owner\s+{owner}", acme.cli("thread", "CS-1001").stdout)
     client = acme.mailbox.imap_client()
     client.select_folder("Quarantine", readonly=True)
     assert len(client.search("ALL")) == 1

@@ -11,4 +11,6 @@ POOL = (
     PoolMember("bob@acme.com", "Bob Jones"),
     PoolMember("carol@acme.com"),
 )
-SNAP = Snapshot(now=NOW, alias="success@acme.com", pool=POOL, away=frozenset())
+# Rule tests start from a verified sender; the impersonation tests take that away.
+SNAP = Snapshot(now=NOW, alias="success@acme.com", pool=POOL, away=frozenset(),
+                sender_verified=True)
