@@ -30,10 +30,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from csm_router import jobs  # noqa: E402
 from csm_router.config import load_settings  # noqa: E402
 from csm_router.demo import compose  # noqa: E402
-from csm_router.dispatch import QUEUES, Runtime  # noqa: E402
+from csm_router.dispatch import Runtime  # noqa: E402
 from csm_router.embedded import RecordingSmtp  # noqa: E402
 from csm_router.mailbox import Mailbox  # noqa: E402
+from csm_router.outbox import QUEUES  # noqa: E402
 from csm_router.router import Router  # noqa: E402
+from csm_router.store import key  # noqa: E402
 from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
 
 USER = "success@acme.com"
@@ -80,6 +82,7 @@ def run(
         client.fetch(uids[i : i + 50], ["BODY.PEEK[]"]) for i in range(0, len(uids), 50)])
     client.logout()
 
+    memory_before = int(rt.redis.info("memory")["used_memory"])
     mailbox = Mailbox(settings.required_imap())
     mailbox.connect()
     router = Router(rt, mailbox)
@@ -102,6 +105,14 @@ def run(
     assert len(smtp.messages) == count, f"expected {count} forwards, got {len(smtp.messages)}"
     print(f"router / IMAP fetch: {route / fetch:5.1f}x   ({count / route:6.0f} msg/s)")
     print(f"worker / SMTP send:  {deliver / send:5.1f}x   ({count / deliver:6.0f} msg/s)")
+    # What a thread costs Redis: all of it while its raw message is kept (14 days), then
+    # without the raw message. RQ's finished jobs are gone once their result expires.
+    for rq_key in list(rt.redis.scan_iter("rq:*")):
+        rt.redis.delete(rq_key)
+    used = int(rt.redis.info("memory")["used_memory"]) - memory_before
+    raw = sum(int(rt.redis.memory_usage(k) or 0) for k in rt.redis.scan_iter(key("raw", "*")))
+    print(f"Redis memory per thread: {used / count / 1024:5.1f} KiB with its raw message, "
+          f"{(used - raw) / count / 1024:5.1f} KiB after (raw messages expire after 14 days)")
 
 
 if __name__ == "__main__":

@@ -6,34 +6,20 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
-from rq import SimpleWorker
-from rq.registry import ScheduledJobRegistry
 
 from csm_router import jobs
 from csm_router.config import Settings, load_settings
 from csm_router.decide import decide
-from csm_router.dispatch import (
-    MAINTENANCE,
-    Runtime,
-    enqueue_delivery,
-    ensure_sweep,
-    failed_jobs,
-    record_decision,
-)
+from csm_router.dispatch import Runtime, record_decision
 from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError, TransientError
 from csm_router.message import parse
 from csm_router.store import message_key
 from csm_router.support import SupportHandoff
+from csm_router.worker import run_worker
 
 RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Help\r\n"
        b"Message-ID: <q1@globex.com>\r\n\r\nHow do I export?\r\n")
-
-
-@pytest.fixture
-def smtp() -> Iterator[RecordingSmtp]:
-    with RecordingSmtp() as relay:
-        yield relay
 
 
 @pytest.fixture
@@ -103,15 +89,6 @@ def test_overflow_notice_names_customer_subject_and_reference(
     assert notice.message["Auto-Submitted"] == "auto-generated"
 
 
-def test_one_sweep_chain_is_kept_scheduled(rt: Runtime) -> None:
-    registry = ScheduledJobRegistry(queue=rt.queues[MAINTENANCE])
-    ensure_sweep(rt)
-    ensure_sweep(rt)  # a second router or worker does not start a second chain
-    assert registry.count == 1
-    assert jobs.sla_sweep(0.0) == "0 reminded, 0 escalated, 0 released"
-    assert registry.count == 2  # the sweep scheduled its successor
-
-
 HANDOFFS: list[SupportHandoff] = []
 
 
@@ -146,9 +123,28 @@ def test_a_team_can_plug_in_its_own_support_handler(smtp: RecordingSmtp) -> None
     assert [r.rcpt_tos for r in smtp.messages] == [["jane@globex.com"]]  # only the note
 
 
-def test_status_counts_jobs_that_gave_up(rt: Runtime, smtp: RecordingSmtp) -> None:
+def test_a_forward_refused_for_good_moves_the_thread_and_tells_the_lead(
+    smtp: RecordingSmtp,
+) -> None:
+    settings = load_settings(
+        alias="Acme CS <success@acme.com>", pool="alice@acme.com, bob@acme.com",
+        smtp_url=smtp.url, away="", max_open_per_csm=0, overflow_address="cs-lead@acme.com",
+    )
+    rt = Runtime.from_settings(settings, fakeredis.FakeRedis())
+    jobs.configure(rt)
     msgkey = routed(rt)
-    smtp.fail_next(550, "5.7.1 rejected")
-    enqueue_delivery(rt, msgkey, "alice@acme.com")
-    SimpleWorker([rt.queues["deliver"]], connection=rt.redis).work(burst=True)
-    assert failed_jobs(rt)["deliver"] == 1
+    assert rt.store.thread(1001)["owner"] == "alice@acme.com"
+    smtp.fail_next(550, "5.1.1 mailbox unavailable")
+    run_worker(rt, burst=True)
+    jobs.configure(None)
+
+    (letter,) = rt.outbox.dead_letters()
+    assert letter.kind == "deliver" and "550" in letter.error
+    assert letter.args["owner"] == "alice@acme.com"
+    assert rt.store.thread(1001)["owner"] == "bob@acme.com"
+    assert sorted(r.rcpt_tos[0] for r in smtp.messages) == ["bob@acme.com", "cs-lead@acme.com"]
+    forward = next(r for r in smtp.messages if r.rcpt_tos == ["bob@acme.com"])
+    text = forward.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "could not be delivered to alice@acme.com" in text
+    assert rt.store.message(msgkey)["state"] == "delivered"
+    assert rt.outbox.pending() == 0

@@ -6,19 +6,19 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
-from rq import SimpleWorker
 
 from csm_router import jobs
 from csm_router.auth import verify_sender
 from csm_router.config import load_settings
 from csm_router.decide import decide
 from csm_router.demo import compose
-from csm_router.dispatch import QUEUES, Runtime, record_decision
+from csm_router.dispatch import Runtime, record_decision
 from csm_router.embedded import EmbeddedImap, RecordingSmtp
 from csm_router.mailbox import Mailbox
 from csm_router.message import parse
 from csm_router.router import Router
 from csm_router.store import key, message_key
+from csm_router.worker import run_worker
 
 ALIAS = "success@acme.com"
 
@@ -45,7 +45,7 @@ def rt(servers: tuple[EmbeddedImap, RecordingSmtp]) -> Iterator[Runtime]:
 def run(rt: Runtime) -> Router:
     router = Router(rt, Mailbox(rt.settings.required_imap()))
     router.run(exit_when_idle=True)
-    SimpleWorker([rt.queues[q] for q in QUEUES], connection=rt.redis).work(burst=True)
+    run_worker(rt, burst=True)
     return router
 
 
@@ -55,8 +55,8 @@ def test_work_recorded_by_a_killed_router_is_finished_by_the_next(
     imap, smtp = servers
     _, raw = compose("Jane <jane@globex.com>", "Help", "Hello\n")
     imap.append(raw)
-    # What a router leaves behind when it dies right after recording: a decision in
-    # Redis, nothing enqueued, the checkpoint not moved.
+    # What a router leaves behind when it dies right after recording: a decision (and the
+    # forward it owes) in Redis, nothing enqueued, the checkpoint not moved.
     msg = parse(raw)
     msgkey = message_key(msg, raw)
     rt.store.ensure_sequence()

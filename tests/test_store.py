@@ -19,6 +19,8 @@ from csm_router.store import Outcome, Store, key, message_key
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 NOW = 1_800_000_000.0
 _ids = itertools.count(1)
+# What the receiving server writes above a CSM's own mail: without it the CSM steers nothing.
+GENUINE = "Authentication-Results: mx; dmarc=pass header.from=acme.com\r\n"
 
 
 def settings(**overrides: object) -> Settings:
@@ -97,12 +99,13 @@ def test_capacity_full_pool_holds_then_hands_out_when_room_frees() -> None:
     assert (held.state, held.owner, held.followup.overflow) == ("held", None, held.ref)
     again = route(store, mail("late@late.com", f"Re: [CS-{held.ref}] Question"))
     assert (again.state, again.ref, again.followup.overflow) == ("held", held.ref, None)
-    assert store.release_held(NOW) == []
+    assert store.release_held(NOW) == ([], [])
 
     store.redis.srem(key("open", BOB), 1002)  # Bob's thread closes: room for one
-    (released,) = store.release_held(NOW)
+    (released,), owed = store.release_held(NOW)
     assert (released.ref, released.owner) == (held.ref, BOB)
     assert len(released.messages) == 2  # both held messages go out to Bob
+    assert len(owed) == 2  # owed in the same script that handed the thread out
     assert store.message(released.messages[0])["state"] == "decided"
     assert pool.held_count(store) == 0
 
@@ -114,7 +117,7 @@ def test_nobody_available_then_one_back() -> None:
     outcome = route(store, mail())
     assert outcome.state == "held"
     pool.set_back(store, CAROL)
-    assert [(r.ref, r.owner) for r in store.release_held(NOW)] == [(outcome.ref, CAROL)]
+    assert [(r.ref, r.owner) for r in store.release_held(NOW)[0]] == [(outcome.ref, CAROL)]
 
 
 def test_same_message_twice_is_recorded_once() -> None:
@@ -139,7 +142,7 @@ def test_csm_reply_records_first_response_and_takes_ownership() -> None:
     store = make_store()
     one = route(store, mail())
     assert one.owner == ALICE
-    reply = route(store, mail(CAROL, f"Re: [CS-{one.ref}] Question"), now=NOW + 300)
+    reply = route(store, mail(CAROL, f"Re: [CS-{one.ref}] Question", GENUINE), now=NOW + 300)
     assert (reply.state, reply.owner) == ("done", CAROL)
     thread = store.thread(one.ref or 0)
     assert thread["owner"] == CAROL and float(thread["first_response"]) == NOW + 300
@@ -188,9 +191,6 @@ def test_signature_tag_is_stable_and_unique() -> None:
 
 
 # -- commands and the first-response clock ----------------------------------------------
-
-GENUINE = "Authentication-Results: mx; dmarc=pass header.from=acme.com\r\n"
-
 
 def csm_reply(store: Store, csm: str, ref: int, body: str, now: float = NOW) -> Outcome:
     n = next(_ids)
@@ -252,21 +252,31 @@ def test_sweep_reminds_once_then_escalates_once() -> None:
     store = support_store()
     one = route(store, mail())
     ref = one.ref or 0
-    assert store.sweep(NOW + 10 * 60) == {"reminders": [], "escalations": []}
-    (reminder,) = store.sweep(NOW + 46 * 60)["reminders"]
+    nothing = {"reminders": [], "escalations": [], "owed": []}
+    assert store.sweep(NOW + 10 * 60) == nothing
+    reminded = store.sweep(NOW + 46 * 60)
+    (reminder,) = reminded["reminders"]
     assert (reminder["ref"], reminder["owner"]) == (ref, ALICE)
+    assert [o.split("-")[0] for o in reminded["owed"]] == ["remind"]
     assert store.sweep(NOW + 50 * 60)["reminders"] == []
-    (escalation,) = store.sweep(NOW + 61 * 60)["escalations"]
+    escalated = store.sweep(NOW + 61 * 60)
+    (escalation,) = escalated["escalations"]
     assert (escalation["previous"], escalation["owner"]) == (ALICE, BOB)
     assert store.thread(ref)["owner"] == BOB
-    assert store.sweep(NOW + 200 * 60) == {"reminders": [], "escalations": []}
+    assert [o.split("-")[0] for o in escalated["owed"]] == ["deliver"]  # no lead to tell
+    assert store.sweep(NOW + 62 * 60) == nothing
+    # The new owner has a clock of their own: reminded, then escalated in turn.
+    (reminder,) = store.sweep(NOW + 107 * 60)["reminders"]
+    assert reminder["owner"] == BOB
+    (escalation,) = store.sweep(NOW + 122 * 60)["escalations"]
+    assert (escalation["previous"], escalation["owner"]) == (BOB, CAROL)
 
 
 def test_an_answer_before_the_target_means_no_escalation() -> None:
     store = support_store()
     one = route(store, mail())
     csm_reply(store, ALICE, one.ref or 0, "Here is how.", now=NOW + 30 * 60)
-    assert store.sweep(NOW + 500 * 60) == {"reminders": [], "escalations": []}
+    assert store.sweep(NOW + 500 * 60) == {"reminders": [], "escalations": [], "owed": []}
 
 
 def test_a_second_delivery_of_the_same_mail_is_the_same_message() -> None:
@@ -291,3 +301,76 @@ def test_message_records_and_links_expire_long_after_any_reply() -> None:
     route(store, msg)
     for name in (key("msg", message_key(msg, msg.raw)), key("msgid", msg.message_id)):
         assert 399 * 86400 < store.redis.ttl(name) <= 400 * 86400
+
+
+def test_a_stranger_quoting_a_reference_starts_a_matter_of_their_own() -> None:
+    store = make_store()
+    one = route(store, mail("jane@globex.com", "Renewal"))
+    store.redis.hset(key("thread", one.ref or 0), "state", "closed")
+    stranger = route(store, mail("eve@initech.com", f"Re: [CS-{one.ref}] Renewal"))
+    assert stranger.ref != one.ref and stranger.new_thread
+    assert "CS-1001, another customer's thread" in store.message(
+        next(iter(store.thread_messages(stranger.ref or 0))))["why"]
+    assert store.thread(one.ref or 0)["state"] == "closed"  # not reopened by the stranger
+    assert len(store.thread_messages(one.ref or 0)) == 1  # the stranger's mail is not in it
+
+
+def test_a_stranger_answering_a_customers_message_id_does_not_join_its_thread() -> None:
+    store = make_store()
+    first = mail("jane@globex.com", "Renewal")
+    one = route(store, first)
+    reply = mail("eve@initech.com", "Re: Renewal", f"In-Reply-To: {first.message_id}\r\n")
+    assert route(store, reply).ref != one.ref
+
+
+def test_a_colleague_at_the_customers_domain_joins_the_thread() -> None:
+    store = make_store()
+    one = route(store, mail("jane@globex.com", "Renewal"))
+    colleague = route(store, mail("bob@eu.globex.com", f"Re: [CS-{one.ref}] Renewal"))
+    assert (colleague.ref, colleague.owner) == (one.ref, one.owner)
+
+
+def test_two_customers_of_one_mail_provider_are_strangers() -> None:
+    store = make_store()
+    one = route(store, mail("jane@gmail.com", "Renewal"))
+    other = route(store, mail("eve@gmail.com", f"Re: [CS-{one.ref}] Renewal"))
+    assert other.ref != one.ref
+    again = route(store, mail("jane@gmail.com", f"Re: [CS-{one.ref}] Renewal"))
+    assert again.ref == one.ref
+
+
+def test_lookups_per_message_are_capped() -> None:
+    store = make_store()
+    refs = " ".join(f"<r{n}@spam.example>" for n in range(5000))
+    msg = mail("eve@initech.com", "Hi", f"References: {refs}\r\n")
+    pipe_calls: list[int] = []
+    real_pipeline = store.redis.pipeline
+
+    def counting_pipeline(*args: object, **kwargs: object) -> object:
+        pipe = real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+        real_execute = pipe.execute
+
+        def execute(*a: object, **k: object) -> object:
+            pipe_calls.append(len(pipe.command_stack))
+            return real_execute(*a, **k)  # type: ignore[arg-type]
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+    store.redis.pipeline = counting_pipeline  # type: ignore[method-assign]
+    store.snapshot(msg, NOW)
+    assert pipe_calls and max(pipe_calls) <= 30
+
+
+def test_a_closed_thread_ends_after_the_retention_and_a_reopened_one_is_kept() -> None:
+    store = make_store(support_address="support@acme.com", retention_days=30)
+    one = route(store, mail())
+    ref = one.ref or 0
+    thread_keys = [key("thread", ref), key("thread", ref, "events"), key("thread", ref, "msgs")]
+    assert all(store.redis.ttl(k) == -1 for k in thread_keys)  # open: kept
+    csm_reply(store, ALICE, ref, "Done.\n#close", now=NOW + 60)
+    assert all(0 < store.redis.ttl(k) <= 30 * 86400 for k in thread_keys)
+    route(store, mail(subject=f"Re: [CS-{ref}] Question"), now=NOW + 120)  # reopened
+    assert all(store.redis.ttl(k) == -1 for k in thread_keys)
+    assert 0 < store.redis.ttl(key("customer", "jane@globex.com")) <= 30 * 86400
+    assert 0 < store.redis.ttl(key("stats", "assigned", "2027-01-15")) <= 30 * 86400

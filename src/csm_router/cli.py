@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -15,26 +14,18 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import aiosmtplib
 import redis
 from rich.console import Console
 from rich.table import Table
 
 from csm_router import __version__, jobs, pool
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
-from csm_router.dispatch import (
-    QUEUES,
-    Runtime,
-    enqueue_delivery,
-    ensure_sweep,
-    failed_jobs,
-    release_held,
-)
+from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
-from csm_router.outbound import event_line, render, warm_up, when
-from csm_router.recovery import reclaim
+from csm_router.outbound import event_line, render, smtp_session, when
 from csm_router.router import Router
+from csm_router.store import owed_ids, text
 from csm_router.threads import format_ref
 
 log = logging.getLogger("csm_router")
@@ -75,23 +66,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     _stop_on_signals(stop)
     mailbox = Mailbox(rt.settings.required_imap(), rt.settings.quarantine_folder)
     log.info("router watching %s", mailbox.name)
+    trust = steering_note(rt.settings)
+    (log.info if rt.settings.trusted_authserv_id else log.warning)("%s", trust)
     Router(rt, mailbox, stop=stop).run(exit_when_idle=args.exit_when_idle)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from rq import Worker
+    from csm_router.worker import run_worker
 
     rt = _runtime()
     _setup_logging(rt.settings)
     rt.settings.required_smtp()
-    jobs.configure(rt)
-    warm_up()
-    if args.name:
-        reclaim(rt.redis, args.name)
-    ensure_sweep(rt)
-    worker = Worker([rt.queues[name] for name in QUEUES], connection=rt.redis, name=args.name)
-    worker.work(burst=args.burst, with_scheduler=True, logging_level=rt.settings.log_level)
+    stop = threading.Event()
+    run_worker(rt, name=args.name, burst=args.burst, stop=stop)
     return 0
 
 
@@ -109,8 +97,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             out.print(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
 
     out.print(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
-    step("redis", redact_url(settings.redis_url),
-         lambda: redis.Redis.from_url(settings.redis_url, socket_timeout=10).ping())
+    trust = steering_note(settings)
+    out.print(f"{'ok  ' if settings.trusted_authserv_id else '[yellow]warn[/]'}  auth   {trust}")
+    warnings: list[str] = []
+
+    def redis_check() -> None:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        client.ping()
+        warnings.extend(redis_warnings(client))
+
+    step("redis", redact_url(settings.redis_url), redis_check)
+    for warning in warnings:
+        out.print(f"[yellow]warn[/]  redis  {warning}")
     imap = settings.required_imap()
 
     def imap_login() -> None:
@@ -125,15 +123,41 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _smtp_login(settings: Settings) -> None:
-    smtp = settings.required_smtp()
-    client = aiosmtplib.SMTP(
-        hostname=smtp.host, port=smtp.port, use_tls=smtp.tls,
-        start_tls=None if not smtp.tls else False,
-        tls_context=ssl.create_default_context(), timeout=20,
-    )
-    async with client:
-        if smtp.username:
-            await client.login(smtp.username, smtp.password)
+    async with smtp_session(settings.required_smtp(), timeout=20):
+        pass
+
+
+def steering_note(settings: Settings) -> str:
+    """What proves that a CSM or Support really sent a mail, in one line."""
+    if settings.trusted_authserv_id:
+        return (f"CSM and Support mail steers only with a pass from "
+                f"{settings.trusted_authserv_id}'s topmost Authentication-Results")
+    return ("ROUTER_TRUSTED_AUTHSERV_ID is not set: CSM and Support mail steers only with a "
+            "pass in the topmost Authentication-Results; set it to your server's authserv-id")
+
+
+def redis_warnings(client: redis.Redis) -> list[str]:
+    """What in Redis's own settings would lose routing state (persistence, eviction)."""
+    try:
+        config = {text(k): text(v) for k, v in client.config_get("*").items()}
+    except redis.ResponseError:
+        return ["CONFIG is not allowed here: make sure the server persists data (AOF) and "
+                "does not evict keys (maxmemory-policy noeviction)"]
+    found = []
+    if config.get("appendonly") != "yes" and not config.get("save"):
+        found.append("no persistence (appendonly no, no save points): a restart loses every "
+                     "thread; set appendonly yes (deploy/redis.conf.example)")
+    elif config.get("appendonly") != "yes":
+        found.append("snapshots only (appendonly no): a crash loses what happened since the "
+                     "last one; set appendonly yes")
+    elif config.get("appendfsync") != "always":
+        found.append(f"appendfsync {config.get('appendfsync')}: a crash may forget forwards "
+                     "that went out, which then go out twice; set appendfsync always")
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        found.append(f"maxmemory-policy {policy} evicts keys csm-router needs; "
+                     "set noeviction")
+    return found
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -141,7 +165,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _setup_logging(rt.settings)
     jobs.configure(rt)
     now = _parse_until(args.at) if args.at else time.time()
-    out.print(jobs.sla_sweep(now, chained=False))
+    out.print(jobs.sla_sweep(now))
     return 0
 
 
@@ -158,10 +182,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     rt = _runtime()
     rows = pool.status(rt.store, time.time())
     held = pool.held_count(rt.store)
-    failed = failed_jobs(rt)
+    failed = len(rt.outbox.dead_letters())
+    pending = rt.outbox.pending()
     if args.json:
         print(json.dumps({"pool": [r.as_dict() for r in rows], "held": held,
-                          "failed_jobs": failed}, indent=2))
+                          "outbox": pending, "failed": failed}, indent=2))
         return 0
     table = Table(title=f"Pool for {rt.settings.alias}")
     columns = ("CSM", "weight", "away", "open", "overdue", "assigned today",
@@ -180,9 +205,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                       minutes(r.p90_first_response_minutes))
     out.print(table)
     out.print(f"held, waiting for a free CSM: {held}")
-    if any(failed.values()):
-        counts = ", ".join(f"{count} {name}" for name, count in failed.items() if count)
-        out.print(f"[red]jobs that gave up after their retries: {counts}[/] (see `rq info`)")
+    out.print(f"owed sends not yet out: {pending}")
+    if failed:
+        out.print(f"[red]sends that failed for good: {failed}[/] (see `csm-router failed`)")
     return 0
 
 
@@ -272,14 +297,58 @@ def cmd_reassign(args: argparse.Namespace) -> int:
     result = rt.store.reassign(ref, address, "reassigned by an admin")
     if result.get("error"):
         raise pool.PoolError(f"{format_ref(ref)}: {result['error']}")
-    previous = result.get("previous") or "nobody"
-    why = f"reassigned to you by an admin (was {previous})"
-    pending = [m for m in result.get("released") or [] if isinstance(m, str)]
-    for msgkey in dict.fromkeys([*pending, result.get("last_msg") or ""]):
-        if msgkey:
-            enqueue_delivery(rt, msgkey, address, why, f"admin-{time.time():.0f}")
-    out.print(f"{format_ref(ref)}: {previous} -> {address}")
+    if result.get("unchanged"):
+        out.print(f"{format_ref(ref)} is already with {address}: nothing to do")
+        return 0
+    rt.outbox.offer(owed_ids(result.get("owed")))
+    out.print(f"{format_ref(ref)}: {result.get('previous') or 'nobody'} -> {address}")
     return 0
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    outbox = rt.outbox
+    if args.action == "list":
+        letters = outbox.dead_letters()
+        if args.json:
+            print(json.dumps([{"id": d.id, "kind": d.kind, "args": d.args,
+                               "attempts": d.attempts, "error": d.error,
+                               "dead_at": d.dead_at} for d in letters], indent=2))
+            return 0
+        table = Table(title="Sends that failed for good")
+        for column in ("id", "what", "failed at", "attempts", "error"):
+            table.add_column(column, no_wrap=column == "id")
+        for d in letters:
+            table.add_row(d.id, _describe(d.kind, d.args), when(d.dead_at), str(d.attempts),
+                          d.error)
+        out.print(table if letters else "no failed sends")
+        return 0
+    if not args.id:
+        raise pool.PoolError(f"`failed {args.action}` needs an id: see `csm-router failed list`")
+    letter = outbox.dead_letter(args.id)
+    if letter is None:
+        raise pool.PoolError(f"{args.id}: no such failed send (see `csm-router failed list`)")
+    if args.action == "show":
+        out.print(f"[bold]{letter.id}[/]  {_describe(letter.kind, letter.args)}")
+        out.print(f"  {'failed at':<10} {when(letter.dead_at)} after {letter.attempts} attempts")
+        out.print(f"  {'error':<10} {letter.error}")
+        out.print(f"  {'args':<10} {json.dumps(letter.args)}")
+    elif args.action == "retry":
+        outbox.revive(letter.id)
+        out.print(f"{letter.id}: queued again with a fresh set of retries")
+    else:
+        outbox.drop(letter.id)
+        out.print(f"{letter.id}: dropped")
+    return 0
+
+
+def _describe(kind: str, args: dict[str, Any]) -> str:
+    ref = f"{format_ref(int(args['ref']))} " if args.get("ref") else ""
+    if kind == "deliver":
+        return f"forward of {args.get('msgkey', '')[:12]} to {args.get('owner')}"
+    if kind == "support":
+        return f"{ref}handoff to Support"
+    return f"{ref}{kind} notice".strip()
 
 
 def cmd_signature(args: argparse.Namespace) -> int:
@@ -320,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("worker", cmd_worker, "RQ worker for the deliver, support and maintenance queues")
     p.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     p.add_argument("--name", help="a stable name, unique among live workers (e.g. host-1): "
-                   "on restart, jobs the previous worker of that name had in hand run again "
-                   "at once")
+                   "on restart, what the previous worker of that name had in hand is taken "
+                   "up at once instead of after its heartbeat expires")
     add("check", cmd_check, "validate configuration and log in to Redis, IMAP and SMTP")
     add("demo", cmd_demo, "run the whole product on embedded servers and show what happens")
     p = add("sweep", cmd_sweep, "run one first-response sweep now (the worker runs one every 30s)")
@@ -345,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reassign", cmd_reassign, "give a thread to another CSM")
     p.add_argument("ref")
     p.add_argument("address")
+    p = add("failed", cmd_failed, "sends that failed for good: list, show, retry or drop them")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "show", "retry", "drop"))
+    p.add_argument("id", nargs="?", help="as `failed list` shows it")
+    p.add_argument("--json", action="store_true")
     p = add("signature", cmd_signature, "the signature block a CSM pastes into their mail client")
     p.add_argument("address")
     return parser

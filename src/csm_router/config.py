@@ -214,6 +214,7 @@ class Settings(BaseSettings):
     remind_minutes: int | None = Field(default=None, ge=1)
     quarantine_folder: str = "Quarantine"
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    retention_days: int = Field(default=400, ge=1)
     log_level: str = "INFO"
 
     @field_validator("imap_url", "smtp_url", mode="before")

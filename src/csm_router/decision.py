@@ -66,10 +66,12 @@ class Snapshot:
     tag_owner: str | None = None  # CSM whose signature tag the message quotes
     tag_thread: ThreadInfo | None = None  # the customer's open thread with that CSM
     onboarding: Onboarding | None = None
-    sender_verified: bool = True  # the sender really is who From says (see auth)
+    sender_verified: bool = False  # the sender really is who From says (see auth)
     verdict: str = ""  # why it is (not) verified, for the reason
     support_address: str | None = None  # None: no Support handoff configured
     support_rules: RuleSet | None = None
+    # Threads of other customers the message refers to; it does not join them.
+    foreign_refs: tuple[int, ...] = ()
 
     def in_pool(self, address: str | None) -> bool:
         return address is not None and any(m.address == address for m in self.pool)

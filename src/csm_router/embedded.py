@@ -309,14 +309,15 @@ class _Recorder:
 
 
 class _Controller(Controller):
-    """aiosmtpd Controller that binds a free port chosen by the OS."""
+    """aiosmtpd Controller that binds its port, or a free one chosen by the OS for 0."""
 
     def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
         return self._bind_free_port()
 
     async def _bind_free_port(self) -> asyncio.AbstractServer:
         server = await self.loop.create_server(
-            self._factory_invoker, host=self.hostname, port=0, ssl=self.ssl_context
+            self._factory_invoker, host=self.hostname, port=self.port, ssl=self.ssl_context,
+            reuse_address=True,
         )
         # Controller.start() connects to self.port to check the server answers.
         self.port = server.sockets[0].getsockname()[1]
@@ -349,13 +350,14 @@ class RecordingSmtp(Service):
         with self._recorder.changed:
             return list(self._recorder.messages)
 
-    def start(self) -> None:
-        """Start the relay thread and block until it answers."""
+    def start(self, port: int = 0) -> None:
+        """Start the relay thread (on `port`, e.g. again after `stop`) and block until it
+        answers."""
         if self._controller is not None:
             raise RuntimeError("RecordingSmtp is already started")
         # A fixed server_hostname avoids socket.getfqdn(), which can block on slow DNS.
         controller = _Controller(
-            self._recorder, hostname=self.host, port=0, server_hostname="localhost"
+            self._recorder, hostname=self.host, port=port, server_hostname="localhost"
         )
         controller.start()
         self._controller = controller

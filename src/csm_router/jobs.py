@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import ParamSpec, TypeVar
+from typing import Any
 
-from rq import get_current_job
+import redis
 
-from csm_router import dispatch
 from csm_router.classify import classify
 from csm_router.config import Address, PoolMember, load_settings
-from csm_router.dispatch import Runtime
-from csm_router.errors import PermanentError
+from csm_router.dispatch import Runtime, release_held
+from csm_router.errors import PermanentError, TransientError
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.outbound import (
     EarlierMessage,
@@ -31,41 +29,23 @@ from csm_router.outbound import (
     send,
     when,
 )
-from csm_router.store import KEEP_SECONDS, key, text
+from csm_router.outbox import Entry, Heartbeat
+from csm_router.store import KEEP_SECONDS, key, owed_ids, text
 from csm_router.support import SupportHandoff, load_handler
 from csm_router.threads import format_ref, reply_subject, subject_with_ref
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
 SENT_TTL_SECONDS = 90 * 86400
+AFTER_SEND_PATIENCE = 150.0  # within RQ's default job timeout (180 s)
 _runtime: Runtime | None = None
+_heartbeat: Heartbeat | None = None
 
 
-def fail_fast(func: Callable[P, R]) -> Callable[P, R]:
-    """A PermanentError ends the job at once: retrying a 5xx or an expired message is no use.
-
-    The job then lands in RQ's failed registry, which `csm-router status` counts.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except PermanentError:
-            job = get_current_job()
-            if job is not None:
-                job.retries_left = 0
-            raise
-
-    return wrapper
-
-
-def configure(rt: Runtime | None) -> None:
+def configure(rt: Runtime | None, heartbeat: Heartbeat | None = None) -> None:
     """Set the runtime jobs use (the worker does this once at start-up; None forgets it)."""
-    global _runtime
-    _runtime = rt
+    global _runtime, _heartbeat
+    _runtime, _heartbeat = rt, heartbeat
 
 
 def runtime() -> Runtime:
@@ -74,6 +54,66 @@ def runtime() -> Runtime:
         _runtime = Runtime.from_settings(load_settings())
     return _runtime
 
+
+def heartbeat() -> Heartbeat:
+    global _heartbeat
+    if _heartbeat is None:
+        _heartbeat = Heartbeat(runtime().store)
+        _heartbeat.beat()
+    return _heartbeat
+
+
+def perform(entry_id: str) -> str:
+    """The one RQ job: take outbox entry `entry_id`, do it, and record how it went.
+
+    It never leaves the entry behind: a transient failure schedules the next attempt, a
+    permanent one (or the last retry) dead-letters it and moves the thread on. If Redis
+    fails while recording that, the heartbeat starts a new incarnation, so the entry,
+    still held by the old one, is taken up again once the old one's key expires.
+    """
+    rt = runtime()
+    beat = heartbeat()
+    entry = rt.outbox.take(entry_id, beat.holder)
+    if entry is None:
+        return "nothing to do"
+    try:
+        try:
+            result = KINDS[entry.kind](**entry.args)
+        except PermanentError as exc:
+            give_up(rt, entry, str(exc))
+            return f"failed for good: {exc}"
+        except Exception as exc:
+            if isinstance(exc, TransientError):
+                log.warning("%s %s: %s (attempt %d)", entry.kind, entry.id, exc,
+                            entry.attempts + 1)
+            else:
+                log.exception("%s %s: unexpected error", entry.kind, entry.id)
+            error = str(exc) or type(exc).__name__
+            if not rt.outbox.retry(entry, error):
+                give_up(rt, entry, f"{error} (after {entry.attempts + 1} attempts)")
+            return f"will retry: {error}"
+        rt.outbox.done(entry.id, result)
+        return result
+    except BaseException:
+        beat.renew()
+        raise
+
+
+def give_up(rt: Runtime, entry: Entry, error: str) -> None:
+    """Dead-letter an entry; a forward or Support handoff moves its thread on, lead told."""
+    rt.outbox.dead(entry.id, error)
+    args = entry.args
+    log.error("%s %s failed for good: %s", entry.kind, entry.id, error)
+    if entry.kind == "deliver":
+        record = rt.store.message(args["msgkey"])
+        if record.get("ref"):
+            out = rt.store.undeliverable("deliver", int(record["ref"]), args["owner"],
+                                         args["msgkey"], error)
+            rt.outbox.offer(owed_ids(out.get("owed")))
+    elif entry.kind == "support":
+        out = rt.store.undeliverable("support", int(args["ref"]), "Support", args["msgkey"],
+                                     error)
+        rt.outbox.offer(owed_ids(out.get("owed")))
 
 
 def _already_sent(rt: Runtime, message_id: str) -> bool:
@@ -85,8 +125,31 @@ def _once(rt: Runtime, message_id: str, action: Callable[[], object]) -> bool:
     if _already_sent(rt, message_id):
         return False
     action()
-    rt.redis.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
+    after_send(lambda: rt.redis.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS))
     return True
+
+
+def after_send(write: Callable[[], object], patience: float = AFTER_SEND_PATIENCE) -> None:
+    """Record that a mail went out, waiting for Redis if it is away just now.
+
+    The mail is gone: if this record were lost, the entry would be taken up again and the
+    mail sent twice. So Redis trouble here is waited out (a restart, a failover) rather
+    than raised, up to `patience` seconds.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.5
+    while True:
+        try:
+            write()
+            return
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            if time.monotonic() + delay > deadline:
+                log.error("could not record a mail that went out (%s): it may be sent again",
+                          exc)
+                raise
+            log.warning("recording a mail that went out: %s (waiting for Redis)", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
 
 
 def _send(rt: Runtime, message: EmailMessage, recipients: list[str]) -> None:
@@ -110,7 +173,6 @@ def _load(rt: Runtime, msgkey: str, ref: int) -> Inbound:
         raise PermanentError(f"CS-{ref}: {exc}") from None
 
 
-@fail_fast
 def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     """Forward one routed message to `owner`'s own inbox, once (per `cause`)."""
     rt = runtime()
@@ -148,12 +210,18 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
         history=() if previous else _thread_history(rt, ref, msgkey),
     )
     _send(rt, forward, [owner])  # checked not sent above, before rendering
-    with rt.redis.pipeline() as pipe:
-        pipe.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
-        pipe.set(key("msgid", message_id), ref, ex=KEEP_SECONDS)
-        pipe.rpush(previous_key, message_id)
-        pipe.hset(key("msg", msgkey), "state", "delivered")
-        pipe.execute()
+
+    def remember() -> None:
+        with rt.redis.pipeline() as pipe:
+            pipe.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
+            pipe.set(key("msgid", message_id), ref, ex=KEEP_SECONDS)
+            pipe.rpush(previous_key, message_id)
+            pipe.ltrim(previous_key, -100, -1)
+            pipe.expire(previous_key, rt.settings.retention_days * 86400)
+            pipe.hset(key("msg", msgkey), "state", "delivered")
+            pipe.execute()
+
+    after_send(remember)
     log.info("%s %s forwarded to %s as %s", format_ref(ref), msg.message_id, owner, message_id)
     return f"sent {message_id}"
 
@@ -194,7 +262,6 @@ def _earlier_threads(rt: Runtime, account: str, ref: int, limit: int = 5) -> lis
             for other, row in zip(refs, rows, strict=True)]
 
 
-@fail_fast
 def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -> str:
     """Hand a message to Support (the configured handler); with `tell`, the thread has
     just moved there, so the customer gets a note and the CSM a copy."""
@@ -248,7 +315,6 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -
     return f"handed {handoff.ref} to Support; customer told"
 
 
-@fail_fast
 def send_notice(msgkey: str) -> str:
     """Send the confirmation or error recorded for a command in message `msgkey`."""
     rt = runtime()
@@ -266,29 +332,37 @@ def send_notice(msgkey: str) -> str:
     return f"told {notice['to']}"
 
 
-@fail_fast
-def notify_overflow(ref: int) -> str:
-    """Tell the overflow address that a thread is held because nobody can take it."""
+def _to_lead(ref: int, template: str, subject: str, id_parts: tuple[object, ...],
+             **context: Any) -> str:
+    """A notice about thread `ref` to the lead (ROUTER_OVERFLOW_ADDRESS), sent once."""
     rt = runtime()
     settings = rt.settings
     lead = settings.overflow_address
     if lead is None:
-        return "no overflow address"
+        log.warning("%s: %s, and ROUTER_OVERFLOW_ADDRESS is not set: nobody told",
+                    format_ref(ref), subject)
+        return "no lead to tell"
     thread = rt.store.thread(ref)
     notice = render_notice(
-        "overflow.txt.j2", sender=settings.alias, to=[str(lead)],
-        subject=f"[{format_ref(ref)}] held: nobody in the pool can take it",
-        message_id=message_id_for("overflow", ref, thread.get("created"),
+        template, sender=settings.alias, to=[str(lead)],
+        subject=subject.format(ref=f"[{format_ref(ref)}]", subject=thread.get("subject", "")),
+        message_id=message_id_for(template.split(".")[0], ref, *id_parts,
                                   domain=settings.alias.domain),
         ref=format_ref(ref), customer=thread.get("customer", ""),
-        subject_line=thread.get("subject", ""),
+        subject_line=thread.get("subject", ""), **context,
     )
     _send_once(rt, notice, [lead.address])
-    log.info("%s held; told %s", format_ref(ref), lead.address)
-    return "told"
+    log.info("%s: told %s (%s)", format_ref(ref), lead.address, template.split(".")[0])
+    return f"told {lead.address}"
 
 
-@fail_fast
+def notify_overflow(ref: int) -> str:
+    """Tell the lead that a thread is held because nobody can take it."""
+    created = runtime().store.thread(ref).get("created")
+    return _to_lead(ref, "overflow.txt.j2", "{ref} held: nobody in the pool can take it",
+                    (created,))
+
+
 def remind(ref: int, owner: str, due: float) -> str:
     """Remind a CSM that a thread's first answer is nearly due."""
     rt = runtime()
@@ -307,48 +381,43 @@ def remind(ref: int, owner: str, due: float) -> str:
     return f"reminded {owner}"
 
 
-@fail_fast
 def escalate(ref: int, previous: str, owner: str, due: float) -> str:
-    """Tell the lead, once, that a thread missed its first-response target."""
-    rt = runtime()
-    settings = rt.settings
-    lead = settings.overflow_address
-    if lead is None:
-        log.warning("%s overdue and ROUTER_OVERFLOW_ADDRESS is not set", format_ref(ref))
-        return "no lead to tell"
-    thread = rt.store.thread(ref)
-    notice = render_notice(
-        "escalation.txt.j2", sender=settings.alias, to=[str(lead)],
-        subject=f"Overdue: [{format_ref(ref)}] {thread.get('subject', '')}",
-        message_id=message_id_for("escalate", ref, domain=settings.alias.domain),
-        ref=format_ref(ref), customer=thread.get("customer", ""),
-        subject_line=thread.get("subject", ""), previous=previous or "nobody", owner=owner,
-        due=when(due),
-    )
-    _send_once(rt, notice, [lead.address])
-    return f"told {lead.address}"
+    """Tell the lead that a thread missed its first-response target (once per due time)."""
+    return _to_lead(ref, "escalation.txt.j2", "Overdue: {ref} {subject}", (due,),
+                    previous=previous or "nobody", owner=owner, due=when(due))
 
 
-def sla_sweep(now: float | None = None, *, chained: bool = True) -> str:
-    """Maintenance: remind, escalate, hand out held threads; then schedule the next sweep."""
+def tell_lead(ref: int, kind: str, failed: str, error: str, moved_to: str = "") -> str:
+    """Tell the lead that a forward or a Support handoff failed for good, and where the
+    thread went."""
+    return _to_lead(ref, "trouble.txt.j2", "Undeliverable: {ref} {subject}",
+                    (kind, failed, error), what=kind, failed=failed, error=error,
+                    moved_to=moved_to)
+
+
+KINDS: dict[str, Callable[..., str]] = {
+    "deliver": deliver,
+    "support": hand_to_support,
+    "notice": send_notice,
+    "overflow": notify_overflow,
+    "remind": remind,
+    "escalate": escalate,
+    "trouble": tell_lead,
+}
+
+
+def sla_sweep(now: float | None = None) -> str:
+    """Remind and escalate by the first-response clock and hand out held threads.
+
+    The scripts owe the mail they imply; offering it here only makes it go out sooner.
+    """
     rt = runtime()
-    if chained:
-        rt.redis.delete(key("sweep", "scheduled"))
     now = now if now is not None else time.time()
     result = rt.store.sweep(now)
-    for r in result["reminders"]:
-        dispatch.enqueue_job(rt, dispatch.DELIVER, remind, r["ref"], r["owner"], r["due"],
-                             kind="remind")
     for e in result["escalations"]:
-        why = f"first response overdue with {e['previous'] or 'nobody'}: escalated to you"
         log.warning("CS-%s first response overdue with %s; moved to %s", e["ref"],
-                    e["previous"], e["owner"] or "nobody")
-        if e["owner"] and e["msg"]:
-            dispatch.enqueue_delivery(rt, e["msg"], e["owner"], why, "escalated")
-        dispatch.enqueue_job(rt, dispatch.DELIVER, escalate, e["ref"], e["previous"],
-                             e["owner"], e["due"], kind="escalate")
-    released = dispatch.release_held(rt)
-    if chained:
-        dispatch.ensure_sweep(rt)
+                    e["previous"] or "nobody", e["owner"] or "nobody")
+    rt.outbox.offer(owed_ids(result.get("owed")))
+    released = release_held(rt)
     return (f"{len(result['reminders'])} reminded, {len(result['escalations'])} escalated, "
             f"{released} released")

@@ -27,6 +27,9 @@ SIZE_BATCH = 1000
 # RFC 2177: clients should re-issue IDLE at least every 29 minutes.
 MAX_IDLE_SECONDS = 29 * 60
 QUARANTINED_FLAG = b"$CsmQuarantined"
+# Set on every message once its decision is in Redis: if Redis ever loses its data, the
+# next start routes only mail that was never routed.
+ROUTED_FLAG = b"$CsmRouted"
 
 _NETWORK_ERRORS = (OSError, socket.timeout, ssl.SSLError, imaplib.IMAP4.abort, IMAPClientError)
 
@@ -40,6 +43,7 @@ class Mailbox:
         self.quarantine_folder = quarantine_folder
         self.timeout = timeout
         self.uidvalidity = 0
+        self.uidnext = 0
         self._client: IMAPClient | None = None
         self._idle = False
 
@@ -82,6 +86,7 @@ class Mailbox:
             raise TransientError(f"IMAP {self.url.host}:{self.url.port}: {exc}") from None
         self._client = client
         self.uidvalidity = int(selected[b"UIDVALIDITY"])
+        self.uidnext = int(selected.get(b"UIDNEXT") or 0)
         log.info("connected to %s (UIDVALIDITY %s)", self.name, self.uidvalidity)
 
     def has_idle(self) -> bool:
@@ -113,7 +118,8 @@ class Mailbox:
         return sorted(uid for uid in uids if uid > after)
 
     def starting_uids(self) -> tuple[list[int], int]:
-        """Where a first run (or a rescan) starts: the unread UIDs, and the top UID now.
+        """Where a first run (or a rescan) starts: the unread UIDs never routed or
+        quarantined, and the top UID now.
 
         Mail already read in the alias before the router ever ran is history, not work;
         routing it would flood the pool with old threads.
@@ -123,7 +129,8 @@ class Mailbox:
             # ALL before UNSEEN: anything arriving in between is above `top` and is
             # picked up by the next poll rather than skipped.
             top = max(self.client.search(["ALL"]), default=0)
-            unseen = self.client.search(["UNSEEN"])
+            unseen = self.client.search(["UNSEEN", "UNKEYWORD", ROUTED_FLAG.decode(),
+                                         "UNKEYWORD", QUARANTINED_FLAG.decode()])
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"IMAP search: {exc}") from None
         return sorted(uid for uid in unseen if uid <= top), top
@@ -173,6 +180,22 @@ class Mailbox:
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"IMAP fetch: {exc}") from None
         return data
+
+    def mark_routed(self, uids: list[int]) -> None:
+        """Flag messages whose decision is recorded (one command for the lot)."""
+        if not uids:
+            return
+        try:
+            self.client.add_flags(uids, [ROUTED_FLAG], silent=True)
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP flagging {len(uids)} routed message(s): {exc}") from None
+
+    def routed_before(self) -> bool:
+        """Whether any message here was routed before (flagged), whatever Redis says."""
+        try:
+            return bool(self.client.search(["KEYWORD", ROUTED_FLAG.decode()]))
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP search: {exc}") from None
 
     def quarantine(self, uid: int) -> None:
         """Copy the message to the quarantine folder and flag the original (kept in place)."""

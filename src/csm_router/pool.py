@@ -47,9 +47,12 @@ def assign_onboarding(store: Store, account: str, address: str, days: int, now: 
     account = account.strip().lower().lstrip("@").rpartition("@")[2]
     if "." not in account:
         raise PoolError(f"{account!r} is not a customer domain (e.g. customer.com)")
-    store.redis.hset(
-        key("onboarding", account), mapping={"owner": address, "since": now, "days": days}
-    )
+    onboarding = key("onboarding", account)
+    with store.redis.pipeline() as pipe:
+        pipe.hset(onboarding, mapping={"owner": address, "since": now, "days": days})
+        # Over once the account graduates to the pool.
+        pipe.expireat(onboarding, int(now + max(days, 1) * 86400))
+        pipe.execute()
 
 
 def signature_tag(store: Store, address: str) -> str:

@@ -1,4 +1,4 @@
-"""The `run` loop: watch -> parse -> decide -> record -> enqueue, crash-safe at every step."""
+"""The `run` loop: watch -> parse -> decide -> record (owing the sends) -> offer, crash-safe."""
 
 from __future__ import annotations
 
@@ -12,18 +12,12 @@ import redis
 from csm_router.auth import verify_sender
 from csm_router.decide import decide
 from csm_router.decision import Action
-from csm_router.dispatch import (
-    Runtime,
-    dispatch,
-    ensure_sweep,
-    record_decision,
-    release_held,
-)
+from csm_router.dispatch import Runtime, record_decision, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
-from csm_router.store import Outcome, message_key
-from csm_router.threads import format_ref
+from csm_router.store import key, message_key
+from csm_router.threads import FIRST_REF, format_ref
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +59,23 @@ class Router:
         while not self.stop.is_set():
             try:
                 if not self._connected:
-                    self.rt.store.ensure_sequence()
                     self.mailbox.connect()
                     self._connected = True
+                    self._ensure_sequence()
                     mode = "IDLE" if self.mailbox.has_idle() else "polling (no IDLE)"
                     log.info("watching %s with %s, refreshing every %ss", self.mailbox.name,
                              mode, self.rt.settings.poll_seconds)
                 handled = self.poll_once()
                 release_held(self.rt)
-                ensure_sweep(self.rt)
                 backoff.reset()
                 if handled:
                     continue
                 if exit_when_idle:
                     break
                 self.mailbox.wait(self.rt.settings.poll_seconds, self.stop)
-            except (TransientError, redis.ConnectionError, redis.TimeoutError) as exc:
+            except (TransientError, redis.RedisError) as exc:
+                # A server's trouble (Redis down, out of memory or read-only after a
+                # failover; IMAP dropped) is waited out, never blamed on the mail.
                 delay = backoff.next()
                 log.warning("%s (retrying in %.0fs)", str(exc).rstrip("."), delay)
                 self._disconnect()
@@ -90,6 +85,24 @@ class Router:
     def _disconnect(self) -> None:
         self.mailbox.close()
         self._connected = False
+
+    def _ensure_sequence(self) -> None:
+        """Start thread references, and never let them repeat if Redis lost its data.
+
+        Every thread starts with a message of its own, so no reference ever exceeded
+        FIRST_REF - 1 + the number of UIDs handed out: after a loss, numbering goes on from
+        there instead of handing out references customers already hold.
+        """
+        store = self.rt.store
+        if store.redis.exists(key("seq")):
+            return
+        floor = 0
+        if self.mailbox.routed_before():
+            floor = FIRST_REF - 1 + max(self.mailbox.uidnext - 1, 0)
+            log.warning("%s has routed mail but Redis has no state (was its data lost?): "
+                        "routing only mail never routed; references go on from %s",
+                        self.mailbox.name, format_ref(floor + 1))
+        store.ensure_sequence(floor)
 
     def poll_once(self) -> int:
         """Handle every message above the checkpoint; answers how many there were."""
@@ -106,7 +119,7 @@ class Router:
             log.info("%s: %s (UIDVALIDITY %s): %d unread message(s) to route, read mail "
                      "left alone", mailbox.name, "rescan" if validity else "first run",
                      mailbox.uidvalidity, len(uids))
-        done, finished = 0, False
+        done, finished, handled = 0, False, []
         try:
             limit = self.rt.settings.max_message_bytes
             for uid, raw in mailbox.fetch(uids, max_bytes=limit):
@@ -119,10 +132,14 @@ class Router:
                                      f"uid-{mailbox.uidvalidity}-{uid}")
                 else:
                     self.handle(uid, raw)
+                    handled.append(uid)
                 done = uid
             else:
                 finished = True
         finally:
+            # Recorded in Redis, so marked on the server: a start with Redis emptied routes
+            # only what was never routed.
+            mailbox.mark_routed(handled)
             # Once per pass, not per message: after a crash the few messages handled since
             # are fetched again and recognised as already recorded.
             if validity == mailbox.uidvalidity:
@@ -137,7 +154,7 @@ class Router:
         """Route one message; answers its outcome. Never raises for bad mail."""
         try:
             return self._handle(uid, raw)
-        except (TransientError, PermanentError, redis.ConnectionError, redis.TimeoutError):
+        except (TransientError, PermanentError, redis.RedisError):
             raise
         except Exception as exc:
             log.exception("UID %s: unexpected error", uid)
@@ -164,9 +181,7 @@ class Router:
         msgkey = message_key(msg, raw)
         seen = store.message(msgkey)
         if seen:
-            if not seen.get("dispatched"):
-                # Recorded by a process that died before enqueueing: finish its work.
-                dispatch(self.rt, msgkey, Outcome.from_record(seen))
+            # Whatever it implied was owed when it was recorded: the outbox finishes it.
             log.debug("UID %s %s already %s", uid, msg.message_id, seen.get("state"))
             return "duplicate"
         verdict = verify_sender(msg, settings.trusted_authserv_id)
@@ -184,7 +199,8 @@ class Router:
         command = f" #{decision.command.name}" if decision.command else ""
         log.info("%s %s -> %s by %s%s (%s)", ref, msg.message_id, target, decision.rule,
                  command, decision.error or decision.why)
-        dispatch(self.rt, msgkey, outcome)
+        # Owed already, in the same script as the decision; offering only hurries it.
+        self.rt.outbox.offer(outcome.owed)
         return outcome.state
 
     def _quarantine(

@@ -12,16 +12,23 @@ from typing import Any
 
 from redis import Redis
 
-from csm_router.auth import Verdict
+from csm_router.auth import Verdict, verify_sender
 from csm_router.classify import RuleSet
 from csm_router.config import Settings
 from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import Inbound
-from csm_router.threads import FIRST_REF, refs_in_subject, refs_in_text, tags_in_text
+from csm_router.threads import (
+    FIRST_REF,
+    refs_in_subject,
+    refs_in_text,
+    same_customer,
+    tags_in_text,
+)
 
 PREFIX = "csm:"
 RAW_TTL_SECONDS = 14 * 86400
 KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.lua too)
+MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
 
 
 def key(*parts: object) -> str:
@@ -110,6 +117,7 @@ class Outcome:
     owner: str | None
     new_thread: bool = False
     followup: Followup = field(default_factory=Followup)
+    owed: tuple[str, ...] = ()  # outbox entries this recording owed
 
     @classmethod
     def from_json(cls, out: dict[str, Any]) -> Outcome:
@@ -120,22 +128,22 @@ class Outcome:
             owner=out.get("owner") or None,
             new_thread=bool(out.get("new_thread")),
             followup=Followup.from_json(out.get("followup")),
+            owed=tuple(owed_ids(out.get("owed"))),
         )
-
-    @classmethod
-    def from_record(cls, record: dict[str, str]) -> Outcome:
-        """The outcome a stored message record stands for, to finish interrupted work."""
-        followup = json.loads(record.get("followup") or "{}")
-        return cls.from_json({**record, "status": "dup", "followup": followup})
 
 
 @dataclass(frozen=True)
 class Released:
-    """A held thread handed out: its new owner and the messages to deliver."""
+    """A held thread handed out: its new owner and the messages owed to them."""
 
     ref: int
     owner: str
     messages: tuple[str, ...] = field(default_factory=tuple)
+
+
+def owed_ids(value: Any) -> list[str]:
+    """The `owed` list a script answers (an empty Lua table encodes as `{}`)."""
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 class Store:
@@ -147,6 +155,10 @@ class Store:
         self._scripts: dict[str, Any] = {}
 
     # -- scripts --------------------------------------------------------------------
+
+    def run_script(self, name: str, payload: dict[str, Any]) -> Any:
+        """Run `lua/<name>.lua` (after `lua/common.lua`) with `payload`; answers its JSON."""
+        return self._run(name, payload)
 
     def _run(self, name: str, payload: dict[str, Any]) -> Any:
         script = self._scripts.get(name)
@@ -160,14 +172,17 @@ class Store:
             "env_away": sorted(self.settings.away),
             "max_open": self.settings.max_open_per_csm,
             "sla_seconds": self.settings.first_response_minutes * 60,
+            "has_lead": self.settings.overflow_address is not None,
+            "retention": self.settings.retention_days * 86400,
+            "wall": time.time(),
         }
         now = payload.setdefault("now", time.time())
         payload.setdefault("day", datetime.fromtimestamp(now, UTC).date().isoformat())
         return json.loads(script(args=[json.dumps(base | payload)]))
 
-    def ensure_sequence(self) -> None:
-        """Start thread references at FIRST_REF (idempotent)."""
-        self.redis.set(key("seq"), FIRST_REF - 1, nx=True)
+    def ensure_sequence(self, floor: int = 0) -> None:
+        """Start thread references at FIRST_REF, or above `floor` (idempotent)."""
+        self.redis.set(key("seq"), max(FIRST_REF - 1, floor), nx=True)
 
     # -- deciding -------------------------------------------------------------------
 
@@ -180,10 +195,16 @@ class Store:
         support_rules: RuleSet | None = None,
     ) -> Snapshot:
         """Gather what the rules may read about `msg` in two round trips."""
-        header_ids = [*msg.in_reply_to, *reversed(msg.references)]
-        subject_refs = refs_in_subject(msg.subject)
-        body_refs = refs_in_text(msg.fresh_text) + refs_in_text(msg.text)
-        tags = tags_in_text(msg.text) + tags_in_text(msg.html or "")
+        if verdict is None:  # nothing is taken on trust: the sender is checked here instead
+            verdict = verify_sender(msg, self.settings.trusted_authserv_id)
+        support = self.settings.support_address
+        # Capped: hostile mail may list thousands of ids, references or tags.
+        header_ids = [*msg.in_reply_to, *reversed(msg.references)][:MAX_LOOKUPS]
+        subject_refs = refs_in_subject(msg.subject)[:MAX_LOOKUPS]
+        body_refs = list(dict.fromkeys(refs_in_text(msg.fresh_text) + refs_in_text(msg.text)))
+        body_refs = body_refs[:MAX_LOOKUPS]
+        tags = list(dict.fromkeys(tags_in_text(msg.text) + tags_in_text(msg.html or "")))
+        tags = tags[:MAX_LOOKUPS]
         pipe = self.redis.pipeline(transaction=False)
         for mid in header_ids:
             pipe.get(key("msgid", mid))
@@ -203,11 +224,21 @@ class Store:
         recent = [int(r) for r in customer_refs]
         threads = self.threads_info([r for r, _ in candidates] + recent)
 
-        thread, matched_by = None, ""
+        # A CSM or Support may write in any thread; a customer only in their own. A
+        # reference is short and guessable, so it proves nothing about who may join.
+        insider = (self.settings.member(msg.sender) is not None
+                   or msg.sender == (support.address if support else None)
+                   or msg.sender == self.settings.alias.address)
+        thread, matched_by, foreign = None, "", []
         for ref, how in candidates:
-            if ref in threads:
-                thread, matched_by = threads[ref], how
-                break
+            found = threads.get(ref)
+            if found is None:
+                continue
+            if not insider and not same_customer(found.customer, msg.sender):
+                foreign.append(ref)
+                continue
+            thread, matched_by = found, how
+            break
         tag_owner = tag_owners[0] if tag_owners else None
         tag_thread = next(
             (
@@ -233,10 +264,11 @@ class Store:
             tag_owner=tag_owner,
             tag_thread=tag_thread,
             onboarding=onboarding,
-            sender_verified=verdict.verified if verdict else True,
-            verdict=verdict.why if verdict else "",
-            support_address=support.address if (support := self.settings.support_address) else None,
+            sender_verified=verdict.verified,
+            verdict=verdict.why,
+            support_address=support.address if support else None,
             support_rules=support_rules,
+            foreign_refs=tuple(dict.fromkeys(foreign)) if thread is None else (),
         )
 
     def threads_info(self, refs: list[int]) -> dict[int, ThreadInfo]:
@@ -309,22 +341,33 @@ class Store:
         }
         return Outcome.from_json(self._run("record", payload))
 
-    def release_held(self, now: float | None = None, limit: int = 100) -> list[Released]:
-        """Hand held threads to whoever can take them now."""
+    def release_held(
+        self, now: float | None = None, limit: int = 100
+    ) -> tuple[list[Released], list[str]]:
+        """Hand held threads to whoever can take them now; answers them and what was owed."""
         out = self._run("release", {"now": now or time.time(), "limit": limit})
-        if not isinstance(out, list):
-            return []
-        return [Released(int(r["ref"]), r["owner"], tuple(r["msgs"] or [])) for r in out]
+        released = out.get("released") if isinstance(out, dict) else None
+        return [
+            Released(int(r["ref"]), r["owner"], tuple(owed_ids(r.get("msgs"))))
+            for r in (released if isinstance(released, list) else [])
+        ], owed_ids(out.get("owed"))
 
-    def sweep(self, now: float) -> dict[str, list[dict[str, Any]]]:
-        """Remind and escalate by the first-response clock; see lua/sweep.lua."""
+    def sweep(self, now: float) -> dict[str, list[Any]]:
+        """Remind and escalate by the first-response clock (lua/sweep.lua), owing the mail."""
         out = self._run("sweep", {"now": now,
                                   "remind_before": self.settings.remind_before_seconds})
         return {k: v if isinstance(v, list) else [] for k, v in out.items()}
 
     def reassign(self, ref: int, target: str, why: str) -> dict[str, Any]:
-        """Give thread `ref` to `target`; answers the previous owner and messages to forward."""
+        """Give thread `ref` to `target`, owing the forwards; answers the previous owner."""
         return dict(self._run("reassign", {"ref": ref, "target": target, "why": why}))
+
+    def undeliverable(
+        self, kind: str, ref: int, failed: str, msgkey: str, error: str
+    ) -> dict[str, Any]:
+        """A forward to `failed` (or a Support handoff) failed for good: move the thread on."""
+        return dict(self._run("undeliverable", {"kind": kind, "ref": ref, "failed": failed,
+                                                "msgkey": msgkey, "error": error}))
 
     # -- messages in flight ----------------------------------------------------------
 
@@ -334,9 +377,6 @@ class Store:
     def load_raw(self, msgkey: str) -> bytes | None:
         value: Any = self.redis.get(key("raw", msgkey))
         return bytes(value) if value is not None else None
-
-    def mark_dispatched(self, msgkey: str) -> None:
-        self.redis.hset(key("msg", msgkey), "dispatched", 1)
 
     def message(self, msgkey: str) -> dict[str, str]:
         return text_hash(self.redis.hgetall(key("msg", msgkey)))

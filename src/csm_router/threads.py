@@ -25,6 +25,32 @@ _BODY_REF_RE = re.compile(rf"(?<![\w-]){REF_PREFIX}-(\d{{4,9}})(?![\w-])", re.IG
 _TAG_RE = re.compile(rf"(?<![\w-])CSM-([{TAG_ALPHABET}]{{{TAG_LENGTH}}})(?![\w-])", re.IGNORECASE)
 
 
+# Mailbox providers whose users are strangers to each other: there the customer is the
+# address, not the domain.
+SHARED_DOMAINS = frozenset({
+    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com",
+    "yahoo.com", "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com", "proton.me",
+    "protonmail.com", "gmx.de", "gmx.net", "gmx.com", "web.de", "mail.com", "zoho.com",
+    "yandex.ru", "mail.ru", "qq.com", "163.com", "126.com", "fastmail.com", "hey.com",
+})
+
+
+def same_customer(thread_customer: str, sender: str) -> bool:
+    """Whether `sender` belongs to the customer of a thread started by `thread_customer`.
+
+    Colleagues at the customer's domain (or a subdomain of it) may join the thread; anyone
+    else who quotes its reference or threading headers starts a matter of their own.
+    """
+    thread_customer, sender = thread_customer.lower(), sender.lower()
+    if thread_customer == sender:
+        return True
+    theirs = thread_customer.rpartition("@")[2]
+    mine = sender.rpartition("@")[2]
+    if not theirs or not mine or theirs in SHARED_DOMAINS or mine in SHARED_DOMAINS:
+        return False
+    return mine == theirs or mine.endswith("." + theirs) or theirs.endswith("." + mine)
+
+
 def format_ref(ref: int) -> str:
     """`1042` -> `CS-1042`."""
     return f"{REF_PREFIX}-{ref}"

@@ -8,12 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis as redis_lib
+
 from csm_router.demo import compose
 from csm_router.embedded import Received, RecordingSmtp
 from support.servers import Mailbox
 
 POOL = "Alice Smith <alice@acme.com>*2, Bob Jones <bob@acme.com>, Carol Diaz <carol@acme.com>"
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
+AUTHSERV = "mx.acme.test"  # the tests' ROUTER_TRUSTED_AUTHSERV_ID
+# What the receiving MTA writes for genuine mail from acme.com (RFC 8601): CSMs and Support
+# steer only with it.
+GENUINE = {"Authentication-Results":
+           f"{AUTHSERV}; spf=pass smtp.mailfrom=acme.com; dkim=pass header.d=acme.com; "
+           "dmarc=pass header.from=acme.com"}
 
 
 def customer_mail(
@@ -46,11 +54,22 @@ class Product:
 
     def write(self, sender: str, subject: str, body: str = "Hello,\n\nCould you help?\n",
               **kw: str | dict[str, str] | None) -> str:
-        """A customer (or CSM) writes to the alias; answers the Message-ID."""
+        """A customer writes to the alias; answers the Message-ID."""
         kw.setdefault("to", self.alias)
         message_id, raw = customer_mail(sender, subject, body, **kw)  # type: ignore[arg-type]
         self.deliver(raw)
         return message_id
+
+    def staff_writes(self, sender: str, subject: str, body: str,
+                     **kw: str | dict[str, str] | None) -> str:
+        """A CSM or Support writes, as proven by the receiving server's topmost header."""
+        headers = kw.pop("headers", None)
+        assert headers is None or isinstance(headers, dict)
+        return self.write(sender, subject, body, headers=GENUINE | (headers or {}), **kw)
+
+    def redis(self) -> redis_lib.Redis:
+        """A client of the Redis the product uses."""
+        return redis_lib.Redis.from_url(self.env["ROUTER_REDIS_URL"])
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(

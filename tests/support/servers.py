@@ -96,15 +96,30 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 class RedisServer(Service):
-    """A throw-away redis-server without persistence."""
+    """A throw-away redis-server; with `persistent`, an append-only file synced on every
+    write, as production runs it (deploy/redis.conf.example), so it can be restarted or
+    killed and come back with its data."""
 
-    def __init__(self, root: Path, binary: str | None = None) -> None:
+    def __init__(self, root: Path, binary: str | None = None, persistent: bool = False) -> None:
         self.root = root
         self.binary = binary
+        self.persistent = persistent
         self.host = HOST
         self.port = 0
         self.log_path = root / "redis.log"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def restart(self, down_seconds: float = 0.0, *, kill: bool = False) -> None:
+        """Stop (gracefully, or with SIGKILL) and start again on the same port."""
+        assert self._proc is not None
+        if kill:
+            self._proc.kill()
+            self._proc.wait(10)
+        else:
+            _stop_process(self._proc)
+        self._proc = None
+        time.sleep(down_seconds)  # the outage itself is what is being tested
+        self.start(port=self.port)
 
     @property
     def url(self) -> str:
@@ -114,13 +129,15 @@ class RedisServer(Service):
         """Return a new client for database 0; kwargs go to redis.Redis.from_url."""
         return redis.Redis.from_url(self.url, **kwargs)
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
         binary = self.binary or find_binary("redis-server", "/usr/bin/redis-server")
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.port,) = free_ports(1)
+        self.port = port or free_ports(1)[0]
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+                       else ["--appendonly", "no"])
         args = [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-                "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no"]
-        with self.log_path.open("wb") as log:
+                *persistence, "--dir", str(self.root), "--daemonize", "no"]
+        with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         with self.client(socket_connect_timeout=1, socket_timeout=1) as client:

@@ -47,10 +47,42 @@ local function pick()
   return best
 end
 
+-- Every key has an end. A thread's history keeps its newest entries; a closed thread is
+-- kept `retention` seconds after it closed; indexes drop what is older than that.
+local MAX_EVENTS, MAX_MSGS = 500, 1000
+
 local function event(ref, kind, fields)
   fields.at = d.now
   fields.event = kind
-  redis.call('RPUSH', P .. 'thread:' .. ref .. ':events', cjson.encode(fields))
+  local ekey = P .. 'thread:' .. ref .. ':events'
+  redis.call('RPUSH', ekey, cjson.encode(fields))
+  redis.call('LTRIM', ekey, -MAX_EVENTS, -1)
+end
+
+local function thread_keys(ref)
+  local t = P .. 'thread:' .. ref
+  return {t, t .. ':events', t .. ':msgs', t .. ':held'}
+end
+
+local function expire_thread(ref)
+  for _, k in ipairs(thread_keys(ref)) do redis.call('EXPIRE', k, d.retention) end
+end
+
+local function keep_thread(ref)
+  for _, k in ipairs(thread_keys(ref)) do redis.call('PERSIST', k) end
+end
+
+-- Add `ref` to an index scored by time, dropping entries older than the retention.
+local function index(zkey, ref)
+  redis.call('ZADD', zkey, d.now, ref)
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', d.now - d.retention)
+  redis.call('EXPIRE', zkey, d.retention)
+end
+
+local function add_message(ref, msgkey)
+  local mkey = P .. 'thread:' .. ref .. ':msgs'
+  redis.call('RPUSH', mkey, msgkey)
+  redis.call('LTRIM', mkey, -MAX_MSGS, -1)
 end
 
 -- Make `owner` the thread's owner: open-thread sets and the day's assignment count follow.
@@ -62,9 +94,12 @@ local function set_owner(ref, owner)
   end
   redis.call('SADD', P .. 'open:' .. owner, ref)
   redis.call('HSET', tkey, 'owner', owner, 'state', 'open')
+  keep_thread(ref)
   redis.call('ZREM', P .. 'held', ref)
   if old ~= owner then
-    redis.call('HINCRBY', P .. 'stats:assigned:' .. d.day, owner, 1)
+    local skey = P .. 'stats:assigned:' .. d.day
+    redis.call('HINCRBY', skey, owner, 1)
+    redis.call('EXPIRE', skey, d.retention)
   end
   return old
 end
@@ -110,4 +145,58 @@ local function park(ref, state)
   redis.call('HSET', tkey, 'state', state)
   redis.call('ZREM', P .. 'held', ref)
   stop_clock(ref)
+  if state == 'closed' then expire_thread(ref) else keep_thread(ref) end
+end
+
+-- The outbox (see outbox.py). Every send a decision implies is owed here, in the same
+-- script as the decision, under an id made of what makes it unique: a repeat owes nothing.
+-- `OWED` collects what this script owed, so the caller can offer it to a worker at once.
+local OWED = {}
+
+-- Two 31-bit polynomial hashes: 62 bits, exact in Lua's doubles, and the same on every
+-- Redis (redis.sha1hex is not available everywhere the scripts run).
+local function digest(s)
+  local a, b = 7, 11
+  for i = 1, #s do
+    local c = string.byte(s, i)
+    a = (a * 131 + c) % 2147483629
+    b = (b * 257 + c) % 2147483587
+  end
+  return string.format('%08x%08x', a, b)
+end
+
+local function owe(kind, args, ...)
+  local parts = {...}
+  for i, x in ipairs(parts) do parts[i] = tostring(x) end
+  local id = kind .. '-' .. digest(table.concat(parts, '|'))
+  local ekey = P .. 'outbox:e:' .. id
+  if redis.call('EXISTS', ekey) == 1 then return id end
+  redis.call('HSET', ekey, 'kind', kind, 'args', cjson.encode(args), 'attempts', 0,
+    'created', d.now, 'state', 'pending')
+  -- Due at once by the wall clock, even when a sweep runs as if at another time (--at).
+  redis.call('ZADD', P .. 'outbox', d.wall or d.now, id)
+  table.insert(OWED, id)
+  return id
+end
+
+local function owe_delivery(msg, owner, why, cause)
+  if not msg or msg == '' then return end
+  owe('deliver', {msgkey = msg, owner = owner, why = why or '', cause = cause or ''},
+    msg, owner, cause or '')
+end
+
+local function owe_deliveries(msgs, owner, why, cause)
+  for _, m in ipairs(msgs) do owe_delivery(m, owner, why, cause) end
+end
+
+-- The lead hears once per thread that nobody could take it (if there is a lead to tell).
+local function owe_overflow(ref)
+  if d.has_lead then
+    owe('overflow', {ref = tonumber(ref)}, ref, redis.call('HGET', P .. 'thread:' .. ref, 'created') or '')
+  end
+end
+
+local function with_owed(out)
+  out.owed = OWED
+  return cjson.encode(out)
 end

@@ -1,13 +1,20 @@
--- Give a thread to another CSM (`csm-router reassign`); answers the messages to re-forward.
+-- Give a thread to another CSM (`csm-router reassign`), owing the forwards it implies.
 local tkey = P .. 'thread:' .. d.ref
 if redis.call('EXISTS', tkey) == 0 then
-  return cjson.encode({error = 'no such thread'})
+  return with_owed({error = 'no such thread'})
+end
+local t = redis.call('HMGET', tkey, 'owner', 'state', 'last_msg')
+if t[1] == d.target and t[2] == 'open' then
+  return with_owed({previous = d.target, unchanged = true})
 end
 local old = set_owner(d.ref, d.target)
 if (redis.call('HGET', tkey, 'first_response') or '') == '' then
   start_clock(d.ref, d.now + d.sla_seconds)
 end
 local released = release_messages(d.ref, d.target)
+local why = 'reassigned to you by an admin (was ' .. ((old and old ~= '') and old or 'nobody') .. ')'
+owe_deliveries(released, d.target, why, 'admin-' .. d.now)
+local last = t[3]
+if last then owe_delivery(last, d.target, why, 'admin-' .. d.now) end
 event(d.ref, 'reassigned', {owner = d.target, previous = old or '', why = d.why})
-return cjson.encode({previous = old or '', last_msg = redis.call('HGET', tkey, 'last_msg'),
-  released = released})
+return with_owed({previous = old or '', last_msg = last or '', released = released})

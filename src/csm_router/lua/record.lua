@@ -6,18 +6,36 @@ if redis.call('EXISTS', mkey) == 1 then
   return cjson.encode({status = 'dup', state = s[1], ref = tonumber(s[2]), owner = s[3] or ''})
 end
 
--- followup: work the caller enqueues (and re-enqueues after a crash) with fixed job ids.
+-- followup: the sends the decision implies, owed in the outbox by `finish`.
 local followup = {why = d.why_deliver}
 if v(d.notice) then followup.notice = d.notice end
 
+-- Owe, in this same script, every send the decision implies (see outbox.py).
+local function owe_followup(ref)
+  if followup.owner then
+    for _, other in ipairs(followup.deliver or {}) do
+      -- A message forwarding itself is its first forward; others are re-forwards.
+      owe_delivery(other, followup.owner, followup.why, other == d.msgkey and '' or d.msgkey)
+    end
+  end
+  if followup.support and ref then
+    local cause = followup.support == d.msgkey and '' or d.msgkey
+    owe('support', {msgkey = followup.support, ref = tonumber(ref), cause = cause,
+      tell = followup.tell and true or false}, followup.support, cause)
+  end
+  if followup.overflow then owe_overflow(followup.overflow) end
+  if followup.notice then owe('notice', {msgkey = d.msgkey}, d.msgkey) end
+end
+
 local function finish(state, ref, owner, extra)
+  owe_followup(ref)
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
     'action', d.action, 'rule', d.rule, 'why', d.why, 'at', d.now,
     'message_id', d.message_id or '', 'uid', d.uid or '', 'followup', cjson.encode(followup))
   redis.call('EXPIRE', mkey, KEEP_SECONDS)
   local out = {status = 'new', state = state, ref = ref, owner = owner or '', followup = followup}
   for k, x in pairs(extra or {}) do out[k] = x end
-  return cjson.encode(out)
+  return with_owed(out)
 end
 
 local ref = v(d.ref)
@@ -38,7 +56,9 @@ if d.action == 'reply' or d.action == 'command' then
   if d.action == 'reply' then
     local first = redis.call('HGET', tkey, 'first_response')
     if not first or first == '' then
-      local created = tonumber(redis.call('HGET', tkey, 'created') or d.now)
+      -- Measured from when the thread (re)opened, not from its very first message.
+      local created = tonumber(redis.call('HGET', tkey, 'opened') or
+        redis.call('HGET', tkey, 'created') or d.now)
       redis.call('HSET', tkey, 'first_response', d.now)
       redis.call('LPUSH', P .. 'stats:first-response:' .. d.target, d.now - created)
       redis.call('LTRIM', P .. 'stats:first-response:' .. d.target, 0, 999)
@@ -55,7 +75,7 @@ if d.action == 'reply' or d.action == 'command' then
     end
     event(ref, 'reply', {msg = d.message_id, owner = d.target, previous = old or '',
       rule = d.rule, why = d.why})
-    redis.call('RPUSH', tkey .. ':msgs', d.msgkey)
+    add_message(ref, d.msgkey)
   end
   if command and not v(d.error) then
     local name = command.name
@@ -70,7 +90,13 @@ if d.action == 'reply' or d.action == 'command' then
     elseif name == 'reassign' then
       set_owner(ref, command.argument)
       start_clock(ref, d.now + d.sla_seconds)
-      followup.deliver = {redis.call('HGET', tkey, 'last_msg')}
+      -- Messages held for the thread go along with the last one, never dropped.
+      local msgs = release_messages(ref, command.argument)
+      local last = redis.call('HGET', tkey, 'last_msg')
+      local listed = false
+      for _, m in ipairs(msgs) do listed = listed or m == last end
+      if last and not listed then table.insert(msgs, last) end
+      followup.deliver = msgs
       followup.owner = command.argument
       event(ref, 'reassigned', {owner = command.argument, previous = d.target,
         why = '#reassign by ' .. d.target})
@@ -110,13 +136,13 @@ if not ref then
     'customer_name', d.customer_name, 'account', d.account, 'subject', d.subject,
     'created', d.now, 'state', 'open', 'owner', '', 'first_response', '',
     'first_msg', d.msgkey)
-  redis.call('ZADD', P .. 'threads', d.now, ref)
-  redis.call('ZADD', P .. 'account:' .. d.account, d.now, ref)
+  index(P .. 'threads', ref)
+  index(P .. 'account:' .. d.account, ref)
 end
 local tkey = P .. 'thread:' .. ref
-redis.call('ZADD', P .. 'customer:' .. d.customer, d.now, ref)
+index(P .. 'customer:' .. d.customer, ref)
 redis.call('HSET', tkey, 'last_activity', d.now, 'last_msg', d.msgkey)
-redis.call('RPUSH', tkey .. ':msgs', d.msgkey)
+add_message(ref, d.msgkey)
 link_ids(ref, d.link_ids)
 
 if d.action == 'support' then
@@ -135,7 +161,8 @@ end
 local state = redis.call('HGET', tkey, 'state')
 if state == 'closed' then
   -- The customer wrote again: the thread reopens with its owner and a fresh clock.
-  redis.call('HSET', tkey, 'state', 'open', 'first_response', '')
+  redis.call('HSET', tkey, 'state', 'open', 'first_response', '', 'opened', d.now)
+  keep_thread(ref)
   event(ref, 'reopened', {msg = d.message_id})
 end
 

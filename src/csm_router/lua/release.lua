@@ -7,7 +7,8 @@ for _, ref in ipairs(refs) do
   set_owner(ref, owner)
   start_clock(ref, d.now + d.sla_seconds)
   local msgs = release_messages(ref, owner)
+  owe_deliveries(msgs, owner, 'held until a CSM could take it', '')
   event(ref, 'released', {owner = owner, why = 'a CSM became available'})
   table.insert(out, {ref = tonumber(ref), owner = owner, msgs = msgs})
 end
-return cjson.encode(out)
+return with_owed({released = out})

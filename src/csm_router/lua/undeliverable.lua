@@ -1,0 +1,44 @@
+-- A forward or a Support handoff failed for good: the thread must not stay with someone
+-- who never got it. It moves to another CSM (or back to the pool from Support), or is
+-- held; the lead is told. `d.kind` is 'deliver' or 'support'.
+local ref = d.ref
+local tkey = P .. 'thread:' .. ref
+if redis.call('EXISTS', tkey) == 0 then return with_owed({moved = false}) end
+local t = redis.call('HMGET', tkey, 'owner', 'state')
+local owner, state = t[1] or '', t[2] or ''
+local moved_to = ''
+local applies = (d.kind == 'deliver' and owner == d.failed and state == 'open')
+  or (d.kind == 'support' and state == 'support')
+if applies then
+  local why
+  if d.kind == 'deliver' then
+    d.exclude = d.failed
+    why = 'could not be delivered to ' .. d.failed .. ' (' .. d.error .. '): moved to you'
+  else
+    why = 'the handoff to Support failed (' .. d.error .. '): back with Customer Success'
+  end
+  local next_owner = nil
+  if d.kind == 'support' and owner ~= '' and not is_away(owner) and has_room(owner) then
+    next_owner = owner
+  else
+    next_owner = pick()
+  end
+  if next_owner then
+    set_owner(ref, next_owner)
+    start_clock(ref, d.now + d.sla_seconds)
+    owe_delivery(d.msgkey, next_owner, why, 'undeliverable-' .. d.kind .. '-' .. d.failed)
+    moved_to = next_owner
+  else
+    if owner ~= '' then redis.call('SREM', P .. 'open:' .. owner, ref) end
+    redis.call('HSET', tkey, 'state', 'held', 'owner', '')
+    redis.call('ZADD', P .. 'held', d.now, ref)
+    redis.call('RPUSH', tkey .. ':held', d.msgkey)
+    owe_overflow(ref)
+  end
+  event(ref, 'undeliverable', {owner = moved_to, previous = d.failed, why = why})
+end
+if d.has_lead then
+  owe('trouble', {ref = tonumber(ref), kind = d.kind, failed = d.failed, error = d.error,
+    moved_to = moved_to}, ref, d.kind, d.failed, d.msgkey)
+end
+return with_owed({moved = applies, owner = moved_to})

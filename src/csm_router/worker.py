@@ -1,0 +1,92 @@
+"""`csm-router worker`: RQ's worker on our queues, an outbox pump beside it, and no way to
+stop for good because a server is down."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Any
+
+import redis
+from rq import SimpleWorker
+
+from csm_router import jobs
+from csm_router.dispatch import Runtime
+from csm_router.outbound import warm_up
+from csm_router.outbox import QUEUES, Heartbeat, Pump
+from csm_router.router import Backoff
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 30
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %s: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_worker(
+    rt: Runtime,
+    *,
+    name: str | None = None,
+    burst: bool = False,
+    stop: threading.Event | None = None,
+) -> None:
+    """Deliver what the outbox owes until stopped (or, with `burst`, until nothing is left).
+
+    Jobs run in this process (RQ's SimpleWorker): a job killed with its worker is then
+    always a dead worker's, which the outbox takes up again, never an orphan still sending.
+    A Redis outage is logged once and waited out with backoff.
+    """
+    stop = stop or threading.Event()
+    _stop_on_signals(stop)
+    beat = Heartbeat(rt.store, name)
+    jobs.configure(rt, beat)
+    warm_up()
+    backoff = Backoff(cap=30)
+    failing = False
+    while not stop.is_set():
+        pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS)
+        worker: SimpleWorker | None = None
+        try:
+            beat.beat()
+            # A stable name is unique among live workers: entries its earlier incarnations
+            # held are a dead process's, to take up now rather than once their key expires.
+            rt.outbox.reclaim(dead_prefix=f"{name}:" if name else None, keep=beat.holder)
+            if failing:
+                log.info("worker: Redis is back")
+                failing = False
+            worker = SimpleWorker([rt.queues[q] for q in QUEUES], connection=rt.redis)
+            if burst:
+                rt.outbox.offer()
+                worker.work(burst=True, logging_level=rt.settings.log_level.upper())
+                return
+            pump.start()
+            worker.work(with_scheduler=False, logging_level=rt.settings.log_level.upper())
+            return
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            delay = backoff.next()
+            if not failing:
+                log.warning("worker: Redis unavailable (%s); waiting it out", exc)
+            failing = True
+            beat.renew()
+            if worker is not None:
+                # RQ's worker set its own signal handlers and a pubsub thread: undo both,
+                # so a stop request now reaches this loop and no thread is left retrying.
+                with contextlib.suppress(Exception):
+                    worker.unsubscribe()  # type: ignore[no-untyped-call]
+                _stop_on_signals(stop)
+            stop.wait(delay)
+        finally:
+            pump.stopping.set()
+    beat.stop()
