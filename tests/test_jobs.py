@@ -14,7 +14,7 @@ from csm_router.dispatch import Runtime, record_decision
 from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError, TransientError
 from csm_router.message import parse
-from csm_router.store import message_key
+from csm_router.store import Outcome, message_key
 from csm_router.support import SupportHandoff
 from csm_router.worker import run_worker
 
@@ -97,11 +97,12 @@ def record_handoff(handoff: SupportHandoff, settings: Settings) -> None:
     HANDOFFS.append(handoff)
 
 
-def test_a_team_can_plug_in_its_own_support_handler(smtp: RecordingSmtp) -> None:
+def technical_request(smtp: RecordingSmtp, handler: str) -> tuple[Runtime, str, Outcome]:
+    """A technical request recorded for Support, with `handler` as the Support handler."""
     settings = load_settings(
         alias="Acme CS <success@acme.com>", pool="alice@acme.com", smtp_url=smtp.url,
         away="", max_open_per_csm=0, support_address="support@acme.com",
-        support_handler=f"{__name__}:record_handoff",
+        support_handler=handler, overflow_address="cs-lead@acme.com",
     )
     rt = Runtime.from_settings(settings, fakeredis.FakeRedis())
     jobs.configure(rt)
@@ -112,6 +113,11 @@ def test_a_team_can_plug_in_its_own_support_handler(smtp: RecordingSmtp) -> None
     rt.store.save_raw(msgkey, raw)
     outcome = record_decision(rt.store, msgkey, msg, decide(msg, rt.store.snapshot(
         msg, 0.0, support_rules=rt.support_rules)), 0.0)
+    return rt, msgkey, outcome
+
+
+def test_a_team_can_plug_in_its_own_support_handler(smtp: RecordingSmtp) -> None:
+    _, msgkey, outcome = technical_request(smtp, f"{__name__}:record_handoff")
     assert outcome.followup.support == msgkey
     jobs.hand_to_support(msgkey, outcome.ref or 0, tell=True)
     jobs.configure(None)
@@ -148,3 +154,20 @@ def test_a_forward_refused_for_good_moves_the_thread_and_tells_the_lead(
     assert "could not be delivered to alice@acme.com" in text
     assert rt.store.message(msgkey)["state"] == "delivered"
     assert rt.outbox.pending() == 0
+
+
+def test_a_support_handler_that_fails_for_good_gives_the_thread_back(
+    smtp: RecordingSmtp,
+) -> None:
+    rt, _, outcome = technical_request(smtp, "csm_router.nope:handler")
+    assert rt.store.thread(outcome.ref or 0)["state"] == "support"
+    run_worker(rt, burst=True)
+    jobs.configure(None)
+
+    (letter,) = rt.outbox.dead_letters()
+    assert letter.kind == "support" and "csm_router.nope" in letter.error
+    thread = rt.store.thread(outcome.ref or 0)
+    assert (thread["state"], thread["owner"]) == ("open", "alice@acme.com")
+    assert sorted(r.rcpt_tos[0] for r in smtp.messages) == ["alice@acme.com", "cs-lead@acme.com"]
+    lead = next(r for r in smtp.messages if r.rcpt_tos == ["cs-lead@acme.com"])
+    assert "Support failed for good" in lead.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]

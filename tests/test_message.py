@@ -687,3 +687,16 @@ def test_corpus_replies_keep_their_threading_ids() -> None:
     apple = parse((CORPUS / "replies/talon/apple_mail_2.eml").read_bytes())
     assert apple.in_reply_to == apple.references == (
         "<CABzQGhkMXDxUt_tSVQcg=43aniUhtsVfCZVzu-PG0kwS_uzqMw@mail.gmail.com>",)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["a" * 200_000, "a@" * 100_000, "a," * 100_000, "<" * 200_000, "(a" * 100_000,
+     "a@b " * 50_000],
+)
+def test_hostile_address_headers_are_read_in_linear_time(hostile: str) -> None:
+    raw = eml(f"To: {hostile}\nCc: {hostile}\nReply-To: {hostile}")
+    start = time.perf_counter()
+    parse(raw)
+    # Quadratic scanning took seconds at 40 KB; this is 200 KB in each of three headers.
+    assert time.perf_counter() - start < 2.0

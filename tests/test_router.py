@@ -87,3 +87,31 @@ def test_a_recreated_folder_is_rescanned_without_routing_twice(
     run(rt)
     assert len(smtp.messages) == 4  # only the new one
     assert rt.store.checkpoint(name) == (validity, last + 1)
+
+
+class Killed(BaseException):
+    """The process dies here (a BaseException, as SystemExit is: nothing catches it)."""
+
+
+def test_two_routers_one_killed_right_after_recording_send_each_forward_once(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imap, smtp = servers
+    for n in range(3):
+        imap.append(compose(f"C{n} <c{n}@c{n}.com>", f"Q{n}", "Hi\n")[1])
+    doomed = Router(rt, Mailbox(rt.settings.required_imap()))
+
+    def die(*args: object, **kwargs: object) -> int:
+        raise Killed  # recorded, owed, and gone before anything was offered
+
+    monkeypatch.setattr(rt.outbox, "offer", die)
+    with pytest.raises(Killed):
+        doomed.run(exit_when_idle=True)
+    monkeypatch.undo()
+    assert rt.outbox.pending() == 1  # the first message: decided and owed
+    # The other router finds it recorded (a duplicate for it) and routes the rest.
+    survivor = Router(rt, Mailbox(rt.settings.required_imap()))
+    survivor.run(exit_when_idle=True)
+    run_worker(rt, burst=True)
+    assert sorted(str(r.message["Subject"]) for r in smtp.messages) == [
+        "[CS-1001] Q0", "[CS-1002] Q1", "[CS-1003] Q2"]

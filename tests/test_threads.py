@@ -45,3 +45,8 @@ def test_tag_survives_quoting_and_case() -> None:
 
 def test_tags_do_not_match_references_or_longer_words() -> None:
     assert tags_in_text("CS-123456 and CSM-ABCDEFG and XCSM-ABCDEF") == []
+
+
+def test_a_subject_carries_one_reference_only() -> None:
+    assert subject_with_ref("Re: [CS-1001] Renewal", 1002) == "Re: [CS-1002] Renewal"
+    assert subject_with_ref("Re: [CS-1002] Renewal", 1002) == "Re: [CS-1002] Renewal"

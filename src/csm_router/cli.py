@@ -26,6 +26,7 @@ from csm_router.mailbox import Mailbox
 from csm_router.outbound import event_line, render, smtp_session, when
 from csm_router.router import Router
 from csm_router.store import owed_ids, text
+from csm_router.support import load_handler
 from csm_router.threads import format_ref
 
 log = logging.getLogger("csm_router")
@@ -119,6 +120,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     step("imap", str(imap), imap_login)
     smtp = settings.required_smtp()
     step("smtp", str(smtp), lambda: asyncio.run(_smtp_login(settings)))
+    if settings.support_address is not None:
+        step("support", settings.support_handler,
+             lambda: load_handler(settings.support_handler))
     return 0 if ok else 1
 
 

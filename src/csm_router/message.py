@@ -19,12 +19,15 @@ __all__ = ["Attachment", "Inbound", "MalformedMessageError", "parse"]
 
 _UNSTRUCTURED = HeaderRegistry(use_default_map=False)
 _MAX_DECODED_HEADER = 16 * 1024
+_MAX_ADDRESS_HEADER = 16 * 1024
 _LINEBREAK = re.compile(r"\r\n|\r|\n")
 _WHITESPACE = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INJECTION = re.compile(r"[\r\n\x00]")
 _INJECTION_CHECKED = ("subject", "from", "to", "reply-to", "message-id")
-_ADDR_SPEC = re.compile(r"[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"]+")
+# Starts only where a run of address characters starts, and never gives back: linear even
+# on a long run without "@" (otherwise every position in it would rescan the rest).
+_ADDR_SPEC = re.compile(r"(?<![^\s@<>()\[\],;:\"])[^\s@<>()\[\],;:\"]++@[^\s@<>()\[\],;:\"]++")
 # Threading headers, scanned by small tokens so hostile input stays linear: a whole simple
 # "<id>" (nothing in it can open or close a comment), a separator run, a special, a word.
 _ID_TOKEN = re.compile(r'<[^<>()"\\\s]*>|[\s,;]+|\\.?|[<>()"]|[^\s,;<>()"\\]+', re.S)
@@ -193,7 +196,10 @@ def _addresses(values: list[str]) -> list[tuple[str, str]]:
     """``(display name, lower-cased addr-spec)`` pairs; entries without an address dropped."""
     found = []
     for value in values:
-        pairs = [(n, a.strip().lower()) for n, a in getaddresses([value])]
+        # The stdlib's address parser is not linear on hostile nesting: past a size no
+        # real list of recipients reaches, only the linear scan below reads the header.
+        pairs = ([(n, a.strip().lower()) for n, a in getaddresses([value])]
+                 if len(value) <= _MAX_ADDRESS_HEADER else [])
         valid = [(n, a) for n, a in pairs if _ADDR_SPEC.fullmatch(a)]
         # Bare "Name user@host" or space-separated lists defeat getaddresses; scan for them.
         valid = valid or [("", a.lower()) for a in _ADDR_SPEC.findall(value)]

@@ -16,6 +16,7 @@ FIRST_REF = 1001
 TAG_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 TAG_LENGTH = 6
 
+_WHITESPACE = re.compile(r"\s+")
 _REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|fwd?|aw|wg|sv|vs|tr|rv)\s*:\s*)+", re.IGNORECASE)
 _SUBJECT_REF_RE = re.compile(rf"\[\s*{REF_PREFIX}-(\d{{4,9}})\s*\]", re.IGNORECASE)
 # In a body a reference is written bare as often as bracketed ("about CS-1042").
@@ -61,6 +62,9 @@ def subject_with_ref(subject: str, ref: int) -> str:
     tag = f"[{format_ref(ref)}]"
     if tag.lower() in subject.lower():
         return subject
+    # Someone else's reference (a stranger quoting another customer's thread) goes: one
+    # subject, one thread.
+    subject = _WHITESPACE.sub(" ", _SUBJECT_REF_RE.sub("", subject)).strip()
     # After any "Re:"/"Fwd:" so mail clients still see a reply: "Re: [CS-1042] ...".
     prefix = _REPLY_PREFIX.match(subject)
     head = prefix.group(0) if prefix else ""
