@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from csm_router import pool
-from csm_router.auth import verify_sender
+from csm_router.auth import reply_address, verify_sender
 from csm_router.config import Settings, load_settings
 from csm_router.decide import decide
 from csm_router.dispatch import record_decision
@@ -374,3 +374,34 @@ def test_a_closed_thread_ends_after_the_retention_and_a_reopened_one_is_kept() -
     assert all(store.redis.ttl(k) == -1 for k in thread_keys)
     assert 0 < store.redis.ttl(key("customer", "jane@globex.com")) <= 30 * 86400
     assert 0 < store.redis.ttl(key("stats", "assigned", "2027-01-15")) <= 30 * 86400
+
+
+SECRET = "correct-horse-battery-staple"
+
+
+def reply_with(store: Store, csm: str, ref: int, cc: str, body: str) -> Outcome:
+    msg = parse(f"From: {csm}\r\nTo: jane@globex.com\r\nCc: {cc}\r\n"
+                f"Subject: Re: [CS-{ref}] Question\r\nMessage-ID: <s{next(_ids)}@acme.com>\r\n"
+                f"\r\n{body}\r\n".encode())
+    return route(store, msg, NOW + 60)
+
+
+def test_without_authentication_results_a_csms_own_reply_address_proves_the_reply() -> None:
+    store = make_store(reply_secret=SECRET)
+    one = route(store, mail())
+    ref, owner = one.ref or 0, one.owner or ""
+    own = reply_address("success@acme.com", SECRET, owner, ref)
+    assert reply_with(store, owner, ref, own, "Done.\n#close").state == "decided"
+    assert store.thread(ref)["state"] == "closed"
+
+
+@pytest.mark.parametrize("cc", ["success@acme.com", "other"])
+def test_a_reply_address_of_another_thread_or_none_proves_nothing(cc: str) -> None:
+    store = make_store(reply_secret=SECRET)
+    one = route(store, mail())
+    two = route(store, mail("joe@initech.com"))
+    ref, owner = one.ref or 0, one.owner or ""
+    if cc == "other":  # the customer of thread two saw this reply address and replays it
+        cc = reply_address("success@acme.com", SECRET, owner, two.ref or 0)
+    assert reply_with(store, owner, ref, cc, "#close").state == "quarantined"
+    assert store.thread(ref)["state"] == "open"

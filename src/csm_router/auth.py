@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import itertools
 import re
 from collections.abc import Iterator
@@ -167,3 +170,25 @@ def verify_sender(msg: Inbound, trusted_authserv_id: str | None) -> Verdict:
         if method in passed:
             return Verdict(True, passed[method])
     return Verdict(False, f"no passing, aligned dmarc/dkim/spf/auth result for {domain}")
+
+
+def reply_token(secret: str, csm: str, ref: int) -> str:
+    """The part of a CSM's reply address for thread `ref` that only csm-router can make.
+
+    Per CSM and thread: a customer sees it in the CSM's reply (the alias is copied) and
+    could replay it, but only in their own thread, never to steer anyone else's.
+    """
+    digest = hmac.new(secret.encode(), f"{csm.lower()}\0{ref}".encode(), hashlib.sha256)
+    return base64.b32encode(digest.digest()).decode().lower()[:20]
+
+
+def reply_address(alias: str, secret: str, csm: str, ref: int) -> str:
+    """`success+r-<token>@acme.com`: the alias, sub-addressed for this CSM and thread."""
+    local, _, domain = alias.partition("@")
+    return f"{local}+r-{reply_token(secret, csm, ref)}@{domain}"
+
+
+def proven_by_reply_address(msg: Inbound, alias: str, secret: str, ref: int) -> bool:
+    """Whether `msg` (from a CSM) copies the reply address only that CSM got for `ref`."""
+    wanted = reply_address(alias, secret, msg.sender, ref).lower()
+    return any(hmac.compare_digest(a, wanted) for a in (*msg.to, *msg.cc))

@@ -133,11 +133,14 @@ async def _smtp_login(settings: Settings) -> None:
 
 def steering_note(settings: Settings) -> str:
     """What proves that a CSM or Support really sent a mail, in one line."""
+    secret = (", or (CSMs) by copying their own reply address for the thread"
+              if settings.reply_secret else "")
     if settings.trusted_authserv_id:
         return (f"CSM and Support mail steers only with a pass from "
-                f"{settings.trusted_authserv_id}'s topmost Authentication-Results")
+                f"{settings.trusted_authserv_id}'s topmost Authentication-Results{secret}")
     return ("ROUTER_TRUSTED_AUTHSERV_ID is not set: CSM and Support mail steers only with a "
-            "pass in the topmost Authentication-Results; set it to your server's authserv-id")
+            f"pass in the topmost Authentication-Results{secret}; set it to your server's "
+            "authserv-id")
 
 
 def redis_warnings(client: redis.Redis) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ROUTER_"
@@ -209,6 +209,8 @@ class Settings(BaseSettings):
     overflow_address: Annotated[Address | None, NoDecode] = None
     poll_seconds: float = Field(default=30, gt=0)
     trusted_authserv_id: str | None = None
+    # Proves CSMs' replies where the mail server writes no Authentication-Results.
+    reply_secret: SecretStr | None = None
     support_rules: Path | None = None
     support_handler: str = "csm_router.support:mail_support"
     remind_minutes: int | None = Field(default=None, ge=1)
@@ -227,6 +229,18 @@ class Settings(BaseSettings):
             return replace(parse_server_url(str(value), ("smtp", "smtps")), allow_plaintext=allow)
         url = parse_server_url(str(value), ("imap", "imaps"))
         return replace(url, path=url.path or "INBOX", allow_plaintext=allow)
+
+    @field_validator("reply_secret", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        if value is None or isinstance(value, SecretStr):
+            return value
+        text = str(value).strip()
+        if not text:
+            return None
+        if len(text) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+        return text
 
     @field_validator("redis_url", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from csm_router.auth import reply_address
 from csm_router.classify import classify
 from csm_router.config import Address, PoolMember, load_settings
 from csm_router.dispatch import Runtime, release_held
@@ -208,6 +209,8 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
         # Someone new to the thread reads what was said so far: nobody asks the
         # customer to repeat themselves.
         history=() if previous else _thread_history(rt, ref, msgkey),
+        reply_alias=(reply_address(alias.address, secret.get_secret_value(), owner, ref)
+                     if (secret := settings.reply_secret) else None),
     )
     _send(rt, forward, [owner])  # checked not sent above, before rendering
 

@@ -268,8 +268,13 @@ def render_forward(
     earlier: Sequence[EarlierThread] = (),
     previous: Sequence[str] = (),
     history: Sequence[EarlierMessage] = (),
+    reply_alias: str | None = None,
 ) -> EmailMessage:
-    """The forward a CSM receives: reference, context block, original text and attachments."""
+    """The forward a CSM receives: reference, context block, original text and attachments.
+
+    `reply_alias` replaces the alias in Reply-To (the CSM's own reply address for the
+    thread, when replies are proven by it rather than by Authentication-Results).
+    """
     customer_name = msg.sender_name or msg.sender
     out = stamp(
         sender=f"{customer_name} via {alias.name or alias.address}",
@@ -281,7 +286,7 @@ def render_forward(
     )
     out["Reply-To"] = [
         header_address(msg.sender, msg.sender_name),
-        header_address(alias.address, alias.name),
+        header_address(reply_alias or alias.address, alias.name),
     ]
     # The forward answers the customer's message: the CSM's plain Reply then threads under
     # it in the customer's client, the CSM's client keeps the thread's forwards together,

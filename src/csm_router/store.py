@@ -12,13 +12,14 @@ from typing import Any
 
 from redis import Redis
 
-from csm_router.auth import Verdict, verify_sender
+from csm_router.auth import Verdict, proven_by_reply_address, verify_sender
 from csm_router.classify import RuleSet
 from csm_router.config import Settings
 from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import Inbound
 from csm_router.threads import (
     FIRST_REF,
+    format_ref,
     refs_in_subject,
     refs_in_text,
     same_customer,
@@ -250,6 +251,13 @@ class Store:
             ),
             None,
         )
+        secret = self.settings.reply_secret
+        if (not verdict.verified and secret and thread is not None
+                and self.settings.member(msg.sender) is not None
+                and proven_by_reply_address(msg, self.settings.alias.address,
+                                            secret.get_secret_value(), thread.ref)):
+            verdict = Verdict(True, f"copies {msg.sender}'s reply address for "
+                                    f"{format_ref(thread.ref)}")
         onboarding = None
         if onboarding_raw:
             ob = text_hash(onboarding_raw)

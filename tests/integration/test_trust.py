@@ -65,3 +65,28 @@ def test_a_megabyte_of_hostile_html_is_forwarded_in_well_under_a_second(
     # Two processes start (about a second of Python imports each) and route it; a
     # quadratic cleaner took 24 s for 160 KB.
     assert elapsed < 10, elapsed
+
+
+def test_without_authentication_results_the_reply_address_proves_a_csm(
+    product: Product,
+) -> None:
+    del product.env["ROUTER_TRUSTED_AUTHSERV_ID"]
+    product.env["ROUTER_REPLY_SECRET"] = "a-secret-of-the-site-0123456789"
+    product.write("Jane Doe <jane@globex.com>", "Export question")
+    (forward,) = product.route()
+    owner = forward.rcpt_tos[0]
+    reply_to = [str(a.addr_spec) for a in forward.message["Reply-To"].addresses]
+    assert reply_to[0] == "jane@globex.com"
+    own_address = reply_to[1]
+    assert own_address.startswith(product.alias.split("@")[0] + "+r-")
+    # A forger who knows the alias but not the reply address: quarantined, steers nothing.
+    product.write(owner, "Re: [CS-1001] Export question", "#reassign carol@acme.com\n",
+                  to="jane@globex.com", cc=product.alias)
+    assert product.route() == []
+    # The CSM's plain Reply (To the customer, Cc the address from Reply-To, no header).
+    product.write(owner, "Re: [CS-1001] Export question", "Here is how.\n\n#close\n",
+                  to="jane@globex.com", cc=own_address)
+    (confirmation,) = product.route()
+    assert confirmation.rcpt_tos == [owner]
+    thread = product.cli("thread", "CS-1001").stdout
+    assert "closed" in thread and "reassigned" not in thread
