@@ -84,7 +84,7 @@ def perform(entry_id: str) -> str:
             give_up(rt, entry, str(exc))
             return f"failed for good: {exc}"
         except Exception as exc:
-            if isinstance(exc, TransientError):
+            if isinstance(exc, TransientError | redis.RedisError):  # a server's trouble
                 log.warning("%s %s: %s (attempt %d)", entry.kind, entry.id, exc,
                             entry.attempts + 1)
             else:

@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 SWEEP_SECONDS = 30
 
 
+class _ServerTroubleInOneLine(logging.Filter):
+    """RQ logs a Redis outage with a whole traceback; an operator needs one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, redis.RedisError):
+            record.msg, record.args = f"{record.getMessage()} ({error})", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
@@ -50,6 +61,9 @@ def run_worker(
     """
     stop = stop or threading.Event()
     _stop_on_signals(stop)
+    rq_log = logging.getLogger("rq.worker")
+    if not any(isinstance(f, _ServerTroubleInOneLine) for f in rq_log.filters):
+        rq_log.addFilter(_ServerTroubleInOneLine())
     beat = Heartbeat(rt.store, name)
     jobs.configure(rt, beat)
     warm_up()
