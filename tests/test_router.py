@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import fakeredis
 import pytest
+import redis
 
 from csm_router import jobs
 from csm_router.auth import verify_sender
@@ -115,3 +116,36 @@ def test_two_routers_one_killed_right_after_recording_send_each_forward_once(
     run_worker(rt, burst=True)
     assert sorted(str(r.message["Subject"]) for r in smtp.messages) == [
         "[CS-1001] Q0", "[CS-1002] Q1", "[CS-1003] Q2"]
+
+
+def test_redis_failing_while_quarantining_copies_the_mail_once_and_quarantines_nothing_else(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imap, _ = servers
+    imap.append(b"From: nobody\r\nSubject: broken\r\n\r\nno sender, no id\r\n")
+    imap.append(compose("Jane <jane@globex.com>", "Healthy", "Hi\n")[1])
+    router = Router(rt, Mailbox(rt.settings.required_imap()))
+    copies: list[int] = []
+    real_quarantine = router.mailbox.quarantine
+    monkeypatch.setattr(router.mailbox, "quarantine",
+                        lambda uid: (copies.append(uid), real_quarantine(uid)))
+    real_record = rt.store.record_quarantine
+    calls = iter([True])
+
+    def flaky(*args: object) -> object:
+        if next(calls, False):
+            raise redis.ConnectionError("Redis went away")
+        return real_record(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt.store, "record_quarantine", flaky)
+    router.mailbox.connect()
+    router._connected = True
+    with pytest.raises(redis.ConnectionError):
+        router.poll_once()  # a server's error: waited out by `run`, not quarantined
+    assert copies == []
+    router.poll_once()
+    router.poll_once()
+    assert len(copies) == 1
+    healthy = [m for m in rt.redis.scan_iter(key("msg", "*"))
+               if rt.redis.hget(m, "state") == b"decided"]
+    assert len(healthy) == 1  # the healthy mail was routed, never quarantined

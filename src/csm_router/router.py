@@ -207,10 +207,16 @@ class Router:
         self, uid: int, raw: bytes, message_id: str, reason: str, msgkey: str | None = None
     ) -> str:
         msgkey = msgkey or message_key(None, raw)
-        if self.rt.store.message(msgkey):
+        store = self.rt.store
+        seen = store.message(msgkey)
+        if seen and (seen.get("state") != "quarantined" or seen.get("copied")):
             return "duplicate"
+        # Recorded first, copied second, marked copied last: a server failing in between
+        # makes the next pass copy it once more at worst, never again and again.
+        if not seen:
+            store.record_quarantine(msgkey, message_id, reason, self.clock())
         self.mailbox.quarantine(uid)
-        self.rt.store.record_quarantine(msgkey, message_id, reason, self.clock())
+        store.redis.hset(key("msg", msgkey), "copied", 1)
         log.warning("UID %s %s quarantined to %s: %s", uid, message_id or "(no id)",
                     self.mailbox.quarantine_folder, reason)
         return "quarantined"

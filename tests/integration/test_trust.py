@@ -10,7 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from support.product import Product, body_of, customer_mail
+from support.product import GENUINE, Product, body_of, customer_mail
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +90,29 @@ def test_without_authentication_results_the_reply_address_proves_a_csm(
     assert confirmation.rcpt_tos == [owner]
     thread = product.cli("thread", "CS-1001").stdout
     assert "closed" in thread and "reassigned" not in thread
+
+
+def test_without_a_trusted_server_a_pass_forged_below_the_topmost_cannot_steer(
+    product: Product,
+) -> None:
+    del product.env["ROUTER_TRUSTED_AUTHSERV_ID"]
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (first,) = product.route()
+    owner = first.rcpt_tos[0]
+    _, raw = customer_mail(f"Owner <{owner}>", "Re: [CS-1001] Dashboard export",
+                           "#reassign carol@acme.com\n", to="jane@globex.com",
+                           cc=product.alias, headers=GENUINE)
+    product.deliver(b"Authentication-Results: mx.example.net; dmarc=fail "
+                    b"header.from=acme.com\r\n" + raw)
+    assert product.route() == []
+    assert "reassigned" not in product.cli("thread", "CS-1001").stdout
+
+
+def test_reassigning_a_thread_to_its_owner_changes_nothing(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (first,) = product.route()
+    owner = first.rcpt_tos[0]
+    done = product.cli("reassign", "CS-1001", owner)
+    assert "nothing to do" in done.stdout
+    assert product.route() == []  # no second forward
+    assert "reassigned" not in product.cli("thread", "CS-1001").stdout
