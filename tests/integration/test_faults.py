@@ -6,6 +6,7 @@ without a name killed mid-send, a job lost between RQ's pop and its start.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_processes import kill, start, stop
 
-from support.product import Product
+from support.product import Product, body_of
 from support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -145,3 +146,22 @@ def test_check_warns_when_redis_would_lose_routing_state(
     assert "no persistence" not in done.stdout
     assert "maxmemory-policy allkeys-lru evicts keys" in done.stdout
     assert "ok    auth" in done.stdout  # ROUTER_TRUSTED_AUTHSERV_ID is set for the tests
+
+
+def test_a_forward_refused_for_good_moves_on_and_waits_in_failed(product: Product) -> None:
+    product.smtp.fail_next(550, "5.1.1 mailbox unavailable")
+    product.write("C0 <c0@c0.com>", "Stream 00")
+    sent = product.route()
+    # Alice's mailbox refused it: Bob has the thread, with a note, and the lead is told.
+    assert sorted(r.rcpt_tos[0] for r in sent) == ["bob@acme.com", "cs-lead@acme.com"]
+    forward = next(r for r in sent if r.rcpt_tos == ["bob@acme.com"])
+    assert "could not be delivered to alice@acme.com" in body_of(forward)
+    listed = json.loads(product.cli("failed", "list", "--json").stdout)
+    assert [(d["kind"], d["args"]["owner"]) for d in listed] == [("deliver", "alice@acme.com")]
+    letter = listed[0]["id"]
+    assert "550" in product.cli("failed", "show", letter).stdout
+    product.cli("failed", "retry", letter)
+    (again,) = product.route()
+    assert again.rcpt_tos == ["alice@acme.com"]
+    assert json.loads(product.cli("failed", "list", "--json").stdout) == []
+    assert product.cli("failed", "drop", letter, check=False).returncode == 1  # gone already
