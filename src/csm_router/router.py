@@ -13,27 +13,13 @@ from csm_router.auth import verify_sender
 from csm_router.decide import decide
 from csm_router.decision import Action
 from csm_router.dispatch import Runtime, record_decision, release_held
-from csm_router.errors import PermanentError, TransientError
+from csm_router.errors import Backoff, PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
 from csm_router.store import key, message_key
 from csm_router.threads import FIRST_REF, format_ref
 
 log = logging.getLogger(__name__)
-
-
-class Backoff:
-    """Exponential reconnect delay: 1s, 2s, 4s ... capped."""
-
-    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
-        self.first, self.cap, self.delay = first, cap, first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 class Router:

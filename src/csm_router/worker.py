@@ -14,9 +14,9 @@ from rq import SimpleWorker
 
 from csm_router import jobs
 from csm_router.dispatch import Runtime
+from csm_router.errors import Backoff
 from csm_router.outbound import warm_up
 from csm_router.outbox import QUEUES, Heartbeat, Pump
-from csm_router.router import Backoff
 
 log = logging.getLogger(__name__)
 
