@@ -9,9 +9,10 @@ import email
 import email.policy
 import socket
 import threading
+import time
 from argparse import Namespace
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from types import TracebackType
 from typing import Any, Self, cast
@@ -267,6 +268,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    at: float = field(default_factory=time.time)  # when the relay accepted it
 
     @property
     def message(self) -> EmailMessage:

@@ -1,0 +1,243 @@
+"""What a customer waits for: from the mail server's receipt to the CSM's inbox.
+
+Starts a real Dovecot (mail delivered by LMTP, as an MTA does), a redis-server and a
+recording SMTP relay, and the real `csm-router run` and `csm-router worker` processes.
+Every figure is set beside a baseline measured in the same run:
+
+- latency: LMTP delivery to the relay's receipt, for new threads 50 ms apart and for
+  isolated ones; the floor is a minimal IDLE client's delivery-to-EXISTS time;
+- throughput: a burst of new threads, router and worker together, against a minimal raw
+  pipe (IDLE, fetch, re-send over one SMTP connection, no routing), with one router and
+  one worker, and with two of each.
+
+Usage: `./scripts/bench [N]` (N threads in the burst, default 1000). Prints a table and
+writes `bench/results/e2e.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from csm_router.demo import compose  # noqa: E402
+from csm_router.embedded import RecordingSmtp  # noqa: E402
+from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
+
+POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"
+_users = iter(f"success-{n}@acme.com" for n in range(1, 1000))
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def mail(n: int, user: str, tag: str) -> bytes:
+    return compose(f"C{n} <c{n}@customer{n % 50}.com>", f"{tag} {n:05d}",
+                   "Hello,\n\nhow do I export a report?\n\nThanks\n", to=user)[1]
+
+
+def idle_floor(dovecot: DovecotServer, samples: int = 30) -> list[float]:
+    """Delivery to the server's EXISTS push, for a client doing nothing but IDLE."""
+    user = next(_users)
+    client = dovecot.imap_client(user)
+    client.select_folder("INBOX")
+    found = []
+    for n in range(samples):
+        client.idle()
+        dovecot.deliver(user, mail(n, user, "floor"))
+        delivered = time.time()
+        while True:
+            responses = client.idle_check(timeout=10)
+            if any(r[1] == b"EXISTS" for r in responses if len(r) > 1):
+                found.append(time.time() - delivered)
+                break
+        client.idle_done()
+    client.logout()
+    return found
+
+
+def raw_pipe(imap_url: tuple[str, int, str, str], relay: tuple[str, int],
+             stop_after: int) -> None:
+    """The baseline: IDLE, fetch what is new, send each message on over one connection."""
+    from imapclient import IMAPClient
+
+    host, port, user, password = imap_url
+    client = IMAPClient(host, port=port, ssl=False, timeout=30)
+    client.login(user, password)
+    client.select_folder("INBOX")
+    smtp = smtplib.SMTP(*relay)
+    last, sent = 0, 0
+    while sent < stop_after:
+        uids = [u for u in client.search(["UID", f"{last + 1}:*"]) if u > last]
+        for start in range(0, len(uids), 50):
+            batch = uids[start : start + 50]
+            for uid, item in client.fetch(batch, [b"BODY.PEEK[]"]).items():
+                smtp.sendmail("success@acme.com", ["alice@acme.com"], item[b"BODY[]"])
+                sent += 1
+                last = max(last, uid)
+        if sent < stop_after:
+            client.idle()
+            client.idle_check(timeout=1)
+            client.idle_done()
+    smtp.quit()
+    client.logout()
+
+
+class Product:
+    """`csm-router run` and `csm-router worker` processes on one mailbox."""
+
+    def __init__(self, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
+                 workdir: Path, routers: int = 1, workers: int = 1) -> None:
+        self.user = next(_users)
+        with redis.client() as client:
+            client.flushall()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+        env.update(ROUTER_IMAP_URL=dovecot.imap_url(self.user), ROUTER_SMTP_URL=smtp.url,
+                   ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme CS <{self.user}>",
+                   ROUTER_POOL=POOL, ROUTER_POLL_SECONDS="30", ROUTER_LOG_LEVEL="WARNING")
+        log = open(workdir / f"{self.user}.log", "ab")  # noqa: SIM115  # closed in stop()
+        self.log = log
+        cmd = [sys.executable, "-m", "csm_router.cli"]
+        self.procs = [subprocess.Popen([*cmd, "worker"], env=env, stdout=log, stderr=log)
+                      for _ in range(workers)]
+        self.procs += [subprocess.Popen([*cmd, "run"], env=env, stdout=log, stderr=log)
+                       for _ in range(routers)]
+        time.sleep(3)  # imports, IMAP login and the first (empty) pass
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(30)
+        self.log.close()
+
+
+def wait_for(smtp: RecordingSmtp, count: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while len(smtp.messages) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(smtp.messages)} of {count} arrived")
+        time.sleep(0.01)
+
+
+def latencies(dovecot: DovecotServer, smtp: RecordingSmtp, product: Product, count: int,
+              gap: float | None) -> list[float]:
+    """Deliver `count` new threads `gap` seconds apart (None: each after the last arrived)."""
+    smtp.clear()
+    delivered: dict[str, float] = {}
+    for n in range(count):
+        dovecot.deliver(product.user, mail(n, product.user, "latency"))
+        delivered[f"latency {n:05d}"] = time.time()
+        if gap is None:
+            wait_for(smtp, n + 1)
+        else:
+            time.sleep(gap)
+    wait_for(smtp, count)
+    return [r.at - delivered[str(r.message["Subject"]).split("] ", 1)[1]]
+            for r in smtp.messages]
+
+
+def burst(dovecot: DovecotServer, smtp: RecordingSmtp, user: str, count: int,
+          consumer: Callable[[], Any]) -> float:
+    """Messages per second from the first delivery to the last receipt at the relay."""
+    smtp.clear()
+    raws = [mail(n, user, "burst") for n in range(count)]
+    started = time.time()
+    handle = consumer()
+    for raw in raws:
+        dovecot.deliver(user, raw)
+    wait_for(smtp, count)
+    elapsed = max(r.at for r in smtp.messages) - started
+    if isinstance(handle, multiprocessing.Process):
+        handle.join(30)
+    return count / elapsed
+
+
+def main(count: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="csm-e2e-") as tmp:
+        root = Path(tmp)
+        for name in ("dovecot", "redis", "work"):
+            (root / name).mkdir()
+        grant_traverse(root / "dovecot", up_to=root)
+        with DovecotServer(root / "dovecot") as dovecot, \
+                RedisServer(root / "redis") as redis, RecordingSmtp() as smtp:
+            results = run(count, dovecot, redis, smtp, root / "work")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "e2e.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
+        workdir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"burst_threads": count}
+    floor = idle_floor(dovecot)
+    results["idle_floor_ms"] = {"p50": pct(floor, 50) * 1000, "p99": pct(floor, 99) * 1000}
+
+    product = Product(dovecot, redis, smtp, workdir)
+    try:
+        spaced = latencies(dovecot, smtp, product, 200, 0.05)
+        isolated = latencies(dovecot, smtp, product, 50, None)
+    finally:
+        product.stop()
+    for name, values in (("spaced_50ms", spaced), ("isolated", isolated)):
+        results[f"latency_{name}_ms"] = {
+            "p50": pct(values, 50) * 1000, "p99": pct(values, 99) * 1000,
+            "mean": statistics.fmean(values) * 1000}
+
+    pipe_user = next(_users)
+
+    def start_pipe() -> multiprocessing.Process:
+        proc = multiprocessing.Process(target=raw_pipe, args=(
+            (dovecot.host, dovecot.imap_port, pipe_user, dovecot.password),
+            (smtp.host, smtp.port), count))
+        proc.start()
+        time.sleep(1)  # logged in and idling
+        return proc
+
+    results["raw_pipe_per_s"] = burst(dovecot, smtp, pipe_user, count, start_pipe)
+    for routers, workers in ((1, 1), (2, 2)):
+        product = Product(dovecot, redis, smtp, workdir, routers, workers)
+        try:
+            rate = burst(dovecot, smtp, product.user, count, lambda: None)
+        finally:
+            product.stop()
+        results[f"product_{routers}r{workers}w_per_s"] = rate
+    report(results)
+    return results
+
+
+def report(r: dict[str, Any]) -> None:
+    floor = r["idle_floor_ms"]
+    print(f"IDLE floor (delivery to EXISTS): p50 {floor['p50']:.0f} ms, p99 {floor['p99']:.0f} ms")
+    print(f"{'figure':<44} {'csm-router':>12} {'goal':>22}")
+    spaced, isolated = r["latency_spaced_50ms_ms"], r["latency_isolated_ms"]
+    goal = f"p50 <= {floor['p50'] + 50:.0f}, p99 < 1000"
+    print(f"{'200 new threads 50 ms apart, p50 / p99 ms':<44} "
+          f"{spaced['p50']:5.0f} / {spaced['p99']:4.0f} {goal:>22}")
+    print(f"{'50 isolated new threads, p50 / p99 ms':<44} "
+          f"{isolated['p50']:5.0f} / {isolated['p99']:4.0f} {goal:>22}")
+    pipe = r["raw_pipe_per_s"]
+    for key, label in (("product_1r1w_per_s", "1 router, 1 worker"),
+                       ("product_2r2w_per_s", "2 routers, 2 workers")):
+        rate, figure = r[key], f"burst of {r['burst_threads']}, {label}, msg/s"
+        goal = f">= 0.8x of {pipe:.1f}/s"
+        print(f"{figure:<44} {rate:6.1f} ({rate / pipe:4.2f}x) {goal:>17}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
