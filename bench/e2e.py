@@ -11,7 +11,8 @@ Every figure is set beside a baseline measured in the same run:
   one worker, and with two of each.
 
 Usage: `./scripts/bench [N]` (N threads in the burst, default 1000). Prints a table and
-writes `bench/results/e2e.json`.
+writes `bench/results/e2e.json`. `python bench/e2e.py N --product-src ../old/src` measures
+another checkout (say, the previous release) with the same harness.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from csm_router.embedded import RecordingSmtp  # noqa: E402
 from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
 
 POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"
+PRODUCT_SRC = ""  # --product-src DIR: run the processes from another checkout's src/
 _users = iter(f"success-{n}@acme.com" for n in range(1, 1000))
 
 
@@ -107,6 +109,8 @@ class Product:
         with redis.client() as client:
             client.flushall()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+        if PRODUCT_SRC:  # another checkout's package, measured with this same harness
+            env["PYTHONPATH"] = PRODUCT_SRC
         env.update(ROUTER_IMAP_URL=dovecot.imap_url(self.user), ROUTER_SMTP_URL=smtp.url,
                    ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme CS <{self.user}>",
                    ROUTER_POOL=POOL, ROUTER_POLL_SECONDS="30", ROUTER_LOG_LEVEL="WARNING")
@@ -240,4 +244,9 @@ def report(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
+    args = sys.argv[1:]
+    if "--product-src" in args:  # e.g. a worktree of the previous release, for before/after
+        at = args.index("--product-src")
+        PRODUCT_SRC = str(Path(args[at + 1]).resolve())
+        del args[at : at + 2]
+    main(int(args[0]) if args else 1000)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import email
 import email.policy
 from datetime import UTC, datetime
+from email.message import EmailMessage
 
-from csm_router.config import Address, PoolMember
+import pytest
+
+from csm_router.config import Address, PoolMember, parse_server_url
+from csm_router.embedded import RecordingSmtp
+from csm_router.errors import PermanentError
 from csm_router.message import parse
-from csm_router.outbound import EarlierThread, forward_message_id, render_forward
+from csm_router.outbound import EarlierThread, Mailer, forward_message_id, render_forward
 
 RAW = (
     b"From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <jorg@globex.com>\r\n"
@@ -121,3 +126,38 @@ def test_html_mail_keeps_its_formatting_and_inline_images() -> None:
     related = [p for p in back.walk() if p.get("Content-ID") == "<chart@globex>"]
     assert len(related) == 1 and related[0].get_content() == b"\x89PNG\r\n\x1a\n"
     assert list(back.iter_attachments()) == []  # the image stays inline, not an attachment
+
+
+def _notice(n: int) -> EmailMessage:
+    out = EmailMessage()
+    out["From"], out["To"], out["Subject"] = "success@acme.com", "alice@acme.com", f"n{n}"
+    out["Message-ID"] = f"<n{n}@acme.com>"
+    out.set_content("hello\n")
+    return out
+
+
+def test_a_mailer_sends_on_one_connection_and_reconnects_after_the_relay_restarts() -> None:
+    with RecordingSmtp() as relay:
+        url = parse_server_url(relay.url, ("smtp", "smtps"))
+        mailer = Mailer(url, idle_check=0)  # a NOOP before every reuse
+        for n in range(3):
+            mailer.send(_notice(n), ["alice@acme.com"], sender="success@acme.com")
+        assert len({r.connection for r in relay.messages}) == 1
+        port = relay.port
+        relay.stop()
+        relay.start(port=port)
+        mailer.send(_notice(3), ["alice@acme.com"], sender="success@acme.com")
+        mailer.close()
+        assert len(relay.messages) == 4
+        assert len({r.connection for r in relay.messages}) == 2
+
+
+def test_a_mailer_refused_for_good_says_so_and_goes_on() -> None:
+    with RecordingSmtp() as relay:
+        mailer = Mailer(parse_server_url(relay.url, ("smtp", "smtps")))
+        relay.fail_next(550, "5.1.1 no such mailbox")
+        with pytest.raises(PermanentError, match="550"):
+            mailer.send(_notice(0), ["alice@acme.com"], sender="success@acme.com")
+        mailer.send(_notice(1), ["alice@acme.com"], sender="success@acme.com")
+        mailer.close()
+        assert [str(r.message["Subject"]) for r in relay.messages] == ["n1"]

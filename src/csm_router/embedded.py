@@ -268,7 +268,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
-    at: float = field(default_factory=time.time)  # when the relay accepted it
+    at: float = field(default_factory=time.time, compare=False)  # when the relay took it
+    connection: str = field(default="", compare=False)  # the client's address and port
 
     @property
     def message(self) -> EmailMessage:
@@ -304,6 +305,7 @@ class _Recorder:
                     rcpt_tos=list(envelope.rcpt_tos),
                     # content is a str if decode_data is on; original_content is always bytes.
                     data=envelope.original_content or b"",
+                    connection=str(session.peer),
                 )
             )
             self.changed.notify_all()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -24,10 +23,10 @@ from csm_router.outbound import (
     EarlierThread,
     event_line,
     forward_message_id,
+    mailer,
     message_id_for,
     render_forward,
     render_notice,
-    send,
     when,
 )
 from csm_router.outbox import Entry, Heartbeat
@@ -64,8 +63,13 @@ def heartbeat() -> Heartbeat:
     return _heartbeat
 
 
-def perform(entry_id: str) -> str:
-    """The one RQ job: take outbox entry `entry_id`, do it, and record how it went.
+def perform(*entry_ids: str) -> str:
+    """The one RQ job: do each of the outbox entries it carries; answers what happened."""
+    return "; ".join(perform_one(entry_id) for entry_id in entry_ids)
+
+
+def perform_one(entry_id: str) -> str:
+    """Take outbox entry `entry_id`, do it, and record how it went.
 
     It never leaves the entry behind: a transient failure schedules the next attempt, a
     permanent one (or the last retry) dead-letters it and moves the thread on. If Redis
@@ -155,8 +159,7 @@ def after_send(write: Callable[[], object], patience: float = AFTER_SEND_PATIENC
 
 def _send(rt: Runtime, message: EmailMessage, recipients: list[str]) -> None:
     settings = rt.settings
-    asyncio.run(send(message, settings.required_smtp(), recipients,
-                     sender=settings.alias.address))
+    mailer(settings.required_smtp()).send(message, recipients, sender=settings.alias.address)
 
 
 def _send_once(rt: Runtime, message: EmailMessage, recipients: list[str]) -> bool:

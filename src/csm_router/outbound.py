@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
 import html
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -398,6 +400,21 @@ async def smtp_session(smtp: ServerUrl, timeout: float = 60) -> AsyncIterator[ai
         yield client
 
 
+def _smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
+    """An aiosmtplib failure as TransientError (retry later) or PermanentError (give up)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        error = TransientError if all(400 <= c < 500 for c in codes) else PermanentError
+        return error(f"SMTP refused recipients: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        error = TransientError if 400 <= exc.code < 500 else PermanentError
+        return error(f"SMTP {exc.code} {exc.message}")
+    return TransientError(f"SMTP {smtp.host}:{smtp.port} unreachable: {exc}")
+
+
+_SMTP_FAILURES = (aiosmtplib.SMTPException, OSError, TimeoutError)
+
+
 async def send(
     message: EmailMessage,
     smtp: ServerUrl,
@@ -406,16 +423,73 @@ async def send(
     sender: str,
     timeout: float = 60,
 ) -> None:
-    """Send one message; raise TransientError (retry) or PermanentError (give up)."""
+    """Send one message on a connection of its own; raise TransientError or PermanentError."""
     try:
         async with smtp_session(smtp, timeout) as client:
             await client.send_message(message, sender=sender, recipients=list(recipients))
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        codes = [r.code for r in exc.recipients]
-        error = TransientError if all(400 <= c < 500 for c in codes) else PermanentError
-        raise error(f"SMTP refused recipients: {exc}") from None
-    except aiosmtplib.SMTPResponseException as exc:
-        error = TransientError if 400 <= exc.code < 500 else PermanentError
-        raise error(f"SMTP {exc.code} {exc.message}") from None
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        raise TransientError(f"SMTP {smtp.host}:{smtp.port} unreachable: {exc}") from None
+    except _SMTP_FAILURES as exc:
+        raise _smtp_error(exc, smtp) from None
+
+
+class Mailer:
+    """One SMTP connection kept open across sends, on an event loop of its own.
+
+    Opening a connection (and STARTTLS, and AUTH) for every forward cost more than the
+    forward itself. A connection idle for a while is checked with NOOP before it is used
+    again; one that fails is dropped, and the next send opens a fresh one.
+    """
+
+    def __init__(self, smtp: ServerUrl, timeout: float = 60, idle_check: float = 5) -> None:
+        self.smtp, self.timeout, self.idle_check = smtp, timeout, idle_check
+        self._runner = asyncio.Runner()
+        self._session: contextlib.AbstractAsyncContextManager[aiosmtplib.SMTP] | None = None
+        self._client: aiosmtplib.SMTP | None = None
+        self._used_at = 0.0
+
+    def send(self, message: EmailMessage, recipients: Sequence[str], *, sender: str) -> None:
+        """Send one message; raise TransientError (retry) or PermanentError (give up)."""
+        self._runner.run(self._send(message, list(recipients), sender))
+
+    def close(self) -> None:
+        self._runner.run(self._drop())
+        self._runner.close()
+
+    async def _send(self, message: EmailMessage, recipients: list[str], sender: str) -> None:
+        try:
+            client = await self._connected()
+            await client.send_message(message, sender=sender, recipients=recipients)
+        except _SMTP_FAILURES as exc:
+            if not isinstance(exc, aiosmtplib.SMTPResponseException) or exc.code >= 421:
+                await self._drop()  # the connection is suspect: start afresh next time
+            raise _smtp_error(exc, self.smtp) from None
+        finally:
+            self._used_at = time.monotonic()
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is not None and time.monotonic() - self._used_at > self.idle_check:
+            try:
+                await self._client.noop()
+            except _SMTP_FAILURES:
+                await self._drop()
+        if self._client is None:
+            session = smtp_session(self.smtp, self.timeout)
+            self._client = await session.__aenter__()
+            self._session = session
+        return self._client
+
+    async def _drop(self) -> None:
+        session, self._session, self._client = self._session, None, None
+        if session is not None:
+            with contextlib.suppress(*_SMTP_FAILURES):
+                await session.__aexit__(None, None, None)
+
+
+_mailers: dict[ServerUrl, Mailer] = {}
+
+
+def mailer(smtp: ServerUrl) -> Mailer:
+    """This process's Mailer for `smtp`, made on first use."""
+    found = _mailers.get(smtp)
+    if found is None:
+        found = _mailers[smtp] = Mailer(smtp)
+    return found

@@ -16,6 +16,7 @@ from csm_router.dispatch import Runtime, record_decision, release_held
 from csm_router.errors import Backoff, PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
+from csm_router.outbox import OFFER_BATCH
 from csm_router.store import key, message_key
 from csm_router.threads import FIRST_REF, format_ref
 
@@ -38,6 +39,7 @@ class Router:
         self.clock = clock
         self.stop = stop or threading.Event()
         self._connected = False
+        self._owed: list[str] = []
 
     def run(self, *, exit_when_idle: bool = False) -> None:
         """Watch until stopped; with `exit_when_idle`, return once nothing new is left."""
@@ -123,6 +125,7 @@ class Router:
             else:
                 finished = True
         finally:
+            self._offer()
             # Recorded in Redis, so marked on the server: a start with Redis emptied routes
             # only what was never routed.
             mailbox.mark_routed(handled)
@@ -185,9 +188,16 @@ class Router:
         command = f" #{decision.command.name}" if decision.command else ""
         log.info("%s %s -> %s by %s%s (%s)", ref, msg.message_id, target, decision.rule,
                  command, decision.error or decision.why)
-        # Owed already, in the same script as the decision; offering only hurries it.
-        self.rt.outbox.offer(outcome.owed)
+        # Owed already, in the same script as the decision; offering only hurries it, a
+        # few at a time in a burst (one job for several), at once when mail trickles in.
+        self._owed += outcome.owed
+        if len(self._owed) >= OFFER_BATCH:
+            self._offer()
         return outcome.state
+
+    def _offer(self) -> None:
+        owed, self._owed = self._owed, []
+        self.rt.outbox.offer(owed)
 
     def _quarantine(
         self, uid: int, raw: bytes, message_id: str, reason: str, msgkey: str | None = None

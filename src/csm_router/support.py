@@ -7,7 +7,6 @@ Teams with a ticket system plug in their own handler with
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from csm_router.outbound import (
     EarlierMessage,
     attach_originals,
     header_address,
+    mailer,
     render,
-    send,
     stamp,
 )
 from csm_router.rules.automatic import OWN_HEADER
@@ -93,4 +92,4 @@ def mail_support(handoff: SupportHandoff, settings: Settings) -> None:
     ), cte="quoted-printable")
     attach_originals(out, msg.attachments)
     assert OWN_HEADER in out
-    asyncio.run(send(out, settings.required_smtp(), [support.address], sender=alias.address))
+    mailer(settings.required_smtp()).send(out, [support.address], sender=alias.address)

@@ -9,30 +9,39 @@ local function queue_of(kind)
   return 'deliver'
 end
 
--- Offer an entry (the caller enqueues the job), unless its last job is still waiting in
--- its queue. A job a worker popped and then died with is in no queue: offered again.
-local function offer(id)
+-- Whether an entry can be offered now: not while its last job still waits in its queue.
+-- A job a worker popped and then died with is in no queue: offered again.
+local function offerable(id)
   redis.call('ZADD', OUTBOX, d.now + d.lease, id)
   local e = redis.call('HMGET', ekey(id), 'kind', 'job')
-  local queue = 'rq:queue:' .. queue_of(e[1])
-  if e[2] and redis.call('LPOS', queue, e[2]) then return nil end
-  local offers = redis.call('HINCRBY', ekey(id), 'offers', 1)
-  local job = id .. '-' .. offers
-  redis.call('HSET', ekey(id), 'job', job)
-  return {id, e[1] or '', job, queue_of(e[1])}
+  if not e[1] then return nil end
+  local queue = queue_of(e[1])
+  if e[2] and redis.call('LPOS', 'rq:queue:' .. queue, e[2]) then return nil end
+  return queue
 end
 
+-- Offer due entries (of d.ids, or any) in jobs of up to d.batch entries per queue: the
+-- caller enqueues each job. Every entry remembers the job that carries it.
 if d.op == 'offer' then
-  local out = {}
   local ids = d.ids
   if ids == nil or ids == cjson.null then
     ids = redis.call('ZRANGEBYSCORE', OUTBOX, '-inf', d.now, 'LIMIT', 0, d.limit)
   end
+  local open, out = {}, {}
   for _, id in ipairs(ids) do
     local at = redis.call('ZSCORE', OUTBOX, id)
-    if at and tonumber(at) <= d.now then
-      local row = offer(id)
-      if row then table.insert(out, row) end
+    local queue = at and tonumber(at) <= d.now and offerable(id)
+    if queue then
+      local job = open[queue]
+      if not job or #job.ids >= d.batch then
+        -- A fresh job id per offer: RQ keeps a lost job's hash and would refuse the id.
+        local offers = redis.call('HINCRBY', ekey(id), 'offers', 1)
+        job = {queue = queue, job = id .. '-' .. offers, ids = {}}
+        open[queue] = job
+        table.insert(out, job)
+      end
+      table.insert(job.ids, id)
+      redis.call('HSET', ekey(id), 'job', job.job)
     end
   end
   return cjson.encode(out)
