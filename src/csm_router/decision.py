@@ -72,6 +72,7 @@ class Snapshot:
     support_rules: RuleSet | None = None
     # Threads of other customers the message refers to; it does not join them.
     foreign_refs: tuple[int, ...] = ()
+    recorded: str | None = None  # the message's state if it was recorded before (a copy)
 
     def in_pool(self, address: str | None) -> bool:
         return address is not None and any(m.address == address for m in self.pool)

@@ -83,11 +83,14 @@ def command_notice(decision: Decision, msg: Inbound, settings: Settings) -> dict
 
 
 def record_decision(
-    store: Store, msgkey: str, msg: Inbound, decision: Decision, now: float, uid: int = 0
+    store: Store, msgkey: str, msg: Inbound, decision: Decision, now: float, uid: int = 0,
+    *, raw: bytes | None = None,
 ) -> Outcome:
-    """Record a decision with the follow-up texts it implies (forward reason, command reply)."""
+    """Record a decision with the follow-up texts it implies (forward reason, command reply),
+    and keep `raw` if given."""
     return store.record(
         msgkey, msg, decision, now, uid=uid,
         why_deliver=delivery_reason(decision, msg.sender),
         notice=command_notice(decision, msg, store.settings),
+        raw=raw,
     )

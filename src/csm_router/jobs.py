@@ -30,7 +30,7 @@ from csm_router.outbound import (
     when,
 )
 from csm_router.outbox import Entry, Heartbeat
-from csm_router.store import KEEP_SECONDS, key, owed_ids, text
+from csm_router.store import KEEP_SECONDS, key, owed_ids
 from csm_router.support import SupportHandoff, load_handler
 from csm_router.threads import format_ref, reply_subject, subject_with_ref
 
@@ -40,6 +40,9 @@ SENT_TTL_SECONDS = 90 * 86400
 AFTER_SEND_PATIENCE = 150.0  # within RQ's default job timeout (180 s)
 _runtime: Runtime | None = None
 _heartbeat: Heartbeat | None = None
+# The outbox entry being performed, and the one whose send already recorded it as done.
+_performing: str | None = None
+_finished: str | None = None
 
 
 def configure(rt: Runtime | None, heartbeat: Heartbeat | None = None) -> None:
@@ -81,6 +84,8 @@ def perform_one(entry_id: str) -> str:
     entry = rt.outbox.take(entry_id, beat.holder)
     if entry is None:
         return "nothing to do"
+    global _performing, _finished
+    _performing, _finished = entry.id, None
     try:
         try:
             result = KINDS[entry.kind](**entry.args)
@@ -97,7 +102,8 @@ def perform_one(entry_id: str) -> str:
             if not rt.outbox.retry(entry, error):
                 give_up(rt, entry, f"{error} (after {entry.attempts + 1} attempts)")
             return f"will retry: {error}"
-        rt.outbox.done(entry.id, result)
+        if _finished != entry.id:  # a forward finishes its entry with its own record
+            rt.outbox.done(entry.id, result)
         return result
     except BaseException:
         beat.renew()
@@ -168,7 +174,10 @@ def _send_once(rt: Runtime, message: EmailMessage, recipients: list[str]) -> boo
 
 
 def _load(rt: Runtime, msgkey: str, ref: int) -> Inbound:
-    raw = rt.store.load_raw(msgkey)
+    return _parse_raw(rt, rt.store.load_raw(msgkey), msgkey, ref)
+
+
+def _parse_raw(rt: Runtime, raw: bytes | None, msgkey: str, ref: int) -> Inbound:
     if raw is None:
         raise PermanentError(f"CS-{ref}: the raw message {msgkey} has expired from Redis")
     try:
@@ -178,26 +187,28 @@ def _load(rt: Runtime, msgkey: str, ref: int) -> Inbound:
 
 
 def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
-    """Forward one routed message to `owner`'s own inbox, once (per `cause`)."""
+    """Forward one routed message to `owner`'s own inbox, once (per `cause`).
+
+    One round trip reads what the forward needs; one, after the send, records it (and
+    finishes the outbox entry that asked for it).
+    """
     rt = runtime()
-    store, settings = rt.store, rt.settings
-    record = store.message(msgkey)
-    if not record.get("ref"):
-        raise PermanentError(f"message {msgkey} has no recorded thread")
-    ref = int(record["ref"])
+    settings = rt.settings
     alias = settings.alias
     message_id = forward_message_id(msgkey, owner, alias.domain, cause)
-    if _already_sent(rt, message_id):
+    ctx = rt.store.delivery_context(msgkey, owner, message_id)
+    if not ctx.record.get("ref"):
+        raise PermanentError(f"message {msgkey} has no recorded thread")
+    ref = int(ctx.record["ref"])
+    if ctx.sent:
         return f"already sent {message_id}"
-    msg = _load(rt, msgkey, ref)
-    thread = store.thread(ref)
-    why = why or record.get("why", "")
-    if settings.support_address is not None and record.get("rule") != "technical":
+    msg = _parse_raw(rt, ctx.raw, msgkey, ref)
+    thread = ctx.thread
+    why = why or ctx.record.get("why", "")
+    if settings.support_address is not None and ctx.record.get("rule") != "technical":
         found = classify(msg, rt.support_rules)
         if found.technical:
             why += f". Looks technical ({found.explain()}): reply with #support to hand it over"
-    previous_key = key("thread", ref, "forwards", owner)
-    previous = [text(p) for p in rt.redis.lrange(previous_key, -10, -1)]
     forward = render_forward(
         msg,
         ref=ref,
@@ -207,15 +218,17 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
         message_id=message_id,
         due=datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None,
         sla_minutes=settings.first_response_minutes,
-        earlier=_earlier_threads(rt, thread.get("account", ""), ref),
-        previous=previous,
+        earlier=[EarlierThread(format_ref(r), *rest) for r, *rest in ctx.earlier],
+        previous=ctx.previous,
         # Someone new to the thread reads what was said so far: nobody asks the
         # customer to repeat themselves.
-        history=() if previous else _thread_history(rt, ref, msgkey),
+        history=[] if ctx.previous else _earlier_messages(rt, ctx.history),
         reply_alias=(reply_address(alias.address, secret.get_secret_value(), owner, ref)
                      if (secret := settings.reply_secret) else None),
     )
     _send(rt, forward, [owner])  # checked not sent above, before rendering
+    previous_key = key("thread", ref, "forwards", owner)
+    entry = _performing
 
     def remember() -> None:
         with rt.redis.pipeline() as pipe:
@@ -225,25 +238,22 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
             pipe.ltrim(previous_key, -100, -1)
             pipe.expire(previous_key, rt.settings.retention_days * 86400)
             pipe.hset(key("msg", msgkey), "state", "delivered")
+            if entry is not None:
+                rt.outbox.done_in(pipe, entry, f"sent {message_id}")
             pipe.execute()
 
     after_send(remember)
+    global _finished
+    _finished = entry
     log.info("%s %s forwarded to %s as %s", format_ref(ref), msg.message_id, owner, message_id)
     return f"sent {message_id}"
 
 
-def _thread_history(
-    rt: Runtime, ref: int, current: str, limit: int = 5, max_chars: int = 2000
+def _earlier_messages(
+    rt: Runtime, raws: list[bytes], max_chars: int = 2000
 ) -> list[EarlierMessage]:
-    """The thread's messages before `current` (customer's and CSMs'), newest `limit`."""
-    keys = rt.store.thread_messages(ref)
-    if current in keys:
-        keys = keys[: keys.index(current)]
     history = []
-    for other in keys[-limit:]:
-        raw = rt.store.load_raw(other)
-        if raw is None:
-            continue  # expired: the events in `csm-router thread` still tell the story
+    for raw in raws:
         try:
             earlier = parse(raw, max_bytes=rt.settings.max_message_bytes)
         except MalformedMessageError:
@@ -255,17 +265,14 @@ def _thread_history(
     return history
 
 
-def _earlier_threads(rt: Runtime, account: str, ref: int, limit: int = 5) -> list[EarlierThread]:
-    if not account:
-        return []
-    refs = [int(text(r)) for r in rt.redis.zrevrange(key("account", account), 0, limit)]
-    refs = [other for other in refs if other != ref][:limit]
-    with rt.redis.pipeline(transaction=False) as pipe:
-        for other in refs:
-            pipe.hmget(key("thread", other), "subject", "owner", "state")
-        rows = pipe.execute()
-    return [EarlierThread(format_ref(other), *(text(v) for v in row))
-            for other, row in zip(refs, rows, strict=True)]
+def _thread_history(rt: Runtime, ref: int, current: str, limit: int = 5) -> list[EarlierMessage]:
+    """The thread's messages before `current` (customer's and CSMs'), newest `limit`."""
+    keys = rt.store.thread_messages(ref)
+    if current in keys:
+        keys = keys[: keys.index(current)]
+    # An expired one is skipped: the events in `csm-router thread` still tell the story.
+    raws = [raw for other in keys[-limit:] if (raw := rt.store.load_raw(other)) is not None]
+    return _earlier_messages(rt, raws)
 
 
 def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -> str:

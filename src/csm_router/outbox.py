@@ -113,6 +113,18 @@ class Outbox:
     def done(self, entry_id: str, result: str = "") -> None:
         self._op("done", id=entry_id, result=result, keep_done=KEEP_DONE_SECONDS)
 
+    def done_in(self, pipe: Any, entry_id: str, result: str = "") -> None:
+        """Queue `done` for entry `entry_id` on `pipe`, with the send's own record.
+
+        What lua/outbox.lua's `done` does, as plain commands: the send that finishes an
+        entry and the entry's end are then written in one transaction.
+        """
+        ekey = key("outbox", "e", entry_id)
+        pipe.zrem(key("outbox"), entry_id)
+        pipe.hdel(key("outbox", "running"), entry_id)
+        pipe.hset(ekey, mapping={"state": "done", "done": time.time(), "result": result})
+        pipe.expire(ekey, KEEP_DONE_SECONDS)
+
     def retry(self, entry: Entry, error: str) -> bool:
         """Schedule the next attempt; False when the retries are used up (the caller gives up)."""
         if entry.attempts >= len(RETRY_DELAYS):

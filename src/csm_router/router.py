@@ -168,19 +168,19 @@ class Router:
         except MalformedMessageError as exc:
             return self._quarantine(uid, raw, "", str(exc))
         msgkey = message_key(msg, raw)
-        seen = store.message(msgkey)
-        if seen:
-            # Whatever it implied was owed when it was recorded: the outbox finishes it.
-            log.debug("UID %s %s already %s", uid, msg.message_id, seen.get("state"))
-            return "duplicate"
         verdict = verify_sender(msg, settings.trusted_authserv_id)
-        snap = store.snapshot(msg, now, verdict=verdict, support_rules=self.rt.support_rules)
+        snap = store.snapshot(msg, now, verdict=verdict, support_rules=self.rt.support_rules,
+                              msgkey=msgkey)
+        if snap.recorded:
+            # Whatever it implied was owed when it was recorded: the outbox finishes it.
+            log.debug("UID %s %s already %s", uid, msg.message_id, snap.recorded)
+            return "duplicate"
         decision = decide(msg, snap)
         if decision.action is Action.QUARANTINE:
             return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey)
-        if decision.action in (Action.FORWARD, Action.SUPPORT, Action.RECORD_REPLY):
-            store.save_raw(msgkey, raw)
-        outcome = record_decision(store, msgkey, msg, decision, now, uid)
+        keep = decision.action in (Action.FORWARD, Action.SUPPORT, Action.RECORD_REPLY)
+        outcome = record_decision(store, msgkey, msg, decision, now, uid,
+                                  raw=raw if keep else None)
         if outcome.status == "dup":
             return "duplicate"
         ref = format_ref(outcome.ref) if outcome.ref else "-"

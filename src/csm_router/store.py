@@ -134,6 +134,24 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class DeliveryContext:
+    """What a forward needs from Redis, read in one round trip (lua/delivery.lua)."""
+
+    record: dict[str, str]
+    sent: bool  # this forward went out before
+    raw: bytes | None
+    thread: dict[str, str]
+    previous: list[str]  # Message-IDs of the forwards the owner got in this thread
+    earlier: list[tuple[int, str, str, str]]  # the account's other threads
+    history: list[bytes]  # earlier messages of the thread, for someone new to it
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    items = list(flat)
+    return {text(k): text(v) for k, v in zip(items[::2], items[1::2], strict=True)}
+
+
+@dataclass(frozen=True)
 class Released:
     """A held thread handed out: its new owner and the messages owed to them."""
 
@@ -161,7 +179,7 @@ class Store:
         """Run `lua/<name>.lua` (after `lua/common.lua`) with `payload`; answers its JSON."""
         return self._run(name, payload)
 
-    def _run(self, name: str, payload: dict[str, Any]) -> Any:
+    def _run(self, name: str, payload: dict[str, Any], *extra: bytes) -> Any:
         script = self._scripts.get(name)
         if script is None:
             lua = resources.files("csm_router") / "lua"
@@ -179,7 +197,7 @@ class Store:
         }
         now = payload.setdefault("now", time.time())
         payload.setdefault("day", datetime.fromtimestamp(now, UTC).date().isoformat())
-        return json.loads(script(args=[json.dumps(base | payload)]))
+        return json.loads(script(args=[json.dumps(base | payload), *extra]))
 
     def ensure_sequence(self, floor: int = 0) -> None:
         """Start thread references at FIRST_REF, or above `floor` (idempotent)."""
@@ -194,8 +212,13 @@ class Store:
         *,
         verdict: Verdict | None = None,
         support_rules: RuleSet | None = None,
+        msgkey: str | None = None,
     ) -> Snapshot:
-        """Gather what the rules may read about `msg` in two round trips."""
+        """Gather what the rules may read about `msg` in one round trip (two for a reply).
+
+        With `msgkey`, the same round trip also tells whether the message was recorded
+        before (`Snapshot.recorded`).
+        """
         if verdict is None:  # nothing is taken on trust: the sender is checked here instead
             verdict = verify_sender(msg, self.settings.trusted_authserv_id)
         support = self.settings.support_address
@@ -214,7 +237,10 @@ class Store:
         pipe.hgetall(key("away"))
         pipe.hgetall(key("onboarding", msg.account))
         pipe.zrevrange(key("customer", msg.sender), 0, 19)
+        pipe.hget(key("msg", msgkey or "-"), "state")
         results = pipe.execute()
+        state = text(results.pop())
+        recorded = state or None if msgkey else None
         id_refs = [int(r) for r in results[: len(header_ids)] if r]
         tag_owners = [text(r) for r in results[len(header_ids) : len(header_ids) + len(tags)] if r]
         away_raw, onboarding_raw, customer_refs = results[len(header_ids) + len(tags) :]
@@ -277,6 +303,7 @@ class Store:
             support_address=support.address if support else None,
             support_rules=support_rules,
             foreign_refs=tuple(dict.fromkeys(foreign)) if thread is None else (),
+            recorded=recorded,
         )
 
     def threads_info(self, refs: list[int]) -> dict[int, ThreadInfo]:
@@ -311,8 +338,13 @@ class Store:
         uid: int = 0,
         why_deliver: str = "",
         notice: dict[str, str] | None = None,
+        raw: bytes | None = None,
     ) -> Outcome:
-        """Record the decision for `msg` atomically; a repeat answers status 'dup'."""
+        """Record the decision for `msg` atomically; a repeat answers status 'dup'.
+
+        `raw`, the message's bytes, is kept (for the forward and a later reader of the
+        thread) in the same script.
+        """
         command = decision.command
         payload = {
             "msgkey": msgkey,
@@ -333,8 +365,9 @@ class Store:
             "error": decision.error,
             "why_deliver": why_deliver or decision.why,
             "notice": notice,
+            "raw_ttl": RAW_TTL_SECONDS if raw is not None else 0,
         }
-        return Outcome.from_json(self._run("record", payload))
+        return Outcome.from_json(self._run("record", payload, *([raw] if raw is not None else [])))
 
     def record_quarantine(self, msgkey: str, message_id: str, reason: str, now: float) -> Outcome:
         """Record that a message went to quarantine, with the reason."""
@@ -376,6 +409,22 @@ class Store:
         """A forward to `failed` (or a Support handoff) failed for good: move the thread on."""
         return dict(self._run("undeliverable", {"kind": kind, "ref": ref, "failed": failed,
                                                 "msgkey": msgkey, "error": error}))
+
+    def delivery_context(self, msgkey: str, owner: str, message_id: str, *,
+                         history: int = 5, earlier: int = 5) -> DeliveryContext:
+        """Read what forwarding `msgkey` to `owner` as `message_id` needs, at once."""
+        script = self._scripts.get("delivery")
+        if script is None:
+            source = (resources.files("csm_router") / "lua" / "delivery.lua").read_text()
+            script = self._scripts["delivery"] = self.redis.register_script(source)
+        record, sent, raw, thread, previous, others, earlier_raws = script(
+            args=[msgkey, owner, message_id, history, earlier])
+        return DeliveryContext(
+            record=_pairs(record), sent=bool(sent), raw=bytes(raw) if raw else None,
+            thread=_pairs(thread), previous=[text(p) for p in previous],
+            earlier=[(int(text(r)), text(s), text(o), text(t)) for r, s, o, t in others],
+            history=[bytes(r) for r in earlier_raws],
+        )
 
     # -- messages in flight ----------------------------------------------------------
 

@@ -29,6 +29,9 @@ end
 
 local function finish(state, ref, owner, extra)
   owe_followup(ref)
+  if (d.raw_ttl or 0) > 0 then
+    redis.call('SET', P .. 'raw:' .. d.msgkey, ARGV[2], 'EX', d.raw_ttl)
+  end
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
     'action', d.action, 'rule', d.rule, 'why', d.why, 'at', d.now,
     'message_id', d.message_id or '', 'uid', d.uid or '', 'followup', cjson.encode(followup))
