@@ -4,12 +4,14 @@ Starts a real Dovecot, redis-server and an SMTP relay on loopback, then times:
 
 - baseline IMAP: fetching N messages from the alias with BODY.PEEK[] (the server's limit);
 - router: `Router.poll_once` routing the same N messages (fetch, parse, decide, record,
-  enqueue);
+  offer);
 - baseline SMTP: sending N messages to the relay with aiosmtplib, one connection each;
 - worker: RQ's SimpleWorker running the N delivery jobs (render, send, record).
 
-Figures are reported as ratios to the baseline from the same run, because this machine's
-absolute speed varies. Usage: `./scripts/bench [N]` (default 300).
+It also counts Redis round trips per routed message and per forward, and Redis memory per
+thread. Figures are reported as ratios to the baseline from the same run, because this
+machine's absolute speed varies. `./scripts/bench` runs it after `bench/e2e.py`; alone:
+`.venv/bin/python bench/throughput.py [N]` (default 300).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import tempfile
 import time
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
+from redis.connection import AbstractConnection
 from rq import SimpleWorker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +43,27 @@ from csm_router.store import key  # noqa: E402
 from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
 
 USER = "success@acme.com"
+
+
+class RoundTrips:
+    """Counts requests written to Redis (a pipeline or a script is one), in this process."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._original = AbstractConnection.send_packed_command
+
+    def __enter__(self) -> RoundTrips:
+        original = self._original
+
+        def counting(conn: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+            self.count += 1
+            original(conn, *args, **kwargs)
+
+        AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
 
 
 def timed(label: str, work: object) -> float:
@@ -86,7 +111,8 @@ def run(
     mailbox = Mailbox(settings.required_imap())
     mailbox.connect()
     router = Router(rt, mailbox)
-    route = timed("router: fetch+parse+decide+record", router.poll_once)
+    with RoundTrips() as router_trips:
+        route = timed("router: fetch+parse+decide+record", router.poll_once)
     mailbox.close()
 
     sample = EmailMessage()
@@ -100,11 +126,14 @@ def run(
     send = timed("baseline: SMTP send", lambda: asyncio.run(send_all()))
     smtp.clear()
     worker = SimpleWorker([rt.queues[q] for q in QUEUES], connection=rt.redis)
-    deliver = timed("worker: render+send+record", lambda: worker.work(burst=True,
-                                                                        logging_level="WARNING"))
+    with RoundTrips() as worker_trips:
+        deliver = timed("worker: render+send+record",
+                        lambda: worker.work(burst=True, logging_level="WARNING"))
     assert len(smtp.messages) == count, f"expected {count} forwards, got {len(smtp.messages)}"
     print(f"router / IMAP fetch: {route / fetch:5.1f}x   ({count / route:6.0f} msg/s)")
     print(f"worker / SMTP send:  {deliver / send:5.1f}x   ({count / deliver:6.0f} msg/s)")
+    print(f"Redis round trips: {router_trips.count / count:.1f} per routed message, "
+          f"{worker_trips.count / count:.1f} per forward (RQ's own included)")
     # What a thread costs Redis: all of it while its raw message is kept (14 days), then
     # without the raw message. RQ's finished jobs are gone once their result expires.
     for rq_key in list(rt.redis.scan_iter("rq:*")):
