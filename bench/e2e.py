@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import smtplib
 import statistics
@@ -104,10 +105,12 @@ class Product:
     """`csm-router run` and `csm-router worker` processes on one mailbox."""
 
     def __init__(self, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
-                 workdir: Path, routers: int = 1, workers: int = 1) -> None:
-        self.user = next(_users)
-        with redis.client() as client:
-            client.flushall()
+                 workdir: Path, routers: int = 1, workers: int = 1, *, user: str = "",
+                 settle: float = 3, flush: bool = True) -> None:
+        self.user = user or next(_users)
+        if flush:
+            with redis.client() as client:
+                client.flushall()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
         if PRODUCT_SRC:  # another checkout's package, measured with this same harness
             env["PYTHONPATH"] = PRODUCT_SRC
@@ -121,7 +124,17 @@ class Product:
                       for _ in range(workers)]
         self.procs += [subprocess.Popen([*cmd, "run"], env=env, stdout=log, stderr=log)
                        for _ in range(routers)]
-        time.sleep(3)  # imports, IMAP login and the first (empty) pass
+        time.sleep(settle)  # imports, IMAP login and the first (empty) pass
+
+    def rss_mb(self) -> list[float]:
+        """Resident memory of each process (workers first), in MB."""
+        found = []
+        for proc in self.procs:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            kb = next(int(line.split()[1]) for line in status.splitlines()
+                      if line.startswith("VmRSS:"))
+            found.append(kb / 1024)
+        return found
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -157,10 +170,10 @@ def latencies(dovecot: DovecotServer, smtp: RecordingSmtp, product: Product, cou
 
 
 def burst(dovecot: DovecotServer, smtp: RecordingSmtp, user: str, count: int,
-          consumer: Callable[[], Any]) -> float:
+          consumer: Callable[[], Any], tag: str = "burst") -> float:
     """Messages per second from the first delivery to the last receipt at the relay."""
     smtp.clear()
-    raws = [mail(n, user, "burst") for n in range(count)]
+    raws = [mail(n, user, tag) for n in range(count)]
     started = time.time()
     handle = consumer()
     for raw in raws:
@@ -218,14 +231,80 @@ def run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingS
         product = Product(dovecot, redis, smtp, workdir, routers, workers)
         try:
             rate = burst(dovecot, smtp, product.user, count, lambda: None)
+            if routers == 1:
+                # Memory after `count` messages, and after ten times as many.
+                before = product.rss_mb()
+                burst(dovecot, smtp, product.user, 9 * count, lambda: None, tag="more")
+                after = product.rss_mb()
+                results["rss_mb"] = {"after": [count, 10 * count], "router": [before[1], after[1]],
+                                     "worker": [before[0], after[0]]}
         finally:
             product.stop()
         results[f"product_{routers}r{workers}w_per_s"] = rate
+    small, big = startup(dovecot, redis, smtp, workdir, 1_000), \
+        startup(dovecot, redis, smtp, workdir, 100_000)
+    results["startup_s"] = {"1000": small, "100000": big}
     report(results)
     return results
 
 
+def startup(dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp, workdir: Path,
+            routed: int) -> tuple[float, float]:
+    """Seconds from starting a router and a worker on a mailbox holding `routed` messages
+    already routed, to a new message's forward at the relay; and for a bare IMAP client to
+    fetch a new message from the same mailbox.
+
+    The old messages are written straight into the maildir (an MTA would take many minutes
+    to deliver 100,000) and indexed by one SELECT before the clock starts; the router's
+    checkpoint says they were routed, as it would after routing them.
+    """
+    user = next(_users)
+    dovecot.deliver(user, mail(0, user, "old"))  # Dovecot makes the maildir
+    cur = dovecot.root / "mail" / user / "cur"
+    template = mail(0, user, "old")
+    for n in range(1, routed):
+        path = cur / f"{1_700_000_000 + n}.M{n}P1.bench:2,S"
+        path.write_bytes(template.replace(b"old 00000", f"old {n:05d}".encode()))
+        shutil.chown(path, "dovecot", "dovecot")
+    client = dovecot.imap_client(user)
+    selected = client.select_folder("INBOX")
+    client.logout()
+    with redis.client() as r:
+        r.flushall()
+        r.set("csm:seq", 1000 + routed)
+        r.hset(f"csm:mailbox:{user}@{dovecot.host}:{dovecot.imap_port}/INBOX", mapping={
+            "uidvalidity": selected[b"UIDVALIDITY"], "last_uid": selected[b"UIDNEXT"] - 1})
+    smtp.clear()
+    dovecot.deliver(user, mail(1, user, "new"))
+    started = time.time()
+    product = Product(dovecot, redis, smtp, workdir, user=user, settle=0, flush=False)
+    try:
+        wait_for(smtp, 1, timeout=300)
+    finally:
+        product.stop()
+    took = smtp.messages[0].at - started
+    # The same wait for a bare client: log in, SELECT, fetch the new message. Dovecot's
+    # SELECT of a big maildir (a scan of its directory) is part of any client's start.
+    dovecot.deliver(user, mail(2, user, "new"))
+    started = time.time()
+    client = dovecot.imap_client(user)
+    client.select_folder("INBOX")
+    client.fetch(client.search(["UID", f"{selected[b'UIDNEXT'] + 1}:*"]), [b"BODY.PEEK[]"])
+    client.logout()
+    return took, time.time() - started
+
+
 def report(r: dict[str, Any]) -> None:
+    rss = r["rss_mb"]
+    small, big = rss["after"]
+    for name in ("router", "worker"):
+        first, last = rss[name]
+        print(f"{name} RSS after {small} / {big} messages: {first:.0f} / {last:.0f} MB "
+              f"(growth {last - first:+.1f} MB; goal < 20 MB)")
+    (small_s, small_raw), (big_s, big_raw) = r["startup_s"]["1000"], r["startup_s"]["100000"]
+    print(f"start-up to the first forward, 1,000 / 100,000 messages routed before: "
+          f"{small_s:.2f} / {big_s:.2f} s (ratio {big_s / small_s:.2f}; goal <= 1.5); a bare "
+          f"IMAP client's login, SELECT and fetch: {small_raw:.2f} / {big_raw:.2f} s")
     floor = r["idle_floor_ms"]
     print(f"IDLE floor (delivery to EXISTS): p50 {floor['p50']:.0f} ms, p99 {floor['p99']:.0f} ms")
     print(f"{'figure':<44} {'csm-router':>12} {'goal':>22}")
