@@ -16,7 +16,8 @@ note to the customer), a CSM's reply and an auto-reply nowhere. Latency is deliv
 relay's receipt.
 
 Usage: `./scripts/bench` runs it after the others; alone: `.venv/bin/python bench/day.py
-[MESSAGES] [SPEEDUP]` (default 3000 100). Writes `bench/results/day.json`.
+[MESSAGES] [SPEEDUP]` (default 3000 100); `--product-src DIR` runs another checkout's
+package with the same harness. Writes `bench/results/day.json`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ SUPPORT = "support@acme.com"
 CSMS = [f"csm{n:02d}@acme.com" for n in range(1, 61)]
 AUTHSERV = "mx.acme.test"
 DAY_SECONDS = 8 * 3600
+PRODUCT_SRC = ""  # --product-src DIR: run the processes from another checkout's src/
 TECHNICAL = ("Since this morning the API returns HTTP 500 on every call to /v2/export, with "
              "a stack trace in the response body. Our nightly sync is failing.")
 
@@ -94,6 +96,8 @@ def main(count: int, speedup: float) -> int:
 def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
         smtp: RecordingSmtp, workdir: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    if PRODUCT_SRC:  # another checkout's package, measured with this same harness
+        env["PYTHONPATH"] = PRODUCT_SRC
     env.update(ROUTER_IMAP_URL=dovecot.imap_url(ALIAS), ROUTER_SMTP_URL=smtp.url,
                ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme Customer Success <{ALIAS}>",
                ROUTER_POOL=", ".join(CSMS), ROUTER_SUPPORT_ADDRESS=SUPPORT,
@@ -232,5 +236,10 @@ def judge(sent: list[Sent], threads: list[Thread], mail: list[Received],
 
 
 if __name__ == "__main__":
-    args = [float(a) for a in sys.argv[1:]]
+    argv = sys.argv[1:]
+    if "--product-src" in argv:  # e.g. a worktree of the previous release, for before/after
+        at = argv.index("--product-src")
+        PRODUCT_SRC = str(Path(argv[at + 1]).resolve())
+        del argv[at : at + 2]
+    args = [float(a) for a in argv]
     sys.exit(main(int(args[0]) if args else 3000, args[1] if len(args) > 1 else 100.0))
