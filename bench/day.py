@@ -74,6 +74,8 @@ class Thread:
 
 
 def pct(values: list[float], p: float) -> float:
+    if not values:  # nothing arrived that could be matched to what was sent
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
@@ -218,7 +220,8 @@ def judge(sent: list[Sent], threads: list[Thread], mail: list[Received],
     results = {
         "messages": len(sent), "replayed_over_s": span, "by_kind": dict(kinds),
         "forward_latency_ms": {"p50": pct(latency, 50) * 1000, "p90": pct(latency, 90) * 1000,
-                               "p99": pct(latency, 99) * 1000, "max": max(latency) * 1000},
+                               "p99": pct(latency, 99) * 1000,
+                               "max": max(latency, default=float("nan")) * 1000},
         "misrouted": len(wrong), "examples": wrong[:10], "exit_codes": codes,
         "csms_who_got_threads": len({t.forward.rcpt_tos[0] for t in threads
                                      if t.forward is not None and t.forward.rcpt_tos[0] in CSMS}),

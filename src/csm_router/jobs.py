@@ -108,6 +108,8 @@ def perform_one(entry_id: str) -> str:
     except BaseException:
         beat.renew()
         raise
+    finally:
+        _performing = None
 
 
 def give_up(rt: Runtime, entry: Entry, error: str) -> None:
