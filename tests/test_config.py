@@ -98,6 +98,10 @@ def test_passwords_never_show(env: pytest.MonkeyPatch) -> None:
         ("ROUTER_POLL_SECONDS", "soon", "valid number"),
         ("ROUTER_AWAY", "dave@acme.com", "not in ROUTER_POOL"),
         ("ROUTER_REDIS_URL", "localhost:6379", "redis://"),
+        # Values a process would otherwise trip over later, refused at start.
+        ("ROUTER_LOG_LEVEL", "verbose", "is not a log level"),
+        ("ROUTER_REMIND_MINUTES", "60", "shorter than ROUTER_FIRST_RESPONSE_MINUTES"),
+        ("ROUTER_REPLY_SECRET", "short", "at least 16 characters"),
     ],
 )
 def test_bad_value_names_its_variable(
@@ -140,3 +144,46 @@ def test_allow_plaintext_must_be_a_boolean(env: pytest.MonkeyPatch) -> None:
     env.setenv("ROUTER_ALLOW_PLAINTEXT", "sometimes")
     with pytest.raises(ConfigError, match=r"^ROUTER_ALLOW_PLAINTEXT: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("pool", "problem"),
+    [
+        ("Bob Jones <bob@acme.test, carol@acme.test", "is not closed with '>'"),
+        ("alice@acme.test;bob@acme.test", "more than one address"),
+        ("alice@acme.test bob@acme.test", "more than one address"),
+        ("bob@acme.test>, carol@acme.test", "has no '<' before it"),
+    ],
+)
+def test_a_pool_typo_is_an_error_not_a_smaller_pool(
+    env: pytest.MonkeyPatch, pool: str, problem: str
+) -> None:
+    env.setenv("ROUTER_POOL", pool)
+    with pytest.raises(ConfigError, match=f"ROUTER_POOL: .*{problem}"):
+        load_settings()
+
+
+def test_a_quoted_name_may_hold_an_at_sign(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_POOL", '"alice@home" <alice@acme.com>, bob@acme.com')
+    assert len(load_settings().pool) == 2
+
+
+def test_a_misspelled_variable_is_refused_with_a_suggestion(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_IMAPURL", "imaps://u:p@imap.acme.com/INBOX")
+    with pytest.raises(ConfigError, match="ROUTER_IMAPURL: is not a setting; did you mean "
+                                          "ROUTER_IMAP_URL"):
+        load_settings()
+
+
+def test_a_misspelled_variable_in_dotenv_is_refused_too(env: pytest.MonkeyPatch) -> None:
+    with open(".env", "w") as dotenv:
+        dotenv.write("ROUTER_POLL_SECOND=5\n")
+    with pytest.raises(ConfigError, match="did you mean ROUTER_POLL_SECONDS"):
+        load_settings()
+
+
+def test_variables_of_the_contract_not_yet_used_are_accepted(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_LOG_FORMAT", "json")
+    env.setenv("ROUTER_WEB_ADDRESS", "127.0.0.1:8025")
+    assert load_settings().log_level == "INFO"
+

@@ -97,6 +97,11 @@ def record_handoff(handoff: SupportHandoff, settings: Settings) -> None:
     HANDOFFS.append(handoff)
 
 
+def refuse_handoff(handoff: SupportHandoff, settings: Settings) -> None:
+    """A ticket system that turns every handoff down for good."""
+    raise PermanentError("the ticket system refused the ticket: project closed")
+
+
 def technical_request(smtp: RecordingSmtp, handler: str) -> tuple[Runtime, str, Outcome]:
     """A technical request recorded for Support, with `handler` as the Support handler."""
     settings = load_settings(
@@ -159,15 +164,24 @@ def test_a_forward_refused_for_good_moves_the_thread_and_tells_the_lead(
 def test_a_support_handler_that_fails_for_good_gives_the_thread_back(
     smtp: RecordingSmtp,
 ) -> None:
-    rt, _, outcome = technical_request(smtp, "csm_router.nope:handler")
+    rt, _, outcome = technical_request(smtp, f"{__name__}:refuse_handoff")
     assert rt.store.thread(outcome.ref or 0)["state"] == "support"
     run_worker(rt, burst=True)
     jobs.configure(None)
 
     (letter,) = rt.outbox.dead_letters()
-    assert letter.kind == "support" and "csm_router.nope" in letter.error
+    assert letter.kind == "support" and "ticket system refused" in letter.error
     thread = rt.store.thread(outcome.ref or 0)
     assert (thread["state"], thread["owner"]) == ("open", "alice@acme.com")
     assert sorted(r.rcpt_tos[0] for r in smtp.messages) == ["alice@acme.com", "cs-lead@acme.com"]
     lead = next(r for r in smtp.messages if r.rcpt_tos == ["cs-lead@acme.com"])
     assert "Support failed for good" in lead.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_a_worker_will_not_start_with_a_support_handler_it_cannot_load(
+    smtp: RecordingSmtp,
+) -> None:
+    rt, _, _ = technical_request(smtp, "csm_router.nope:handler")
+    with pytest.raises(PermanentError, match=r"ROUTER_SUPPORT_HANDLER csm_router\.nope:handler"):
+        run_worker(rt, burst=True)
+    jobs.configure(None)

@@ -405,3 +405,17 @@ def test_a_reply_address_of_another_thread_or_none_proves_nothing(cc: str) -> No
         cc = reply_address("success@acme.com", SECRET, owner, two.ref or 0)
     assert reply_with(store, owner, ref, cc, "#close").state == "quarantined"
     assert store.thread(ref)["state"] == "open"
+
+
+def test_away_until_a_time_already_past_is_refused() -> None:
+    store = make_store()
+    with pytest.raises(pool.PoolError, match="in the past"):
+        pool.set_away(store, BOB, NOW - 60, now=NOW)
+    pool.set_away(store, BOB, NOW + 60, now=NOW)
+    assert BOB in store.away_now(store.redis.hgetall(key("away")), NOW)
+
+
+@pytest.mark.parametrize("account", ["https://initech.com", "initech.com/path", "initech"])
+def test_an_account_is_a_bare_domain(account: str) -> None:
+    with pytest.raises(pool.PoolError, match="customer domain"):
+        pool.assign_onboarding(make_store(), account, BOB, 30, NOW)

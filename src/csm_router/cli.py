@@ -443,8 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PermanentError, TransientError) as exc:
         print(f"csm-router: {exc}", file=sys.stderr)
         return 1
+    except redis.AuthenticationError as exc:
+        print(f"csm-router: Redis refused the login ({exc}): fix the password in "
+              "ROUTER_REDIS_URL", file=sys.stderr)
+        return 2
     except redis.ConnectionError as exc:
-        print(f"csm-router: Redis unreachable: {exc}", file=sys.stderr)
+        print(f"csm-router: Redis unreachable ({exc}): check ROUTER_REDIS_URL and that Redis "
+              "is running", file=sys.stderr)
         return 1
 
 

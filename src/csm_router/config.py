@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field, replace
 from email.utils import formataddr, parseaddr
@@ -10,10 +12,19 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "ROUTER_"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Named by the product's definition for features still to come: set, they are not typos.
+RESERVED = frozenset({
+    "WEB_ADDRESS", "WEB_USER", "WEB_PASSWORD", "LOG_FORMAT", "TEMPLATES_DIR", "HOURS",
+    "PREMIUM", "PREMIUM_POOL", "PREMIUM_FIRST_RESPONSE_MINUTES", "DIGEST_ADDRESS",
+})
 
 
 class ConfigError(Exception):
@@ -107,8 +118,17 @@ def is_loopback(host: str) -> bool:
 _ADDR_RE = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$|^[^@\s]+@localhost$")
 
 
+def _quoted_part(text: str) -> str:
+    """The display name between double quotes, if any (it may hold an "@")."""
+    rest = text.partition('"')[2]
+    return rest.partition('"')[0] if rest else ""
+
+
 def parse_address(text: str) -> Address:
     """Parse `Name <addr>` or a bare address; raise ValueError when it is not one."""
+    if text.replace(f'"{_quoted_part(text)}"', "").count("@") > 1:
+        raise ValueError(f"{text.strip()!r} holds more than one address: separate them with "
+                         "commas")
     name, addr = parseaddr(text.strip())
     addr = addr.strip().lower()
     if not addr or not _ADDR_RE.match(addr):
@@ -125,14 +145,20 @@ def split_list(text: str) -> list[str]:
         if ch == '"':
             quoted = not quoted
         elif ch == "<" and not quoted:
+            if angle:  # an earlier "<" never closed: it would swallow the next entries
+                raise ValueError(f"a '<' is not closed with '>' in {text.strip()!r}")
             angle = True
         elif ch == ">" and not quoted:
+            if not angle:
+                raise ValueError(f"a '>' has no '<' before it in {text.strip()!r}")
             angle = False
         if ch == "," and not quoted and not angle:
             items.append("".join(current))
             current = []
         else:
             current.append(ch)
+    if angle:
+        raise ValueError(f"a '<' is not closed with '>' in {text.strip()!r}")
     items.append("".join(current))
     return [item.strip() for item in items if item.strip()]
 
@@ -230,6 +256,22 @@ class Settings(BaseSettings):
         url = parse_server_url(str(value), ("imap", "imaps"))
         return replace(url, path=url.path or "INBOX", allow_plaintext=allow)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> str:
+        level = str(value).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("remind_minutes")
+    @classmethod
+    def _remind(cls, value: int | None, info: ValidationInfo) -> int | None:
+        target = info.data.get("first_response_minutes")
+        if value is not None and target is not None and value >= target:
+            raise ValueError(f"must be shorter than ROUTER_FIRST_RESPONSE_MINUTES ({target})")
+        return value
+
     @field_validator("reply_secret", mode="before")
     @classmethod
     def _secret(cls, value: Any) -> Any:
@@ -322,4 +364,23 @@ def load_settings(**overrides: Any) -> Settings:
     unknown = settings.away - {m.address for m in settings.pool}
     if unknown:
         raise ConfigError("ROUTER_AWAY", f"{', '.join(sorted(unknown))} not in ROUTER_POOL")
+    check_names([*os.environ, *_dotenv_names()])
     return settings
+
+
+def _dotenv_names() -> list[str]:
+    path = Path(".env")
+    if not path.is_file():
+        return []
+    return [str(k) for k in dotenv_values(path)]
+
+
+def check_names(names: list[str]) -> None:
+    """Refuse a ROUTER_* variable that is no setting: a typo would be ignored in silence."""
+    known = {name.upper() for name in Settings.model_fields} | RESERVED
+    for name in names:
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in known:
+            continue
+        close = difflib.get_close_matches(name[len(ENV_PREFIX):], sorted(known), n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        raise ConfigError(name, f"is not a setting{hint} (see deploy/.env.example)")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,9 @@ from csm_router.threads import format_tag, new_tag
 class PoolError(ValueError):
     """An admin asked for something about a CSM or thread that does not hold."""
 
+# A bare domain: letters, digits and hyphens in dot-separated labels (no scheme or path).
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
+
 
 def require_member(store: Store, address: str) -> str:
     """The address, normalised, if it is in the pool; PoolError naming the pool otherwise."""
@@ -25,9 +30,14 @@ def require_member(store: Store, address: str) -> str:
     return address
 
 
-def set_away(store: Store, address: str, until: float | None = None) -> str:
+def set_away(
+    store: Store, address: str, until: float | None = None, now: float | None = None
+) -> str:
     """Mark a CSM away (until a time, or until `back`); they get nothing new."""
     address = require_member(store, address)
+    if until is not None and until <= (now if now is not None else time.time()):
+        raise PoolError("--until is in the past: give a later time, or leave it out to mark "
+                        f"{address} away until `csm-router back`")
     store.redis.hset(key("away"), address, "" if until is None else repr(until))
     return address
 
@@ -45,8 +55,8 @@ def assign_onboarding(store: Store, account: str, address: str, days: int, now: 
     """Make `address` the onboarding owner of `account` (a customer domain) for `days`."""
     address = require_member(store, address)
     account = account.strip().lower().lstrip("@").rpartition("@")[2]
-    if "." not in account:
-        raise PoolError(f"{account!r} is not a customer domain (e.g. customer.com)")
+    if "." not in account or not _DOMAIN.fullmatch(account):
+        raise PoolError(f"{account!r} is not a customer domain: give it as customer.com")
     onboarding = key("onboarding", account)
     with store.redis.pipeline() as pipe:
         pipe.hset(onboarding, mapping={"owner": address, "since": now, "days": days})

@@ -61,6 +61,8 @@ class Router:
                 if exit_when_idle:
                     break
                 self.mailbox.wait(self.rt.settings.poll_seconds, self.stop)
+            except redis.AuthenticationError:
+                raise  # a wrong password does not heal by waiting: say so and stop
             except (TransientError, redis.RedisError) as exc:
                 # A server's trouble (Redis down, out of memory or read-only after a
                 # failover; IMAP dropped) is waited out, never blamed on the mail.

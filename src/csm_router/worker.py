@@ -17,6 +17,7 @@ from csm_router.dispatch import Runtime
 from csm_router.errors import Backoff
 from csm_router.outbound import warm_up
 from csm_router.outbox import QUEUES, Heartbeat, Pump
+from csm_router.support import load_handler
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def run_worker(
     A Redis outage is logged once and waited out with backoff.
     """
     stop = stop or threading.Event()
+    if rt.settings.support_address is not None:
+        load_handler(rt.settings.support_handler)  # a typo stops us now, not a customer later
     _stop_on_signals(stop)
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, _ServerTroubleInOneLine) for f in rq_log.filters):
@@ -88,6 +91,8 @@ def run_worker(
             pump.start()
             worker.work(with_scheduler=False, logging_level=rt.settings.log_level.upper())
             return
+        except redis.AuthenticationError:
+            raise  # a wrong password does not heal by waiting: say so and stop
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
             delay = backoff.next()
             if not failing:
