@@ -18,7 +18,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from csm_router import __version__, jobs, pool
+from csm_router import __version__, jobs, logs, pool
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError
@@ -36,12 +36,10 @@ if not out.is_terminal:
 
 
 def _setup_logging(settings: Settings | None = None) -> None:
-    level = settings.log_level.upper() if settings else "INFO"
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if settings is None:
+        logs.setup()
+    else:
+        logs.setup(settings.log_level, settings.log_format)
 
 
 def _runtime() -> Runtime:

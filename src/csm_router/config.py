@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 from email.utils import formataddr, parseaddr
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
@@ -22,7 +22,7 @@ ENV_PREFIX = "ROUTER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Named by the product's definition for features still to come: set, they are not typos.
 RESERVED = frozenset({
-    "WEB_ADDRESS", "WEB_USER", "WEB_PASSWORD", "LOG_FORMAT", "TEMPLATES_DIR", "HOURS",
+    "WEB_ADDRESS", "WEB_USER", "WEB_PASSWORD", "TEMPLATES_DIR", "HOURS",
     "PREMIUM", "PREMIUM_POOL", "PREMIUM_FIRST_RESPONSE_MINUTES", "DIGEST_ADDRESS",
 })
 
@@ -244,6 +244,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     retention_days: int = Field(default=400, ge=1)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("imap_url", "smtp_url", mode="before")
     @classmethod

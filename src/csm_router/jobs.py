@@ -116,7 +116,8 @@ def give_up(rt: Runtime, entry: Entry, error: str) -> None:
     """Dead-letter an entry; a forward or Support handoff moves its thread on, lead told."""
     rt.outbox.dead(entry.id, error)
     args = entry.args
-    log.error("%s %s failed for good: %s", entry.kind, entry.id, error)
+    log.error("%s %s failed for good: %s", entry.kind, entry.id, error,
+              extra={"entry": entry.id, "kind": entry.kind})
     if entry.kind == "deliver":
         record = rt.store.message(args["msgkey"])
         if record.get("ref"):
@@ -247,7 +248,9 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     after_send(remember)
     global _finished
     _finished = entry
-    log.info("%s %s forwarded to %s as %s", format_ref(ref), msg.message_id, owner, message_id)
+    log.info("%s %s forwarded to %s as %s", format_ref(ref), msg.message_id, owner, message_id,
+             extra={"ref": format_ref(ref), "message_id": msg.message_id, "csm": owner,
+                    "entry": entry or ""})
     return f"sent {message_id}"
 
 

@@ -189,7 +189,9 @@ class Router:
         target = outcome.owner or ("held" if outcome.state == "held" else decision.target_label)
         command = f" #{decision.command.name}" if decision.command else ""
         log.info("%s %s -> %s by %s%s (%s)", ref, msg.message_id, target, decision.rule,
-                 command, decision.error or decision.why)
+                 command, decision.error or decision.why,
+                 extra={"ref": ref, "message_id": msg.message_id, "rule": decision.rule,
+                        "csm": outcome.owner or ""})
         # Owed already, in the same script as the decision; offering only hurries it, a
         # few at a time in a burst (one job for several), at once when mail trickles in.
         self._owed += outcome.owed
@@ -216,5 +218,6 @@ class Router:
         self.mailbox.quarantine(uid)
         store.redis.hset(key("msg", msgkey), "copied", 1)
         log.warning("UID %s %s quarantined to %s: %s", uid, message_id or "(no id)",
-                    self.mailbox.quarantine_folder, reason)
+                    self.mailbox.quarantine_folder, reason,
+                    extra={"message_id": message_id, "rule": "quarantine"})
         return "quarantined"

@@ -221,3 +221,19 @@ def test_forward_lists_the_accounts_earlier_threads(product: Product) -> None:
     body = body_of(second)
     assert "Earlier threads of globex.com:" in body
     assert "[CS-1001] Renewal · " in body
+
+
+def test_json_logs_are_one_object_a_line_with_the_thread_rule_csm_and_message_id(
+    product: Product,
+) -> None:
+    product.env["ROUTER_LOG_FORMAT"] = "json"
+    message_id = product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (forward,) = product.route()
+    lines = [line for entry in product.logs for line in entry.splitlines()[1:] if line]
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    decided = next(e for e in events if e.get("rule") == "round-robin")
+    assert decided["ref"] == "CS-1001" and decided["message_id"] == message_id
+    assert decided["csm"] == forward.rcpt_tos[0]
+    sent = next(e for e in events if "forwarded to" in e["message"])
+    assert (sent["ref"], sent["csm"]) == ("CS-1001", forward.rcpt_tos[0])
+    assert {"time", "level", "logger"} <= sent.keys()
