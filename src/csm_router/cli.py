@@ -86,18 +86,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings()
     ok = True
 
+    def say(line: str) -> None:
+        out.print(line, soft_wrap=True)  # one line per finding, however long
+
     def step(name: str, target: str, action: Callable[[], object]) -> None:
         nonlocal ok
         try:
             action()
-            out.print(f"[green]ok[/]    {name:<6} {target}")
+            say(f"[green]ok[/]    {name:<6} {target}")
         except Exception as exc:  # every failure is reported, none is fatal to the check
             ok = False
-            out.print(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
+            say(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
 
-    out.print(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
+    say(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
     trust = steering_note(settings)
-    out.print(f"{'ok  ' if settings.trusted_authserv_id else '[yellow]warn[/]'}  auth   {trust}")
+    say(f"{'ok  ' if settings.trusted_authserv_id else '[yellow]warn[/]'}  auth   {trust}")
     warnings: list[str] = []
 
     def redis_check() -> None:
@@ -107,26 +110,64 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     step("redis", redact_url(settings.redis_url), redis_check)
     for warning in warnings:
-        out.print(f"[yellow]warn[/]  redis  {warning}")
+        say(f"[yellow]warn[/]  redis  {warning}")
     imap = settings.required_imap()
+
+    notes: list[tuple[bool, str, str]] = []  # (fine, server, what), printed after its step
 
     def imap_login() -> None:
         box = Mailbox(imap, settings.quarantine_folder, timeout=20)
         box.connect()
-        box.close()
+        try:
+            idle = box.has_idle()
+            notes.append((idle, "imap", "IDLE: new mail is routed as it arrives" if idle else
+                          f"no IDLE: polling every {settings.poll_seconds:g} s"))
+            notes.append(authserv_note(box.latest_header("Authentication-Results"), settings))
+        finally:
+            box.close()
+
+    def show_notes() -> None:
+        for fine, server, what in notes:
+            say(f"{'ok  ' if fine else '[yellow]warn[/]'}  {server:<6} {what}")
+        notes.clear()
 
     step("imap", str(imap), imap_login)
+    show_notes()
     smtp = settings.required_smtp()
-    step("smtp", str(smtp), lambda: asyncio.run(_smtp_login(settings)))
+    step("smtp", str(smtp), lambda: notes.append(asyncio.run(_smtp_login(settings))))
+    show_notes()
     if settings.support_address is not None:
         step("support", settings.support_handler,
              lambda: load_handler(settings.support_handler))
     return 0 if ok else 1
 
 
-async def _smtp_login(settings: Settings) -> None:
-    async with smtp_session(settings.required_smtp(), timeout=20):
-        pass
+async def _smtp_login(settings: Settings) -> tuple[bool, str, str]:
+    smtp = settings.required_smtp()
+    async with smtp_session(smtp, timeout=20) as client:
+        cipher = client.get_transport_info("cipher")
+    if cipher:
+        how = "implicit TLS" if smtp.tls else "STARTTLS"
+        return True, "smtp", f"{how}, {cipher[1]} {cipher[0]}"
+    return False, "smtp", "no TLS: the relay is on this machine, or ROUTER_ALLOW_PLAINTEXT is set"
+
+
+def authserv_note(header: str | None, settings: Settings) -> tuple[bool, str, str]:
+    """What the latest mail in the alias says about ROUTER_TRUSTED_AUTHSERV_ID."""
+    if header is None:
+        return False, "auth", ("the latest mail in the alias has no Authentication-Results: "
+                               "CSM and Support mail will steer nothing" +
+                               (" unless proven by ROUTER_REPLY_SECRET"
+                                if settings.reply_secret else ""))
+    seen = header.split(";", 1)[0].split()[0] if header.strip() else ""
+    wanted = settings.trusted_authserv_id
+    if wanted and seen.lower() == wanted.lower():
+        return True, "auth", f"the latest mail's topmost Authentication-Results is from {seen}"
+    if wanted:
+        return False, "auth", (f"the latest mail's topmost Authentication-Results is from {seen}, "
+                               f"not ROUTER_TRUSTED_AUTHSERV_ID={wanted}")
+    return False, "auth", (f"the latest mail's topmost Authentication-Results is from {seen}: "
+                           f"set ROUTER_TRUSTED_AUTHSERV_ID={seen} if that is your server")
 
 
 def steering_note(settings: Settings) -> str:

@@ -197,6 +197,23 @@ class Mailbox:
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"IMAP search: {exc}") from None
 
+    def latest_header(self, name: str) -> str | None:
+        """The topmost `name` header of the newest message here, if any (for `check`)."""
+        try:
+            uids = self.client.search(["ALL"])
+            if not uids:
+                return None
+            wanted = f"BODY.PEEK[HEADER.FIELDS ({name.upper()})]"
+            item = self.client.fetch([max(uids)], [wanted.encode()]).get(max(uids), {})
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP fetch: {exc}") from None
+        raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
+        unfolded = raw.decode("utf-8", "replace").replace("\r\n ", " ").replace("\r\n\t", " ")
+        for line in unfolded.splitlines():
+            if line.lower().startswith(name.lower() + ":"):
+                return line.split(":", 1)[1].strip()
+        return None
+
     def quarantine(self, uid: int) -> None:
         """Copy the message to the quarantine folder and flag the original (kept in place)."""
         try:

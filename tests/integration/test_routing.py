@@ -237,3 +237,15 @@ def test_json_logs_are_one_object_a_line_with_the_thread_rule_csm_and_message_id
     sent = next(e for e in events if "forwarded to" in e["message"])
     assert (sent["ref"], sent["csm"]) == ("CS-1001", forward.rcpt_tos[0])
     assert {"time", "level", "logger"} <= sent.keys()
+
+
+def test_check_reports_idle_the_authserv_id_seen_and_the_relays_tls(product: Product) -> None:
+    product.staff_writes(ALICE, "Re: a note", "Hello\n")  # its server's header on top
+    done = product.cli("check")
+    assert "ok    imap   IDLE: new mail is routed as it arrives" in done.stdout
+    assert ("ok    auth   the latest mail's topmost Authentication-Results is from "
+            "mx.acme.test") in done.stdout
+    assert "warn  smtp   no TLS" in done.stdout  # the test relay is on loopback
+    del product.env["ROUTER_TRUSTED_AUTHSERV_ID"]
+    done = product.cli("check")
+    assert "set ROUTER_TRUSTED_AUTHSERV_ID=mx.acme.test if that is your server" in done.stdout
