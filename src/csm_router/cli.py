@@ -231,7 +231,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     failed = len(rt.outbox.dead_letters())
     pending = rt.outbox.pending()
     if args.json:
-        print(json.dumps({"pool": [r.as_dict() for r in rows], "held": held,
+        print(json.dumps({"pool": [for_json(r.as_dict()) for r in rows], "held": held,
                           "outbox": pending, "failed": failed}, indent=2))
         return 0
     table = Table(title=f"Pool for {rt.settings.alias}")
@@ -293,11 +293,32 @@ def cmd_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+_TIMES = frozenset({"created", "due", "first_response", "last_activity", "opened",
+                    "overdue_at", "dead_at"})
+
+
+def for_json(record: dict[str, Any]) -> dict[str, Any]:
+    """One convention for every `--json`: `CS-1007`, ISO 8601 UTC times, null when unset."""
+    found: dict[str, Any] = {}
+    for name, value in record.items():
+        if value in ("", None):
+            found[name] = None
+        elif name == "ref":
+            found[name] = format_ref(int(value))
+        elif name in _TIMES:
+            found[name] = datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds")
+        elif isinstance(value, dict):
+            found[name] = for_json(value)
+        else:
+            found[name] = value
+    return found
+
+
 def cmd_threads(args: argparse.Namespace) -> int:
     rt = _runtime()
     threads = pool.recent_threads(rt.store, args.limit)
     if args.json:
-        print(json.dumps(threads, indent=2))
+        print(json.dumps([for_json(t) for t in threads], indent=2))
         return 0
     table = Table(title="Threads, newest first")
     for column in ("ref", "customer", "subject", "owner", "state", "due"):
@@ -357,9 +378,9 @@ def cmd_failed(args: argparse.Namespace) -> int:
     if args.action == "list":
         letters = outbox.dead_letters()
         if args.json:
-            print(json.dumps([{"id": d.id, "kind": d.kind, "args": d.args,
-                               "attempts": d.attempts, "error": d.error,
-                               "dead_at": d.dead_at} for d in letters], indent=2))
+            print(json.dumps([for_json({"id": d.id, "kind": d.kind, "args": d.args,
+                                        "attempts": d.attempts, "error": d.error,
+                                        "dead_at": d.dead_at}) for d in letters], indent=2))
             return 0
         table = Table(title="Sends that failed for good")
         for column in ("id", "what", "failed at", "attempts", "error"):

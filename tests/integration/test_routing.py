@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
@@ -249,3 +250,15 @@ def test_check_reports_idle_the_authserv_id_seen_and_the_relays_tls(product: Pro
     del product.env["ROUTER_TRUSTED_AUTHSERV_ID"]
     done = product.cli("check")
     assert "set ROUTER_TRUSTED_AUTHSERV_ID=mx.acme.test if that is your server" in done.stdout
+
+
+def test_json_outputs_share_one_convention(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    product.route()
+    (thread,) = json.loads(product.cli("threads", "--json").stdout)
+    assert thread["ref"] == "CS-1001"
+    assert datetime.fromisoformat(thread["created"]).tzinfo is not None
+    assert thread["first_response"] is None  # unset is null, not ""
+    status = json.loads(product.cli("status", "--json").stdout)
+    carol = next(r for r in status["pool"] if r["address"] == CAROL)
+    assert carol["name"] == "Carol Diaz" and carol["away_until"] is None
