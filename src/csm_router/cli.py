@@ -23,7 +23,7 @@ from csm_router.config import ConfigError, Settings, load_settings, redact_url
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
-from csm_router.outbound import event_line, render, smtp_session, when
+from csm_router.outbound import check_templates, event_line, render, smtp_session, when
 from csm_router.router import Router
 from csm_router.store import owed_ids, text
 from csm_router.support import load_handler
@@ -139,6 +139,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if settings.support_address is not None:
         step("support", settings.support_handler,
              lambda: load_handler(settings.support_handler))
+    if settings.templates_dir is not None:
+        override = settings.templates_dir
+
+        def templates() -> None:
+            problems = check_templates(override)
+            if problems:
+                raise ValueError("; ".join(problems))
+
+        step("templates", str(override), templates)
     return 0 if ok else 1
 
 

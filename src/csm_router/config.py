@@ -22,7 +22,7 @@ ENV_PREFIX = "ROUTER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Named by the product's definition for features still to come: set, they are not typos.
 RESERVED = frozenset({
-    "WEB_ADDRESS", "WEB_USER", "WEB_PASSWORD", "TEMPLATES_DIR", "HOURS",
+    "WEB_ADDRESS", "WEB_USER", "WEB_PASSWORD", "HOURS",
     "PREMIUM", "PREMIUM_POOL", "PREMIUM_FIRST_RESPONSE_MINUTES", "DIGEST_ADDRESS",
 })
 
@@ -245,6 +245,7 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=400, ge=1)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    templates_dir: Path | None = None
 
     @field_validator("imap_url", "smtp_url", mode="before")
     @classmethod
@@ -256,6 +257,13 @@ class Settings(BaseSettings):
             return replace(parse_server_url(str(value), ("smtp", "smtps")), allow_plaintext=allow)
         url = parse_server_url(str(value), ("imap", "imaps"))
         return replace(url, path=url.path or "INBOX", allow_plaintext=allow)
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a folder")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from csm_router.classify import RuleSet, load_rules
 from csm_router.config import Settings
 from csm_router.decision import Action, Decision
 from csm_router.message import Inbound
-from csm_router.outbound import render
+from csm_router.outbound import render, use_templates
 from csm_router.outbox import QUEUES, Outbox
 from csm_router.store import Outcome, Store
 from csm_router.threads import format_ref, reply_subject
@@ -34,6 +34,7 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis | None = None) -> Runtime:
         # RQ stores pickled payloads, so the connection must not decode responses.
+        use_templates(settings.templates_dir)
         conn = redis if redis is not None else Redis.from_url(settings.redis_url)
         queues = {name: Queue(name, connection=conn) for name in QUEUES}
         store = Store(conn, settings)

@@ -17,11 +17,21 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
 from html.parser import HTMLParser
+from importlib import resources
+from pathlib import Path
 from typing import Any, cast
 
 import aiosmtplib
 import nh3
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateSyntaxError,
+)
+from jinja2.sandbox import SandboxedEnvironment
 
 from csm_router.config import Address, PoolMember, ServerUrl
 from csm_router.errors import PermanentError, TransientError
@@ -30,13 +40,46 @@ from csm_router.quotes import defuse_html
 from csm_router.rules.automatic import OWN_HEADER
 from csm_router.threads import format_ref, subject_with_ref
 
-_templates = Environment(
-    loader=PackageLoader("csm_router", "templates"),
-    undefined=StrictUndefined,
-    # Customer text lands in the HTML forward: escape it there; plain text stays as is.
-    autoescape=lambda name: name is not None and ".html" in name,
-    keep_trailing_newline=True,
-)
+
+def _environment(override: Path | None = None) -> Environment:
+    """The templates: an admin's override folder first (sandboxed), then the shipped ones."""
+    shipped = FileSystemLoader(str(resources.files("csm_router") / "templates"))
+    loader: BaseLoader = shipped
+    if override is not None:
+        loader = ChoiceLoader([FileSystemLoader(str(override)), shipped])
+    return SandboxedEnvironment(
+        loader=loader,
+        undefined=StrictUndefined,
+        # Customer text lands in the HTML forward: escape it there; plain text stays as is.
+        autoescape=lambda name: name is not None and ".html" in name,
+        keep_trailing_newline=True,
+    )
+
+
+_templates = _environment()
+
+
+def use_templates(override: Path | None) -> None:
+    """Take templates from `override` (ROUTER_TEMPLATES_DIR) where it has them."""
+    global _templates
+    _templates = _environment(override)
+
+
+def check_templates(override: Path) -> list[str]:
+    """Every problem with the templates in `override`, one line each (name, line, what)."""
+    environment = _environment(override)
+    shipped = set(_environment().list_templates())
+    problems = []
+    for path in sorted(override.glob("*.j2")):
+        if path.name not in shipped:
+            problems.append(f"{path.name}: no such template (the shipped ones: "
+                            f"{', '.join(sorted(shipped))})")
+            continue
+        try:
+            environment.get_template(path.name)
+        except TemplateSyntaxError as exc:
+            problems.append(f"{path.name} line {exc.lineno}: {exc.message}")
+    return problems
 
 # What the customer's HTML keeps in a forward: structure, ordinary formatting, tables,
 # images and links. No <style>, no style or class attributes, no colours: nothing the

@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -262,3 +263,20 @@ def test_json_outputs_share_one_convention(product: Product) -> None:
     status = json.loads(product.cli("status", "--json").stdout)
     carol = next(r for r in status["pool"] if r["address"] == CAROL)
     assert carol["name"] == "Carol Diaz" and carol["away_until"] is None
+
+
+def test_check_names_a_broken_template_override_and_its_line(
+    product: Product, tmp_path: Path
+) -> None:
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    (overrides / "forward_context.txt.j2").write_text("[{{ ref }}]\n{% if why %}\n")
+    product.env["ROUTER_TEMPLATES_DIR"] = str(overrides)
+    done = product.cli("check", check=False)
+    assert done.returncode == 1
+    assert "FAIL  templates" in done.stdout and "forward_context.txt.j2 line" in done.stdout
+    (overrides / "forward_context.txt.j2").write_text("Ours: {{ ref }} {{ why }}\n")
+    product.cli("check")
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (forward,) = product.route()
+    assert "Ours: [CS-1001]" in body_of(forward)
