@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import shtab
 from rich.console import Console
 from rich.table import Table
 
@@ -450,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="csm-router", description="Route a pooled Customer Success inbox to each CSM."
     )
     parser.add_argument("--version", action="version", version=f"csm-router {__version__}")
+    # `csm-router --print-completion bash > /etc/bash_completion.d/csm-router` (or zsh).
+    shtab.add_argument_to(parser, ["--print-completion"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
