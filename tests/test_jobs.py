@@ -39,8 +39,7 @@ def routed(rt: Runtime) -> str:
     msg = parse(RAW)
     msgkey = message_key(msg, RAW)
     rt.store.ensure_sequence()
-    rt.store.save_raw(msgkey, RAW)
-    rt.store.record(msgkey, msg, decide(msg, rt.store.snapshot(msg, 0.0)), 0.0)
+    rt.store.record(msgkey, msg, decide(msg, rt.store.snapshot(msg, 0.0)), 0.0, raw=RAW)
     return msgkey
 
 
@@ -115,9 +114,8 @@ def technical_request(smtp: RecordingSmtp, handler: str) -> tuple[Runtime, str, 
     msg = parse(raw)
     msgkey = message_key(msg, raw)
     rt.store.ensure_sequence()
-    rt.store.save_raw(msgkey, raw)
     outcome = record_decision(rt.store, msgkey, msg, decide(msg, rt.store.snapshot(
-        msg, 0.0, support_rules=rt.support_rules)), 0.0)
+        msg, 0.0, support_rules=rt.support_rules)), 0.0, raw=raw)
     return rt, msgkey, outcome
 
 

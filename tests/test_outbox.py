@@ -38,8 +38,8 @@ def record(rt: Runtime, raw: bytes = RAW) -> tuple[str, tuple[str, ...]]:
     msg = parse(raw)
     msgkey = message_key(msg, raw)
     rt.store.ensure_sequence()
-    rt.store.save_raw(msgkey, raw)
-    outcome = rt.store.record(msgkey, msg, decide(msg, rt.store.snapshot(msg, 0.0)), 0.0)
+    outcome = rt.store.record(msgkey, msg, decide(msg, rt.store.snapshot(msg, 0.0)), 0.0,
+                              raw=raw)
     return msgkey, outcome.owed
 
 

@@ -61,9 +61,8 @@ def test_work_recorded_by_a_killed_router_is_finished_by_the_next(
     msg = parse(raw)
     msgkey = message_key(msg, raw)
     rt.store.ensure_sequence()
-    rt.store.save_raw(msgkey, raw)
     snap = rt.store.snapshot(msg, 0.0, verdict=verify_sender(msg, None))
-    record_decision(rt.store, msgkey, msg, decide(msg, snap), 0.0)
+    record_decision(rt.store, msgkey, msg, decide(msg, snap), 0.0, raw=raw)
     assert smtp.messages == []
 
     run(rt)

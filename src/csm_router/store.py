@@ -428,9 +428,6 @@ class Store:
 
     # -- messages in flight ----------------------------------------------------------
 
-    def save_raw(self, msgkey: str, raw: bytes) -> None:
-        self.redis.set(key("raw", msgkey), raw, ex=RAW_TTL_SECONDS)
-
     def load_raw(self, msgkey: str) -> bytes | None:
         value: Any = self.redis.get(key("raw", msgkey))
         return bytes(value) if value is not None else None
