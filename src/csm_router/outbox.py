@@ -7,10 +7,11 @@ here: an RQ job is only a hint to hurry. Every worker's pump offers again whatev
 and not in a live worker's hands, so a router or worker killed at any instant, a job lost
 between RQ's pop and its start, or a Redis error loses nothing.
 
-An entry's life: pending (due now, or at its next retry) -> offered (an RQ job exists; if
-nobody takes it within `OFFER_LEASE` it is offered again) -> taken by a live worker
-(`csm:outbox:running`; freed when that worker's heartbeat key expires) -> done (a
-tombstone for a week), or dead after its retries (`csm-router failed`).
+An entry's life: pending (due now, or at its next retry) -> offered (an RQ job carries
+it, with up to `OFFER_BATCH - 1` others; if nobody has taken it `OFFER_LEASE` seconds
+later and its job is no longer waiting in its queue, it is offered again) -> taken by a
+live worker (`csm:outbox:running`; freed when that worker's heartbeat key expires) -> done
+(a tombstone for a week), or dead after its retries (`csm-router failed`).
 """
 
 from __future__ import annotations
