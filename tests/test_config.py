@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from csm_router.config import ConfigError, PoolMember, load_settings, parse_pool, redact_url
+from csm_router.connect import SentinelUrl, parse_sentinel_url
 
 BASE = {
     "ROUTER_ALIAS": "Acme Customer Success <success@acme.com>",
@@ -187,3 +188,25 @@ def test_variables_of_the_contract_not_yet_used_are_accepted(env: pytest.MonkeyP
     env.setenv("ROUTER_WEB_ADDRESS", "127.0.0.1:8025")
     assert load_settings().log_level == "INFO"
 
+
+
+def test_a_sentinel_set_is_one_url(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_REDIS_URL", "redis+sentinel://:s3cret@h1:26379,h2:26380/mymaster/2")
+    assert load_settings().redis_url.startswith("redis+sentinel://")
+    found = parse_sentinel_url("redis+sentinel://:s3cret@h1:26379,h2:26380/mymaster/2")
+    assert found == SentinelUrl((("h1", 26379), ("h2", 26380)), "mymaster", 2, "s3cret")
+    assert "s3cret" not in redact_url("redis+sentinel://:s3cret@h1:26379/mymaster/0")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://h1:26379", "names no master"),
+        ("redis+sentinel://h1/mymaster", "is not host:port"),
+        ("redis+sentinel://h1:26379/mymaster/zero", "is not a number"),
+    ],
+)
+def test_a_broken_sentinel_url_is_refused(env: pytest.MonkeyPatch, url: str, problem: str) -> None:
+    env.setenv("ROUTER_REDIS_URL", url)
+    with pytest.raises(ConfigError, match=f"ROUTER_REDIS_URL: .*{problem}"):
+        load_settings()

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from csm_router import __version__, jobs, logs, pool
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
+from csm_router.connect import redis_client
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
@@ -105,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings: list[str] = []
 
     def redis_check() -> None:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        client = redis_client(settings.redis_url, socket_timeout=10)
         client.ping()
         warnings.extend(redis_warnings(client))
 

@@ -16,6 +16,8 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from csm_router.connect import SENTINEL_SCHEME, parse_sentinel_url
+
 ENV_PREFIX = "ROUTER_"
 
 
@@ -297,8 +299,10 @@ class Settings(BaseSettings):
     @classmethod
     def _redis(cls, value: Any) -> str:
         text = str(value).strip()
-        if not re.match(r"^(redis|rediss|unix)://", text):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if text.startswith(SENTINEL_SCHEME):
+            parse_sentinel_url(text)
+        elif not re.match(r"^(redis|rediss|unix)://", text):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return text
 
     @field_validator("alias", "support_address", "overflow_address", mode="before")

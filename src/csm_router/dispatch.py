@@ -10,6 +10,7 @@ from rq import Queue
 
 from csm_router.classify import RuleSet, load_rules
 from csm_router.config import Settings
+from csm_router.connect import redis_client
 from csm_router.decision import Action, Decision
 from csm_router.message import Inbound
 from csm_router.outbound import render, use_templates
@@ -35,7 +36,7 @@ class Runtime:
     def from_settings(cls, settings: Settings, redis: Redis | None = None) -> Runtime:
         # RQ stores pickled payloads, so the connection must not decode responses.
         use_templates(settings.templates_dir)
-        conn = redis if redis is not None else Redis.from_url(settings.redis_url)
+        conn = redis if redis is not None else redis_client(settings.redis_url)
         queues = {name: Queue(name, connection=conn) for name in QUEUES}
         store = Store(conn, settings)
         return cls(settings, conn, store, queues, load_rules(settings.support_rules),

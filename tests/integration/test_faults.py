@@ -16,7 +16,7 @@ import pytest
 from test_processes import kill, start, stop
 
 from support.product import Product, body_of
-from support.servers import RedisServer
+from support.servers import RedisServer, SentinelServer
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +165,15 @@ def test_a_forward_refused_for_good_moves_on_and_waits_in_failed(product: Produc
     assert again.rcpt_tos == ["alice@acme.com"]
     assert json.loads(product.cli("failed", "list", "--json").stdout) == []
     assert product.cli("failed", "drop", letter, check=False).returncode == 1  # gone already
+
+
+def test_redis_reached_through_a_sentinel(
+    product: Product, durable_redis: RedisServer, tmp_path: Path
+) -> None:
+    with SentinelServer(tmp_path / "sentinel", durable_redis) as sentinel:
+        product.env["ROUTER_REDIS_URL"] = sentinel.url
+        assert "ok    redis" in product.cli("check").stdout
+        stream(product, 0, 3)
+        product.route()
+    assert_each_once(product, 3)
+    assert durable_redis.client().get("csm:seq") == b"1003"  # the state went to the master

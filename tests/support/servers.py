@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,24 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"<{path} is empty>"
 
 
+def _await_answer(proc: subprocess.Popen[bytes], ask: Callable[[], object],
+                  stop: Callable[[], None], what: str, log: Path) -> None:
+    """Wait until `ask()` answers (a server is up), or fail with the end of its log."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise ServerStartError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            if ask():
+                return
+        except redis.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            stop()
+            raise ServerStartError(f"{what} did not answer:\n{_tail(log)}")
+        time.sleep(0.05)
+
+
 class RedisServer(Service):
     """A throw-away redis-server; with `persistent`, an append-only file synced on every
     write, as production runs it (deploy/redis.conf.example), so it can be restarted or
@@ -139,22 +158,44 @@ class RedisServer(Service):
                 *persistence, "--dir", str(self.root), "--daemonize", "no"]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
         with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
-            while True:
-                if self._proc.poll() is not None:
-                    raise ServerStartError(f"redis-server exited with {self._proc.returncode}:\n"
-                                           f"{_tail(self.log_path)}")
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise ServerStartError(f"redis-server did not answer PING on {self.url}:\n"
-                                           f"{_tail(self.log_path)}")
-                time.sleep(0.05)
+            _await_answer(self._proc, client.ping, self.stop, "redis-server", self.log_path)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc)
+            self._proc = None
+
+
+class SentinelServer(Service):
+    """A Redis Sentinel (redis-server in sentinel mode) watching `master` as `name`."""
+
+    def __init__(self, root: Path, master: RedisServer, name: str = "mymaster") -> None:
+        self.root, self.master, self.name = root, master, name
+        self.host = HOST
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://{self.host}:{self.port}/{self.name}/0"
+
+    def start(self) -> None:
+        binary = find_binary("redis-server", "/usr/bin/redis-server")
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.port,) = free_ports(1)
+        conf = self.root / "sentinel.conf"  # Sentinel rewrites it: it must be its own
+        conf.write_text(
+            f"port {self.port}\nbind {self.host}\ndir {self.root}\n"
+            f"sentinel monitor {self.name} {self.master.host} {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} 1000\n"
+            f"sentinel failover-timeout {self.name} 5000\n")
+        log = (self.root / "sentinel.log").open("wb")
+        self._proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=log,
+                                      stderr=subprocess.STDOUT)
+        with redis.Redis(host=self.host, port=self.port, socket_timeout=1) as client:
+            _await_answer(self._proc, lambda: client.execute_command("SENTINEL", "MASTERS"),
+                          self.stop, "redis sentinel", self.root / "sentinel.log")
 
     def stop(self) -> None:
         if self._proc is not None:
