@@ -7,13 +7,20 @@ import email.policy
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
+import aiosmtplib
 import pytest
 
 from csm_router.config import Address, PoolMember, parse_server_url
 from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError
 from csm_router.message import parse
-from csm_router.outbound import EarlierThread, Mailer, forward_message_id, render_forward
+from csm_router.outbound import (
+    EarlierThread,
+    Mailer,
+    forward_message_id,
+    render_forward,
+    smtp_error,
+)
 
 RAW = (
     b"From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <jorg@globex.com>\r\n"
@@ -161,3 +168,11 @@ def test_a_mailer_refused_for_good_says_so_and_goes_on() -> None:
         mailer.send(_notice(1), ["alice@acme.com"], sender="success@acme.com")
         mailer.close()
         assert [str(r.message["Subject"]) for r in relay.messages] == ["n1"]
+
+
+def test_a_refused_smtp_login_says_what_to_fix() -> None:
+    url = parse_server_url("smtp://mailer:secret@smtp.acme.com:587", ("smtp", "smtps"))
+    error = smtp_error(aiosmtplib.SMTPAuthenticationError(535, "5.7.8 bad credentials"), url)
+    assert isinstance(error, PermanentError)
+    assert "check the user and password in ROUTER_SMTP_URL" in str(error)
+    assert "secret" not in str(error)

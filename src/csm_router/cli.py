@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiosmtplib
 import redis
 import shtab
 from rich.console import Console
@@ -25,7 +26,14 @@ from csm_router.connect import redis_client
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
-from csm_router.outbound import check_templates, event_line, render, smtp_session, when
+from csm_router.outbound import (
+    check_templates,
+    event_line,
+    render,
+    smtp_error,
+    smtp_session,
+    when,
+)
 from csm_router.router import Router
 from csm_router.store import owed_ids, text
 from csm_router.support import load_handler
@@ -155,8 +163,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _smtp_login(settings: Settings) -> tuple[bool, str, str]:
     smtp = settings.required_smtp()
-    async with smtp_session(smtp, timeout=20) as client:
-        cipher = client.get_transport_info("cipher")
+    try:
+        async with smtp_session(smtp, timeout=20) as client:
+            cipher = client.get_transport_info("cipher")
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise smtp_error(exc, smtp) from None
     if cipher:
         how = "implicit TLS" if smtp.tls else "STARTTLS"
         return True, "smtp", f"{how}, {cipher[1]} {cipher[0]}"

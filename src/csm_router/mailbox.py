@@ -81,7 +81,8 @@ class Mailbox:
             if not client.folder_exists(self.quarantine_folder):
                 client.create_folder(self.quarantine_folder)
         except LoginError:
-            raise PermanentError(f"IMAP login to {self.url} refused") from None
+            raise PermanentError(f"IMAP login to {self.url} refused: check the user and "
+                                 "password in ROUTER_IMAP_URL") from None
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"IMAP {self.url.host}:{self.url.port}: {exc}") from None
         self._client = client

@@ -443,12 +443,15 @@ async def smtp_session(smtp: ServerUrl, timeout: float = 60) -> AsyncIterator[ai
         yield client
 
 
-def _smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
+def smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
     """An aiosmtplib failure as TransientError (retry later) or PermanentError (give up)."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients]
         error = TransientError if all(400 <= c < 500 for c in codes) else PermanentError
         return error(f"SMTP refused recipients: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return PermanentError(f"SMTP login to {smtp} refused ({exc.code} {exc.message}): "
+                              "check the user and password in ROUTER_SMTP_URL")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         error = TransientError if 400 <= exc.code < 500 else PermanentError
         return error(f"SMTP {exc.code} {exc.message}")
@@ -471,7 +474,7 @@ async def send(
         async with smtp_session(smtp, timeout) as client:
             await client.send_message(message, sender=sender, recipients=list(recipients))
     except _SMTP_FAILURES as exc:
-        raise _smtp_error(exc, smtp) from None
+        raise smtp_error(exc, smtp) from None
 
 
 class Mailer:
@@ -504,7 +507,7 @@ class Mailer:
         except _SMTP_FAILURES as exc:
             if not isinstance(exc, aiosmtplib.SMTPResponseException) or exc.code >= 421:
                 await self._drop()  # the connection is suspect: start afresh next time
-            raise _smtp_error(exc, self.smtp) from None
+            raise smtp_error(exc, self.smtp) from None
         finally:
             self._used_at = time.monotonic()
 
