@@ -17,19 +17,17 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from email.message import EmailMessage
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+import harness  # puts tests/ on the path for what follows
 
-from csm_router.demo import compose  # noqa: E402
-from csm_router.embedded import RecordingSmtp  # noqa: E402
-from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
+from csm_router.demo import compose
+from csm_router.embedded import RecordingSmtp
+from support.servers import DovecotServer, RedisServer
 
 USER = "success@acme.com"
 POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"
@@ -65,15 +63,8 @@ def _text(message: EmailMessage) -> str:
 
 
 def main(count: int) -> int:
-    with tempfile.TemporaryDirectory(prefix="csm-chaos-") as tmp:
-        root = Path(tmp)
-        for name in ("dovecot", "redis", "work"):
-            (root / name).mkdir()
-        grant_traverse(root / "dovecot", up_to=root)
-        with DovecotServer(root / "dovecot") as dovecot, \
-                RedisServer(root / "redis", persistent=True) as redis_server, \
-                RecordingSmtp() as smtp:
-            return run(count, dovecot, redis_server, smtp, root / "work")
+    with harness.servers("chaos", persistent=True) as found:
+        return run(count, found.dovecot, found.redis, found.smtp, found.workdir)
 
 
 def run(count: int, dovecot: DovecotServer, redis_server: RedisServer, smtp: RecordingSmtp,

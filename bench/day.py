@@ -22,32 +22,29 @@ package with the same harness. Writes `bench/results/day.json`.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+import harness  # puts tests/ on the path for what follows
+from harness import pct
 
-from csm_router.demo import compose  # noqa: E402
-from csm_router.embedded import Received, RecordingSmtp  # noqa: E402
-from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
+from csm_router.demo import compose
+from csm_router.embedded import Received, RecordingSmtp
+from support.servers import DovecotServer, RedisServer
 
 ALIAS = "success@acme.com"
 SUPPORT = "support@acme.com"
 CSMS = [f"csm{n:02d}@acme.com" for n in range(1, 61)]
 AUTHSERV = "mx.acme.test"
 DAY_SECONDS = 8 * 3600
-PRODUCT_SRC = ""  # --product-src DIR: run the processes from another checkout's src/
 TECHNICAL = ("Since this morning the API returns HTTP 500 on every call to /v2/export, with "
              "a stack trace in the response body. Our nightly sync is failing.")
 
@@ -73,33 +70,16 @@ class Thread:
     replies: list[str] = field(default_factory=list)
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:  # nothing arrived that could be matched to what was sent
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def main(count: int, speedup: float) -> int:
-    with tempfile.TemporaryDirectory(prefix="csm-day-") as tmp:
-        root = Path(tmp)
-        for name in ("dovecot", "redis", "work"):
-            (root / name).mkdir()
-        grant_traverse(root / "dovecot", up_to=root)
-        with DovecotServer(root / "dovecot") as dovecot, \
-                RedisServer(root / "redis") as redis, RecordingSmtp() as smtp:
-            results = run(count, speedup, dovecot, redis, smtp, root / "work")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "day.json").write_text(json.dumps(results, indent=2) + "\n")
+    with harness.servers("day") as found:
+        results = run(count, speedup, found.dovecot, found.redis, found.smtp, found.workdir)
+    harness.save("day", results)
     return 0 if results["misrouted"] == 0 else 1
 
 
 def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
         smtp: RecordingSmtp, workdir: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
-    if PRODUCT_SRC:  # another checkout's package, measured with this same harness
-        env["PYTHONPATH"] = PRODUCT_SRC
     env.update(ROUTER_IMAP_URL=dovecot.imap_url(ALIAS), ROUTER_SMTP_URL=smtp.url,
                ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme Customer Success <{ALIAS}>",
                ROUTER_POOL=", ".join(CSMS), ROUTER_SUPPORT_ADDRESS=SUPPORT,
@@ -107,7 +87,8 @@ def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
                ROUTER_LOG_LEVEL="WARNING")
     log = open(workdir / "product.log", "ab")  # noqa: SIM115  # closed below
     cmd = [sys.executable, "-m", "csm_router.cli"]
-    procs = [subprocess.Popen([*cmd, name], env=env, stdout=log, stderr=log)
+    procs = [subprocess.Popen([*cmd, name], env=harness.product_env(env), stdout=log,
+                              stderr=log)
              for name in ("worker", "run")]
     time.sleep(3)
 
@@ -239,10 +220,5 @@ def judge(sent: list[Sent], threads: list[Thread], mail: list[Received],
 
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if "--product-src" in argv:  # e.g. a worktree of the previous release, for before/after
-        at = argv.index("--product-src")
-        PRODUCT_SRC = str(Path(argv[at + 1]).resolve())
-        del argv[at : at + 2]
-    args = [float(a) for a in argv]
+    args = [float(a) for a in harness.arguments(sys.argv[1:])]
     sys.exit(main(int(args[0]) if args else 3000, args[1] if len(args) > 1 else 100.0))

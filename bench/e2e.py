@@ -17,7 +17,6 @@ another checkout (say, the previous release) with the same harness.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import shutil
@@ -26,27 +25,20 @@ import smtplib
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+import harness  # puts tests/ on the path for what follows
+from harness import pct
 
-from csm_router.demo import compose  # noqa: E402
-from csm_router.embedded import RecordingSmtp  # noqa: E402
-from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
+from csm_router.demo import compose
+from csm_router.embedded import RecordingSmtp
+from support.servers import DovecotServer, RedisServer
 
 POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"
-PRODUCT_SRC = ""  # --product-src DIR: run the processes from another checkout's src/
 _users = iter(f"success-{n}@acme.com" for n in range(1, 1000))
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def mail(n: int, user: str, tag: str) -> bytes:
@@ -112,14 +104,13 @@ class Product:
             with redis.client() as client:
                 client.flushall()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
-        if PRODUCT_SRC:  # another checkout's package, measured with this same harness
-            env["PYTHONPATH"] = PRODUCT_SRC
         env.update(ROUTER_IMAP_URL=dovecot.imap_url(self.user), ROUTER_SMTP_URL=smtp.url,
                    ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme CS <{self.user}>",
                    ROUTER_POOL=POOL, ROUTER_POLL_SECONDS="30", ROUTER_LOG_LEVEL="WARNING")
         log = open(workdir / f"{self.user}.log", "ab")  # noqa: SIM115  # closed in stop()
         self.log = log
         cmd = [sys.executable, "-m", "csm_router.cli"]
+        env = harness.product_env(env)
         self.procs = [subprocess.Popen([*cmd, "worker"], env=env, stdout=log, stderr=log)
                       for _ in range(workers)]
         self.procs += [subprocess.Popen([*cmd, "run"], env=env, stdout=log, stderr=log)
@@ -186,17 +177,9 @@ def burst(dovecot: DovecotServer, smtp: RecordingSmtp, user: str, count: int,
 
 
 def main(count: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="csm-e2e-") as tmp:
-        root = Path(tmp)
-        for name in ("dovecot", "redis", "work"):
-            (root / name).mkdir()
-        grant_traverse(root / "dovecot", up_to=root)
-        with DovecotServer(root / "dovecot") as dovecot, \
-                RedisServer(root / "redis") as redis, RecordingSmtp() as smtp:
-            results = run(count, dovecot, redis, smtp, root / "work")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "e2e.json").write_text(json.dumps(results, indent=2) + "\n")
+    with harness.servers("e2e") as found:
+        results = run(count, found.dovecot, found.redis, found.smtp, found.workdir)
+    harness.save("e2e", results)
 
 
 def run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
@@ -323,9 +306,5 @@ def report(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "--product-src" in args:  # e.g. a worktree of the previous release, for before/after
-        at = args.index("--product-src")
-        PRODUCT_SRC = str(Path(args[at + 1]).resolve())
-        del args[at : at + 2]
+    args = harness.arguments(sys.argv[1:])
     main(int(args[0]) if args else 1000)

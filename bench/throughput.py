@@ -18,29 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 import time
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import harness  # puts tests/ on the path for what follows
 from redis.connection import AbstractConnection
 from rq import SimpleWorker
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from csm_router import jobs  # noqa: E402
-from csm_router.config import load_settings  # noqa: E402
-from csm_router.demo import compose  # noqa: E402
-from csm_router.dispatch import Runtime  # noqa: E402
-from csm_router.embedded import RecordingSmtp  # noqa: E402
-from csm_router.mailbox import Mailbox  # noqa: E402
-from csm_router.outbox import QUEUES  # noqa: E402
-from csm_router.router import Router  # noqa: E402
-from csm_router.store import key  # noqa: E402
-from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
+from csm_router import jobs
+from csm_router.config import load_settings
+from csm_router.demo import compose
+from csm_router.dispatch import Runtime
+from csm_router.embedded import RecordingSmtp
+from csm_router.mailbox import Mailbox
+from csm_router.outbox import QUEUES
+from csm_router.router import Router
+from csm_router.store import key
+from support.servers import DovecotServer, RedisServer
 
 USER = "success@acme.com"
 
@@ -75,14 +71,8 @@ def timed(label: str, work: object) -> float:
 
 
 def main(count: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="csm-bench-") as tmp:
-        root = Path(tmp)
-        for name in ("dovecot", "redis"):
-            (root / name).mkdir()
-        grant_traverse(root / "dovecot", up_to=root)
-        with DovecotServer(root / "dovecot") as dovecot, \
-                RedisServer(root / "redis") as redis_server, RecordingSmtp() as smtp:
-            run(count, dovecot, redis_server, smtp)
+    with harness.servers("bench") as found:
+        run(count, found.dovecot, found.redis, found.smtp)
 
 
 def run(
