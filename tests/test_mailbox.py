@@ -11,6 +11,7 @@ from csm_router.config import parse_server_url
 from csm_router.demo import compose
 from csm_router.embedded import EmbeddedImap
 from csm_router.mailbox import FETCH_BATCH, FETCH_BATCH_BYTES, Mailbox
+from support.servers import fetch_with_limit
 
 MB = 1024 * 1024
 
@@ -96,13 +97,7 @@ def test_fetch_against_a_real_imap_server_skips_the_oversized_body(imap: Embedde
     large = compose("Joe <joe@initech.io>", "Large", "x" * 20_000 + "\n")[1]
     for raw in (small, large, small):
         imap.append(raw)
-    box = Mailbox(parse_server_url(imap.url, ("imap", "imaps")))
-    box.connect()
-    try:
-        uids = box.new_uids(0)
-        got = list(box.fetch(uids, max_bytes=10_000))
-    finally:
-        box.close()
+    uids, got = fetch_with_limit(imap.url, 10_000)
     assert len(uids) == 3
     assert [(uid, raw is None) for uid, raw in got] == list(
         zip(uids, (False, True, False), strict=True)

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from rich.table import Table
 from csm_router import __version__, jobs, logs, pool
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
 from csm_router.connect import redis_client
-from csm_router.dispatch import Runtime, release_held
+from csm_router.dispatch import Runtime, release_held, stop_on_signals
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.outbound import (
@@ -56,15 +55,6 @@ def _runtime() -> Runtime:
     return Runtime.from_settings(load_settings())
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        log.info("signal %s: finishing the current message and stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 # -- processes --------------------------------------------------------------------------
 
 
@@ -72,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rt = _runtime()
     _setup_logging(rt.settings)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop, "the current message")
     mailbox = Mailbox(rt.settings.required_imap(), rt.settings.quarantine_folder)
     log.info("router watching %s", mailbox.name)
     trust = steering_note(rt.settings)

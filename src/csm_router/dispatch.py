@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from rq import Queue
@@ -41,6 +44,19 @@ class Runtime:
         store = Store(conn, settings)
         return cls(settings, conn, store, queues, load_rules(settings.support_rules),
                    Outbox(store, queues))
+
+
+def stop_on_signals(stop: threading.Event, doing: str) -> None:
+    """SIGTERM and SIGINT set `stop`: the process finishes `doing` and ends cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set signal handlers
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %s: finishing %s and stopping", signum, doing)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def release_held(rt: Runtime) -> int:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
-from typing import Any
 
 import redis
 from rq import SimpleWorker
 
 from csm_router import jobs
-from csm_router.dispatch import Runtime
+from csm_router.dispatch import Runtime, stop_on_signals
 from csm_router.errors import Backoff
 from csm_router.outbound import warm_up
 from csm_router.outbox import QUEUES, Heartbeat, Pump
@@ -35,18 +33,6 @@ class _ServerTroubleInOneLine(logging.Filter):
         return True
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        log.info("signal %s: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def run_worker(
     rt: Runtime,
     *,
@@ -63,7 +49,7 @@ def run_worker(
     stop = stop or threading.Event()
     if rt.settings.support_address is not None:
         load_handler(rt.settings.support_handler)  # a typo stops us now, not a customer later
-    _stop_on_signals(stop)
+    stop_on_signals(stop, "the current job")
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, _ServerTroubleInOneLine) for f in rq_log.filters):
         rq_log.addFilter(_ServerTroubleInOneLine())
@@ -104,7 +90,7 @@ def run_worker(
                 # so a stop request now reaches this loop and no thread is left retrying.
                 with contextlib.suppress(Exception):
                     worker.unsubscribe()  # type: ignore[no-untyped-call]
-                _stop_on_signals(stop)
+                stop_on_signals(stop, "the current job")
             stop.wait(delay)
         finally:
             pump.stopping.set()

@@ -6,7 +6,9 @@ without a name killed mid-send, a job lost between RQ's pop and its start.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +33,16 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def durable(product: Product, durable_redis: RedisServer) -> Product:
     product.env["ROUTER_REDIS_URL"] = durable_redis.url
     return product
+
+
+@contextlib.contextmanager
+def running(product: Product, *args: str, log: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A `csm-router` process for the length of the block, stopped (SIGTERM) after it."""
+    proc = start(product, *args, log=log)
+    try:
+        yield proc
+    finally:
+        stop(proc)
 
 
 def stream(product: Product, start_at: int, count: int) -> None:
@@ -75,8 +87,7 @@ def test_redis_going_away_under_a_stream_of_mail_loses_and_doubles_nothing(
 
 
 def test_a_relay_gone_for_a_while_gets_every_forward_once_it_is_back(product: Product) -> None:
-    worker = start(product, "worker", log="worker.log")
-    try:
+    with running(product, "worker", log="worker.log"):
         port = product.smtp.port
         product.smtp.stop()
         stream(product, 0, 5)
@@ -84,8 +95,6 @@ def test_a_relay_gone_for_a_while_gets_every_forward_once_it_is_back(product: Pr
         product.smtp.start(port=port)
         # Retried after 5 s, then 15 s: well within the wait.
         product.smtp.wait_for(5, timeout=60)
-    finally:
-        stop(worker)
     assert_each_once(product, 5)
     assert "unreachable" in (product.workdir / "worker.log").read_text()
 
@@ -96,11 +105,8 @@ def test_a_job_lost_between_pop_and_start_is_offered_again(product: Product) -> 
     redis = product.redis()
     # What a worker killed right after RQ's LPOP leaves: the job is in no queue.
     assert redis.lpop("rq:queue:deliver") is not None
-    worker = start(product, "worker", log="worker.log")  # no --name, as the Procfile runs it
-    try:
+    with running(product, "worker", log="worker.log"):  # no --name, as the Procfile runs it
         product.smtp.wait_for(1, timeout=40)
-    finally:
-        stop(worker)
     assert_each_once(product, 1)
 
 
@@ -112,12 +118,9 @@ def test_an_unnamed_worker_killed_mid_send_loses_nothing(product: Product) -> No
     product.smtp.wait_until_held(timeout=60)
     kill(worker)
     product.smtp.release()  # the dead worker's DATA is answered 451 and not recorded
-    worker = start(product, "worker", log="worker2.log")
-    try:
+    with running(product, "worker", log="worker2.log"):
         # Its heartbeat expires within seconds; then the entry is taken up again.
         product.smtp.wait_for(1, timeout=60)
-    finally:
-        stop(worker)
     assert_each_once(product, 1)
     assert "taken up again" in (product.workdir / "worker2.log").read_text()
 

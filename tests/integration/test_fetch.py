@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from csm_router.config import parse_server_url
-from csm_router.mailbox import Mailbox
 from support.product import ALICE, BOB, CAROL, Product, customer_mail
 from support.servers import Mailbox as ServerMailbox
+from support.servers import fetch_with_limit
 
 pytestmark = pytest.mark.integration
 
@@ -17,13 +16,7 @@ def test_fetch_from_dovecot_yields_none_for_an_oversized_message(mailbox: Server
     mailbox.deliver(small)
     mailbox.deliver(customer_mail("Joe <joe@initech.io>", "Large", "x" * 50_000 + "\n")[1])
     mailbox.deliver(small)
-    box = Mailbox(parse_server_url(mailbox.imap_url, ("imap", "imaps")))
-    box.connect()
-    try:
-        uids = box.new_uids(0)
-        got = list(box.fetch(uids, max_bytes=20_000))
-    finally:
-        box.close()
+    uids, got = fetch_with_limit(mailbox.imap_url, 20_000)
     assert [uid for uid, _ in got] == uids and len(uids) == 3
     first, large, last = (raw for _, raw in got)
     assert large is None

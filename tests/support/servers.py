@@ -378,3 +378,17 @@ class Mailbox:
             with suppress(Exception):
                 client.logout()
         self._clients.clear()
+
+
+def fetch_with_limit(imap_url: str, max_bytes: int) -> tuple[list[int], list[Any]]:
+    """The product's Mailbox on `imap_url`: every UID, and what `fetch` gives for them."""
+    from csm_router.config import parse_server_url
+    from csm_router.mailbox import Mailbox as ProductMailbox
+
+    box = ProductMailbox(parse_server_url(imap_url, ("imap", "imaps")))
+    box.connect()
+    try:
+        uids = box.new_uids(0)
+        return uids, list(box.fetch(uids, max_bytes=max_bytes))
+    finally:
+        box.close()
