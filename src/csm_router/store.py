@@ -175,11 +175,9 @@ class Store:
 
     # -- scripts --------------------------------------------------------------------
 
-    def run_script(self, name: str, payload: dict[str, Any]) -> Any:
-        """Run `lua/<name>.lua` (after `lua/common.lua`) with `payload`; answers its JSON."""
-        return self._run(name, payload)
-
-    def _run(self, name: str, payload: dict[str, Any], *extra: bytes) -> Any:
+    def run_script(self, name: str, payload: dict[str, Any], *extra: bytes) -> Any:
+        """Run `lua/<name>.lua` (after `lua/common.lua`) with `payload` (and `extra`
+        binary arguments); answers its JSON."""
         script = self._scripts.get(name)
         if script is None:
             lua = resources.files("csm_router") / "lua"
@@ -367,7 +365,8 @@ class Store:
             "notice": notice,
             "raw_ttl": RAW_TTL_SECONDS if raw is not None else 0,
         }
-        return Outcome.from_json(self._run("record", payload, *([raw] if raw is not None else [])))
+        extra = [raw] if raw is not None else []
+        return Outcome.from_json(self.run_script("record", payload, *extra))
 
     def record_quarantine(self, msgkey: str, message_id: str, reason: str, now: float) -> Outcome:
         """Record that a message went to quarantine, with the reason."""
@@ -380,13 +379,13 @@ class Store:
             "why": reason,
             "message_id": message_id,
         }
-        return Outcome.from_json(self._run("record", payload))
+        return Outcome.from_json(self.run_script("record", payload))
 
     def release_held(
         self, now: float | None = None, limit: int = 100
     ) -> tuple[list[Released], list[str]]:
         """Hand held threads to whoever can take them now; answers them and what was owed."""
-        out = self._run("release", {"now": now or time.time(), "limit": limit})
+        out = self.run_script("release", {"now": now or time.time(), "limit": limit})
         released = out.get("released") if isinstance(out, dict) else None
         return [
             Released(int(r["ref"]), r["owner"], tuple(owed_ids(r.get("msgs"))))
@@ -395,19 +394,19 @@ class Store:
 
     def sweep(self, now: float) -> dict[str, list[Any]]:
         """Remind and escalate by the first-response clock (lua/sweep.lua), owing the mail."""
-        out = self._run("sweep", {"now": now,
+        out = self.run_script("sweep", {"now": now,
                                   "remind_before": self.settings.remind_before_seconds})
         return {k: v if isinstance(v, list) else [] for k, v in out.items()}
 
     def reassign(self, ref: int, target: str, why: str) -> dict[str, Any]:
         """Give thread `ref` to `target`, owing the forwards; answers the previous owner."""
-        return dict(self._run("reassign", {"ref": ref, "target": target, "why": why}))
+        return dict(self.run_script("reassign", {"ref": ref, "target": target, "why": why}))
 
     def undeliverable(
         self, kind: str, ref: int, failed: str, msgkey: str, error: str
     ) -> dict[str, Any]:
         """A forward to `failed` (or a Support handoff) failed for good: move the thread on."""
-        return dict(self._run("undeliverable", {"kind": kind, "ref": ref, "failed": failed,
+        return dict(self.run_script("undeliverable", {"kind": kind, "ref": ref, "failed": failed,
                                                 "msgkey": msgkey, "error": error}))
 
     def delivery_context(self, msgkey: str, owner: str, message_id: str, *,
