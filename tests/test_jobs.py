@@ -17,6 +17,7 @@ from csm_router.message import parse
 from csm_router.store import Outcome, message_key
 from csm_router.support import SupportHandoff
 from csm_router.worker import run_worker
+from support.runtime import worker_runtime
 
 RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Help\r\n"
        b"Message-ID: <q1@globex.com>\r\n\r\nHow do I export?\r\n")
@@ -24,15 +25,8 @@ RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: He
 
 @pytest.fixture
 def rt(smtp: RecordingSmtp) -> Iterator[Runtime]:
-    settings = load_settings(
-        alias="Acme Customer Success <success@acme.com>", pool="alice@acme.com",
-        smtp_url=smtp.url, away="", max_open_per_csm=0,
-        overflow_address="cs-lead@acme.com",
-    )
-    runtime = Runtime.from_settings(settings, fakeredis.FakeRedis())
-    jobs.configure(runtime)
-    yield runtime
-    jobs.configure(None)
+    with worker_runtime(smtp.url, "alice@acme.com") as runtime:
+        yield runtime
 
 
 def routed(rt: Runtime) -> str:

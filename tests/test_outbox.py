@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import fakeredis
 import pytest
 
 from csm_router import jobs
-from csm_router.config import load_settings
 from csm_router.decide import decide
 from csm_router.dispatch import Runtime
 from csm_router.embedded import RecordingSmtp
@@ -16,6 +14,7 @@ from csm_router.message import parse
 from csm_router.outbox import RETRY_DELAYS, Heartbeat, Pump
 from csm_router.store import key, message_key
 from csm_router.worker import run_worker
+from support.runtime import worker_runtime
 
 RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Help\r\n"
        b"Message-ID: <q1@globex.com>\r\n\r\nHow do I export?\r\n")
@@ -24,14 +23,8 @@ ALICE, BOB = "alice@acme.com", "bob@acme.com"
 
 @pytest.fixture
 def rt(smtp: RecordingSmtp) -> Iterator[Runtime]:
-    settings = load_settings(
-        alias="Acme Customer Success <success@acme.com>", pool=f"{ALICE}, {BOB}",
-        smtp_url=smtp.url, away="", max_open_per_csm=0, overflow_address="cs-lead@acme.com",
-    )
-    runtime = Runtime.from_settings(settings, fakeredis.FakeRedis())
-    jobs.configure(runtime)
-    yield runtime
-    jobs.configure(None)
+    with worker_runtime(smtp.url, f"{ALICE}, {BOB}") as runtime:
+        yield runtime
 
 
 def record(rt: Runtime, raw: bytes = RAW) -> tuple[str, tuple[str, ...]]:

@@ -82,6 +82,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from csm_router.web import serve
+
+    settings = load_settings()
+    _setup_logging(settings)
+    serve(settings, redis_client(settings.redis_url))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from csm_router.web import health_url, probe
+
+    url = args.url or health_url(load_settings())
+    healthy, said = probe(url)
+    print(said, end="" if said.endswith("\n") else "\n", file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings()
     ok = True
@@ -472,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="a stable name, unique among live workers (e.g. host-1): "
                    "on restart, what the previous worker of that name had in hand is taken "
                    "up at once instead of after its heartbeat expires")
+    add("web", cmd_web, "serve /metrics and /healthz on ROUTER_WEB_ADDRESS")
+    p = add("health", cmd_health, "ask `csm-router web` whether the deployment is healthy "
+            "(exit 0) or not (exit 1, with the reason): for container health checks")
+    p.add_argument("--url", help="default: /healthz at ROUTER_WEB_ADDRESS")
     add("check", cmd_check, "validate configuration and log in to Redis, IMAP and SMTP")
     add("demo", cmd_demo, "run the whole product on embedded servers and show what happens")
     p = add("sweep", cmd_sweep, "run one first-response sweep now (the worker runs one every 30s)")

@@ -24,7 +24,7 @@ ENV_PREFIX = "ROUTER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Named by the product's definition for features still to come: set, they are not typos.
 RESERVED = frozenset({
-    "WEB_ADDRESS", "WEB_USER", "WEB_PASSWORD", "HOURS",
+    "WEB_USER", "WEB_PASSWORD", "HOURS",
     "PREMIUM", "PREMIUM_POOL", "PREMIUM_FIRST_RESPONSE_MINUTES", "DIGEST_ADDRESS",
 })
 
@@ -215,6 +215,15 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def parse_bind(value: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:8025` for IPv6) to listen on; ValueError says what is wrong."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:8025 or 0.0.0.0:8025")
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     """Everything an admin can set; see `deploy/.env.example` for the documented list."""
 
@@ -248,6 +257,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     templates_dir: Path | None = None
+    web_address: str = "127.0.0.1:8025"
+
+    @property
+    def web_bind(self) -> tuple[str, int]:
+        """`ROUTER_WEB_ADDRESS` as the host and port to listen on."""
+        return parse_bind(self.web_address)
+
+    @field_validator("web_address")
+    @classmethod
+    def _web_address(cls, value: str) -> str:
+        parse_bind(value)
+        return value
 
     @field_validator("imap_url", "smtp_url", mode="before")
     @classmethod

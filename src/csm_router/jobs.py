@@ -18,6 +18,7 @@ from csm_router.config import Address, PoolMember, load_settings
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError
 from csm_router.message import Inbound, MalformedMessageError, parse
+from csm_router.metrics import observe_forward
 from csm_router.outbound import (
     EarlierMessage,
     EarlierThread,
@@ -230,6 +231,8 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
                      if (secret := settings.reply_secret) else None),
     )
     _send(rt, forward, [owner])  # checked not sent above, before rendering
+    # A customer waited this long for the thread's CSM; a re-forward's wait is the SLA's.
+    waited = time.time() - msg.received_at if not cause and msg.received_at else None
     previous_key = key("thread", ref, "forwards", owner)
     entry = _performing
 
@@ -241,8 +244,10 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
             pipe.ltrim(previous_key, -100, -1)
             pipe.expire(previous_key, rt.settings.retention_days * 86400)
             pipe.hset(key("msg", msgkey), "state", "delivered")
+            if waited is not None:
+                observe_forward(pipe, waited)
             if entry is not None:
-                rt.outbox.done_in(pipe, entry, f"sent {message_id}")
+                rt.outbox.done_in(pipe, entry, "deliver", f"sent {message_id}")
             pipe.execute()
 
     after_send(remember)

@@ -7,7 +7,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.headerregistry import HeaderRegistry
 from email.message import Message
@@ -100,6 +100,19 @@ class Inbound:
     def account(self) -> str:
         """The sender's domain, lower-case."""
         return self.sender.rpartition("@")[2]
+
+    @property
+    def received_at(self) -> float | None:
+        """When the receiving server took the message: the date of the topmost Received
+        header, which that server wrote (RFC 5321 4.4), in Unix seconds; None if absent."""
+        stamp = (self.header("Received") or "").rpartition(";")[2].strip()
+        if not stamp or len(stamp) > 100:
+            return None
+        try:
+            when = parsedate_to_datetime(stamp)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
     @property
     def content_type(self) -> str:

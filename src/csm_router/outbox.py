@@ -29,6 +29,7 @@ from typing import Any
 
 from rq import Queue
 
+from csm_router.metrics import ProcessBeat
 from csm_router.store import Store, key, text_hash
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Outbox:
     def done(self, entry_id: str, result: str = "") -> None:
         self._op("done", id=entry_id, result=result, keep_done=KEEP_DONE_SECONDS)
 
-    def done_in(self, pipe: Any, entry_id: str, result: str = "") -> None:
+    def done_in(self, pipe: Any, entry_id: str, kind: str, result: str = "") -> None:
         """Queue `done` for entry `entry_id` on `pipe`, with the send's own record.
 
         What lua/outbox.lua's `done` does, as plain commands: the send that finishes an
@@ -124,6 +125,7 @@ class Outbox:
         pipe.zrem(key("outbox"), entry_id)
         pipe.hdel(key("outbox", "running"), entry_id)
         pipe.hset(ekey, mapping={"state": "done", "done": time.time(), "result": result})
+        pipe.hincrby(key("metrics"), f"done\t{kind}", 1)
         pipe.expire(ekey, KEEP_DONE_SECONDS)
 
     def retry(self, entry: Entry, error: str) -> bool:
@@ -189,6 +191,7 @@ class Heartbeat:
         self.store = store
         self.name = name or socket.gethostname()
         self.holder = ""
+        self.proc = ProcessBeat(store.redis, "worker", self.name)
         self.renew()
 
     def renew(self) -> None:
@@ -200,10 +203,14 @@ class Heartbeat:
         self.holder = f"{self.name}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def beat(self) -> None:
-        self.store.redis.set(key("alive", self.holder), 1, ex=ALIVE_SECONDS)
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key("alive", self.holder), 1, ex=ALIVE_SECONDS)
+            self.proc.beat(pipe=pipe)  # for /metrics
+            pipe.execute()
 
     def stop(self) -> None:
         self.store.redis.delete(key("alive", self.holder))
+        self.proc.forget()
 
 
 class Pump(threading.Thread):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from csm_router.dispatch import Runtime, record_decision, release_held
 from csm_router.errors import Backoff, PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
+from csm_router.metrics import ProcessBeat, forget_stale
 from csm_router.outbox import OFFER_BATCH
 from csm_router.store import key, message_key
 from csm_router.threads import FIRST_REF, format_ref
@@ -40,21 +42,26 @@ class Router:
         self.stop = stop or threading.Event()
         self._connected = False
         self._owed: list[str] = []
+        self.beat = ProcessBeat(rt.redis, "router", mailbox.name, rt.settings.poll_seconds)
 
     def run(self, *, exit_when_idle: bool = False) -> None:
         """Watch until stopped; with `exit_when_idle`, return once nothing new is left."""
         backoff = Backoff()
+        with contextlib.suppress(redis.RedisError):
+            forget_stale(self.rt.redis)
         while not self.stop.is_set():
             try:
                 if not self._connected:
                     self.mailbox.connect()
                     self._connected = True
+                    self.beat.imap = "connected"
                     self._ensure_sequence()
                     mode = "IDLE" if self.mailbox.has_idle() else "polling (no IDLE)"
                     log.info("watching %s with %s, refreshing every %ss", self.mailbox.name,
                              mode, self.rt.settings.poll_seconds)
                 handled = self.poll_once()
                 release_held(self.rt)
+                self.beat.beat(self.clock())
                 backoff.reset()
                 if handled:
                     continue
@@ -71,10 +78,15 @@ class Router:
                 self._disconnect()
                 self.stop.wait(delay)
         self._disconnect()
+        with contextlib.suppress(redis.RedisError):
+            self.beat.forget()  # stopped on purpose: not a router gone silent
 
     def _disconnect(self) -> None:
         self.mailbox.close()
         self._connected = False
+        self.beat.imap = "disconnected"
+        with contextlib.suppress(redis.RedisError):
+            self.beat.beat(self.clock())  # /healthz says why, at once
 
     def _ensure_sequence(self) -> None:
         """Start thread references, and never let them repeat if Redis lost its data.
@@ -119,7 +131,7 @@ class Router:
                     # Never downloaded, so there are no bytes to key it by: its UID does.
                     self._quarantine(uid, b"", "", f"message is over ROUTER_MAX_MESSAGE_BYTES "
                                      f"({limit} bytes): not fetched",
-                                     f"uid-{mailbox.uidvalidity}-{uid}")
+                                     f"uid-{mailbox.uidvalidity}-{uid}", rule="too-large")
                 else:
                     self.handle(uid, raw)
                     handled.append(uid)
@@ -153,7 +165,8 @@ class Router:
                 # Decided but not finished: retry after a backoff rather than skip it.
                 raise TransientError(f"UID {uid}: {type(exc).__name__} after recording") from exc
             # A bug must not lose the message: keep it in quarantine with the reason.
-            return self._quarantine(uid, raw, "", f"internal error: {type(exc).__name__}")
+            return self._quarantine(uid, raw, "", f"internal error: {type(exc).__name__}",
+                                    rule="internal-error")
 
     def _recorded(self, raw: bytes) -> bool:
         try:
@@ -168,7 +181,7 @@ class Router:
         try:
             msg = parse(raw, max_bytes=settings.max_message_bytes)
         except MalformedMessageError as exc:
-            return self._quarantine(uid, raw, "", str(exc))
+            return self._quarantine(uid, raw, "", str(exc), rule=exc.reason)
         msgkey = message_key(msg, raw)
         verdict = verify_sender(msg, settings.trusted_authserv_id)
         snap = store.snapshot(msg, now, verdict=verdict, support_rules=self.rt.support_rules,
@@ -179,7 +192,8 @@ class Router:
             return "duplicate"
         decision = decide(msg, snap)
         if decision.action is Action.QUARANTINE:
-            return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey)
+            return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey,
+                                    rule=decision.rule)
         keep = decision.action in (Action.FORWARD, Action.SUPPORT, Action.RECORD_REPLY)
         outcome = record_decision(store, msgkey, msg, decision, now, uid,
                                   raw=raw if keep else None)
@@ -202,9 +216,12 @@ class Router:
     def _offer(self) -> None:
         owed, self._owed = self._owed, []
         self.rt.outbox.offer(owed)
+        if owed:
+            self.beat.beat(self.clock())  # alive through a long pass, too
 
     def _quarantine(
-        self, uid: int, raw: bytes, message_id: str, reason: str, msgkey: str | None = None
+        self, uid: int, raw: bytes, message_id: str, reason: str, msgkey: str | None = None,
+        *, rule: str = "quarantine",
     ) -> str:
         msgkey = msgkey or message_key(None, raw)
         store = self.rt.store
@@ -214,10 +231,10 @@ class Router:
         # Recorded first, copied second, marked copied last: a server failing in between
         # makes the next pass copy it once more at worst, never again and again.
         if not seen:
-            store.record_quarantine(msgkey, message_id, reason, self.clock())
+            store.record_quarantine(msgkey, message_id, reason, self.clock(), rule)
         self.mailbox.quarantine(uid)
         store.redis.hset(key("msg", msgkey), "copied", 1)
         log.warning("UID %s %s quarantined to %s: %s", uid, message_id or "(no id)",
                     self.mailbox.quarantine_folder, reason,
-                    extra={"message_id": message_id, "rule": "quarantine"})
+                    extra={"message_id": message_id, "rule": rule})
         return "quarantined"

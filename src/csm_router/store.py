@@ -368,14 +368,15 @@ class Store:
         extra = [raw] if raw is not None else []
         return Outcome.from_json(self.run_script("record", payload, *extra))
 
-    def record_quarantine(self, msgkey: str, message_id: str, reason: str, now: float) -> Outcome:
-        """Record that a message went to quarantine, with the reason."""
+    def record_quarantine(self, msgkey: str, message_id: str, reason: str, now: float,
+                          rule: str = "quarantine") -> Outcome:
+        """Record that a message went to quarantine, with the rule and the reason."""
         payload = {
             "msgkey": msgkey,
             "now": now,
             "action": "quarantine",
             "ref": None,
-            "rule": "quarantine",
+            "rule": rule,
             "why": reason,
             "message_id": message_id,
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import Any
 
 import redis
 from rq import SimpleWorker
@@ -13,6 +14,7 @@ from rq import SimpleWorker
 from csm_router import jobs
 from csm_router.dispatch import Runtime, stop_on_signals
 from csm_router.errors import Backoff
+from csm_router.metrics import forget_stale
 from csm_router.outbound import warm_up
 from csm_router.outbox import QUEUES, Heartbeat, Pump
 from csm_router.support import load_handler
@@ -31,6 +33,26 @@ class _ServerTroubleInOneLine(logging.Filter):
             record.msg, record.args = f"{record.getMessage()} ({error})", ()
             record.exc_info = record.exc_text = None
         return True
+
+
+class _Worker(SimpleWorker):
+    """RQ's in-process worker, whose stop request also stops the loop around it: a
+    SIGTERM that RQ takes while Redis is failing must still end the process."""
+
+    def __init__(self, *args: Any, stop: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_event = stop
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        self.stop_event.set()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def drop_subscription(self) -> None:
+        """Stop RQ's command channel thread even when Redis cannot hear the goodbye."""
+        with contextlib.suppress(Exception):
+            self.unsubscribe()  # type: ignore[no-untyped-call]
+        if self.pubsub_thread is not None:
+            self.pubsub_thread.stop()
 
 
 def run_worker(
@@ -60,16 +82,17 @@ def run_worker(
     failing = False
     while not stop.is_set():
         pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS)
-        worker: SimpleWorker | None = None
+        worker: _Worker | None = None
         try:
             beat.beat()
+            forget_stale(rt.redis)
             # A stable name is unique among live workers: entries its earlier incarnations
             # held are a dead process's, to take up now rather than once their key expires.
             rt.outbox.reclaim(dead_prefix=f"{name}:" if name else None, keep=beat.holder)
             if failing:
                 log.info("worker: Redis is back")
                 failing = False
-            worker = SimpleWorker([rt.queues[q] for q in QUEUES], connection=rt.redis)
+            worker = _Worker([rt.queues[q] for q in QUEUES], connection=rt.redis, stop=stop)
             if burst:
                 rt.outbox.offer()
                 worker.work(burst=True, logging_level=rt.settings.log_level.upper())
@@ -88,10 +111,10 @@ def run_worker(
             if worker is not None:
                 # RQ's worker set its own signal handlers and a pubsub thread: undo both,
                 # so a stop request now reaches this loop and no thread is left retrying.
-                with contextlib.suppress(Exception):
-                    worker.unsubscribe()  # type: ignore[no-untyped-call]
+                worker.drop_subscription()
                 stop_on_signals(stop, "the current job")
             stop.wait(delay)
         finally:
             pump.stopping.set()
-    beat.stop()
+    with contextlib.suppress(redis.RedisError):
+        beat.stop()  # with Redis down, its key expires by itself

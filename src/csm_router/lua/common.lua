@@ -51,6 +51,12 @@ end
 -- kept `retention` seconds after it closed; indexes drop what is older than that.
 local MAX_EVENTS, MAX_MSGS = 500, 1000
 
+-- Counters for /metrics (metrics.py reads them): a field is the family and its label
+-- values, tab-separated. Counted by the script that decides, so once per message.
+local function count(...)
+  redis.call('HINCRBY', P .. 'metrics', table.concat({...}, '\t'), 1)
+end
+
 local function event(ref, kind, fields)
   fields.at = d.now
   fields.event = kind

@@ -55,11 +55,14 @@ elseif d.op == 'take' then
   end
   redis.call('HSET', RUNNING, d.id, d.holder)
   redis.call('HSET', ekey(d.id), 'holder', d.holder, 'started', d.now)
+  count('attempt', e[1])
   -- Out of reach of offers while a live worker has it; `reclaim` frees it if that dies.
   redis.call('ZADD', OUTBOX, d.now + 86400, d.id)
   return cjson.encode({state = 'taken', kind = e[1], args = e[2], attempts = tonumber(e[3])})
 
 elseif d.op == 'done' then
+  local kind = redis.call('HGET', ekey(d.id), 'kind')
+  if kind and redis.call('HGET', ekey(d.id), 'state') == 'pending' then count('done', kind) end
   redis.call('ZREM', OUTBOX, d.id)
   redis.call('HDEL', RUNNING, d.id)
   -- A tombstone, so the same send is not owed again while its reason is fresh.
@@ -72,6 +75,7 @@ elseif d.op == 'retry' then
     return cjson.encode({state = 'gone'})
   end
   redis.call('HDEL', RUNNING, d.id)
+  count('failure', redis.call('HGET', ekey(d.id), 'kind'))
   local n = redis.call('HINCRBY', ekey(d.id), 'attempts', 1)
   redis.call('HSET', ekey(d.id), 'error', d.error, 'holder', '')
   redis.call('ZADD', OUTBOX, d.now + d.delay, d.id)
@@ -83,6 +87,7 @@ elseif d.op == 'dead' then
   end
   redis.call('ZREM', OUTBOX, d.id)
   redis.call('HDEL', RUNNING, d.id)
+  count('failure', redis.call('HGET', ekey(d.id), 'kind'))
   redis.call('HINCRBY', ekey(d.id), 'attempts', 1)
   redis.call('HSET', ekey(d.id), 'state', 'dead', 'error', d.error, 'holder', '', 'dead', d.now)
   redis.call('EXPIRE', ekey(d.id), d.keep_dead)

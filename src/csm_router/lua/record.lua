@@ -27,8 +27,19 @@ local function owe_followup(ref)
   if followup.notice then owe('notice', {msgkey = d.msgkey}, d.msgkey) end
 end
 
+local function tally(state, owner)
+  count('seen')
+  if d.action == 'quarantine' or d.action == 'ignore' then
+    count(d.action == 'ignore' and 'ignored' or 'quarantined', d.rule)
+  else
+    count('routed', state == 'held' and 'held' or d.action, d.rule)
+    if d.action == 'forward' and owner then count('decision', owner) end
+  end
+end
+
 local function finish(state, ref, owner, extra)
   owe_followup(ref)
+  tally(state, owner)
   if (d.raw_ttl or 0) > 0 then
     redis.call('SET', P .. 'raw:' .. d.msgkey, ARGV[2], 'EX', d.raw_ttl)
   end
