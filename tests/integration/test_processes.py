@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -190,3 +191,33 @@ def test_a_killed_worker_s_job_in_hand_is_taken_up_at_restart(product: Product) 
         stop(worker)
     assert str(sent.message["Subject"]) == "[CS-1001] In hand"
     assert "taken up again" in (product.workdir / "worker2.log").read_text()
+
+
+def on_a_terminal(product: Product, *args: str) -> str:
+    """What `csm-router ARGS` writes to a terminal (a pseudo-terminal here)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "csm_router.cli", *args], env=product.env,
+                            cwd=product.workdir, stdin=subprocess.DEVNULL, stdout=follower,
+                            stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its side
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_tables_have_colour_on_a_terminal_and_none_in_a_pipe(product: Product) -> None:
+    piped = product.cli("status").stdout
+    assert "Alice Smith" in piped
+    assert "\x1b[" not in piped  # a file, a ticket or grep gets plain text
+    shown = on_a_terminal(product, "status")
+    assert "Alice Smith" in shown
+    assert "\x1b[" in shown
