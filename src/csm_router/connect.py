@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from redis import Redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SENTINEL_SCHEME = "redis+sentinel://"
 
@@ -46,6 +46,20 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     return SentinelUrl(tuple(hosts), service, int(db or 0), password or None)
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to the master Sentinel names that, like every other redis-py
+    connection class, is dropped when a read fails.
+
+    redis-py's own keeps the connection when a read is interrupted (a signal raising
+    inside a blocking BLPOP, say) and hands it to the next caller, who then reads the
+    interrupted command's answer or waits behind it: a worker told to stop hung for
+    minutes in RQ's teardown."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("disconnect_on_error", True)
+        return super().read_response(*args, **kwargs)
+
+
 def redis_client(url: str, **options: Any) -> Redis:
     """A client for ROUTER_REDIS_URL (which the settings have validated)."""
     if not url.startswith(SENTINEL_SCHEME):
@@ -53,5 +67,6 @@ def redis_client(url: str, **options: Any) -> Redis:
     found = parse_sentinel_url(url)
     sentinel = Sentinel(list(found.hosts), **options)  # type: ignore[no-untyped-call]
     client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        found.service, db=found.db, password=found.password, **options)
+        found.service, db=found.db, password=found.password,
+        connection_class=_SentinelConnection, **options)
     return client

@@ -34,6 +34,7 @@ class Runtime:
     queues: dict[str, Queue]
     support_rules: RuleSet
     outbox: Outbox
+    given_client: bool = False  # a client handed in (tests): used for everything
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis | None = None) -> Runtime:
@@ -43,7 +44,17 @@ class Runtime:
         queues = {name: Queue(name, connection=conn) for name in QUEUES}
         store = Store(conn, settings)
         return cls(settings, conn, store, queues, load_rules(settings.support_rules),
-                   Outbox(store, queues))
+                   Outbox(store, queues), given_client=redis is not None)
+
+    def rq_client(self) -> Redis:
+        """A client for RQ's worker loop alone.
+
+        RQ stretches its client's socket timeout past its blocking dequeue (minutes): on
+        a shared client that would reach this process's own commands, and connections
+        made before it kept redis-py's 5 s, which cut RQ's dequeue short every 5 s with
+        an error and a growing back-off, during which no job was taken.
+        """
+        return self.redis if self.given_client else redis_client(self.settings.redis_url)
 
 
 def stop_on_signals(stop: threading.Event, doing: str) -> None:

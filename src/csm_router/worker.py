@@ -92,7 +92,8 @@ def run_worker(
             if failing:
                 log.info("worker: Redis is back")
                 failing = False
-            worker = _Worker([rt.queues[q] for q in QUEUES], connection=rt.redis, stop=stop)
+            worker = _Worker([rt.queues[q] for q in QUEUES], connection=rt.rq_client(),
+                             stop=stop)
             if burst:
                 rt.outbox.offer()
                 worker.work(burst=True, logging_level=rt.settings.log_level.upper())
