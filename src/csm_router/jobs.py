@@ -89,6 +89,10 @@ def perform_one(entry_id: str) -> str:
     _performing, _finished = entry.id, None
     try:
         try:
+            if not rt.store.replicated():
+                # What this entry stands on (the decision, the take) might not survive a
+                # failover: acting on it could send what the promoted replica owes anew.
+                raise TransientError("Redis: no replica confirmed this entry yet")
             result = KINDS[entry.kind](**entry.args)
         except PermanentError as exc:
             give_up(rt, entry, str(exc))
@@ -149,13 +153,17 @@ def after_send(write: Callable[[], object], patience: float = AFTER_SEND_PATIENC
 
     The mail is gone: if this record were lost, the entry would be taken up again and the
     mail sent twice. So Redis trouble here is waited out (a restart, a failover) rather
-    than raised, up to `patience` seconds.
+    than raised, up to `patience` seconds; and where Redis has replicas, the record counts
+    once a replica has it (a master dying first would take it along), else it is written
+    again, to the master Sentinel promoted meanwhile. Every write here is idempotent.
     """
     deadline = time.monotonic() + patience
     delay = 0.5
     while True:
         try:
             write()
+            if not runtime().store.replicated():
+                raise redis.ConnectionError("no replica confirmed the record in time")
             return
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
             if time.monotonic() + delay > deadline:

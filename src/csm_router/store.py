@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from csm_router.auth import Verdict, proven_by_reply_address, verify_sender
 from csm_router.classify import RuleSet
@@ -30,6 +31,10 @@ PREFIX = "csm:"
 RAW_TTL_SECONDS = 14 * 86400
 KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.lua too)
 MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
+# How long a worker waits for a replica to confirm a write it is about to act on, and how
+# often it asks Redis whether there are replicas at all.
+REPLICA_WAIT_MS = 2000
+REPLICAS_RECHECK_SECONDS = 10.0
 
 
 def key(*parts: object) -> str:
@@ -172,6 +177,47 @@ class Store:
         self.redis = redis
         self.settings = settings
         self._scripts: dict[str, Any] = {}
+        self._replicas = 0
+        self._replicas_checked = float("-inf")
+
+    # -- replicas ---------------------------------------------------------------------
+
+    def replicated(self) -> bool:
+        """Whether every write this process has finished so far is on a replica as well
+        (True where Redis has none): what a worker checks before and after a send.
+
+        Replication is asynchronous: a master that dies right after answering takes its
+        last writes with it, and Sentinel promotes a replica without them. A worker that
+        then sent on a lost decision, or whose record of a sent mail was lost, would make
+        the mail go out twice. WAIT only counts the asking connection's own writes, so a
+        small write goes first on the same connection; replication keeps order, so it
+        covers every earlier write of every connection.
+        """
+        now = time.monotonic()
+        if now >= self._replicas_checked + REPLICAS_RECHECK_SECONDS:
+            self._count_replicas(now)
+        if not self._replicas:
+            return True
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key("replicated"), 1, px=60_000)
+                pipe.wait(1, REPLICA_WAIT_MS)
+                acked = int(pipe.execute()[-1])
+        except (ConnectionError, TimeoutError, RedisError):
+            return False
+        if acked:
+            return True
+        # A failover may have left a master without replicas: then there is none to wait for.
+        self._count_replicas(now)
+        return not self._replicas
+
+    def _count_replicas(self, now: float) -> None:
+        try:
+            info = self.redis.info("replication")
+        except RedisError:
+            return
+        self._replicas = int(info.get("connected_slaves") or 0)
+        self._replicas_checked = now
 
     # -- scripts --------------------------------------------------------------------
 

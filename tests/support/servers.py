@@ -14,8 +14,8 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,15 +114,30 @@ def _await_answer(proc: subprocess.Popen[bytes], ask: Callable[[], object],
         time.sleep(0.05)
 
 
+def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll `check` until it answers something true, or raise TimeoutError naming `what`.
+
+    For a state a server only shows when asked (a replica's link, Sentinel's view of the
+    master), where there is nothing to subscribe to.
+    """
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s")
+        time.sleep(0.05)
+
+
 class RedisServer(Service):
     """A throw-away redis-server; with `persistent`, an append-only file synced on every
     write, as production runs it (deploy/redis.conf.example), so it can be restarted or
-    killed and come back with its data."""
+    killed and come back with its data; with `replica_of`, a replica of that server."""
 
-    def __init__(self, root: Path, binary: str | None = None, persistent: bool = False) -> None:
+    def __init__(self, root: Path, binary: str | None = None, persistent: bool = False,
+                 replica_of: RedisServer | None = None) -> None:
         self.root = root
         self.binary = binary
         self.persistent = persistent
+        self.replica_of = replica_of
         self.host = HOST
         self.port = 0
         self.log_path = root / "redis.log"
@@ -140,6 +155,29 @@ class RedisServer(Service):
         time.sleep(down_seconds)  # the outage itself is what is being tested
         self.start(port=self.port)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a lost host or the OOM killer would; it stays down."""
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait(10)
+        self._proc = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP the server for the block: connected, but answering nothing (a replica
+        that lags, a host that hangs)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def replication(self) -> dict[str, Any]:
+        """What `INFO replication` says: role, master_link_status, connected_slaves, ..."""
+        with self.client(socket_timeout=5) as client:
+            return dict(client.info("replication"))
+
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
@@ -154,8 +192,10 @@ class RedisServer(Service):
         self.port = port or free_ports(1)[0]
         persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
                        else ["--appendonly", "no"])
+        replication = ([] if self.replica_of is None else
+                       ["--replicaof", self.replica_of.host, str(self.replica_of.port)])
         args = [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-                *persistence, "--dir", str(self.root), "--daemonize", "no"]
+                *persistence, *replication, "--dir", str(self.root), "--daemonize", "no"]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
@@ -168,17 +208,43 @@ class RedisServer(Service):
 
 
 class SentinelServer(Service):
-    """A Redis Sentinel (redis-server in sentinel mode) watching `master` as `name`."""
+    """A Redis Sentinel (redis-server in sentinel mode) watching `master` as `name`.
 
-    def __init__(self, root: Path, master: RedisServer, name: str = "mymaster") -> None:
-        self.root, self.master, self.name = root, master, name
+    `quorum` sentinels must agree that the master is down before a failover starts; with
+    several sentinels, each needs a `root` of its own (Sentinel rewrites its config file).
+    """
+
+    def __init__(self, root: Path, master: RedisServer, name: str = "mymaster",
+                 quorum: int = 1) -> None:
+        self.root, self.master, self.name, self.quorum = root, master, name, quorum
         self.host = HOST
         self.port = 0
+        self.log_path = root / "sentinel.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://{self.host}:{self.port}/{self.name}/0"
+        return sentinel_url([self], self.name)
+
+    def client(self) -> redis.Redis:
+        """Return a new client of this sentinel (SENTINEL commands)."""
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=5)
+
+    def master_address(self) -> tuple[str, int]:
+        """Where this sentinel says the master is now."""
+        with self.client() as client:
+            host, port = client.sentinel_get_master_addr_by_name(self.name)
+        return (host.decode() if isinstance(host, bytes) else str(host)), int(port)
+
+    def sees(self, sentinels: int, replicas: int) -> bool:
+        """Whether this sentinel knows `sentinels` other sentinels and `replicas` replicas
+        that are up: what it needs before it can agree on a failover and carry it out."""
+        with self.client() as client:
+            others = client.sentinel_sentinels(self.name)
+            found = client.sentinel_slaves(self.name)
+        healthy = [r for r in found
+                   if not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])]
+        return len(others) >= sentinels and len(healthy) >= replicas
 
     def start(self) -> None:
         binary = find_binary("redis-server", "/usr/bin/redis-server")
@@ -187,20 +253,26 @@ class SentinelServer(Service):
         conf = self.root / "sentinel.conf"  # Sentinel rewrites it: it must be its own
         conf.write_text(
             f"port {self.port}\nbind {self.host}\ndir {self.root}\n"
-            f"sentinel monitor {self.name} {self.master.host} {self.master.port} 1\n"
+            f"sentinel monitor {self.name} {self.master.host} {self.master.port} {self.quorum}\n"
             f"sentinel down-after-milliseconds {self.name} 1000\n"
             f"sentinel failover-timeout {self.name} 5000\n")
-        log = (self.root / "sentinel.log").open("wb")
-        self._proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=log,
-                                      stderr=subprocess.STDOUT)
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=log,
+                                          stderr=subprocess.STDOUT)
         with redis.Redis(host=self.host, port=self.port, socket_timeout=1) as client:
             _await_answer(self._proc, lambda: client.execute_command("SENTINEL", "MASTERS"),
-                          self.stop, "redis sentinel", self.root / "sentinel.log")
+                          self.stop, "redis sentinel", self.log_path)
 
     def stop(self) -> None:
         if self._proc is not None:
             _stop_process(self._proc)
             self._proc = None
+
+
+def sentinel_url(sentinels: list[SentinelServer], name: str = "mymaster", db: int = 0) -> str:
+    """ROUTER_REDIS_URL for a set of sentinels watching `name`."""
+    hosts = ",".join(f"{s.host}:{s.port}" for s in sentinels)
+    return f"redis+sentinel://{hosts}/{name}/{db}"
 
 
 DOVECOT_CONF = """\
