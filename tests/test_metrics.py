@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from csm_router import jobs
-from csm_router.config import load_settings, parse_bind
+from csm_router.config import ConfigError, load_settings, parse_bind
 from csm_router.decide import decide
 from csm_router.dispatch import Runtime
 from csm_router.embedded import RecordingSmtp
@@ -20,7 +21,7 @@ from csm_router.message import parse
 from csm_router.metrics import ProcessBeat, bucket_of, forget_stale, health, processes
 from csm_router.outbox import Heartbeat
 from csm_router.store import key, message_key
-from csm_router.web import create_app, health_url
+from csm_router.web import create_app, health_url, serve
 from support.runtime import worker_runtime
 
 ALICE, BOB = "alice@acme.com", "bob@acme.com"
@@ -214,3 +215,15 @@ def test_a_process_killed_on_this_host_is_forgotten_at_the_next_start(rt: Runtim
     mine.beat()
     forget_stale(rt.redis)
     assert sorted(p.id for p in processes(rt.redis)) == sorted([elsewhere.id, mine.id])
+
+
+def test_a_port_in_use_is_one_line_naming_the_setting(rt: Runtime) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = load_settings(alias="success@acme.com", pool=ALICE,
+                                 web_address=f"127.0.0.1:{port}")
+        with pytest.raises(ConfigError, match=rf"ROUTER_WEB_ADDRESS: cannot listen on "
+                           rf"127.0.0.1:{port}: Address already in use"):
+            serve(settings, rt.redis)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from csm_router.config import Settings
+from csm_router.config import ConfigError, Settings
 from csm_router.metrics import RedisCollector, health, processes
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,20 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings, redis: Redis) -> None:
     """Listen on ROUTER_WEB_ADDRESS until SIGTERM or SIGINT."""
     host, port = settings.web_bind
-    config = uvicorn.Config(create_app(settings, redis), host=host, port=port,
-                            log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=5)
+    # Bound here, so a port in use is one line naming the setting, not a server's log.
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise ConfigError("ROUTER_WEB_ADDRESS", f"cannot listen on {settings.web_address}: "
+                          f"{exc.strerror or exc}") from None
+    config = uvicorn.Config(create_app(settings, redis), log_config=None, access_log=False,
+                            lifespan="off", timeout_graceful_shutdown=5)
     log.info("web listening on http://%s:%s (/metrics, /healthz)",
              f"[{host}]" if ":" in host else host, port)
-    _Server(config).run()
+    _Server(config).run(sockets=[listener])
 
 
 def probe(url: str, timeout: float = 5.0) -> tuple[bool, str]:
