@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +36,11 @@ from typing import Any
 
 import harness  # puts tests/ on the path for what follows
 from harness import pct
+from prometheus_client.parser import text_string_to_metric_families
 
 from csm_router.demo import compose
 from csm_router.embedded import Received, RecordingSmtp
-from support.servers import DovecotServer, RedisServer
+from support.servers import DovecotServer, RedisServer, free_ports
 
 ALIAS = "success@acme.com"
 SUPPORT = "support@acme.com"
@@ -85,11 +87,13 @@ def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
                ROUTER_POOL=", ".join(CSMS), ROUTER_SUPPORT_ADDRESS=SUPPORT,
                ROUTER_TRUSTED_AUTHSERV_ID=AUTHSERV, ROUTER_POLL_SECONDS="30",
                ROUTER_LOG_LEVEL="WARNING")
+    (port,) = free_ports(1)
+    env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
     log = open(workdir / "product.log", "ab")  # noqa: SIM115  # closed below
     cmd = [sys.executable, "-m", "csm_router.cli"]
     procs = [subprocess.Popen([*cmd, name], env=harness.product_env(env), stdout=log,
                               stderr=log)
-             for name in ("worker", "run")]
+             for name in ("worker", "run", "web")]
     time.sleep(3)
 
     rng = random.Random(42)
@@ -164,11 +168,72 @@ def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
         time.sleep(0.5)
     time.sleep(5)  # anything sent twice or wrongly would arrive in this time
     collect()
+    scraped = scrape(f"http://127.0.0.1:{port}/metrics")
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     codes = [proc.wait(30) for proc in procs]
     log.close()
-    return judge(sent, threads, smtp.messages, forwards, span, codes)
+    results = judge(sent, threads, smtp.messages, forwards, span, codes)
+    results["metrics"] = report_metrics(scraped, sent)
+    return results
+
+
+def scrape(url: str) -> dict[str, float]:
+    """/metrics as {sample with its labels: value}; empty where the product has no web."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            body = answer.read().decode()
+    except OSError:
+        return {}
+    found = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            found[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return found
+
+
+def report_metrics(scraped: dict[str, float], sent: list[Sent]) -> dict[str, Any]:
+    """What /metrics said at the end of the day, beside what the replay knows it sent."""
+    if not scraped:
+        print("/metrics: not served by this product")
+        return {}
+
+    def total(prefix: str) -> float:
+        return sum(v for k, v in scraped.items() if k.startswith(prefix))
+
+    kinds = Counter(s.kind for s in sent)
+    seen = {
+        "seen": (scraped.get("csm_router_messages_seen_total", 0), len(sent)),
+        "forwarded": (total("csm_router_messages_routed_total{action=forward"),
+                      kinds["new"] + kinds["customer-reply"]),
+        "to Support": (total("csm_router_messages_routed_total{action=support"),
+                       kinds["technical"]),
+        "CSM replies": (total("csm_router_messages_routed_total{action=reply"),
+                        kinds["csm-reply"]),
+        "ignored": (total("csm_router_messages_ignored_total"), kinds["auto-reply"]),
+        "quarantined": (total("csm_router_messages_quarantined_total"), 0),
+    }
+    count = scraped.get("csm_router_forward_seconds_count", 0)
+    within = {le: scraped.get(f"csm_router_forward_seconds_bucket{{le={le}}}", 0)
+              for le in ("1.0", "2.0", "5.0")}
+    summary = {
+        "counted_vs_sent": {k: {"metrics": m, "sent": n} for k, (m, n) in seen.items()},
+        "delivery_attempts": total("csm_router_delivery_attempts_total"),
+        "delivery_failures": total("csm_router_delivery_failures_total"),
+        "forward_seconds_count": count,
+        "forward_within_s": {le: (n / count if count else None) for le, n in within.items()},
+        "open_threads": total("csm_router_open_threads"),
+        "csms_with_decisions": sum(1 for k, v in scraped.items()
+                                   if k.startswith("csm_router_decisions_total") and v),
+    }
+    print("/metrics at the end: " + ", ".join(f"{k} {m:.0f} (sent {n})"
+                                              for k, (m, n) in seen.items()))
+    print(f"  {summary['delivery_attempts']:.0f} delivery attempts, "
+          f"{summary['delivery_failures']:.0f} failures; {count:.0f} first forwards timed "
+          "from receipt, " + ", ".join(
+              f"{(n / count if count else 0):.0%} within {le} s" for le, n in within.items()))
+    return summary
 
 
 def judge(sent: list[Sent], threads: list[Thread], mail: list[Received],

@@ -140,7 +140,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             idle = box.has_idle()
             notes.append((idle, "imap", "IDLE: new mail is routed as it arrives" if idle else
                           f"no IDLE: polling every {settings.poll_seconds:g} s"))
-            notes.append(authserv_note(box.latest_header("Authentication-Results"), settings))
+            if box.empty():
+                notes.append((True, "auth", "the alias has no mail yet: nothing to show whose "
+                              "Authentication-Results the server writes"))
+            else:
+                notes.append(authserv_note(box.latest_header("Authentication-Results"),
+                                           settings))
         finally:
             box.close()
 

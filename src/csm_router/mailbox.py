@@ -198,6 +198,12 @@ class Mailbox:
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"IMAP search: {exc}") from None
 
+    def empty(self) -> bool:
+        try:
+            return not self.client.search(["ALL"])
+        except _NETWORK_ERRORS as exc:
+            raise TransientError(f"IMAP search: {exc}") from None
+
     def latest_header(self, name: str) -> str | None:
         """The topmost `name` header of the newest message here, if any (for `check`)."""
         try:
