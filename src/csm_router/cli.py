@@ -270,18 +270,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "outbox": pending, "failed": failed}, indent=2))
         return 0
     table = Table(title=f"Pool for {rt.settings.alias}")
-    columns = ("CSM", "weight", "away", "open", "overdue", "assigned today",
+    columns = ("CSM", "on shift", "weight", "away", "open", "overdue", "assigned today",
                "median 1st response", "p90 1st response")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("CSM", "away") else "right",
-                         no_wrap=column == "CSM")
+        table.add_column(column, justify="left" if column in ("CSM", "on shift", "away")
+                         else "right", no_wrap=column == "CSM")
 
     def minutes(value: float | None) -> str:
         return f"{value:.0f} min" if value is not None else "-"
 
     for r in rows:
         away = ("until " + r.away_until if r.away_until else "yes") if r.away else ""
-        table.add_row(r.name or r.address, str(r.weight), away, str(r.open), str(r.overdue),
+        shift = "yes" if r.on_shift else (f"from {r.back_on_shift}" if r.back_on_shift
+                                          else "no")
+        table.add_row(r.name or r.address, shift, str(r.weight), away, str(r.open),
+                      str(r.overdue),
                       str(r.assigned_today), minutes(r.median_first_response_minutes),
                       minutes(r.p90_first_response_minutes))
     out.print(table)

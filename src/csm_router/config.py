@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from csm_router.connect import SENTINEL_SCHEME, parse_sentinel_url
+from csm_router.hours import HoursError, Schedule, Shift, parse_hours
 
 ENV_PREFIX = "ROUTER_"
 
@@ -24,8 +25,7 @@ ENV_PREFIX = "ROUTER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Named by the product's definition for features still to come: set, they are not typos.
 RESERVED = frozenset({
-    "WEB_USER", "WEB_PASSWORD", "HOURS",
-    "PREMIUM", "PREMIUM_POOL", "PREMIUM_FIRST_RESPONSE_MINUTES", "DIGEST_ADDRESS",
+    "WEB_USER", "WEB_PASSWORD", "DIGEST_ADDRESS",
 })
 
 
@@ -258,6 +258,52 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     templates_dir: Path | None = None
     web_address: str = "127.0.0.1:8025"
+    hours: Annotated[dict[str, Shift], NoDecode] = Field(default_factory=dict)
+    premium: Annotated[frozenset[str], NoDecode] = frozenset()
+    premium_pool: Annotated[tuple[str, ...], NoDecode] = ()
+    premium_first_response_minutes: int | None = Field(default=None, ge=1)
+
+    @field_validator("hours", mode="before")
+    @classmethod
+    def _hours(cls, value: Any) -> dict[str, Shift]:
+        if isinstance(value, dict):
+            return value
+        try:
+            return parse_hours(str(value))
+        except HoursError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("premium", mode="before")
+    @classmethod
+    def _premium(cls, value: Any) -> frozenset[str]:
+        if isinstance(value, frozenset | set | list | tuple):
+            return frozenset(str(v).lower() for v in value)
+        found = set()
+        for item in split_list(str(value)):
+            domain = item.strip().lower().lstrip("@")
+            if "@" in domain or "/" in domain or "." not in domain:
+                raise ValueError(f"{item.strip()!r} is not an account domain (e.g. initech.com)")
+            found.add(domain)
+        return frozenset(found)
+
+    @field_validator("premium_pool", mode="before")
+    @classmethod
+    def _premium_pool(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, tuple | list):
+            return tuple(str(v).lower() for v in value)
+        return tuple(parse_address(item).address for item in split_list(str(value)))
+
+    @property
+    def schedule(self) -> Schedule:
+        """The pool's working hours (everyone always on shift without ROUTER_HOURS)."""
+        return Schedule(self.hours, tuple(m.address for m in self.pool))
+
+    def first_response_seconds(self, account: str = "") -> float:
+        """The first-response target for a thread of `account`, in working seconds."""
+        minutes = self.first_response_minutes
+        if account in self.premium and self.premium_first_response_minutes is not None:
+            minutes = self.premium_first_response_minutes
+        return minutes * 60.0
 
     @property
     def web_bind(self) -> tuple[str, int]:
@@ -395,9 +441,17 @@ def load_settings(**overrides: Any) -> Settings:
         if error["type"] == "missing":
             message = "is required but not set"
         raise ConfigError(variable, message) from None
-    unknown = settings.away - {m.address for m in settings.pool}
-    if unknown:
-        raise ConfigError("ROUTER_AWAY", f"{', '.join(sorted(unknown))} not in ROUTER_POOL")
+    members = {m.address for m in settings.pool}
+    for variable, named in (("ROUTER_AWAY", settings.away),
+                            ("ROUTER_PREMIUM_POOL", set(settings.premium_pool))):
+        if unknown := set(named) - members:
+            raise ConfigError(variable, f"{', '.join(sorted(unknown))} not in ROUTER_POOL")
+    # The lead may give their hours too: the digest goes out in their time zone.
+    leads = {a.address for a in (settings.overflow_address,) if a is not None}
+    if unknown := set(settings.hours) - members - leads:
+        raise ConfigError("ROUTER_HOURS", f"{', '.join(sorted(unknown))} not in ROUTER_POOL")
+    if settings.premium_pool and not settings.premium:
+        raise ConfigError("ROUTER_PREMIUM_POOL", "is set but ROUTER_PREMIUM names no account")
     check_names([*os.environ, *_dotenv_names()])
     return settings
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ class ThreadInfo:
     owner: str | None
     state: ThreadState
     customer: str = ""
+    due: float | None = None  # when the first response is due, while the clock runs
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,19 @@ class Snapshot:
     # Threads of other customers the message refers to; it does not join them.
     foreign_refs: tuple[int, ...] = ()
     recorded: str | None = None  # the message's state if it was recorded before (a copy)
+    # Outside their working hours (ROUTER_HOURS): no new threads; when each is back.
+    off_shift: frozenset[str] = frozenset()
+    back_at: Mapping[str, float | None] = field(default_factory=dict)
+    due_if_started: float | None = None  # a first-response clock started now would end then
+    premium: bool = False  # the sender's account is in ROUTER_PREMIUM
 
     def in_pool(self, address: str | None) -> bool:
         return address is not None and any(m.address == address for m in self.pool)
 
     def available(self, address: str | None) -> bool:
-        """In the pool and not away (capacity is checked atomically when recording)."""
-        return self.in_pool(address) and address not in self.away
+        """In the pool, not away and on shift (capacity is checked when recording)."""
+        return (self.in_pool(address) and address not in self.away
+                and address not in self.off_shift)
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ class CsmStatus:
     open: int
     overdue: int
     assigned_today: int
+    on_shift: bool  # within their ROUTER_HOURS now (always, without hours)
+    shift: str | None  # their hours, e.g. "09:00-17:00 Mon, ... (Europe/Berlin)"
+    back_on_shift: str | None  # when off shift: when the next shift starts (ISO, UTC)
     median_first_response_minutes: float | None
     p90_first_response_minutes: float | None
 
@@ -115,6 +118,7 @@ def status(store: Store, now: float) -> list[CsmStatus]:
     away = text_hash(away_raw)
     away_now = store.away_now(away_raw, now)
     assigned = {k: int(v) for k, v in text_hash(assigned_raw).items()}
+    schedule = store.settings.schedule
     rows = []
     for i, member in enumerate(store.settings.pool):
         open_count, durations = per_csm[2 * i], per_csm[2 * i + 1]
@@ -126,6 +130,9 @@ def status(store: Store, now: float) -> list[CsmStatus]:
             else None
         )
         minutes = sorted(float(d) / 60 for d in durations)
+        on_shift = schedule.on_shift(member.address, now)
+        back = None if on_shift else schedule.back_at(member.address, now)
+        shift = schedule.shifts.get(member.address)
         rows.append(
             CsmStatus(
                 address=member.address,
@@ -136,6 +143,10 @@ def status(store: Store, now: float) -> list[CsmStatus]:
                 open=int(open_count),
                 overdue=overdue.get(member.address, 0),
                 assigned_today=assigned.get(member.address, 0),
+                on_shift=on_shift,
+                shift=shift.describe() if shift else None,
+                back_on_shift=(datetime.fromtimestamp(back, UTC).isoformat(timespec="minutes")
+                               if back is not None else None),
                 median_first_response_minutes=_percentile(minutes, 50),
                 p90_first_response_minutes=_percentile(minutes, 90),
             )

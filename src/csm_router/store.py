@@ -229,18 +229,28 @@ class Store:
             lua = resources.files("csm_router") / "lua"
             source = (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
             script = self._scripts[name] = self.redis.register_script(source)
-        base = {
-            "exclude": "",
-            "pool": [[m.address, m.weight] for m in self.settings.pool],
-            "env_away": sorted(self.settings.away),
-            "max_open": self.settings.max_open_per_csm,
-            "sla_seconds": self.settings.first_response_minutes * 60,
-            "has_lead": self.settings.overflow_address is not None,
-            "retention": self.settings.retention_days * 86400,
-            "wall": time.time(),
-        }
+        settings = self.settings
         now = payload.setdefault("now", time.time())
         payload.setdefault("day", datetime.fromtimestamp(now, UTC).date().isoformat())
+        schedule = settings.schedule
+        off_shift = schedule.off_shift(now)
+        base = {
+            "exclude": "",
+            "pool": [[m.address, m.weight] for m in settings.pool],
+            "env_away": sorted(settings.away),
+            "max_open": settings.max_open_per_csm,
+            # A first-response clock started now ends then, in the pool's working time.
+            "due_at": schedule.deadline(now, settings.first_response_minutes),
+            "premium": sorted(settings.premium),
+            "premium_pool": list(settings.premium_pool),
+            "premium_due_at": (schedule.deadline(now, settings.premium_first_response_minutes)
+                               if settings.premium_first_response_minutes else None),
+            "off_shift": sorted(off_shift),
+            "all_off_shift": len(off_shift) == len(settings.pool),
+            "has_lead": settings.overflow_address is not None,
+            "retention": settings.retention_days * 86400,
+            "wall": time.time(),
+        }
         return json.loads(script(args=[json.dumps(base | payload), *extra]))
 
     def ensure_sequence(self, floor: int = 0) -> None:
@@ -328,6 +338,8 @@ class Store:
                                             secret.get_secret_value(), thread.ref)):
             verdict = Verdict(True, f"copies {msg.sender}'s reply address for "
                                     f"{format_ref(thread.ref)}")
+        schedule = self.settings.schedule
+        off_shift = schedule.off_shift(now)
         onboarding = None
         if onboarding_raw:
             ob = text_hash(onboarding_raw)
@@ -348,6 +360,11 @@ class Store:
             support_rules=support_rules,
             foreign_refs=tuple(dict.fromkeys(foreign)) if thread is None else (),
             recorded=recorded,
+            off_shift=off_shift,
+            back_at={a: schedule.back_at(a, now) for a in off_shift},
+            due_if_started=schedule.deadline(
+                now, self.settings.first_response_seconds(msg.account) / 60),
+            premium=msg.account in self.settings.premium,
         )
 
     def threads_info(self, refs: list[int]) -> dict[int, ThreadInfo]:
@@ -356,12 +373,13 @@ class Store:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for ref in unique:
-            pipe.hmget(key("thread", ref), "owner", "state", "customer")
+            pipe.hmget(key("thread", ref), "owner", "state", "customer", "due")
         found: dict[int, ThreadInfo] = {}
-        for ref, (owner, state, customer) in zip(unique, pipe.execute(), strict=True):
+        for ref, (owner, state, customer, due) in zip(unique, pipe.execute(), strict=True):
             if state is not None:
                 found[ref] = ThreadInfo(
-                    ref, text(owner) or None, ThreadState(text(state)), text(customer)
+                    ref, text(owner) or None, ThreadState(text(state)), text(customer),
+                    float(due) if due else None,
                 )
         return found
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,34 @@ def test_check_names_a_broken_template_override_and_its_line(
     product.write("Jane Doe <jane@globex.com>", "Dashboard export")
     (forward,) = product.route()
     assert "Ours: [CS-1001]" in body_of(forward)
+
+
+def test_a_shift_change_hands_new_threads_and_late_replies_to_the_next_shift(
+    product: Product,
+) -> None:
+    # Alice's shift ends at a minute boundary a few seconds from now; Bob's starts there.
+    # Carol has no shift today.
+    now = datetime.now(UTC)
+    change = (now + timedelta(seconds=65 if now.second > 50 else 60)).replace(
+        second=0, microsecond=0)
+    early, late = change - timedelta(hours=2), change + timedelta(hours=2)
+    product.env["ROUTER_HOURS"] = "; ".join([
+        f"{ALICE}=UTC {early:%H:%M}-{change:%H:%M}", f"{BOB}=UTC {change:%H:%M}-{late:%H:%M}",
+        f"{CAROL}=UTC {late:%H:%M}-{(late + timedelta(hours=1)):%H:%M}"])
+    first_id = product.write("Jane Doe <jane@globex.com>", "Before the change")
+    (before,) = product.route()
+    assert before.rcpt_tos == [ALICE]
+    status = json.loads(product.cli("status", "--json").stdout)["pool"]
+    assert [(r["address"], r["on_shift"]) for r in status] == [
+        (ALICE, True), (BOB, False), (CAROL, False)]
+
+    time.sleep(max(0.0, change.timestamp() - time.time()) + 0.5)  # the clock is the event
+    product.write("Joe Roe <joe@initech.io>", "After the change")
+    # Alice is back in 22 hours; the 60-minute target would be missed: Bob takes it.
+    product.write("Jane Doe <jane@globex.com>", "Re: Before the change",
+                  in_reply_to=first_id)
+    after = product.route()
+    assert sorted(r.rcpt_tos[0] for r in after) == [BOB, BOB]
+    moved = next(r for r in after if "jane@globex.com" in str(r.message["Reply-To"]))
+    assert "off shift until" in body_of(moved)
+    assert "after the first-response target" in body_of(moved)

@@ -9,7 +9,18 @@ local function v(x)
   return x
 end
 
+local function set_of(list)
+  local found = {}
+  for _, x in ipairs(list or {}) do found[x] = true end
+  return found
+end
+-- Off shift (ROUTER_HOURS) counts as away: no new threads. Premium accounts' threads go
+-- to the premium pool first, with a shorter first-response target.
+local OFF_SHIFT, PREMIUM, PREMIUM_POOL = set_of(d.off_shift), set_of(d.premium),
+  set_of(d.premium_pool)
+
 local function is_away(addr)
+  if OFF_SHIFT[addr] then return true end
   for _, a in ipairs(d.env_away or {}) do
     if a == addr then return true end
   end
@@ -25,12 +36,13 @@ end
 
 -- Smooth weighted round-robin as nginx does it: every eligible CSM gains its weight,
 -- the largest current value wins and pays back the total. Ties go to pool order.
-local function pick()
+local function pick_among(only)
   local best, best_cw, total = nil, nil, 0
   local cws = {}
   for _, m in ipairs(d.pool) do
     local addr, w = m[1], m[2]
-    if addr ~= d.exclude and not is_away(addr) and has_room(addr) then
+    if (not only or only[addr]) and addr ~= d.exclude and not is_away(addr)
+        and has_room(addr) then
       local cw = tonumber(redis.call('HGET', P .. 'rr', addr) or '0') + w
       cws[addr] = cw
       total = total + w
@@ -45,6 +57,26 @@ local function pick()
     redis.call('HSET', P .. 'rr', addr, cw)
   end
   return best
+end
+
+local function account_of(ref)
+  return redis.call('HGET', P .. 'thread:' .. ref, 'account') or ''
+end
+
+-- The next CSM for a thread of `account`: the premium pool first for premium accounts,
+-- then the whole pool.
+local function pick(account)
+  if account and PREMIUM[account] and next(PREMIUM_POOL) then
+    local found = pick_among(PREMIUM_POOL)
+    if found then return found end
+  end
+  return pick_among(nil)
+end
+
+-- When a first-response clock started now ends (in working time) for thread `ref`.
+local function due_for(ref)
+  if PREMIUM[account_of(ref)] and v(d.premium_due_at) then return d.premium_due_at end
+  return d.due_at
 end
 
 -- Every key has an end. A thread's history keeps its newest entries; a closed thread is

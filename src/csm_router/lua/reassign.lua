@@ -9,7 +9,7 @@ if t[1] == d.target and t[2] == 'open' then
 end
 local old = set_owner(d.ref, d.target)
 if (redis.call('HGET', tkey, 'first_response') or '') == '' then
-  start_clock(d.ref, d.now + d.sla_seconds)
+  start_clock(d.ref, due_for(d.ref))
 end
 local released = release_messages(d.ref, d.target)
 local why = 'reassigned to you by an admin (was ' .. ((old and old ~= '') and old or 'nobody') .. ')'

@@ -103,7 +103,7 @@ if d.action == 'reply' or d.action == 'command' then
       event(ref, 'to-support', {owner = d.target, why = '#support by ' .. d.target})
     elseif name == 'reassign' then
       set_owner(ref, command.argument)
-      start_clock(ref, d.now + d.sla_seconds)
+      start_clock(ref, due_for(ref))
       -- Messages held for the thread go along with the last one, never dropped.
       local msgs = release_messages(ref, command.argument)
       local last = redis.call('HGET', tkey, 'last_msg')
@@ -118,12 +118,12 @@ if d.action == 'reply' or d.action == 'command' then
       -- Back to the CSM who had it, if they can take it; otherwise the next one.
       local owner = old
       if not owner or owner == '' or is_away(owner) or not has_room(owner) then
-        owner = pick()
+        owner = pick(account_of(ref))
       end
       local last = redis.call('HGET', tkey, 'last_msg')
       if owner then
         set_owner(ref, owner)
-        start_clock(ref, d.now + d.sla_seconds)
+        start_clock(ref, due_for(ref))
         followup.deliver = {last}
         followup.owner = owner
       else
@@ -182,7 +182,7 @@ end
 
 local owner = v(d.target)
 if not owner and state ~= 'held' then
-  owner = pick()
+  owner = pick(account_of(ref))
 end
 if not owner then
   local held_new = redis.call('ZSCORE', P .. 'held', ref) == false
@@ -193,7 +193,8 @@ if not owner then
   redis.call('HSET', tkey, 'state', 'held', 'owner', '')
   if held_new then
     redis.call('ZADD', P .. 'held', d.now, ref)
-    followup.overflow = ref
+    -- Nobody on shift is the schedule, not an overflow: it waits for the next shift.
+    if not d.all_off_shift then followup.overflow = ref end
   end
   redis.call('RPUSH', tkey .. ':held', d.msgkey)
   event(ref, 'held', {msg = d.message_id, rule = d.rule, why = d.why})
@@ -202,7 +203,7 @@ end
 
 local previous = set_owner(ref, owner)
 if new or state == 'closed' or previous ~= owner then
-  start_clock(ref, d.now + d.sla_seconds)
+  start_clock(ref, due_for(ref))
 end
 followup.deliver = {d.msgkey}
 followup.owner = owner

@@ -2,10 +2,10 @@
 local out = {}
 local refs = redis.call('ZRANGE', P .. 'held', 0, d.limit - 1)
 for _, ref in ipairs(refs) do
-  local owner = pick()
+  local owner = pick(account_of(ref))
   if not owner then break end
   set_owner(ref, owner)
-  start_clock(ref, d.now + d.sla_seconds)
+  start_clock(ref, due_for(ref))
   local msgs = release_messages(ref, owner)
   owe_deliveries(msgs, owner, 'held until a CSM could take it', '')
   event(ref, 'released', {owner = owner, why = 'a CSM became available'})

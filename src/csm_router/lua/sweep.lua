@@ -13,12 +13,12 @@ for _, ref in ipairs(refs) do
   elseif due <= d.now then
     redis.call('ZREM', P .. 'due', ref)
     d.exclude = owner
-    local next_owner = pick()
+    local next_owner = pick(account_of(ref))
     redis.call('HSET', tkey, 'escalated', (tonumber(t[4]) or 0) + 1, 'overdue_at', d.now)
     local why = 'first response overdue with ' .. (owner ~= '' and owner or 'nobody')
     if next_owner then
       set_owner(ref, next_owner)
-      start_clock(ref, d.now + d.sla_seconds)
+      start_clock(ref, due_for(ref))
       owe_delivery(t[6], next_owner, why .. ': escalated to you', 'escalated-' .. due)
     end
     if d.has_lead then

@@ -21,11 +21,11 @@ if applies then
   if d.kind == 'support' and owner ~= '' and not is_away(owner) and has_room(owner) then
     next_owner = owner
   else
-    next_owner = pick()
+    next_owner = pick(account_of(ref))
   end
   if next_owner then
     set_owner(ref, next_owner)
-    start_clock(ref, d.now + d.sla_seconds)
+    start_clock(ref, due_for(ref))
     owe_delivery(d.msgkey, next_owner, why, 'undeliverable-' .. d.kind .. '-' .. d.failed)
     moved_to = next_owner
   else

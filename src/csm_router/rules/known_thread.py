@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from csm_router.decision import Decision, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import Inbound
 
@@ -37,6 +39,21 @@ def _to_owner(thread: ThreadInfo, snap: Snapshot, matched_by: str) -> Decision:
         why = f"owner {thread.owner} is away ({matched_by})"
         return Decision.next_csm(rule=NAME, ref=ref, why=why)
     reopened = ", reopened" if thread.state is ThreadState.CLOSED else ""
+    if thread.owner in snap.off_shift:
+        back = snap.back_at.get(thread.owner)
+        # Answered already: no target runs, so it waits. Reopened: a fresh clock starts.
+        due = snap.due_if_started if reopened else thread.due
+        until = f"off shift until {utc(back)}" if back else "off shift"
+        if back is not None and (due is None or back <= due):
+            why = f"owner of the thread{reopened}, {until}: it waits for them ({matched_by})"
+            return Decision.to_csm(thread.owner, rule=NAME, ref=ref, why=why)
+        why = (f"owner {thread.owner} is {until}, after the first-response target: to "
+               f"someone on shift ({matched_by})")
+        return Decision.next_csm(rule=NAME, ref=ref, why=why)
     return Decision.to_csm(
         thread.owner, rule=NAME, ref=ref, why=f"owner of the thread{reopened} ({matched_by})"
     )
+
+
+def utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%a %H:%M UTC")

@@ -9,4 +9,7 @@ NAME = "round-robin"
 
 
 def check(msg: Inbound, snap: Snapshot) -> Decision:
+    if snap.premium:
+        return Decision.next_csm(rule=NAME, why=f"new thread from premium account "
+                                 f"{msg.account}, next in the premium pool's round-robin")
     return Decision.next_csm(rule=NAME, why="new thread, next in the round-robin")
