@@ -23,10 +23,6 @@ ENV_PREFIX = "ROUTER_"
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# Named by the product's definition for features still to come: set, they are not typos.
-RESERVED = frozenset({
-    "WEB_USER", "WEB_PASSWORD", "DIGEST_ADDRESS",
-})
 
 
 class ConfigError(Exception):
@@ -258,6 +254,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     templates_dir: Path | None = None
     web_address: str = "127.0.0.1:8025"
+    web_user: str = "admin"
+    web_password: SecretStr | None = None
+    digest_address: Annotated[Address | None, NoDecode] = None
     hours: Annotated[dict[str, Shift], NoDecode] = Field(default_factory=dict)
     premium: Annotated[frozenset[str], NoDecode] = frozenset()
     premium_pool: Annotated[tuple[str, ...], NoDecode] = ()
@@ -372,7 +371,8 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return text
 
-    @field_validator("alias", "support_address", "overflow_address", mode="before")
+    @field_validator("alias", "support_address", "overflow_address", "digest_address",
+                     mode="before")
     @classmethod
     def _address(cls, value: Any) -> Address | None:
         if value is None or isinstance(value, Address):
@@ -465,7 +465,7 @@ def _dotenv_names() -> list[str]:
 
 def check_names(names: list[str]) -> None:
     """Refuse a ROUTER_* variable that is no setting: a typo would be ignored in silence."""
-    known = {name.upper() for name in Settings.model_fields} | RESERVED
+    known = {name.upper() for name in Settings.model_fields}
     for name in names:
         if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in known:
             continue

@@ -89,12 +89,51 @@ local function count(...)
   redis.call('HINCRBY', P .. 'metrics', table.concat({...}, '\t'), 1)
 end
 
+-- What the lead's figures are made of (report.py reads them): per UTC day, counts per
+-- CSM in `csm:daily:<day>` (fields `what\tcsm`), first responses per CSM, and which
+-- CSMs touched which account. Small whatever the mail volume; kept `retention` seconds.
+local TAKES = {new = true, routed = true, released = true, reassigned = true,
+  escalated = true, ['from-support'] = true, undeliverable = true}
+local MOVES = {reassigned = true, escalated = true, undeliverable = true}
+
+local function tally(ref, kind, fields)
+  local t = redis.call('HMGET', P .. 'thread:' .. ref, 'account', 'owner')
+  local account, holder = t[1] or '', t[2] or ''
+  local owner, previous = fields.owner or '', fields.previous or ''
+  local day = P .. 'daily:' .. d.day
+  local function add(what, csm)
+    if csm ~= '' then redis.call('HINCRBY', day, what .. '\t' .. csm, 1) end
+  end
+  if TAKES[kind] and owner ~= previous then add('taken', owner) end
+  if MOVES[kind] and owner ~= previous then
+    add('moved-in', owner)
+    add('moved-out', previous)
+  end
+  if kind == 'escalated' then add('overdue', previous) end
+  if kind == 'reply' then
+    add('replies', owner)
+    if fields.first_response then
+      redis.call('RPUSH', day .. ':first-response:' .. owner, fields.first_response)
+      redis.call('EXPIRE', day .. ':first-response:' .. owner, d.retention)
+    end
+  end
+  if kind == 'to-support' or kind == 'new-support' then add('to-support', holder) end
+  if account ~= '' then
+    for _, csm in ipairs({owner, holder}) do
+      if csm ~= '' then redis.call('HSET', day .. ':touched', account .. '\t' .. csm, 1) end
+    end
+    redis.call('EXPIRE', day .. ':touched', d.retention)
+  end
+  redis.call('EXPIRE', day, d.retention)
+end
+
 local function event(ref, kind, fields)
   fields.at = d.now
   fields.event = kind
   local ekey = P .. 'thread:' .. ref .. ':events'
   redis.call('RPUSH', ekey, cjson.encode(fields))
   redis.call('LTRIM', ekey, -MAX_EVENTS, -1)
+  tally(ref, kind, fields)
 end
 
 local function thread_keys(ref)

@@ -45,8 +45,14 @@ local function finish(state, ref, owner, extra)
   end
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
     'action', d.action, 'rule', d.rule, 'why', d.why, 'at', d.now,
-    'message_id', d.message_id or '', 'uid', d.uid or '', 'followup', cjson.encode(followup))
+    'message_id', d.message_id or '', 'uid', d.uid or '', 'subject', d.subject or '',
+    'followup', cjson.encode(followup))
   redis.call('EXPIRE', mkey, KEEP_SECONDS)
+  -- The newest decisions, for the lead's status page.
+  redis.call('LPUSH', P .. 'recent', cjson.encode({at = d.now, ref = ref or cjson.null,
+    message_id = d.message_id or '', subject = d.subject or '', state = state,
+    action = d.action, owner = owner or '', rule = d.rule, why = d.why}))
+  redis.call('LTRIM', P .. 'recent', 0, 49)
   local out = {status = 'new', state = state, ref = ref, owner = owner or '', followup = followup}
   for k, x in pairs(extra or {}) do out[k] = x end
   return with_owed(out)
@@ -69,6 +75,7 @@ if d.action == 'reply' or d.action == 'command' then
   local state = 'done'
   if d.action == 'reply' then
     local first = redis.call('HGET', tkey, 'first_response')
+    local took = nil
     if not first or first == '' then
       -- Measured from when the thread (re)opened, not from its very first message.
       local created = tonumber(redis.call('HGET', tkey, 'opened') or
@@ -76,6 +83,7 @@ if d.action == 'reply' or d.action == 'command' then
       redis.call('HSET', tkey, 'first_response', d.now)
       redis.call('LPUSH', P .. 'stats:first-response:' .. d.target, d.now - created)
       redis.call('LTRIM', P .. 'stats:first-response:' .. d.target, 0, 999)
+      took = d.now - created
     end
     stop_clock(ref)
     local tstate = redis.call('HGET', tkey, 'state')
@@ -88,7 +96,7 @@ if d.action == 'reply' or d.action == 'command' then
       followup.owner = d.target
     end
     event(ref, 'reply', {msg = d.message_id, owner = d.target, previous = old or '',
-      rule = d.rule, why = d.why})
+      rule = d.rule, why = d.why, first_response = took})
     add_message(ref, d.msgkey)
   end
   if command and not v(d.error) then
