@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiosmtplib
@@ -307,6 +307,57 @@ def _parse_until(text: str) -> float:
     return when.timestamp()
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from csm_router import report
+
+    since = _parse_day(args.since, "--since")
+    until = (_parse_day(args.until, "--until") if args.until
+             else datetime.now(UTC).date() + timedelta(days=1))
+    if until <= since:
+        raise pool.PoolError("--until must be after --since")
+    figures = report.build(_runtime().store, since, until)
+    if args.json:
+        print(json.dumps(figures.as_dict(), indent=2))
+        return 0
+    if args.csv:
+        print(figures.csv(), end="")
+        return 0
+    table = Table(title=f"{since} to {until - timedelta(days=1)} (UTC days)")
+    for column in ("CSM", "taken", "replies", "1st response median", "p90", "overdue",
+                   "reassigned in", "out", "to Support"):
+        table.add_column(column, justify="left" if column == "CSM" else "right",
+                         no_wrap=column == "CSM")
+
+    def minutes(value: float | None) -> str:
+        return f"{value:.0f} min" if value is not None else "-"
+
+    for c in figures.csms:
+        table.add_row(c.name or c.address, str(c.taken), str(c.replies),
+                      minutes(c.median_first_response_minutes),
+                      minutes(c.p90_first_response_minutes), str(c.overdue),
+                      str(c.reassigned_in), str(c.reassigned_out), str(c.to_support))
+    out.print(table)
+    accounts = Table(title="CSMs per account")
+    accounts.add_column("account")
+    accounts.add_column("CSMs", justify="right")
+    accounts.add_column("who")
+    for a in figures.accounts:
+        style = "bold red" if a.flagged else ""
+        accounts.add_row(a.account, str(a.touched_by), ", ".join(a.csms), style=style)
+    out.print(accounts)
+    if figures.flagged:
+        out.print(f"[red]touched by {report.TOUCHED_FLAG} or more CSMs: "
+                  f"{', '.join(a.account for a in figures.flagged)}[/]")
+    return 0
+
+
+def _parse_day(text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise pool.PoolError(f"{option} {text!r}: use a date like 2026-11-23") from None
+
+
 def cmd_away(args: argparse.Namespace) -> int:
     rt = _runtime()
     until = _parse_until(args.until) if args.until else None
@@ -529,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="list", choices=("list", "show", "retry", "drop"))
     p.add_argument("id", nargs="?", help="as `failed list` shows it")
     p.add_argument("--json", action="store_true")
+    p = add("report", cmd_report, "the lead's figures per CSM and per account for a period")
+    p.add_argument("--since", required=True, help="first day (UTC), e.g. 2026-11-23")
+    p.add_argument("--until", help="the day after the last (default: through today)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true")
+    shape.add_argument("--csv", action="store_true")
     p = add("signature", cmd_signature, "the signature block a CSM pastes into their mail client")
     p.add_argument("address")
     return parser

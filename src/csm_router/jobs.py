@@ -6,12 +6,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from typing import Any
 
 import redis
 
+from csm_router import digest, report
 from csm_router.auth import reply_address
 from csm_router.classify import classify
 from csm_router.config import Address, PoolMember, load_settings
@@ -426,6 +427,30 @@ def tell_lead(ref: int, kind: str, failed: str, error: str, moved_to: str = "") 
                     moved_to=moved_to)
 
 
+def send_digest(week: str, since: str, until: str) -> str:
+    """The weekly digest to the lead: the report of [since, until), as HTML and text."""
+    rt = runtime()
+    to = digest.lead(rt.settings)
+    if to is None:
+        return "no lead to send the digest to"
+    figures = report.build(rt.store, date.fromisoformat(since), date.fromisoformat(until))
+    _send_once(rt, digest.render_digest(rt.settings, figures, week), [to.address])
+    log.info("weekly digest %s sent to %s", week, to.address)
+    return f"digest {week} sent to {to.address}"
+
+
+def owe_digest(rt: Runtime, now: float) -> bool:
+    """Owe this week's digest once it is due (Monday morning, the lead's time)."""
+    due = digest.due_week(rt.settings, now)
+    if due is None:
+        return False
+    week, since, until = due
+    out = rt.store.run_script("digest", {"week": week, "since": since.isoformat(),
+                                         "until": until.isoformat(), "now": now})
+    rt.outbox.offer(owed_ids(out.get("owed")))
+    return True
+
+
 KINDS: dict[str, Callable[..., str]] = {
     "deliver": deliver,
     "support": hand_to_support,
@@ -434,6 +459,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "remind": remind,
     "escalate": escalate,
     "trouble": tell_lead,
+    "digest": send_digest,
 }
 
 
@@ -449,6 +475,7 @@ def sla_sweep(now: float | None = None) -> str:
         log.warning("CS-%s first response overdue with %s; moved to %s", e["ref"],
                     e["previous"] or "nobody", e["owner"] or "nobody")
     rt.outbox.offer(owed_ids(result.get("owed")))
+    owe_digest(rt, now)
     released = release_held(rt)
     return (f"{len(result['reminders'])} reminded, {len(result['escalations'])} escalated, "
             f"{released} released")
