@@ -1,7 +1,7 @@
 # One image for every csm-router process; the command picks which:
 #   docker run IMAGE            the router (`csm-router run`)
 #   docker run IMAGE worker     an RQ worker
-#   docker run IMAGE web        /metrics and /healthz on port 8025
+#   docker run IMAGE web        /metrics, /healthz and the status page on port 8025
 #   docker run IMAGE status     any other command of the CLI
 # Configuration comes from the environment (`--env-file .env`), or from a `.env` mounted
 # at /etc/csm-router/.env, the working directory. compose.yaml runs the whole set.

@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="a stable name, unique among live workers (e.g. host-1): "
                    "on restart, what the previous worker of that name had in hand is taken "
                    "up at once instead of after its heartbeat expires")
-    add("web", cmd_web, "serve /metrics and /healthz on ROUTER_WEB_ADDRESS")
+    add("web", cmd_web, "serve /metrics, /healthz and the status page on ROUTER_WEB_ADDRESS")
     p = add("health", cmd_health, "ask `csm-router web` whether the deployment is healthy "
             "(exit 0) or not (exit 1, with the reason): for container health checks")
     p.add_argument("--url", help="default: /healthz at ROUTER_WEB_ADDRESS")

@@ -1,8 +1,10 @@
 """`csm-router web`: `/metrics` for Prometheus and `/healthz` for load balancers and
-container health checks, for the whole deployment, read from Redis.
+container health checks, for the whole deployment, read from Redis; and the lead's status
+page (`/`, `/thread/CS-n`) behind HTTP Basic auth.
 
 Nothing here changes state: every figure is read at request time from what the routers
-and workers keep in Redis (see metrics.py), so any number of web processes agree.
+and workers keep in Redis (see metrics.py, statuspage.py), so any number of web
+processes agree. The pages answer GET only and hold no forms.
 """
 
 from __future__ import annotations
@@ -14,25 +16,75 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis import Redis
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from csm_router.config import ConfigError, Settings
+from csm_router.config import ConfigError, Settings, is_loopback
 from csm_router.metrics import RedisCollector, health, processes
+from csm_router.statuspage import credentials_match, overview, parse_ref, thread_view
+from csm_router.store import Store
+from csm_router.threads import format_ref
 
 log = logging.getLogger(__name__)
 
+REALM = "csm-router"
+# The pages carry the lead's customers' names and subjects: never cached, never framed,
+# and no script runs even if something slipped past escaping.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
-def create_app(settings: Settings, redis: Redis) -> Starlette:
-    """The ASGI application; `redis` is shared by every request (it is thread-safe)."""
+
+def web_password(settings: Settings) -> str | None:
+    """ROUTER_WEB_PASSWORD, or None when unset (or empty); refuses to serve the pages
+    without one on anything but loopback."""
+    password = settings.web_password.get_secret_value() if settings.web_password else ""
+    if password:
+        return password
+    host, _ = settings.web_bind
+    if not is_loopback(host):
+        raise ConfigError("ROUTER_WEB_PASSWORD", f"is not set, and ROUTER_WEB_ADDRESS "
+                          f"{settings.web_address} is not loopback: set a password for the "
+                          "status page (or listen on 127.0.0.1)")
+    return None
+
+
+def _pages(override: Path | None) -> Environment:
+    """The page templates: ROUTER_TEMPLATES_DIR's versions first (sandboxed, as for mail),
+    then the shipped ones; always escaped, whatever the file is called."""
+    shipped = FileSystemLoader(str(resources.files("csm_router") / "templates"))
+    loader: BaseLoader = shipped
+    if override is not None:
+        loader = ChoiceLoader([FileSystemLoader(str(override)), shipped])
+    return SandboxedEnvironment(loader=loader, autoescape=True, undefined=StrictUndefined,
+                                trim_blocks=True, lstrip_blocks=True)
+
+
+def create_app(settings: Settings, redis: Redis,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    """The ASGI application; `redis` is shared by every request (it is thread-safe).
+
+    Raises ConfigError when the status page would be open beyond this machine."""
+    password = web_password(settings)
+    store = Store(redis, settings)
+    pages = _pages(settings.templates_dir)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(redis, settings))
 
@@ -56,7 +108,46 @@ def create_app(settings: Settings, redis: Redis) -> Starlette:
                  f"{p.silent_for(now):.0f}s ago" for p in routers]
         return PlainTextResponse("ok\n" + "".join(f"{line}\n" for line in lines))
 
-    return Starlette(routes=[Route("/metrics", metrics), Route("/healthz", healthz)])
+    def refused() -> Response:
+        return PlainTextResponse(
+            "401 Unauthorized: the status page needs ROUTER_WEB_USER and ROUTER_WEB_PASSWORD\n",
+            status_code=401, headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
+
+    def guarded(page: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        def answer(request: Request) -> Response:
+            if password is not None and not credentials_match(
+                    request.headers.get("authorization"), settings.web_user, password):
+                response = refused()
+            else:
+                try:
+                    response = page(request)
+                except RedisError as exc:
+                    response = PlainTextResponse(f"Redis unreachable: {exc}\n", status_code=503)
+            response.headers.update(PAGE_HEADERS)
+            return response
+        return answer
+
+    def render(template: str, **context: object) -> Response:
+        return HTMLResponse(pages.get_template(template).render(**context))
+
+    def status_page(request: Request) -> Response:
+        return render("status.html.j2", **overview(store, clock()))
+
+    def thread_page(request: Request) -> Response:
+        ref = parse_ref(request.path_params["ref"])
+        view = thread_view(store, ref, clock()) if ref is not None else None
+        if view is None:
+            what = f"no thread {format_ref(ref)}" if ref is not None else (
+                "not a thread reference like CS-1042")
+            return PlainTextResponse(f"404 Not Found: {what}\n", status_code=404)
+        return render("thread.html.j2", **view)
+
+    return Starlette(routes=[
+        Route("/metrics", metrics),  # no auth: Prometheus and health checks read these
+        Route("/healthz", healthz),
+        Route("/", guarded(status_page)),
+        Route("/thread/{ref}", guarded(thread_page)),
+    ])
 
 
 class _Server(uvicorn.Server):
@@ -79,6 +170,7 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings, redis: Redis) -> None:
     """Listen on ROUTER_WEB_ADDRESS until SIGTERM or SIGINT."""
     host, port = settings.web_bind
+    app = create_app(settings, redis)  # first: no password off loopback stops us here
     # Bound here, so a port in use is one line naming the setting, not a server's log.
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -88,10 +180,12 @@ def serve(settings: Settings, redis: Redis) -> None:
         listener.close()
         raise ConfigError("ROUTER_WEB_ADDRESS", f"cannot listen on {settings.web_address}: "
                           f"{exc.strerror or exc}") from None
-    config = uvicorn.Config(create_app(settings, redis), log_config=None, access_log=False,
+    config = uvicorn.Config(app, log_config=None, access_log=False,
                             lifespan="off", timeout_graceful_shutdown=5)
-    log.info("web listening on http://%s:%s (/metrics, /healthz)",
-             f"[{host}]" if ":" in host else host, port)
+    log.info("web listening on http://%s:%s (/metrics, /healthz; the status page / %s)",
+             f"[{host}]" if ":" in host else host, port,
+             "with HTTP Basic auth" if web_password(settings) else
+             "without a password, on loopback only")
     _Server(config).run(sockets=[listener])
 
 
