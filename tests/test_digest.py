@@ -178,7 +178,15 @@ def digests(rt: Runtime) -> list[str]:
             if e.startswith(b"digest-")]
 
 
+def test_no_digest_for_a_week_before_the_deployment_first_ran(seeded: Runtime) -> None:
+    monday = datetime(2026, 11, 23, 7, 0, tzinfo=UTC).timestamp()
+    seeded.redis.set("csm:started", monday + 3600)  # first started that Monday, later
+    jobs.owe_digest(seeded, monday + 7200)
+    assert digests(seeded) == []
+
+
 def test_the_sweep_sends_the_digest_once(seeded: Runtime, smtp: RecordingSmtp) -> None:
+    seeded.redis.set("csm:started", MONDAY - 86400)  # running since before the week
     jobs.configure(seeded)
     try:
         monday = datetime(2026, 11, 23, 7, 0, tzinfo=UTC).timestamp()

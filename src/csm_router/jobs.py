@@ -445,8 +445,10 @@ def owe_digest(rt: Runtime, now: float) -> bool:
     if due is None:
         return False
     week, since, until = due
+    ends = datetime.combine(until, datetime.min.time(), digest.lead_zone(rt.settings))
     out = rt.store.run_script("digest", {"week": week, "since": since.isoformat(),
-                                         "until": until.isoformat(), "now": now})
+                                         "until": until.isoformat(), "now": now,
+                                         "until_ts": ends.timestamp()})
     rt.outbox.offer(owed_ids(out.get("owed")))
     return True
 

@@ -254,8 +254,10 @@ class Store:
         return json.loads(script(args=[json.dumps(base | payload), *extra]))
 
     def ensure_sequence(self, floor: int = 0) -> None:
-        """Start thread references at FIRST_REF, or above `floor` (idempotent)."""
+        """Start thread references at FIRST_REF, or above `floor` (idempotent); remember
+        when this deployment first ran (no digest covers a week before it)."""
         self.redis.set(key("seq"), max(FIRST_REF - 1, floor), nx=True)
+        self.redis.set(key("started"), time.time(), nx=True)
 
     # -- deciding -------------------------------------------------------------------
 
