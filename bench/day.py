@@ -22,6 +22,7 @@ package with the same harness. Writes `bench/results/day.json`.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -31,6 +32,7 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,7 @@ def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
                ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme Customer Success <{ALIAS}>",
                ROUTER_POOL=", ".join(CSMS), ROUTER_SUPPORT_ADDRESS=SUPPORT,
                ROUTER_TRUSTED_AUTHSERV_ID=AUTHSERV, ROUTER_POLL_SECONDS="30",
-               ROUTER_LOG_LEVEL="WARNING")
+               ROUTER_LOG_LEVEL="WARNING", ROUTER_DIGEST_ADDRESS="cs-lead@acme.com")
     (port,) = free_ports(1)
     env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
     log = open(workdir / "product.log", "ab")  # noqa: SIM115  # closed below
@@ -175,7 +177,62 @@ def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
     log.close()
     results = judge(sent, threads, smtp.messages, forwards, span, codes)
     results["metrics"] = report_metrics(scraped, sent)
+    results["lead"] = lead_view(env)
     return results
+
+
+# Renders the digest the lead would get for today's figures, with the product's own code
+# and environment (the replayed day is today, in UTC days).
+DIGEST = """
+import sys
+from datetime import date, timedelta
+from csm_router import digest, report
+from csm_router.config import load_settings
+from csm_router.dispatch import Runtime
+rt = Runtime.from_settings(load_settings())
+today = date.today()
+figures = report.build(rt.store, today, today + timedelta(days=1))
+mail = digest.render_digest(rt.settings, figures, "replayed-day")
+open(sys.argv[1], "wb").write(mail.as_bytes())
+"""
+
+
+def lead_view(env: dict[str, str]) -> dict[str, Any]:
+    """`csm-router report --json` for the day, and the digest it makes (saved beside the
+    results); empty where the product has no report."""
+    day = datetime.now(UTC).date().isoformat()
+    cmd = [sys.executable, "-m", "csm_router.cli", "report", "--since", day, "--json"]
+    done = subprocess.run(cmd, env=harness.product_env(env), capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode != 0:
+        print("report: not available in this product")
+        return {}
+    figures = json.loads(done.stdout)
+    out = harness.ROOT / "bench" / "results" / "digest.eml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", DIGEST, str(out)], env=harness.product_env(env),
+                   check=True, timeout=120)
+    csms = figures["csms"]
+    medians = sorted(c["median_first_response_minutes"] for c in csms
+                     if c["median_first_response_minutes"] is not None)
+    flagged = [a for a in figures["accounts"] if a["flagged"]]
+    taken = sorted(c["taken"] for c in csms)
+    summary = {
+        "csms": len(csms), "taken": sum(taken), "taken_min_max": [taken[0], taken[-1]],
+        "replies": sum(c["replies"] for c in csms),
+        "overdue": sum(c["overdue"] for c in csms),
+        "to_support": sum(c["to_support"] for c in csms),
+        "median_of_medians_min": medians[len(medians) // 2] if medians else None,
+        "accounts": len(figures["accounts"]), "flagged_accounts": len(flagged),
+        "most_touched": [(a["account"], a["touched_by"]) for a in flagged[:3]],
+        "digest": str(out),
+    }
+    print(f"report: {summary['taken']} threads taken by {len(csms)} CSMs "
+          f"({taken[0]}-{taken[-1]} each), {summary['replies']} replies, "
+          f"{summary['overdue']} overdue, {summary['to_support']} to Support; "
+          f"{summary['accounts']} accounts, {len(flagged)} touched by 3+ CSMs "
+          f"(most: {summary['most_touched']}); digest saved to {out}")
+    return summary
 
 
 def scrape(url: str) -> dict[str, float]:

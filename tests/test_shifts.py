@@ -4,12 +4,13 @@ Redis and the clock set by each test."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import fakeredis
 import pytest
 
+from csm_router import report
 from csm_router.config import load_settings
 from csm_router.decide import decide
 from csm_router.dispatch import Runtime
@@ -183,3 +184,17 @@ def test_premium_accounts_go_to_the_premium_pool_by_round_robin_with_a_shorter_t
 def test_premium_falls_back_to_the_whole_pool() -> None:
     store = premium_store(away=f"{BOB}, {CAROL}")
     assert writer(store)("u1@initech.com", utc("2026-11-27 10:00")).owner == ALICE
+
+
+def test_first_responses_in_the_report_count_working_time() -> None:
+    store = make_store(pool=ALICE, hours=f"{ALICE}=Europe/Berlin 09-17 Mon-Fri",
+                       trusted_authserv_id="mx.acme.test")
+    write = writer(store)
+    friday = utc("2026-11-27 15:30")  # 16:30 in Berlin: half an hour before the weekend
+    first = write("jane@globex.com", friday)
+    write(ALICE, utc("2026-11-30 09:00"), subject=f"Re: [CS-{first.ref}] Question",
+          headers="Authentication-Results: mx.acme.test; dmarc=pass header.from=acme.com\r\n")
+    figures = report.build(store, date(2026, 11, 27), date(2026, 12, 1))
+    (alice,) = figures.csms
+    assert alice.replies == 1
+    assert alice.median_first_response_minutes == 90  # not the 65 hours of the weekend

@@ -2,6 +2,7 @@
 scripts keep (lua/common.lua's `tally`), for `csm-router report` and the weekly digest.
 
 Days are UTC days; a period is every day from `since` up to, not including, `until`.
+First responses count the pool's working time, as the first-response target does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from csm_router.hours import Schedule
 from csm_router.store import Store, key, text
 
 TOUCHED_FLAG = 3  # an account this many CSMs touched in the period is flagged
@@ -92,6 +94,7 @@ def days(since: date, until: date) -> list[date]:
 def build(store: Store, since: date, until: date) -> Report:
     """The figures of [since, until) from Redis (one round trip per day)."""
     pool = store.settings.pool
+    schedule = store.settings.schedule
     figures = {m.address: CsmFigures(m.address, m.name) for m in pool}
     waits: dict[str, list[float]] = {m.address: [] for m in pool}
     touched: dict[str, set[str]] = {}
@@ -111,7 +114,7 @@ def build(store: Store, since: date, until: date) -> Report:
             if attribute in CsmFigures.__dataclass_fields__:
                 setattr(row, attribute, getattr(row, attribute) + int(value))
         for m, found in zip(pool, responses, strict=True):
-            waits[m.address] += [float(s) for s in found]
+            waits[m.address] += [_working(schedule, text(s)) for s in found]
         for pair in pairs:
             account, _, csm = text(pair).partition("\t")
             touched.setdefault(account, set()).add(csm)
@@ -125,6 +128,14 @@ def build(store: Store, since: date, until: date) -> Report:
                        for a, c in touched.items()),
                       key=lambda a: (-a.touched_by, a.account))
     return Report(since, until, list(figures.values()), accounts)
+
+
+def _working(schedule: Schedule, span: str) -> float:
+    """A first response, `opened:answered`, in the pool's working time (as the target)."""
+    opened, sep, answered = span.partition(":")
+    if not sep:
+        return float(span)  # recorded as plain seconds
+    return schedule.working_seconds(float(opened), float(answered))
 
 
 def _rounded(value: float | None) -> float | None:

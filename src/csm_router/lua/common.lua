@@ -113,7 +113,8 @@ local function tally(ref, kind, fields)
   if kind == 'reply' then
     add('replies', owner)
     if fields.first_response then
-      redis.call('RPUSH', day .. ':first-response:' .. owner, fields.first_response)
+      redis.call('RPUSH', day .. ':first-response:' .. owner,
+        fields.answered or fields.first_response)
       redis.call('EXPIRE', day .. ':first-response:' .. owner, d.retention)
     end
   end

@@ -96,7 +96,9 @@ if d.action == 'reply' or d.action == 'command' then
       followup.owner = d.target
     end
     event(ref, 'reply', {msg = d.message_id, owner = d.target, previous = old or '',
-      rule = d.rule, why = d.why, first_response = took})
+      rule = d.rule, why = d.why, first_response = took,
+      -- report.py measures it in working time, as the target is.
+      answered = took and (d.now - took) .. ':' .. d.now or nil})
     add_message(ref, d.msgkey)
   end
   if command and not v(d.error) then
