@@ -186,7 +186,7 @@ def test_premium_falls_back_to_the_whole_pool() -> None:
     assert writer(store)("u1@initech.com", utc("2026-11-27 10:00")).owner == ALICE
 
 
-def test_first_responses_in_the_report_count_working_time() -> None:
+def test_first_responses_count_working_time() -> None:
     store = make_store(pool=ALICE, hours=f"{ALICE}=Europe/Berlin 09-17 Mon-Fri",
                        trusted_authserv_id="mx.acme.test")
     write = writer(store)
@@ -198,3 +198,5 @@ def test_first_responses_in_the_report_count_working_time() -> None:
     (alice,) = figures.csms
     assert alice.replies == 1
     assert alice.median_first_response_minutes == 90  # not the 65 hours of the weekend
+    (row,) = status(store, utc("2026-11-30 09:00"))
+    assert row.median_first_response_minutes == 90  # `status` counts the same way

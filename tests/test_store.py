@@ -146,7 +146,8 @@ def test_csm_reply_records_first_response_and_takes_ownership() -> None:
     assert (reply.state, reply.owner) == ("done", CAROL)
     thread = store.thread(one.ref or 0)
     assert thread["owner"] == CAROL and float(thread["first_response"]) == NOW + 300
-    assert store.redis.lrange(key("stats", "first-response", CAROL), 0, -1) == [b"300"]
+    (span,) = store.redis.lrange(key("stats", "first-response", CAROL), 0, -1)
+    assert [float(t) for t in span.split(b":")] == [NOW, NOW + 300]  # opened, answered
     assert store.redis.smembers(key("open", ALICE)) == set()
     rows = {r.address: r for r in pool.status(store, NOW + 300)}
     assert rows[CAROL].open == 1 and rows[CAROL].median_first_response_minutes == 5.0

@@ -174,6 +174,15 @@ class Schedule:
                                        for w in self.shifts[a].windows(start, end)))
 
 
+    def response_seconds(self, span: str) -> float:
+        """A first response recorded as `opened:answered`, in working time (as the target
+        is); a plain number of seconds as it stands."""
+        opened, sep, answered = span.partition(":")
+        if not sep:
+            return float(span)
+        return self.working_seconds(float(opened), float(answered))
+
+
 def _merged(windows: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     merged: list[tuple[float, float]] = []
     for begin, end in sorted(windows):

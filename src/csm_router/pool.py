@@ -129,7 +129,7 @@ def status(store: Store, now: float) -> list[CsmStatus]:
             if until
             else None
         )
-        minutes = sorted(float(d) / 60 for d in durations)
+        minutes = sorted(schedule.response_seconds(text(d)) / 60 for d in durations)
         on_shift = schedule.on_shift(member.address, now)
         back = None if on_shift else schedule.back_at(member.address, now)
         shift = schedule.shifts.get(member.address)

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from csm_router.hours import Schedule
 from csm_router.store import Store, key, text
 
 TOUCHED_FLAG = 3  # an account this many CSMs touched in the period is flagged
@@ -114,7 +113,7 @@ def build(store: Store, since: date, until: date) -> Report:
             if attribute in CsmFigures.__dataclass_fields__:
                 setattr(row, attribute, getattr(row, attribute) + int(value))
         for m, found in zip(pool, responses, strict=True):
-            waits[m.address] += [_working(schedule, text(s)) for s in found]
+            waits[m.address] += [schedule.response_seconds(text(s)) for s in found]
         for pair in pairs:
             account, _, csm = text(pair).partition("\t")
             touched.setdefault(account, set()).add(csm)
@@ -128,14 +127,6 @@ def build(store: Store, since: date, until: date) -> Report:
                        for a, c in touched.items()),
                       key=lambda a: (-a.touched_by, a.account))
     return Report(since, until, list(figures.values()), accounts)
-
-
-def _working(schedule: Schedule, span: str) -> float:
-    """A first response, `opened:answered`, in the pool's working time (as the target)."""
-    opened, sep, answered = span.partition(":")
-    if not sep:
-        return float(span)  # recorded as plain seconds
-    return schedule.working_seconds(float(opened), float(answered))
 
 
 def _rounded(value: float | None) -> float | None:

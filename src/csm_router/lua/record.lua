@@ -81,7 +81,8 @@ if d.action == 'reply' or d.action == 'command' then
       local created = tonumber(redis.call('HGET', tkey, 'opened') or
         redis.call('HGET', tkey, 'created') or d.now)
       redis.call('HSET', tkey, 'first_response', d.now)
-      redis.call('LPUSH', P .. 'stats:first-response:' .. d.target, d.now - created)
+      -- When it opened and was answered: read in the pool's working time (report.py).
+      redis.call('LPUSH', P .. 'stats:first-response:' .. d.target, created .. ':' .. d.now)
       redis.call('LTRIM', P .. 'stats:first-response:' .. d.target, 0, 999)
       took = d.now - created
     end
