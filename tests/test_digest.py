@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, date, datetime
 from email import message_from_bytes, policy
@@ -11,11 +12,12 @@ from typing import Any
 
 import fakeredis
 import pytest
+from PIL import Image
 
 from csm_router import cli, jobs, report
 from csm_router.config import load_settings
 from csm_router.decide import decide
-from csm_router.digest import due_week, render_digest
+from csm_router.digest import BAR_WIDTH, LABEL, ROW, bars, drawable, due_week, render_digest
 from csm_router.dispatch import Runtime
 from csm_router.embedded import RecordingSmtp
 from csm_router.message import parse
@@ -158,9 +160,22 @@ def test_the_digest_shows_the_figures_as_text_and_html_with_a_chart(seeded: Runt
     assert "threads taken 2, replies 3, first response median 20 min / p90 30 min" in text
     assert "overdue 1, reassigned in 0 / out 1, handed to Support 0" in text
     assert "! globex.com: 3 CSMs (alice@acme.com, bob@acme.com, carol@acme.com)" in text
-    assert "<svg" in html and html.count("<rect") == 6  # two bars for each of three CSMs
-    assert 'width="240"' in html  # the busiest CSM's bar is the full width
     assert "globex.com</strong>: 3 CSMs" in html
+    # The chart: a PNG beside the HTML, which names it by Content-ID.
+    (chart,) = [p for p in mail.walk() if p.get_content_type() == "image/png"]
+    assert f'src="cid:{str(chart["Content-ID"]).strip("<>")}"' in html
+    image = Image.open(io.BytesIO(chart.get_payload(decode=True)))
+    assert image.size == (2 * (LABEL + BAR_WIDTH + 50), 2 * (3 * ROW + 4))  # three CSMs
+    taken, replies = (31, 111, 235), (130, 80, 223)
+
+    def colour_at(csm: int, offset: int, x: int) -> tuple[int, ...]:
+        return tuple(image.getpixel((2 * x, 2 * (csm * ROW + offset + 6))))[:3]
+
+    # Alice: 2 taken, 3 replies (the busiest figure: the full width); Carol: no replies.
+    assert colour_at(0, 17, LABEL + BAR_WIDTH - 1) == replies
+    assert colour_at(0, 3, LABEL + BAR_WIDTH * 2 // 3 - 2) == taken
+    assert colour_at(0, 3, LABEL + BAR_WIDTH * 2 // 3 + 2) != taken
+    assert colour_at(2, 17, LABEL + 1) != replies
 
 
 def test_the_digest_is_due_monday_morning_in_the_leads_time_zone(rt: Runtime) -> None:
@@ -204,3 +219,13 @@ def test_the_sweep_sends_the_digest_once(seeded: Runtime, smtp: RecordingSmtp) -
     assert isinstance(mail, EmailMessage)
     assert mail.get_content_type() == "multipart/alternative"
     assert "threads taken 2, replies 3" in parts(mail)[0]
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("Carol Díaz", "Carol Diaz"), ("Zoë Brontë", "Zoe Bronte"), ("山田 太郎", "yamada@acme.com"),
+    ("", "yamada@acme.com"),
+])
+def test_chart_labels_stay_in_the_fonts_characters(name: str, shown: str) -> None:
+    (bar,) = bars(report.Report(date(2026, 11, 16), DIGEST_MONDAY,
+                                [report.CsmFigures("yamada@acme.com", name)]))
+    assert drawable(bar) == shown
