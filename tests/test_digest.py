@@ -229,3 +229,18 @@ def test_chart_labels_stay_in_the_fonts_characters(name: str, shown: str) -> Non
     (bar,) = bars(report.Report(date(2026, 11, 16), DIGEST_MONDAY,
                                 [report.CsmFigures("yamada@acme.com", name)]))
     assert drawable(bar) == shown
+
+
+def test_the_figures_count_the_leads_days(rt: Runtime) -> None:
+    week = Week(rt)
+    # Sunday 23:30 UTC is already Monday in Berlin, the lead's time zone.
+    before = week.mail("Ann <ann@globex.com>", "Early", utc(2026, 11, 15, 23, 30))
+    after = week.mail("Ben <ben@initech.io>", "Late", utc(2026, 11, 22, 23, 30))
+    assert before.owner and after.owner
+    (counted,) = [c for c in figures(rt).csms if c.taken]
+    assert (counted.address, counted.taken) == (before.owner, 1)  # only the first
+    assert [a.account for a in figures(rt).accounts] == ["globex.com"]
+
+
+def utc(*parts: int) -> float:
+    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]

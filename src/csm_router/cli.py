@@ -310,19 +310,21 @@ def _parse_until(text: str) -> float:
 def cmd_report(args: argparse.Namespace) -> int:
     from csm_router import report
 
+    rt = _runtime()
+    zone = rt.settings.report_zone
     since = _parse_day(args.since, "--since")
     until = (_parse_day(args.until, "--until") if args.until
-             else datetime.now(UTC).date() + timedelta(days=1))
+             else datetime.now(zone).date() + timedelta(days=1))
     if until <= since:
         raise pool.PoolError("--until must be after --since")
-    figures = report.build(_runtime().store, since, until)
+    figures = report.build(rt.store, since, until)
     if args.json:
         print(json.dumps(figures.as_dict(), indent=2))
         return 0
     if args.csv:
         print(figures.csv(), end="")
         return 0
-    table = Table(title=f"{since} to {until - timedelta(days=1)} (UTC days)")
+    table = Table(title=f"{since} to {until - timedelta(days=1)} (days in {zone.key})")
     for column in ("CSM", "taken", "replies", "1st response median", "p90", "overdue",
                    "reassigned in", "out", "to Support"):
         table.add_column(column, justify="left" if column == "CSM" else "right",

@@ -11,6 +11,7 @@ from email.utils import formataddr, parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -291,6 +292,17 @@ class Settings(BaseSettings):
         if isinstance(value, tuple | list):
             return tuple(str(v).lower() for v in value)
         return tuple(parse_address(item).address for item in split_list(str(value)))
+
+    @property
+    def lead(self) -> Address | None:
+        """Who gets the digest: ROUTER_DIGEST_ADDRESS, else ROUTER_OVERFLOW_ADDRESS."""
+        return self.digest_address or self.overflow_address
+
+    @property
+    def report_zone(self) -> ZoneInfo:
+        """Whose days the figures count in: the lead's ROUTER_HOURS time zone, else UTC."""
+        shift = self.hours.get(self.lead.address) if self.lead else None
+        return shift.zone if shift else ZoneInfo("UTC")
 
     @property
     def schedule(self) -> Schedule:

@@ -24,14 +24,12 @@ BAR_WIDTH = 240  # pixels for the longest bar
 
 def lead(settings: Settings) -> Address | None:
     """Who gets the digest: ROUTER_DIGEST_ADDRESS, else ROUTER_OVERFLOW_ADDRESS."""
-    return settings.digest_address or settings.overflow_address
+    return settings.lead
 
 
 def lead_zone(settings: Settings) -> ZoneInfo:
     """The lead's time zone: their ROUTER_HOURS entry, if they have one; UTC otherwise."""
-    address = lead(settings)
-    shift = settings.hours.get(address.address) if address else None
-    return shift.zone if shift else ZoneInfo("UTC")
+    return settings.report_zone
 
 
 def due_week(settings: Settings, now: float) -> tuple[str, date, date] | None:
@@ -125,6 +123,7 @@ def render_digest(settings: Settings, report: Report, week: str) -> EmailMessage
     rows = bars(report)
     chart = make_msgid("chart", domain=settings.alias.domain)
     context = {"report": report, "last": last, "bars": rows, "week": week,
+               "zone": settings.report_zone.key,
                "chart_cid": chart[1:-1], "chart_width": LABEL + BAR_WIDTH + 50,
                "chart_height": len(rows) * ROW + 4, "generated": datetime.now(UTC)}
     out.set_content(render("digest.txt.j2", **context))

@@ -105,7 +105,7 @@ class CsmStatus:
 
 def status(store: Store, now: float) -> list[CsmStatus]:
     """The pool with live figures, in ROUTER_POOL order."""
-    today = datetime.fromtimestamp(now, UTC).date().isoformat()
+    today = datetime.fromtimestamp(now, store.settings.report_zone).date().isoformat()
     pipe = store.redis.pipeline(transaction=False)
     pipe.hgetall(key("away"))
     pipe.hgetall(key("stats", "assigned", today))

@@ -1,7 +1,8 @@
 """The lead's figures for a period: per CSM and per account, from the daily tallies the
 scripts keep (lua/common.lua's `tally`), for `csm-router report` and the weekly digest.
 
-Days are UTC days; a period is every day from `since` up to, not including, `until`.
+Days are the lead's (their ROUTER_HOURS time zone, else UTC: `Settings.report_zone`); a
+period is every day from `since` up to, not including, `until`.
 First responses count the pool's working time, as the first-response target does.
 """
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -231,7 +231,9 @@ class Store:
             script = self._scripts[name] = self.redis.register_script(source)
         settings = self.settings
         now = payload.setdefault("now", time.time())
-        payload.setdefault("day", datetime.fromtimestamp(now, UTC).date().isoformat())
+        # The day figures are counted in: the lead's (see Settings.report_zone).
+        payload.setdefault("day", datetime.fromtimestamp(now, settings.report_zone).date()
+                           .isoformat())
         schedule = settings.schedule
         off_shift = schedule.off_shift(now)
         base = {
