@@ -41,34 +41,37 @@ from csm_router.rules.automatic import OWN_HEADER
 from csm_router.threads import format_ref, subject_with_ref
 
 
-def _environment(override: Path | None = None) -> Environment:
-    """The templates: an admin's override folder first (sandboxed), then the shipped ones."""
+def template_environment(override: Path | None = None, **options: Any) -> Environment:
+    """The templates: an admin's override folder first (sandboxed), then the shipped ones.
+
+    By default as mail needs them: customer text is escaped in HTML, plain text stays as
+    is; `options` (e.g. `autoescape=True` for web pages) go to the environment.
+    """
     shipped = FileSystemLoader(str(resources.files("csm_router") / "templates"))
     loader: BaseLoader = shipped
     if override is not None:
         loader = ChoiceLoader([FileSystemLoader(str(override)), shipped])
-    return SandboxedEnvironment(
-        loader=loader,
-        undefined=StrictUndefined,
-        # Customer text lands in the HTML forward: escape it there; plain text stays as is.
-        autoescape=lambda name: name is not None and ".html" in name,
-        keep_trailing_newline=True,
-    )
+    settings: dict[str, Any] = {
+        "autoescape": lambda name: name is not None and ".html" in name,
+        "keep_trailing_newline": True,
+    }
+    return SandboxedEnvironment(loader=loader, undefined=StrictUndefined,
+                                **(settings | options))
 
 
-_templates = _environment()
+_templates = template_environment()
 
 
 def use_templates(override: Path | None) -> None:
     """Take templates from `override` (ROUTER_TEMPLATES_DIR) where it has them."""
     global _templates
-    _templates = _environment(override)
+    _templates = template_environment(override)
 
 
 def check_templates(override: Path) -> list[str]:
     """Every problem with the templates in `override`, one line each (name, line, what)."""
-    environment = _environment(override)
-    shipped = set(_environment().list_templates())
+    environment = template_environment(override)
+    shipped = set(template_environment().list_templates())
     problems = []
     for path in sorted(override.glob("*.j2")):
         if path.name not in shipped:

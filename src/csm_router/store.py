@@ -33,6 +33,9 @@ KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.l
 MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
 # How long a worker waits for a replica to confirm a write it is about to act on, and how
 # often it asks Redis whether there are replicas at all.
+# Scripts that move outbox entries or read state, and never pick, time or tally: they
+# need none of the pool's routing context (hot on every send).
+PLUMBING_SCRIPTS = frozenset({"outbox", "delivery", "digest"})
 REPLICA_WAIT_MS = 2000
 REPLICAS_RECHECK_SECONDS = 10.0
 
@@ -231,12 +234,21 @@ class Store:
             script = self._scripts[name] = self.redis.register_script(source)
         settings = self.settings
         now = payload.setdefault("now", time.time())
-        # The day figures are counted in: the lead's (see Settings.report_zone).
-        payload.setdefault("day", datetime.fromtimestamp(now, settings.report_zone).date()
-                           .isoformat())
+        base: dict[str, Any] = {
+            "has_lead": settings.overflow_address is not None,
+            "retention": settings.retention_days * 86400,
+            "wall": time.time(),
+        }
+        if name not in PLUMBING_SCRIPTS:
+            base |= self._routing_context(now)
+        return json.loads(script(args=[json.dumps(base | payload), *extra]))
+
+    def _routing_context(self, now: float) -> dict[str, Any]:
+        """What the scripts that route or time threads read besides their own payload."""
+        settings = self.settings
         schedule = settings.schedule
         off_shift = schedule.off_shift(now)
-        base = {
+        return {
             "exclude": "",
             "pool": [[m.address, m.weight] for m in settings.pool],
             "env_away": sorted(settings.away),
@@ -249,11 +261,9 @@ class Store:
                                if settings.premium_first_response_minutes else None),
             "off_shift": sorted(off_shift),
             "all_off_shift": len(off_shift) == len(settings.pool),
-            "has_lead": settings.overflow_address is not None,
-            "retention": settings.retention_days * 86400,
-            "wall": time.time(),
+            # The day figures are counted in: the lead's (see Settings.report_zone).
+            "day": datetime.fromtimestamp(now, settings.report_zone).date().isoformat(),
         }
-        return json.loads(script(args=[json.dumps(base | payload), *extra]))
 
     def ensure_sequence(self, floor: int = 0) -> None:
         """Start thread references at FIRST_REF, or above `floor` (idempotent); remember

@@ -17,13 +17,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from importlib import resources
-from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
-from jinja2.sandbox import SandboxedEnvironment
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis import Redis
 from redis.exceptions import RedisError
@@ -34,6 +30,7 @@ from starlette.routing import Route
 
 from csm_router.config import ConfigError, Settings, is_loopback
 from csm_router.metrics import RedisCollector, health, processes
+from csm_router.outbound import template_environment
 from csm_router.statuspage import credentials_match, overview, parse_ref, thread_view
 from csm_router.store import Store
 from csm_router.threads import format_ref
@@ -66,17 +63,6 @@ def web_password(settings: Settings) -> str | None:
     return None
 
 
-def _pages(override: Path | None) -> Environment:
-    """The page templates: ROUTER_TEMPLATES_DIR's versions first (sandboxed, as for mail),
-    then the shipped ones; always escaped, whatever the file is called."""
-    shipped = FileSystemLoader(str(resources.files("csm_router") / "templates"))
-    loader: BaseLoader = shipped
-    if override is not None:
-        loader = ChoiceLoader([FileSystemLoader(str(override)), shipped])
-    return SandboxedEnvironment(loader=loader, autoescape=True, undefined=StrictUndefined,
-                                trim_blocks=True, lstrip_blocks=True)
-
-
 def create_app(settings: Settings, redis: Redis,
                clock: Callable[[], float] = time.time) -> Starlette:
     """The ASGI application; `redis` is shared by every request (it is thread-safe).
@@ -84,7 +70,9 @@ def create_app(settings: Settings, redis: Redis,
     Raises ConfigError when the status page would be open beyond this machine."""
     password = web_password(settings)
     store = Store(redis, settings)
-    pages = _pages(settings.templates_dir)
+    # Always escaped, whatever the file is called; an admin's versions first, sandboxed.
+    pages = template_environment(settings.templates_dir, autoescape=True, trim_blocks=True,
+                                 lstrip_blocks=True, keep_trailing_newline=False)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(redis, settings))
 
