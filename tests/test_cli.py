@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,16 @@ def test_bash_takes_the_completion_and_offers_every_command() -> None:
 
 def test_zsh_completion_is_offered_too() -> None:
     assert "#compdef csm-router" in completion("zsh")
+
+
+def test_the_demo_runs_the_whole_story_on_embedded_servers(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "csm_router.cli", "demo"], cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = " ".join(done.stdout.split())  # rich wraps lines to the terminal's width
+    for step in ("The pool now", "The lead's figures", "A forward as the CSM sees it",
+                 "Why you: new thread, next in the round-robin"):
+        assert step in shown
+    assert "globex.com (3)" in shown  # three CSMs touched one account: the digest's flag
+    assert "Traceback" not in done.stdout + done.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rq import SimpleWorker
 
-from csm_router import jobs, pool
+from csm_router import jobs, pool, report
 from csm_router.config import Settings, load_settings
 from csm_router.dispatch import Runtime
 from csm_router.embedded import EmbeddedImap, Received, RecordingSmtp
@@ -231,6 +231,22 @@ def _story(demo: Demo) -> None:
         table.add_row(row.name, str(row.weight), str(row.open), str(row.overdue),
                       str(row.assigned_today), "-" if median is None else f"{median:.1f} min")
     console.print(table)
+
+    console.print("\n[bold]10. The lead's figures[/] (`csm-router report --since TODAY`; "
+                  "the same go out in Monday's digest)")
+    today = datetime.now(store.settings.report_zone).date()
+    figures = report.build(store, today, today + timedelta(days=2))  # the sweep was an hour on
+    table = Table()
+    for column in ("CSM", "taken", "replies", "1st resp. median", "overdue", "moved in / out"):
+        table.add_column(column)
+    for c in figures.csms:
+        median = c.median_first_response_minutes
+        table.add_row(c.name or c.address, str(c.taken), str(c.replies),
+                      "-" if median is None else f"{median:.1f} min", str(c.overdue),
+                      f"{c.reassigned_in} / {c.reassigned_out}")
+    console.print(table)
+    touched = ", ".join(f"{a.account} ({a.touched_by})" for a in figures.accounts)
+    console.print(f"CSMs per account: {touched}")
     sample = by_customer.get("Kai Moss <kai@wonka.biz>") or forwards[-1]
     console.print("\n[bold]A forward as the CSM sees it:[/]")
     console.print(Panel(
