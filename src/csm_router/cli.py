@@ -276,23 +276,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column in ("CSM", "on shift", "away")
                          else "right", no_wrap=column == "CSM")
 
-    def minutes(value: float | None) -> str:
-        return f"{value:.0f} min" if value is not None else "-"
-
     for r in rows:
         away = ("until " + r.away_until if r.away_until else "yes") if r.away else ""
         shift = "yes" if r.on_shift else (f"from {r.back_on_shift}" if r.back_on_shift
                                           else "no")
         table.add_row(r.name or r.address, shift, str(r.weight), away, str(r.open),
                       str(r.overdue),
-                      str(r.assigned_today), minutes(r.median_first_response_minutes),
-                      minutes(r.p90_first_response_minutes))
+                      str(r.assigned_today), _minutes(r.median_first_response_minutes),
+                      _minutes(r.p90_first_response_minutes))
     out.print(table)
     out.print(f"held, waiting for a free CSM: {held}")
     out.print(f"owed sends not yet out: {pending}")
     if failed:
         out.print(f"[red]sends that failed for good: {failed}[/] (see `csm-router failed`)")
     return 0
+
+
+def _minutes(value: float | None) -> str:
+    return f"{value:.0f} min" if value is not None else "-"
 
 
 def _parse_until(text: str) -> float:
@@ -330,13 +331,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column == "CSM" else "right",
                          no_wrap=column == "CSM")
 
-    def minutes(value: float | None) -> str:
-        return f"{value:.0f} min" if value is not None else "-"
-
     for c in figures.csms:
         table.add_row(c.name or c.address, str(c.taken), str(c.replies),
-                      minutes(c.median_first_response_minutes),
-                      minutes(c.p90_first_response_minutes), str(c.overdue),
+                      _minutes(c.median_first_response_minutes),
+                      _minutes(c.p90_first_response_minutes), str(c.overdue),
                       str(c.reassigned_in), str(c.reassigned_out), str(c.to_support))
     out.print(table)
     accounts = Table(title="CSMs per account")

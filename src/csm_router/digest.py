@@ -10,26 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
-from zoneinfo import ZoneInfo
 
 from PIL import Image, ImageDraw, ImageFont
 
-from csm_router.config import Address, Settings
+from csm_router.config import Settings
 from csm_router.outbound import message_id_for, render, stamp
 from csm_router.report import Report
 
 SEND_FROM_HOUR = 8  # Monday, in the lead's time zone
 BAR_WIDTH = 240  # pixels for the longest bar
-
-
-def lead(settings: Settings) -> Address | None:
-    """Who gets the digest: ROUTER_DIGEST_ADDRESS, else ROUTER_OVERFLOW_ADDRESS."""
-    return settings.lead
-
-
-def lead_zone(settings: Settings) -> ZoneInfo:
-    """The lead's time zone: their ROUTER_HOURS entry, if they have one; UTC otherwise."""
-    return settings.report_zone
 
 
 def due_week(settings: Settings, now: float) -> tuple[str, date, date] | None:
@@ -38,9 +27,9 @@ def due_week(settings: Settings, now: float) -> tuple[str, date, date] | None:
     It covers the seven days before this Monday; asked again later that week, it names
     the same week, which is owed once.
     """
-    if lead(settings) is None:
+    if settings.lead is None:
         return None
-    local = datetime.fromtimestamp(now, lead_zone(settings))
+    local = datetime.fromtimestamp(now, settings.report_zone)
     monday = local.date() - timedelta(days=local.weekday())
     if local.date() == monday and local.hour < SEND_FROM_HOUR:
         return None
@@ -110,7 +99,7 @@ def drawable(bar: Bar) -> str:
 def render_digest(settings: Settings, report: Report, week: str) -> EmailMessage:
     """The digest mail: multipart/alternative, plain text first; the HTML carries its
     chart as a related PNG."""
-    to = lead(settings)
+    to = settings.lead
     assert to is not None
     last = report.until - timedelta(days=1)
     subject = (f"Customer Success weekly digest {report.since:%d %b} - {last:%d %b %Y}: "

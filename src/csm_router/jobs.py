@@ -430,7 +430,7 @@ def tell_lead(ref: int, kind: str, failed: str, error: str, moved_to: str = "") 
 def send_digest(week: str, since: str, until: str) -> str:
     """The weekly digest to the lead: the report of [since, until), as HTML and text."""
     rt = runtime()
-    to = digest.lead(rt.settings)
+    to = rt.settings.lead
     if to is None:
         return "no lead to send the digest to"
     figures = report.build(rt.store, date.fromisoformat(since), date.fromisoformat(until))
@@ -445,7 +445,7 @@ def owe_digest(rt: Runtime, now: float) -> bool:
     if due is None:
         return False
     week, since, until = due
-    ends = datetime.combine(until, datetime.min.time(), digest.lead_zone(rt.settings))
+    ends = datetime.combine(until, datetime.min.time(), rt.settings.report_zone)
     out = rt.store.run_script("digest", {"week": week, "since": since.isoformat(),
                                          "until": until.isoformat(), "now": now,
                                          "until_ts": ends.timestamp()})

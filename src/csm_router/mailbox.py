@@ -44,6 +44,7 @@ class Mailbox:
         self.timeout = timeout
         self.uidvalidity = 0
         self.uidnext = 0
+        self.exists = 0  # messages in the folder when it was selected
         self._client: IMAPClient | None = None
         self._idle = False
 
@@ -88,6 +89,7 @@ class Mailbox:
         self._client = client
         self.uidvalidity = int(selected[b"UIDVALIDITY"])
         self.uidnext = int(selected.get(b"UIDNEXT") or 0)
+        self.exists = int(selected.get(b"EXISTS") or 0)
         log.info("connected to %s (UIDVALIDITY %s)", self.name, self.uidvalidity)
 
     def has_idle(self) -> bool:
@@ -199,10 +201,8 @@ class Mailbox:
             raise TransientError(f"IMAP search: {exc}") from None
 
     def empty(self) -> bool:
-        try:
-            return not self.client.search(["ALL"])
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP search: {exc}") from None
+        """Whether the folder held no message when selected (for `check`)."""
+        return self.exists == 0
 
     def latest_header(self, name: str) -> str | None:
         """The topmost `name` header of the newest message here, if any (for `check`)."""

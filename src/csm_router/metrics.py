@@ -117,13 +117,20 @@ class ProcessBeat:
         self.pid = os.getpid()
         self.id = f"{role}:{self.name}@{self.host}:{self.pid}"
         self.imap = ""
+        self.beaten = float("-inf")
 
     def beat(self, now: float | None = None, *, pipe: Any = None) -> None:
         """Report in now (on `pipe`, if given, for the caller to execute)."""
+        self.beaten = now if now is not None else time.time()
         line = {"role": self.role, "name": self.name, "host": self.host,
-                "pid": self.pid, "beat": now if now is not None else time.time(),
+                "pid": self.pid, "beat": self.beaten,
                 "poll": self.poll, "imap": self.imap, "version": __version__}
         (pipe if pipe is not None else self.redis).hset(PROCS, self.id, json.dumps(line))
+
+    def keep_alive(self, now: float, every: float = 1.0) -> None:
+        """Report in during long work, at most once per `every` seconds."""
+        if now - self.beaten >= every:
+            self.beat(now)
 
     def forget(self) -> None:
         """A clean stop: this process is gone on purpose, not late."""
@@ -170,7 +177,13 @@ def _running(pid: int) -> bool:
 
 
 def health(redis: Redis, now: float | None = None) -> list[str]:
-    """What is wrong with the deployment, in words; empty when healthy.
+    """What is wrong with the deployment, in words; empty when healthy."""
+    return check_routers(redis, now)[0]
+
+
+def check_routers(redis: Redis, now: float | None = None) -> tuple[list[str], list[Proc]]:
+    """What is wrong with the deployment (empty when healthy), and its routers, from one
+    read of Redis.
 
     Healthy: Redis answers, at least one router reported itself, and every router beat
     within its poll interval (plus a grace for a pass of mail).
@@ -179,16 +192,16 @@ def health(redis: Redis, now: float | None = None) -> list[str]:
     try:
         procs = processes(redis, now)
     except Exception as exc:  # any way Redis fails is the answer itself
-        return [f"Redis unreachable: {exc}"]
+        return [f"Redis unreachable: {exc}"], []
     routers = [p for p in procs if p.role == "router"]
     if not routers:
-        return ["no router has reported itself: is `csm-router run` running?"]
+        return ["no router has reported itself: is `csm-router run` running?"], []
     problems = [f"router {p.name} (pid {p.pid} on {p.host}) silent for "
                 f"{p.silent_for(now):.0f}s, over its poll interval of {p.poll:g}s"
                 for p in routers if p.late(now)]
     problems += [f"router {p.name} (pid {p.pid} on {p.host}) has no IMAP connection"
                  for p in routers if not p.late(now) and p.imap != "connected"]
-    return problems
+    return problems, routers
 
 
 # -- the Prometheus view ---------------------------------------------------------------

@@ -216,8 +216,7 @@ class Router:
     def _offer(self) -> None:
         owed, self._owed = self._owed, []
         self.rt.outbox.offer(owed)
-        if owed:
-            self.beat.beat(self.clock())  # alive through a long pass, too
+        self.beat.keep_alive(self.clock())  # alive through a long pass, too
 
     def _quarantine(
         self, uid: int, raw: bytes, message_id: str, reason: str, msgkey: str | None = None,

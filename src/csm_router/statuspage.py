@@ -91,6 +91,11 @@ def _link(ref: int | None) -> dict[str, str] | None:
     return None if ref is None else {"ref": format_ref(ref), "href": f"thread/{format_ref(ref)}"}
 
 
+def _scored(rows: list[tuple[Any, float]]) -> list[tuple[int, float]]:
+    """A sorted set's (ref, score) pairs as read from Redis."""
+    return [(int(text(ref)), float(score)) for ref, score in rows]
+
+
 def _threads(store: Store, refs: list[int]) -> list[dict[str, str]]:
     pipe = store.redis.pipeline(transaction=False)
     for ref in refs:
@@ -129,25 +134,19 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     pipe.lrange(key("recent"), 0, RECENT - 1)
     held_raw, held_total, due_raw, due_total, recent_raw = pipe.execute()
 
-    held_refs = [(int(text(r)), float(s)) for r, s in held_raw]
-    held = []
-    for (ref, since), thread in zip(held_refs, _threads(store, [r for r, _ in held_refs]),
-                                    strict=True):
-        held.append({
-            "link": _link(ref), "subject": thread.get("subject", ""),
-            "customer": _customer(thread), "account": thread.get("account", ""),
-            "since": when(since), "waiting": span(now - since),
-        })
-
-    due_refs = [(int(text(r)), float(s)) for r, s in due_raw]
-    overdue = []
-    for (ref, due), thread in zip(due_refs, _threads(store, [r for r, _ in due_refs]),
-                                  strict=True):
-        overdue.append({
-            "link": _link(ref), "subject": thread.get("subject", ""),
-            "customer": _customer(thread), "owner": thread.get("owner", ""),
-            "due": when(due), "late": f"{span(now - due)} late",
-        })
+    # Both lists' threads in one round trip: (ref, when held or due, the thread).
+    held_rows, due_rows = _scored(held_raw), _scored(due_raw)
+    threads = _threads(store, [ref for ref, _ in held_rows + due_rows])
+    held = [{
+        "link": _link(ref), "subject": thread.get("subject", ""),
+        "customer": _customer(thread), "account": thread.get("account", ""),
+        "since": when(since), "waiting": span(now - since),
+    } for (ref, since), thread in zip(held_rows, threads, strict=False)]
+    overdue = [{
+        "link": _link(ref), "subject": thread.get("subject", ""),
+        "customer": _customer(thread), "owner": thread.get("owner", ""),
+        "due": when(due), "late": f"{span(now - due)} late",
+    } for (ref, due), thread in zip(due_rows, threads[len(held_rows):], strict=True)]
 
     recent = []
     for raw in recent_raw:
@@ -202,8 +201,7 @@ def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
             "message_id": str(event.get("msg") or ""),
         })
     messages = []
-    for msgkey in store.thread_messages(ref):
-        record = store.message(msgkey)
+    for record in store.messages(store.thread_messages(ref)):
         if not record:
             continue  # its record outlived by the thread (kept 400 days)
         at = _number(record.get("at"))

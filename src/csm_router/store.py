@@ -33,9 +33,9 @@ KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.l
 MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
 # How long a worker waits for a replica to confirm a write it is about to act on, and how
 # often it asks Redis whether there are replicas at all.
-# Scripts that move outbox entries or read state, and never pick, time or tally: they
-# need none of the pool's routing context (hot on every send).
-PLUMBING_SCRIPTS = frozenset({"outbox", "delivery", "digest"})
+# Scripts that move outbox entries and never pick, time or tally: they need none of the
+# pool's routing context (hot on every send).
+PLUMBING_SCRIPTS = frozenset({"outbox", "digest"})
 REPLICA_WAIT_MS = 2000
 REPLICAS_RECHECK_SECONDS = 10.0
 
@@ -268,8 +268,10 @@ class Store:
     def ensure_sequence(self, floor: int = 0) -> None:
         """Start thread references at FIRST_REF, or above `floor` (idempotent); remember
         when this deployment first ran (no digest covers a week before it)."""
-        self.redis.set(key("seq"), max(FIRST_REF - 1, floor), nx=True)
-        self.redis.set(key("started"), time.time(), nx=True)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key("seq"), max(FIRST_REF - 1, floor), nx=True)
+            pipe.set(key("started"), time.time(), nx=True)
+            pipe.execute()
 
     # -- deciding -------------------------------------------------------------------
 
@@ -512,6 +514,13 @@ class Store:
 
     def message(self, msgkey: str) -> dict[str, str]:
         return text_hash(self.redis.hgetall(key("msg", msgkey)))
+
+    def messages(self, msgkeys: list[str]) -> list[dict[str, str]]:
+        """The records of `msgkeys`, in one round trip ({} for one gone)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for msgkey in msgkeys:
+                pipe.hgetall(key("msg", msgkey))
+            return [text_hash(raw) for raw in pipe.execute()] if msgkeys else []
 
     def thread(self, ref: int) -> dict[str, str]:
         return text_hash(self.redis.hgetall(key("thread", ref)))

@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from csm_router.config import ConfigError, Settings, is_loopback
-from csm_router.metrics import RedisCollector, health, processes
+from csm_router.metrics import RedisCollector, check_routers
 from csm_router.outbound import template_environment
 from csm_router.statuspage import credentials_match, overview, parse_ref, thread_view
 from csm_router.store import Store
@@ -87,11 +87,10 @@ def create_app(settings: Settings, redis: Redis,
 
     def healthz(request: Request) -> Response:
         now = time.time()
-        problems = health(redis, now)
+        problems, routers = check_routers(redis, now)
         if problems:
             return PlainTextResponse("unhealthy\n" + "".join(f"- {p}\n" for p in problems),
                                      status_code=503)
-        routers = [p for p in processes(redis, now) if p.role == "router"]
         lines = [f"- router {p.name} (pid {p.pid} on {p.host}) beat "
                  f"{p.silent_for(now):.0f}s ago" for p in routers]
         return PlainTextResponse("ok\n" + "".join(f"{line}\n" for line in lines))

@@ -80,6 +80,7 @@ def run_worker(
     warm_up()
     backoff = Backoff(cap=30)
     failing = False
+    rq_connection = rt.rq_client()  # one for the process: each outage would leak a pool
     while not stop.is_set():
         pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS)
         worker: _Worker | None = None
@@ -92,7 +93,7 @@ def run_worker(
             if failing:
                 log.info("worker: Redis is back")
                 failing = False
-            worker = _Worker([rt.queues[q] for q in QUEUES], connection=rt.rq_client(),
+            worker = _Worker([rt.queues[q] for q in QUEUES], connection=rq_connection,
                              stop=stop)
             if burst:
                 rt.outbox.offer()
