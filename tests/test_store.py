@@ -49,7 +49,7 @@ def mail(sender: str = "jane@globex.com", subject: str = "Question", extra: str 
 
 def route(store: Store, msg: Inbound, now: float = NOW) -> Outcome:
     """What the router does with one message, minus IMAP and the queues."""
-    decision = decide(msg, store.snapshot(msg, now, verdict=verify_sender(msg, None)))
+    decision = decide(msg, store.snapshot(msg, now, verdict=verify_sender(msg, "mx")))
     return record_decision(store, message_key(msg, msg.raw), msg, decision, now)
 
 

@@ -9,14 +9,17 @@ import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 from csm_router.message import Inbound
+from csm_router.threads import format_ref
 
 # One token per match, each a disjoint run, so a scan is linear on any input: an escaped
 # pair, a parenthesis or quote (comments nest, so they are counted, not matched), a
 # separator, whitespace, or a run of anything else.
 _TOKEN = re.compile(r'\\.?|[()";=]|\s+|[^\s()";=\\]+', re.S)
-_METHODS = ("dmarc", "dkim", "spf", "auth")  # in the order a pass is reported
+_FOLD = re.compile(r"\r?\n|\r")
 _SEMI, _EQ = ";", "="
 _CFWS_OR_SEPARATOR = frozenset("();=")
 
@@ -34,11 +37,17 @@ class _Result:
     props: dict[str, str]
 
 
+class _UnreadableError(ValueError):
+    """The header breaks RFC 8601's grammar: an unclosed comment or quoted string."""
+
+
 def _tokens(header: str) -> Iterator[tuple[str, str, bool]]:
     """``(kind, text, spaced)``: kind is "word", ";" or "="; spaced if CFWS came before it.
 
-    Comments (which nest) are dropped and quoted strings become (part of) words; an
-    unterminated comment or quote runs to the end, as a lenient reader should.
+    Comments (which nest) are dropped and quoted strings become (part of) words, as RFC 5322
+    reads them. An unclosed comment or quoted string, or a stray ")", raises
+    `_UnreadableError`: read leniently, it would hide the rest of the header, and a sender
+    controls some of what the server copies into it.
     """
     depth, quoted = 0, False
     word: str | None = None  # the word being built; "" after an empty quoted string
@@ -60,33 +69,46 @@ def _tokens(header: str) -> Iterator[tuple[str, str, bool]]:
             else:
                 word += tok
         else:
+            if tok == ")":
+                raise _UnreadableError("a \")\" that closes no comment")
             if word is not None:
                 yield "word", word, word_spaced
                 word, spaced = None, False
             if tok in (_SEMI, _EQ):
                 yield tok, tok, spaced
                 spaced = False
-            else:  # whitespace, a comment, or a stray ")": all CFWS
+            else:  # whitespace or a comment: CFWS
                 depth = 1 if tok == "(" else 0
                 spaced = True
+    if depth or quoted:
+        raise _UnreadableError("an unclosed comment" if depth else "an unclosed quoted string")
     if word is not None:
         yield "word", word, word_spaced
 
 
-def _parse(header: str) -> tuple[str, Iterator[_Result]]:
-    """The authserv-id (lower-case) and, lazily, the results of one header."""
+def authserv_id(header: str) -> str:
+    """Who wrote one undecoded Authentication-Results value: its authserv-id, lower-case
+    ("" if it cannot be read)."""
+    try:
+        for kind, text, _ in _tokens(header):
+            if kind != "word":
+                return ""
+            return text.lower()  # a word after it is a version (RFC 8601 section 2.2)
+    except _UnreadableError:
+        return ""
+    return ""
+
+
+def _results(header: str) -> list[_Result]:
+    """One ``method=result`` with its ``ptype.property=value`` pairs per resinfo.
+
+    Raises `_UnreadableError` when the header breaks the grammar anywhere.
+    """
     tokens = _tokens(header)
-    authserv_id = ""
-    for kind, text, _ in tokens:
+    for kind, _, _ in tokens:  # skip the authserv-id and version
         if kind == _SEMI:
             break
-        if kind == "word" and not authserv_id:
-            authserv_id = text.lower()  # a word after it is a version (RFC 8601 section 2.2)
-    return authserv_id, _results(tokens)
-
-
-def _results(tokens: Iterator[tuple[str, str, bool]]) -> Iterator[_Result]:
-    """One ``method=result`` with its ``ptype.property=value`` pairs per resinfo."""
+    found: list[_Result] = []
     pairs: list[tuple[str, str]] = []
     key: str | None = None
     value: str | None = None
@@ -97,7 +119,7 @@ def _results(tokens: Iterator[tuple[str, str, bool]]) -> Iterator[_Result]:
                 pairs.append((key, value))
             if pairs:
                 (method, result), props = pairs[0], {k.lower(): v for k, v in pairs[1:]}
-                yield _Result(method.lower().partition("/")[0], result.lower(), props)
+                found.append(_Result(method.lower().partition("/")[0], result.lower(), props))
             pairs, key, value, after_eq = [], None, None, False
         elif value is not None and not spaced:
             value += text  # "=" inside a value: an SRS address, base64
@@ -109,67 +131,89 @@ def _results(tokens: Iterator[tuple[str, str, bool]]) -> Iterator[_Result]:
             if key is not None and value is not None:
                 pairs.append((key, value))
             key, value = text, None
+    return found
 
 
-def _domain(value: str) -> str:
-    return value.strip().strip("<>").rpartition("@")[2].lower()
+def raw_headers(raw: bytes, name: str) -> list[str]:
+    """Every ``name`` header of `raw`, unfolded but never RFC 2047-decoded, topmost first.
+
+    Decoding first would let encoded words a sender wrote (an envelope sender the server
+    copies into its results) turn into separators, comments and results of their own.
+    """
+    try:
+        head = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+    except Exception:  # hostile input: no header can be read, so none proves anything
+        return []
+    return [_FOLD.sub("", str(v)) for k, v in head.raw_items() if k.lower() == name.lower()]
 
 
-def _aligned(method: str, props: dict[str, str], domain: str) -> bool:
-    """The passing check is about the From domain (or a parent of it), not some other one."""
-    if method == "dmarc":
-        checked = props.get("header.from", domain)
-    elif method == "dkim":
-        checked = props.get("header.d") or _domain(props.get("header.i", ""))
-    elif method == "auth":  # authenticated submission (RFC 8601 section 2.7.4)
-        checked = _domain(props.get("smtp.auth", "") or props.get("smtp.mailfrom", ""))
-    else:
-        checked = _domain(props.get("smtp.mailfrom", ""))
-    checked = checked.lower()
-    return bool(checked) and (domain == checked or domain.endswith("." + checked))
-
-
-def _counted(msg: Inbound, trusted_authserv_id: str | None) -> Iterator[_Result] | None:
-    """Results of the one header that counts (RFC 8601 section 5: lower ones may be forged)."""
-    headers = msg.header_all("Authentication-Results")
-    if not trusted_authserv_id:
-        return _parse(headers[0])[1] if headers else None
+def _counted(msg: Inbound, trusted_authserv_id: str) -> str | None:
+    """The one header that counts: the topmost written by the pinned server (RFC 8601
+    section 5: any lower one may have been written by the sender)."""
     wanted = trusted_authserv_id.strip().lower()
-    for header in headers:
-        authserv_id, results = _parse(header)
-        if authserv_id == wanted:
-            return results
+    for header in raw_headers(msg.raw, "Authentication-Results"):
+        if authserv_id(header) == wanted:
+            return header
+    return None
+
+
+def _submitter_mismatch(results: list[_Result], sender: str) -> str | None:
+    """Who submitted the mail, where the server recorded it and it is not the sender."""
+    local = sender.rpartition("@")[0]
+    for res in results:
+        who = res.props.get("smtp.auth")
+        if who is not None and who.strip().strip("<>").lower() not in (sender, local):
+            return f"submitted by {who} (smtp.auth), not by {sender}"
+    return None
+
+
+def _proof(results: list[_Result], sender: str) -> str | None:
+    """The DMARC-aligned pass (or authenticated submission as the sender), if any."""
+    domain = sender.rpartition("@")[2]
+    local = sender.rpartition("@")[0]
+    for res in results:
+        if res.result != "pass":
+            continue
+        if res.method == "dmarc" and res.props.get("header.from", "").lower() == domain:
+            return f"dmarc=pass for {domain}"
+        who = res.props.get("smtp.auth", "").strip().strip("<>").lower()
+        if res.method == "auth" and who and who in (sender, local):
+            return f"auth=pass as {who}"
     return None
 
 
 def verify_sender(msg: Inbound, trusted_authserv_id: str | None) -> Verdict:
-    """Whether `msg.sender` is authenticated by the one Authentication-Results that counts.
+    """Whether `msg.sender` is proven by the pinned server's Authentication-Results.
 
-    With `trusted_authserv_id` set, that is the topmost header written by that server;
-    without it, the topmost header (added last, by the server that delivered to the alias).
-    No such header means not verified. A pass must be aligned with the From domain, and a
-    `dmarc=fail` refuses whatever else passed: it states the From is not authenticated.
+    Only the topmost header written by `trusted_authserv_id` counts; without one configured
+    no header proves anything, since anyone can write one. Proof is a DMARC pass for the
+    From domain or `auth=pass` as the sender (SPF or DKIM alone prove only a domain, which
+    every mailbox there shares); any `dmarc=fail` refuses, and so does an `smtp.auth=`
+    naming someone other than the sender.
     """
-    results = _counted(msg, trusted_authserv_id)
-    if results is None:
-        if trusted_authserv_id:
-            return Verdict(False, f"no Authentication-Results from {trusted_authserv_id}")
-        return Verdict(
-            False,
-            "no Authentication-Results header: "
-            "set ROUTER_TRUSTED_AUTHSERV_ID to your server's authserv-id",
-        )
-    domain = msg.account
-    passed: dict[str, str] = {}
+    if not trusted_authserv_id:
+        return Verdict(False, "ROUTER_TRUSTED_AUTHSERV_ID is not set, so no "
+                              "Authentication-Results proves anything")
+    header = _counted(msg, trusted_authserv_id)
+    if header is None:
+        return Verdict(False, f"no Authentication-Results from {trusted_authserv_id}")
+    try:
+        results = _results(header)
+    except _UnreadableError as exc:
+        return Verdict(False, f"unreadable Authentication-Results from "
+                              f"{trusted_authserv_id}: {exc}")
+    sender, domain = msg.sender, msg.account
     for res in results:
         if res.method == "dmarc" and res.result == "fail":
             return Verdict(False, f"dmarc=fail for {res.props.get('header.from', domain)}")
-        if res.result == "pass" and _aligned(res.method, res.props, domain):
-            passed.setdefault(res.method, f"{res.method}=pass for {domain}")
-    for method in _METHODS:  # the strongest proof is the one reported
-        if method in passed:
-            return Verdict(True, passed[method])
-    return Verdict(False, f"no passing, aligned dmarc/dkim/spf/auth result for {domain}")
+    mismatch = _submitter_mismatch(results, sender)
+    if mismatch is not None:
+        return Verdict(False, mismatch)
+    proof = _proof(results, sender)
+    if proof is not None:
+        return Verdict(True, proof)
+    return Verdict(False, f"no dmarc=pass for {domain} (nor auth=pass as {sender}) "
+                          f"from {trusted_authserv_id}")
 
 
 def reply_token(secret: str, csm: str, ref: int) -> str:
@@ -192,3 +236,47 @@ def proven_by_reply_address(msg: Inbound, alias: str, secret: str, ref: int) -> 
     """Whether `msg` (from a CSM) copies the reply address only that CSM got for `ref`."""
     wanted = reply_address(alias, secret, msg.sender, ref).lower()
     return any(hmac.compare_digest(a, wanted) for a in (*msg.to, *msg.cc))
+
+
+def verify_reply_address(msg: Inbound, alias: str, secret: str, ref: int | None) -> Verdict:
+    """Whether a CSM's `msg` copies the reply address made for them and thread `ref`."""
+    if ref is None:
+        return Verdict(False, f"no known thread, so no reply address proves {msg.sender}")
+    if proven_by_reply_address(msg, alias, secret, ref):
+        return Verdict(True, f"copies {msg.sender}'s reply address for {format_ref(ref)}")
+    return Verdict(False, f"does not copy {msg.sender}'s reply address for {format_ref(ref)} "
+                          "(with ROUTER_REPLY_SECRET set, nothing else proves a CSM)")
+
+
+def steering_note(trusted_authserv_id: str | None, reply_secret: bool) -> str:
+    """What proves that a CSM or Support really sent a mail, in one line."""
+    if trusted_authserv_id:
+        csm = ("CSM mail steers only by copying the CSM's own reply address for the thread "
+               "(ROUTER_REPLY_SECRET); Support mail" if reply_secret
+               else "CSM and Support mail")
+        return (f"{csm} steers only with dmarc=pass (or auth=pass as the sender) in "
+                f"{trusted_authserv_id}'s topmost Authentication-Results")
+    if reply_secret:
+        return ("CSM mail steers only by copying the CSM's own reply address for the thread "
+                "(ROUTER_REPLY_SECRET); Support mail steers nothing: "
+                "ROUTER_TRUSTED_AUTHSERV_ID is not set")
+    return ("neither ROUTER_TRUSTED_AUTHSERV_ID nor ROUTER_REPLY_SECRET is set: mail from "
+            "CSMs and Support steers nothing (no commands, answers or ownership changes)")
+
+
+def authserv_note(header: str | None, trusted_authserv_id: str | None,
+                  reply_secret: bool) -> tuple[bool, str]:
+    """Whether the latest mail's topmost Authentication-Results (undecoded) fits the
+    settings, and what to say about it."""
+    if header is None:
+        return False, ("the latest mail in the alias has no Authentication-Results: "
+                       "CSM and Support mail will steer nothing" +
+                       (" unless proven by ROUTER_REPLY_SECRET" if reply_secret else ""))
+    seen = authserv_id(header) or "an unreadable authserv-id"
+    said = f"the latest mail's topmost Authentication-Results is from {seen}"
+    wanted = (trusted_authserv_id or "").strip().lower()
+    if wanted and seen == wanted:
+        return True, said
+    if wanted:
+        return False, f"{said}, not ROUTER_TRUSTED_AUTHSERV_ID={trusted_authserv_id}"
+    return False, f"{said}: set ROUTER_TRUSTED_AUTHSERV_ID={seen} if that is your server"

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from csm_router import __version__, jobs, logs, pool
+from csm_router.auth import authserv_note, steering_note
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
 from csm_router.connect import redis_client
 from csm_router.dispatch import Runtime, release_held, stop_on_signals
@@ -65,10 +66,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop_on_signals(stop, "the current message")
     mailbox = Mailbox(rt.settings.required_imap(), rt.settings.quarantine_folder)
     log.info("router watching %s", mailbox.name)
-    trust = steering_note(rt.settings)
-    (log.info if rt.settings.trusted_authserv_id else log.warning)("%s", trust)
+    _log_steering(rt.settings)
     Router(rt, mailbox, stop=stop).run(exit_when_idle=args.exit_when_idle)
     return 0
+
+
+def _log_steering(settings: Settings) -> None:
+    """Say who may steer; with nothing configured, also whose results the alias gets."""
+    trust = steering_note(settings.trusted_authserv_id, settings.reply_secret is not None)
+    if settings.trusted_authserv_id:
+        log.info("%s", trust)
+        return
+    if settings.reply_secret is None:
+        box = Mailbox(settings.required_imap(), settings.quarantine_folder, timeout=20)
+        try:  # a hint only: the router itself waits out a server that is down
+            box.connect()
+            seen = ("the alias has no mail yet" if box.empty() else
+                    authserv_note(box.latest_header("Authentication-Results"), None, False)[1])
+        except (TransientError, PermanentError) as exc:
+            seen = f"the latest mail in the alias could not be read ({exc})"
+        finally:
+            box.close()
+        trust = f"{trust}; {seen}"
+    log.warning("%s", trust)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -117,7 +137,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             say(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
 
     say(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
-    trust = steering_note(settings)
+    trust = steering_note(settings.trusted_authserv_id, settings.reply_secret is not None)
     say(f"{'ok  ' if settings.trusted_authserv_id else '[yellow]warn[/]'}  auth   {trust}")
     warnings: list[str] = []
 
@@ -144,8 +164,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                 notes.append((True, "auth", "the alias has no mail yet: nothing to show whose "
                               "Authentication-Results the server writes"))
             else:
-                notes.append(authserv_note(box.latest_header("Authentication-Results"),
-                                           settings))
+                fine, what = authserv_note(box.latest_header("Authentication-Results"),
+                                           settings.trusted_authserv_id,
+                                           settings.reply_secret is not None)
+                notes.append((fine, "auth", what))
         finally:
             box.close()
 
@@ -185,36 +207,6 @@ async def _smtp_login(settings: Settings) -> tuple[bool, str, str]:
         how = "implicit TLS" if smtp.tls else "STARTTLS"
         return True, "smtp", f"{how}, {cipher[1]} {cipher[0]}"
     return False, "smtp", "no TLS: the relay is on this machine, or ROUTER_ALLOW_PLAINTEXT is set"
-
-
-def authserv_note(header: str | None, settings: Settings) -> tuple[bool, str, str]:
-    """What the latest mail in the alias says about ROUTER_TRUSTED_AUTHSERV_ID."""
-    if header is None:
-        return False, "auth", ("the latest mail in the alias has no Authentication-Results: "
-                               "CSM and Support mail will steer nothing" +
-                               (" unless proven by ROUTER_REPLY_SECRET"
-                                if settings.reply_secret else ""))
-    seen = header.split(";", 1)[0].split()[0] if header.strip() else ""
-    wanted = settings.trusted_authserv_id
-    if wanted and seen.lower() == wanted.lower():
-        return True, "auth", f"the latest mail's topmost Authentication-Results is from {seen}"
-    if wanted:
-        return False, "auth", (f"the latest mail's topmost Authentication-Results is from {seen}, "
-                               f"not ROUTER_TRUSTED_AUTHSERV_ID={wanted}")
-    return False, "auth", (f"the latest mail's topmost Authentication-Results is from {seen}: "
-                           f"set ROUTER_TRUSTED_AUTHSERV_ID={seen} if that is your server")
-
-
-def steering_note(settings: Settings) -> str:
-    """What proves that a CSM or Support really sent a mail, in one line."""
-    secret = (", or (CSMs) by copying their own reply address for the thread"
-              if settings.reply_secret else "")
-    if settings.trusted_authserv_id:
-        return (f"CSM and Support mail steers only with a pass from "
-                f"{settings.trusted_authserv_id}'s topmost Authentication-Results{secret}")
-    return ("ROUTER_TRUSTED_AUTHSERV_ID is not set: CSM and Support mail steers only with a "
-            f"pass in the topmost Authentication-Results{secret}; set it to your server's "
-            "authserv-id")
 
 
 def redis_warnings(client: redis.Redis) -> list[str]:

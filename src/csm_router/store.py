@@ -13,14 +13,13 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from csm_router.auth import Verdict, proven_by_reply_address, verify_sender
+from csm_router.auth import Verdict, verify_reply_address, verify_sender
 from csm_router.classify import RuleSet
 from csm_router.config import Settings
 from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import Inbound
 from csm_router.threads import (
     FIRST_REF,
-    format_ref,
     refs_in_subject,
     refs_in_text,
     same_customer,
@@ -348,12 +347,11 @@ class Store:
             None,
         )
         secret = self.settings.reply_secret
-        if (not verdict.verified and secret and thread is not None
-                and self.settings.member(msg.sender) is not None
-                and proven_by_reply_address(msg, self.settings.alias.address,
-                                            secret.get_secret_value(), thread.ref)):
-            verdict = Verdict(True, f"copies {msg.sender}'s reply address for "
-                                    f"{format_ref(thread.ref)}")
+        if secret and self.settings.member(msg.sender) is not None:
+            # The reply address proves a CSM, and nothing else does: not even a header.
+            verdict = verify_reply_address(msg, self.settings.alias.address,
+                                           secret.get_secret_value(),
+                                           thread.ref if thread else None)
         schedule = self.settings.schedule
         off_shift = schedule.off_shift(now)
         onboarding = None

@@ -16,7 +16,8 @@ from support.snapshots import SNAP
 THREAD = ThreadInfo(1042, "alice@acme.com", ThreadState.SUPPORT, "dana@customer.example")
 IN_THREAD = replace(SNAP, thread=THREAD, matched_by="reply headers",
                     support_address="support@acme.com")
-GENUINE = "Authentication-Results: mx.acme.com; dkim=pass header.d=acme.com\n"
+GENUINE = ("Authentication-Results: mx.acme.com; dkim=pass header.d=acme.com; "
+           "dmarc=pass header.from=acme.com\n")
 FORGED = "Authentication-Results: mx.acme.com; dmarc=pass header.from=acme.com\n"
 
 
@@ -56,13 +57,31 @@ def test_a_csm_whose_forgery_sits_below_the_real_result_is_quarantined() -> None
     assert decision.why.endswith("not authenticated: dmarc=fail for acme.com")
 
 
-@pytest.mark.parametrize("trusted", [None, "mx.acme.com"])
-def test_proven_csm_and_support_steer(trusted: str | None) -> None:
+def test_proven_csm_and_support_steer() -> None:
     csm = reply("alice@acme.com", GENUINE)
-    assert decide(csm, judged(csm, trusted)).rule == "from-pool-csm"
+    assert decide(csm, judged(csm, "mx.acme.com")).rule == "from-pool-csm"
     support = reply("support@acme.com", GENUINE, body="#success")
-    decision = decide(support, judged(support, trusted))
+    decision = decide(support, judged(support, "mx.acme.com"))
     assert (decision.rule, decision.action) == ("from-support", Action.COMMAND)
+
+
+@pytest.mark.parametrize(
+    ("sender", "auth"),
+    [
+        # No server pinned: any header may be the sender's own.
+        ("alice@acme.com", GENUINE),
+        # Pinned, but DKIM for acme.com is what every acme.com mailbox has.
+        ("alice@acme.com",
+         "Authentication-Results: mx.acme.com; dkim=pass header.d=acme.com\n"),
+        ("support@acme.com",
+         "Authentication-Results: mx.acme.com; spf=pass smtp.mailfrom=acme.com\n"),
+    ],
+)
+def test_a_domain_wide_or_unpinned_pass_does_not_prove_a_person(sender: str, auth: str) -> None:
+    msg = reply(sender, auth, body="#success")
+    trusted = "mx.acme.com" if "dmarc" not in auth else None
+    decision = decide(msg, judged(msg, trusted))
+    assert decision.action is Action.QUARANTINE and decision.rule == impersonation.NAME
 
 
 @pytest.mark.parametrize("trusted", [None, "mx.acme.com"])
