@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import subprocess
 import time
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from csm_router import jobs
@@ -26,6 +29,11 @@ from support.runtime import worker_runtime
 
 ALICE, BOB = "alice@acme.com", "bob@acme.com"
 RECEIVED = "Received: from mx.globex.com by mail.acme.com with LMTP; {date}\r\n"
+# The Host a scraper on this machine sends: web answers to no other name.
+LOCAL = "http://127.0.0.1"
+
+# The Host a browser on this machine sends: web answers to no other name.
+LOCAL = "http://127.0.0.1"
 
 
 def mail(n: int, *, headers: str = "", sender: str = "") -> bytes:
@@ -49,7 +57,7 @@ def route(rt: Runtime, raw: bytes, now: float | None = None) -> tuple[str, ...]:
 
 def scrape(rt: Runtime) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Every sample of /metrics, by sample name and then by its labels."""
-    answer = TestClient(create_app(rt.settings, rt.redis)).get("/metrics")
+    answer = TestClient(create_app(rt.settings, rt.redis), base_url=LOCAL).get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain; version=")
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -136,7 +144,7 @@ def test_processes_report_their_heartbeat_and_imap_state(rt: Runtime) -> None:
 
 
 def test_healthz_needs_every_router_beating_within_its_poll_interval(rt: Runtime) -> None:
-    client = TestClient(create_app(rt.settings, rt.redis))
+    client = TestClient(create_app(rt.settings, rt.redis), base_url=LOCAL)
     answer = client.get("/healthz")
     assert answer.status_code == 503
     assert "no router has reported itself" in answer.text
@@ -145,7 +153,8 @@ def test_healthz_needs_every_router_beating_within_its_poll_interval(rt: Runtime
     router.beat()
     answer = client.get("/healthz")
     assert answer.status_code == 200, answer.text
-    assert "router success@acme.com/INBOX" in answer.text
+    # The IMAP login, the host and the pid are for someone who logged in (see below).
+    assert f"router {router_id(router)} beat" in answer.text
     router.beat(time.time() - 40)  # 40 s silent: over 30 s and the grace
     answer = client.get("/healthz")
     assert answer.status_code == 503
@@ -157,10 +166,35 @@ def test_healthz_needs_every_router_beating_within_its_poll_interval(rt: Runtime
     assert "no router has reported itself" in client.get("/healthz").text
 
 
+def router_id(beat: ProcessBeat) -> str:
+    return hashlib.sha256(beat.id.encode()).hexdigest()[:8]
+
+
+def test_metrics_and_healthz_name_logins_hosts_and_pids_only_to_the_lead(rt: Runtime) -> None:
+    settings = rt.settings.model_copy(update={"web_password": SecretStr("s3cret")})
+    client = TestClient(create_app(settings, rt.redis), base_url=LOCAL)
+    router = ProcessBeat(rt.redis, "router", "success@acme.com@imap.acme.com:993/INBOX",
+                         poll=30)
+    router.imap = "connected"
+    router.beat()
+    Heartbeat(rt.store, "w1").beat()
+    secret = ("success@acme.com", "imap.acme.com", socket.gethostname(), f"{os.getpid()}")
+    for path in ("/healthz", "/metrics"):
+        public = client.get(path)
+        assert public.status_code == 200, public.text
+        assert router_id(router) in public.text
+        assert not [s for s in secret if s in public.text], public.text
+        lead = client.get(path, auth=("admin", "s3cret"))
+        assert lead.status_code == 200
+        assert all(s in lead.text for s in secret), lead.text
+        assert client.get(path, auth=("admin", "wrong")).status_code == 401
+
+
 def test_healthz_and_metrics_answer_503_when_redis_is_down(rt: Runtime) -> None:
     server = fakeredis.FakeServer()
     server.connected = False
-    client = TestClient(create_app(rt.settings, fakeredis.FakeRedis(server=server)))
+    client = TestClient(create_app(rt.settings, fakeredis.FakeRedis(server=server)),
+                        base_url=LOCAL)
     answer = client.get("/healthz")
     assert answer.status_code == 503
     assert "Redis unreachable" in answer.text

@@ -28,12 +28,16 @@ from csm_router.outbound import use_templates, when
 from csm_router.statuspage import credentials_match, parse_ref, span
 from csm_router.store import message_key
 from csm_router.web import create_app, serve
+from csm_router.webguard import LoginThrottle
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 PASSWORD = "correct horse"
 # A Wednesday noon; Carol works Saturdays only, so she is off shift until Saturday 09:00.
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
 SCRIPT = "<script>alert(1)</script>"
+
+# The Host a browser on this machine sends: web answers to no other name.
+LOCAL = "http://127.0.0.1"
 
 
 def settings(**overrides: str) -> Settings:
@@ -57,7 +61,7 @@ def rt() -> Iterator[Runtime]:
 
 @pytest.fixture
 def client(rt: Runtime) -> TestClient:
-    return TestClient(create_app(rt.settings, rt.redis, clock=lambda: NOW))
+    return TestClient(create_app(rt.settings, rt.redis, clock=lambda: NOW), base_url=LOCAL)
 
 
 def write(rt: Runtime, n: int, subject: str, at: float, *, sender: str = "",
@@ -118,7 +122,7 @@ def test_the_right_user_and_password_open_the_page(rt: Runtime, client: TestClie
     assert answer.headers["cache-control"] == "no-store"
     assert "script-src" not in answer.headers["content-security-policy"]  # none runs
     other = settings(web_user="lead", web_password="sésame ünïcode")
-    lead = TestClient(create_app(other, rt.redis))
+    lead = TestClient(create_app(other, rt.redis), base_url=LOCAL)
     assert lead.get("/", auth=("lead", "sésame ünïcode")).status_code == 200
     assert lead.get("/", auth=("admin", "sésame ünïcode")).status_code == 401
 
@@ -127,6 +131,57 @@ def test_metrics_and_healthz_need_no_password(client: TestClient) -> None:
     assert client.get("/metrics").status_code == 200
     assert client.get("/healthz").status_code == 503  # no router running: but answered
     assert "www-authenticate" not in client.get("/healthz").headers
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.1.evil.example", "", "acme.com:8025"])
+@pytest.mark.parametrize("path", ["/", "/metrics", "/healthz"])
+def test_a_request_naming_another_host_is_refused(rt: Runtime, host: str, path: str) -> None:
+    client = TestClient(create_app(rt.settings, rt.redis), base_url=LOCAL)
+    answer = client.get(path, headers={"Host": host}, auth=("admin", PASSWORD))
+    assert answer.status_code == 421
+    assert "ROUTER_WEB_ADDRESS" in answer.text
+
+
+@pytest.mark.parametrize("host", ["localhost:8025", "127.0.0.1", "[::1]:8025",
+                                  "status.acme.com:8025", "STATUS.acme.com"])
+def test_the_configured_address_and_localhost_are_answered(rt: Runtime, host: str) -> None:
+    configured = settings(web_address="status.acme.com:8025")
+    client = TestClient(create_app(configured, rt.redis), base_url=LOCAL)
+    assert client.get("/", headers={"Host": host}, auth=("admin", PASSWORD)).status_code == 200
+
+
+def test_failed_logins_are_logged_and_throttled_per_client_and_overall(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    app = create_app(rt.settings, rt.redis, throttle=LoginThrottle(clock=lambda: now[0]))
+
+    def client(address: str) -> TestClient:
+        return TestClient(app, base_url=LOCAL, client=(address, 40000))
+
+    eve = client("203.0.113.7")
+    for _ in range(5):
+        assert eve.get("/", auth=("admin", "guess")).status_code == 401
+    # Past five failures a minute, not even the right password is checked.
+    throttled = eve.get("/", auth=("admin", PASSWORD))
+    assert throttled.status_code == 429
+    assert throttled.headers["retry-after"] == "60"
+    assert eve.get("/metrics", auth=("admin", "guess")).status_code == 429
+    failures = [r.getMessage() for r in caplog.records if "failed login" in r.getMessage()]
+    assert len(failures) == 5
+    assert all("203.0.113.7" in line for line in failures)
+    assert not [r for r in caplog.records if "guess" in r.getMessage()]
+    # Someone else is not held up by eve; without credentials /metrics still answers.
+    assert client("198.51.100.1").get("/", auth=("admin", PASSWORD)).status_code == 200
+    assert eve.get("/metrics").status_code == 200
+    now[0] += 61
+    assert eve.get("/", auth=("admin", PASSWORD)).status_code == 200
+    # Many clients guessing at once pause every login for a while.
+    for n in range(30):
+        client(f"192.0.2.{n}").get("/", auth=("admin", "guess"))
+    assert client("198.51.100.1").get("/", auth=("admin", PASSWORD)).status_code == 429
+    now[0] += 61
+    assert client("198.51.100.1").get("/", auth=("admin", PASSWORD)).status_code == 200
 
 
 def test_credentials_are_compared_whole() -> None:
@@ -159,7 +214,7 @@ def test_without_a_password_web_refuses_to_listen_beyond_loopback(rt: Runtime) -
 def test_on_loopback_without_a_password_the_page_is_open_to_this_machine(rt: Runtime) -> None:
     for address in ("127.0.0.1:8025", "localhost:8025", "[::1]:8025"):
         app = create_app(settings(web_password="", web_address=address), rt.redis)
-        assert TestClient(app).get("/").status_code == 200
+        assert TestClient(app, base_url=LOCAL).get("/").status_code == 200
 
 
 def test_csm_router_web_says_so_in_one_line(tmp_path: Path) -> None:
@@ -217,7 +272,8 @@ def test_the_page_shows_the_pool_held_and_overdue_threads_and_the_latest_decisio
 
 
 def test_a_csm_at_capacity_is_marked_full(rt: Runtime) -> None:
-    client = TestClient(create_app(settings(max_open_per_csm="1"), rt.redis, clock=lambda: NOW))
+    client = TestClient(create_app(settings(max_open_per_csm="1"), rt.redis, clock=lambda: NOW),
+                        base_url=LOCAL)
     write(rt, 1, "Export question", NOW - 60)  # to Alice, who is then at capacity
     text = visible(page(client))
     assert "CSM open of 1 overdue" in text
@@ -247,7 +303,7 @@ def test_customer_text_is_escaped_everywhere(rt: Runtime, client: TestClient) ->
 
 def test_the_thread_page_shows_who_had_it_why_each_move_and_the_subjects(rt: Runtime) -> None:
     now = time.time()  # `reassign` records the real time
-    client = TestClient(create_app(rt.settings, rt.redis))
+    client = TestClient(create_app(rt.settings, rt.redis), base_url=LOCAL)
     write(rt, 1, "Export question", now - 3600)
     write(rt, 2, "Re: [CS-1001] Export question", now - 1800,
           sender="Jane Doe <jane1@globex1.com>")
@@ -296,7 +352,7 @@ def test_the_pages_only_read(rt: Runtime, client: TestClient) -> None:
 def test_redis_down_is_a_503_not_a_crash(rt: Runtime) -> None:
     server = fakeredis.FakeServer()
     server.connected = False
-    down = TestClient(create_app(rt.settings, fakeredis.FakeRedis(server=server)))
+    down = TestClient(create_app(rt.settings, fakeredis.FakeRedis(server=server)), base_url=LOCAL)
     answer = down.get("/", auth=("admin", PASSWORD))
     assert answer.status_code == 503
     assert "Redis unreachable" in answer.text

@@ -13,6 +13,7 @@ interval, IMAP state, last beat), which `/healthz` and the heartbeat gauges read
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -101,6 +102,17 @@ class Proc:
     def silent_for(self, now: float) -> float:
         return max(now - self.beat, 0.0)
 
+    @property
+    def public_id(self) -> str:
+        """Stable for this process, and naming neither its login, host nor pid."""
+        return hashlib.sha256(self.id.encode()).hexdigest()[:8]
+
+    def label(self, detailed: bool) -> str:
+        """How /healthz names it: by name, pid and host to someone who logged in."""
+        if detailed:
+            return f"{self.name} (pid {self.pid} on {self.host})"
+        return self.public_id
+
     def late(self, now: float) -> bool:
         """A router is late once silent for longer than its poll interval (and a pass)."""
         return self.role == "router" and self.silent_for(now) > self.poll + ROUTER_GRACE_SECONDS
@@ -178,12 +190,13 @@ def _running(pid: int) -> bool:
 
 def health(redis: Redis, now: float | None = None) -> list[str]:
     """What is wrong with the deployment, in words; empty when healthy."""
-    return check_routers(redis, now)[0]
+    return check_routers(redis, now, detailed=True)[0]
 
 
-def check_routers(redis: Redis, now: float | None = None) -> tuple[list[str], list[Proc]]:
+def check_routers(redis: Redis, now: float | None = None,
+                  *, detailed: bool = False) -> tuple[list[str], list[Proc]]:
     """What is wrong with the deployment (empty when healthy), and its routers, from one
-    read of Redis.
+    read of Redis; routers are named by login, host and pid only when `detailed`.
 
     Healthy: Redis answers, at least one router reported itself, and every router beat
     within its poll interval (plus a grace for a pass of mail).
@@ -196,10 +209,10 @@ def check_routers(redis: Redis, now: float | None = None) -> tuple[list[str], li
     routers = [p for p in procs if p.role == "router"]
     if not routers:
         return ["no router has reported itself: is `csm-router run` running?"], []
-    problems = [f"router {p.name} (pid {p.pid} on {p.host}) silent for "
+    problems = [f"router {p.label(detailed)} silent for "
                 f"{p.silent_for(now):.0f}s, over its poll interval of {p.poll:g}s"
                 for p in routers if p.late(now)]
-    problems += [f"router {p.name} (pid {p.pid} on {p.host}) has no IMAP connection"
+    problems += [f"router {p.label(detailed)} has no IMAP connection"
                  for p in routers if not p.late(now) and p.imap != "connected"]
     return problems, routers
 
@@ -208,10 +221,11 @@ def check_routers(redis: Redis, now: float | None = None) -> tuple[list[str], li
 
 
 class RedisCollector(Collector):
-    """Builds every metric from Redis on each scrape."""
+    """Builds every metric from Redis on each scrape; processes are labelled by name,
+    host and pid only when `detailed` (a scrape with the status page's credentials)."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis, self.settings = redis, settings
+    def __init__(self, redis: Redis, settings: Settings, *, detailed: bool = False) -> None:
+        self.redis, self.settings, self.detailed = redis, settings, detailed
 
     def collect(self) -> Iterator[Metric]:
         counts = {text(k): v for k, v in (self.redis.hgetall(METRICS) or {}).items()}
@@ -305,16 +319,19 @@ class RedisCollector(Collector):
 
     def _process_gauges(self, now: float) -> Iterator[Metric]:
         procs = processes(self.redis, now)
+        # A router's name is its IMAP login: shown, with host and pid, to a scrape that
+        # logged in; others see a stable id that names none of them.
+        who = ["name", "host", "pid"] if self.detailed else ["process"]
         beat = GaugeMetricFamily("csm_router_process_heartbeat_timestamp_seconds",
                                  "When each router and worker last reported itself",
-                                 labels=["role", "name", "host", "pid"])
+                                 labels=["role", *who])
         imap = GaugeMetricFamily("csm_router_imap_connected",
-                                 "1 while a router holds its IMAP connection",
-                                 labels=["name", "host", "pid"])
+                                 "1 while a router holds its IMAP connection", labels=who)
         for p in procs:
-            beat.add_metric([p.role, p.name, p.host, str(p.pid)], p.beat)
+            labels = [p.name, p.host, str(p.pid)] if self.detailed else [p.public_id]
+            beat.add_metric([p.role, *labels], p.beat)
             if p.role == "router":
-                imap.add_metric([p.name, p.host, str(p.pid)],
+                imap.add_metric(labels,
                                 1.0 if p.imap == "connected" and not p.late(now) else 0.0)
         yield beat
         yield imap

@@ -24,16 +24,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from csm_router.config import ConfigError, Settings, is_loopback
+from csm_router.durability import (
+    PERSISTENCE_RECHECK_SECONDS,
+    EpochWatch,
+    Loss,
+    persistence_problem,
+)
 from csm_router.metrics import RedisCollector, check_routers
 from csm_router.outbound import template_environment
 from csm_router.statuspage import credentials_match, overview, parse_ref, thread_view
 from csm_router.store import Store
 from csm_router.threads import format_ref
+from csm_router.webguard import HostCheck, LoginThrottle, allowed_hosts
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,8 @@ def web_password(settings: Settings) -> str | None:
 
 
 def create_app(settings: Settings, redis: Redis,
-               clock: Callable[[], float] = time.time) -> Starlette:
+               clock: Callable[[], float] = time.time,
+               throttle: LoginThrottle | None = None) -> Starlette:
     """The ASGI application; `redis` is shared by every request (it is thread-safe).
 
     Raises ConfigError when the status page would be open beyond this machine."""
@@ -73,27 +82,49 @@ def create_app(settings: Settings, redis: Redis,
     # Always escaped, whatever the file is called; an admin's versions first, sandboxed.
     pages = template_environment(settings.templates_dir, autoescape=True, trim_blocks=True,
                                  lstrip_blocks=True, keep_trailing_newline=False)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(redis, settings))
+    registries = {detailed: CollectorRegistry(auto_describe=False) for detailed in (False, True)}
+    for detailed, registry in registries.items():
+        registry.register(RedisCollector(redis, settings, detailed=detailed))
+    throttle = throttle or LoginThrottle()
+    health = Health(redis)
+
+    def authorised(request: Request) -> bool | Response:
+        """True with valid credentials, False without any; a refusal for wrong ones."""
+        header = request.headers.get("authorization")
+        if password is None or not header:
+            return False
+        client = request.client.host if request.client else "unknown"
+        wait = throttle.wait_for(client)
+        if wait:
+            return PlainTextResponse(
+                f"429 Too Many Requests: too many failed logins; try again in {wait}s\n",
+                status_code=429, headers={"Retry-After": str(wait)})
+        if credentials_match(header, settings.web_user, password):
+            return True
+        throttle.failed(client)
+        return refused()
 
     # Plain functions: Starlette runs them in its thread pool, off the event loop, which
     # is what the blocking Redis client needs.
     def metrics(request: Request) -> Response:
+        detailed = authorised(request)
+        if isinstance(detailed, Response):
+            return detailed
+        health.look()
         try:
-            body = generate_latest(registry)
+            body = generate_latest(registries[detailed])
         except Exception as exc:  # Redis down: say so, as an error Prometheus records
-            return PlainTextResponse(f"metrics unavailable: {exc}\n", status_code=503)
+            return PlainTextResponse(f"metrics unavailable: {_said(exc, detailed)}\n",
+                                     status_code=503)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     def healthz(request: Request) -> Response:
-        now = time.time()
-        problems, routers = check_routers(redis, now)
-        if problems:
-            return PlainTextResponse("unhealthy\n" + "".join(f"- {p}\n" for p in problems),
-                                     status_code=503)
-        lines = [f"- router {p.name} (pid {p.pid} on {p.host}) beat "
-                 f"{p.silent_for(now):.0f}s ago" for p in routers]
-        return PlainTextResponse("ok\n" + "".join(f"{line}\n" for line in lines))
+        detailed = authorised(request)
+        if isinstance(detailed, Response):
+            return detailed
+        healthy, lines = health.report(time.time(), detailed=detailed)
+        return PlainTextResponse(("ok\n" if healthy else "unhealthy\n") + "".join(
+            f"- {line}\n" for line in lines), status_code=200 if healthy else 503)
 
     def refused() -> Response:
         return PlainTextResponse(
@@ -102,11 +133,14 @@ def create_app(settings: Settings, redis: Redis,
 
     def guarded(page: Callable[[Request], Response]) -> Callable[[Request], Response]:
         def answer(request: Request) -> Response:
-            if password is not None and not credentials_match(
-                    request.headers.get("authorization"), settings.web_user, password):
+            allowed = True if password is None else authorised(request)
+            if isinstance(allowed, Response):
+                response = allowed
+            elif not allowed:
                 response = refused()
             else:
                 try:
+                    health.look()
                     response = page(request)
                 except RedisError as exc:
                     response = PlainTextResponse(f"Redis unreachable: {exc}\n", status_code=503)
@@ -130,11 +164,62 @@ def create_app(settings: Settings, redis: Redis,
         return render("thread.html.j2", **view)
 
     return Starlette(routes=[
-        Route("/metrics", metrics),  # no auth: Prometheus and health checks read these
+        Route("/metrics", metrics),  # no auth needed: Prometheus and health checks read these
         Route("/healthz", healthz),
         Route("/", guarded(status_page)),
         Route("/thread/{ref}", guarded(thread_page)),
-    ])
+    ], middleware=[Middleware(HostCheck, allowed=allowed_hosts(settings))])
+
+
+def _said(exc: Exception, detailed: bool) -> str:
+    """An error as told to a caller: its kind only, unless they logged in (a Redis
+    error names hosts and ports)."""
+    return str(exc) if detailed else f"{type(exc).__name__} (details with credentials)"
+
+
+class Health:
+    """What /healthz says, and the watch on Redis losing its data, shared by requests."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.epoch = EpochWatch(redis, "web")
+        self._persistence: tuple[bool, str | None] = (False, None)
+        self._persistence_at = float("-inf")
+
+    def look(self) -> None:
+        """Notice a loss of Redis's data at once (logged once); never raises."""
+        with contextlib.suppress(RedisError):
+            self.epoch.intact()
+
+    def report(self, now: float, *, detailed: bool) -> tuple[bool, list[str]]:
+        """(healthy, lines); the lines name processes by login, host and pid only when
+        `detailed` (the caller gave the status page's credentials)."""
+        problems, routers = check_routers(self.redis, now, detailed=detailed)
+        if problems and problems[0].startswith("Redis unreachable"):
+            return False, [problems[0] if detailed else "Redis unreachable"]
+        notes: list[str] = []
+        try:
+            self.epoch.intact()
+            if self.epoch.lost:
+                problems.append("Redis lost its data: a router numbers new threads above "
+                                "every earlier reference at its next pass")
+            elif (loss := Loss.read(self.redis)) is not None:
+                notes.append(loss.describe())
+            fatal, persistence = self._persistence_problem(now)
+        except RedisError as exc:
+            return False, [f"Redis unreachable: {_said(exc, detailed)}"]
+        if persistence:
+            (problems if fatal else notes).append(persistence)
+        if problems:
+            return False, problems
+        return True, [f"router {p.label(detailed)} beat {p.silent_for(now):.0f}s ago"
+                      for p in routers] + notes
+
+    def _persistence_problem(self, now: float) -> tuple[bool, str | None]:
+        if now >= self._persistence_at + PERSISTENCE_RECHECK_SECONDS:
+            self._persistence = persistence_problem(self.redis)
+            self._persistence_at = now
+        return self._persistence
 
 
 class _Server(uvicorn.Server):

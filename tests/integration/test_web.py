@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -101,7 +103,8 @@ def test_metrics_count_what_real_mail_did(product: Product, web: str) -> None:
 def test_healthz_follows_the_routers_and_redis(
     product: Product, tmp_path: Path
 ) -> None:
-    with RedisServer(tmp_path / "own-redis") as own:
+    # Persistent, as production runs it: a Redis that keeps nothing fails /healthz itself.
+    with RedisServer(tmp_path / "own-redis", persistent=True) as own:
         product.env["ROUTER_REDIS_URL"] = own.url
         (port,) = free_ports(1)
         product.env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
@@ -112,7 +115,10 @@ def test_healthz_follows_the_routers_and_redis(
         try:
             until(lambda: get(health)[0] == 200, "a healthy deployment",
                   lambda: get(health)[1])
-            assert f"router {product.alias}@" in get(health)[1]
+            said = get(health)[1]
+            assert "- router " in said
+            # Without the status page's credentials: no IMAP login, host name or pid.
+            assert product.alias not in said and " pid " not in said
             product.write("C1 <c1@c1.com>", "Still routing")
             product.smtp.wait_for(1, timeout=30)
             # The image's HEALTHCHECK: the command exits 0 while healthy.
@@ -140,3 +146,51 @@ def test_healthz_follows_the_routers_and_redis(
             for proc in (router, worker, web):
                 if proc.poll() is None:
                     stop(proc)
+
+
+def test_healthz_fails_while_redis_keeps_nothing_on_disk(product: Product, web: str) -> None:
+    # The shared test Redis runs with appendonly no and no save, as a careless deploy would.
+    router = start(product, "run", log="router.log")
+    try:
+        router_log = (product.workdir / "router.log").read_text
+        until(lambda: "watching" in router_log(), "the router to start", router_log)
+        assert "keeps no data on disk" in router_log()  # warned at start
+        status, said = get(web + "/healthz")
+        assert status == 503
+        assert "keeps no data on disk" in said and "appendonly yes" in said
+    finally:
+        assert stop(router) == 0
+
+
+def ask(url: str, headers: dict[str, str]) -> tuple[int, Message, str]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, answer.headers, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+def test_web_refuses_other_hosts_and_throttles_password_guessing(product: Product) -> None:
+    (port,) = free_ports(1)
+    product.env |= {"ROUTER_WEB_ADDRESS": f"127.0.0.1:{port}", "ROUTER_WEB_USER": "lead",
+                    "ROUTER_WEB_PASSWORD": "right-horse"}
+    proc = start(product, "web", log="web.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        until(lambda: get(base + "/healthz")[0] in (200, 503), "web to listen")
+        # DNS rebinding: a page on evil.example whose name now points here.
+        for path in ("/", "/healthz", "/metrics"):
+            assert ask(base + path, {"Host": f"evil.example:{port}"})[0] == 421
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"lead:guess").decode()}
+        right = {"Authorization": "Basic " + base64.b64encode(b"lead:right-horse").decode()}
+        assert ask(base + "/", right)[0] == 200
+        assert [ask(base + "/", wrong)[0] for _ in range(5)] == [401] * 5
+        status, headers, _ = ask(base + "/", right)  # throttled: not even checked
+        assert status == 429
+        assert int(headers.get("Retry-After", "0")) > 0
+        log = (product.workdir / "web.log").read_text()
+        assert log.count("failed login from 127.0.0.1") == 5
+        assert "guess" not in log and "right-horse" not in log
+    finally:
+        assert stop(proc) == 0
