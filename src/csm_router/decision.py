@@ -70,6 +70,9 @@ class Snapshot:
     onboarding: Onboarding | None = None
     sender_verified: bool = False  # the sender really is who From says (see auth)
     verdict: str = ""  # why it is (not) verified, for the reason
+    # Command lines in the thread's customer mail, read when a CSM or Support writes one:
+    # repeating one of them may be quoting the customer (commands.command_lines).
+    customer_commands: frozenset[str] = frozenset()
     support_address: str | None = None  # None: no Support handoff configured
     support_rules: RuleSet | None = None
     # Threads of other customers the message refers to; it does not join them.

@@ -19,16 +19,19 @@ _DIGIT = re.compile(r"\d")
 _WRAPPED_TAIL = re.compile(r">\s*:")  # Gmail wrapping "<addr>:" right before the ">"
 
 _START_WORD = re.compile(
-    r"-*+\s*+(?:on|le|am|el|il|em|op|den|på|in data|w dniu|dnia)\s", re.IGNORECASE
+    r"-*+\s*+(?:on|le|am|el|il|em|op|den|på|in data|w dniu|dnia|dne)\s", re.IGNORECASE
 )
 _START_DATE = re.compile(r"-*+\s*+\S{0,12}\s*\d")  # "2017-11-24 ...", "ср, 30 апр.", "pe 20."
 _VERB_AT_END = re.compile(
     r"(?:\bwrote|\ba écrit|\bescribió|\bha scritto|\bescreveu|\bnapisał(?:\(a\))?"
-    r"|\bkirjoitti|\bírta|\bнаписала?|\bskrev)\s*:?\s*-*$",
+    r"|\bkirjoitti|\bírta|\bнаписала?|\bskrev|\bnapsal(?:a|\(a\))?)\s*:?\s*-*$",
     re.IGNORECASE,
 )
+# Chinese and Japanese clients end the line with the verb, name first: "Dana <d@x> 于2026年
+# 3月3日周二 09:30写道：", Apple Mail's "2026/03/03 9:30、Dana <d@x>のメール:".
+_CJK_VERB_AT_END = re.compile(r"(?:写道|寫道|のメール|のメッセージ)\s*[:：]\s*$")
 _VERB_BEFORE_NAME = re.compile(r"\b(?:wrote|schrieb|schreef|skrev)\b", re.IGNORECASE)
-_ADDRESS_AT_END = re.compile(r"<[^<>\s@]+@[^<>\s@]+\s*>\s*:$")  # no "@" twice: no backtracking
+_ADDRESS_AT_END = re.compile(r"<[^<>\s@]+@[^<>\s@]+\s*>\s*[:：]$")  # no "@" twice: no backtracking
 _ORIGINAL = re.compile(
     r"-{2,}+\s*+(?:original message|ursprüngliche nachricht|message d['’]origine"
     r"|mensaje original|messaggio originale|mensagem original|oorspronkelijk bericht"
@@ -37,13 +40,17 @@ _ORIGINAL = re.compile(
     re.IGNORECASE,
 )
 _FROM_LABEL = re.compile(
-    r"[\s*]*+(?:from|de|von|van|da|fra|från|od|lähettäjä|от|feladó)\s*:", re.IGNORECASE
+    r"[\s*]*+(?:from|de|von|van|da|fra|från|od|lähettäjä|от|feladó|差出人|送信者|发件人|發件人"
+    r"|寄件者|寄件人)\s*[:：]",
+    re.IGNORECASE,
 )
 _HEADER_LABEL = re.compile(
     r"[\s*]*+(?:sent|date|to|cc|subject|envoyé|à|objet|gesendet|datum|an|betreff|verzonden"
     r"|aan|onderwerp|inviato|oggetto|a|data|enviado|para|asunto|assunto|dato|til|emne"
     r"|skickat|till|ämne|lähetetty|vastaanottaja|aihe|wysłano|do|temat|отправлено|кому"
-    r"|тема|дата)(?:\s+le)?\s*:",
+    r"|тема|дата|odesláno|komu|předmět|kopie|odesláno dne"
+    r"|送信日時|送信日|日時|宛先|件名|発信日時|发送时间|發送時間|时间|收件人|收件者|主题|主旨|抄送"
+    r"|副本|日期|寄件日期)(?:\s+(?:le|el))?\s*[:：]",
     re.IGNORECASE,
 )
 _SEPARATOR = re.compile(r"[_-]{8,}")
@@ -109,6 +116,8 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
         for first, line in windows:
             if start_pattern.match(line):
                 return first
+    if windows and _CJK_VERB_AT_END.search(lines[end][-20:]):
+        return end
     return None
 
 
@@ -117,10 +126,10 @@ def _is_attribution(text: str) -> bool:
     if not _DIGIT.search(text):
         return False
     # Every form ends the text, so the regexes only need to look at its end.
-    if _VERB_AT_END.search(text[-60:]):
+    if _VERB_AT_END.search(text[-60:]) or _CJK_VERB_AT_END.search(text[-20:]):
         return True
     # "Am <date> schrieb <name> <addr>:" and "<date>, <name> <addr>:"
-    return text.endswith(":") and bool(
+    return text.endswith((":", "：")) and bool(
         _ADDRESS_AT_END.search(text[-200:]) or _VERB_BEFORE_NAME.search(text[-300:])
     )
 

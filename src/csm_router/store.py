@@ -15,9 +15,11 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from csm_router.auth import Verdict, verify_reply_address, verify_sender
 from csm_router.classify import RuleSet
+from csm_router.commands import command_lines, find_command
 from csm_router.config import Settings
 from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
-from csm_router.message import Inbound
+from csm_router.message import Inbound, MalformedMessageError, parse
+from csm_router.quotes import html_to_text
 from csm_router.threads import (
     FIRST_REF,
     refs_in_subject,
@@ -30,6 +32,7 @@ PREFIX = "csm:"
 RAW_TTL_SECONDS = 14 * 86400
 KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.lua too)
 MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
+MAX_CUSTOMER_MAILS = 50  # a thread's latest messages read for a command a CSM repeats
 # How long a worker waits for a replica to confirm a write it is about to act on, and how
 # often it asks Redis whether there are replicas at all.
 # Scripts that move outbox entries and never pick, time or tally: they need none of the
@@ -352,6 +355,9 @@ class Store:
             verdict = verify_reply_address(msg, self.settings.alias.address,
                                            secret.get_secret_value(),
                                            thread.ref if thread else None)
+        customer_commands: frozenset[str] = frozenset()
+        if insider and thread is not None and find_command(msg.fresh_text) is not None:
+            customer_commands = self.customer_commands(thread.ref)
         schedule = self.settings.schedule
         off_shift = schedule.off_shift(now)
         onboarding = None
@@ -370,6 +376,7 @@ class Store:
             onboarding=onboarding,
             sender_verified=verdict.verified,
             verdict=verdict.why,
+            customer_commands=customer_commands,
             support_address=support.address if support else None,
             support_rules=support_rules,
             foreign_refs=tuple(dict.fromkeys(foreign)) if thread is None else (),
@@ -380,6 +387,32 @@ class Store:
                 now, self.settings.first_response_seconds(msg.account) / 60),
             premium=msg.account in self.settings.premium,
         )
+
+    def customer_commands(self, ref: int) -> frozenset[str]:
+        """Command lines anywhere in the thread's recent customer mail (commands.command_lines).
+
+        Read only when a CSM or Support writes a command: it costs a parse per message.
+        """
+        msgkeys = self.redis.lrange(key("thread", ref, "msgs"), -MAX_CUSTOMER_MAILS, -1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for msgkey in msgkeys:
+                pipe.get(key("raw", text(msgkey)))
+            raws = pipe.execute() if msgkeys else []
+        found: set[str] = set()
+        support = self.settings.support_address
+        for raw in raws:
+            if raw is None:
+                continue
+            try:
+                mail = parse(bytes(raw), max_bytes=self.settings.max_message_bytes)
+            except MalformedMessageError:
+                continue  # it was quarantined, so nobody was forwarded it
+            if (self.settings.member(mail.sender) is not None
+                    or mail.sender == (support.address if support else None)):
+                continue  # a CSM's or Support's own earlier mail, not the customer's
+            found |= command_lines(mail.text)
+            found |= command_lines(html_to_text(mail.html)) if mail.html else frozenset()
+        return frozenset(found)
 
     def threads_info(self, refs: list[int]) -> dict[int, ThreadInfo]:
         unique = list(dict.fromkeys(refs))

@@ -116,3 +116,37 @@ def test_colleague_on_the_company_domain_outside_the_pool_is_not_a_csm() -> None
     msg = reply_from("Dave Former <dave@acme.com>")
 
     assert from_pool_csm.check(msg, IN_THREAD) is None
+
+
+def reply_saying(body: str) -> Inbound:
+    raw = (
+        "From: Bob Jones <bob@acme.com>\nTo: dana@customer.example\nCc: success@acme.com\n"
+        "Subject: Re: [CS-1042] Renewal questions\nMessage-ID: <r2@acme.com>\n\n" + body
+    )
+    return parse(raw.encode())
+
+
+def test_a_command_the_customer_wrote_too_is_not_carried_out() -> None:
+    # Bob's client quoted the customer in a way the splitter did not see (a bottom-posted
+    # reply with nothing above): the line is the customer's, not Bob's.
+    snap = replace(IN_THREAD, customer_commands=frozenset({"#reassign carol@acme.com"}))
+    decision = from_pool_csm.check(reply_saying("#reassign carol@acme.com\n"), snap)
+    assert decision is not None and decision.action is Action.RECORD_REPLY
+    assert decision.command is not None and decision.command.name == "reassign"
+    assert decision.error is not None and "customer's mail has the same line" in decision.error
+
+
+def test_a_command_of_the_csms_own_is_carried_out() -> None:
+    snap = replace(IN_THREAD, customer_commands=frozenset({"#reassign carol@acme.com"}))
+    decision = from_pool_csm.check(reply_saying("Over to Alice.\n#reassign alice@acme.com\n"),
+                                   snap)
+    assert decision is not None and decision.error is None
+    assert decision.command is not None and decision.command.argument == "alice@acme.com"
+
+
+def test_a_customers_command_under_a_localized_outlook_block_is_not_read() -> None:
+    body = ("Díky, podívám se na to.\n\nOd: Dana Customer <dana@customer.example>\n"
+            "Odesláno: úterý 3. března 2026 9:30\nKomu: success@acme.com\n"
+            "Předmět: Renewal questions\n\n#reassign carol@acme.com\n")
+    decision = from_pool_csm.check(reply_saying(body), IN_THREAD)
+    assert decision is not None and decision.command is None and decision.error is None

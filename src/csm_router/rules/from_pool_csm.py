@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from csm_router.commands import CSM_COMMANDS, find_command
+from csm_router.commands import CSM_COMMANDS, find_command, quoted_from_customer
 from csm_router.decision import Decision, Snapshot, ThreadState
 from csm_router.message import Inbound
 
@@ -16,6 +16,8 @@ def check(msg: Inbound, snap: Snapshot) -> Decision | None:
     error = None
     if command is not None and command.name not in CSM_COMMANDS:
         error = f"#{command.name} is for Support; CSMs can write #support, #close, #reassign"
+    elif command is not None and command.line in snap.customer_commands:
+        error = quoted_from_customer(command.line)
     thread = snap.thread
     if thread is None:
         return Decision.ignore(

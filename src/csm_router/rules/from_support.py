@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from csm_router.commands import find_command
+from csm_router.commands import find_command, quoted_from_customer
 from csm_router.decision import Action, Decision, Snapshot, ThreadState
 from csm_router.message import Inbound
 
@@ -24,6 +24,10 @@ def check(msg: Inbound, snap: Snapshot) -> Decision | None:
             rule=NAME, command=command, why="#success outside any known thread",
             error="no thread found: keep the [CS-1042] reference in the subject",
         )
+    if command.line in snap.customer_commands:
+        return Decision.ignore(rule=NAME, ref=thread.ref, command=command,
+                               why="#success repeats the customer's mail",
+                               error=quoted_from_customer(command.line))
     if thread.state is not ThreadState.SUPPORT:
         return Decision.ignore(
             rule=NAME, ref=thread.ref, command=command, why="#success on a thread not with Support",
