@@ -139,6 +139,7 @@ def test_redis_failing_while_quarantining_copies_the_mail_once_and_quarantines_n
     monkeypatch.setattr(rt.store, "record_quarantine", flaky)
     router.mailbox.connect()
     router._connected = True
+    rt.store.ensure_sequence()  # as `run` does at connect: no thread is numbered before
     with pytest.raises(redis.ConnectionError):
         router.poll_once()  # a server's error: waited out by `run`, not quarantined
     assert copies == []

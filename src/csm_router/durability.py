@@ -42,6 +42,7 @@ class EpochWatch:
         self.redis, self.role = redis, role
         self.seen: str | None = None
         self.lost = False  # seen once, gone now: Redis lost its data under us
+        self.started = time.time()
 
     def intact(self) -> bool:
         """Whether Redis still holds the data this process has seen (one GET).
@@ -57,13 +58,17 @@ class EpochWatch:
                           "every earlier reference", self.role, EPOCH)
                 self.lost = True
             return False
-        if self.seen is not None and current != self.seen:
-            log.warning("%s: Redis was emptied and a router has started again (a new %s)",
-                        self.role, EPOCH)
-            self.accept(current)
-            return False
+        if current == self.seen:
+            return True
+        # A new marker: Redis lost its data and a router numbered again, whether this
+        # process saw the old one or started just before the loss and never did.
+        renewed = self.seen is not None
+        loss = Loss.read(self.redis)
+        if renewed or (loss is not None and loss.at >= self.started):
+            log.warning("%s: %s", self.role, loss.describe() if loss else
+                        f"Redis lost its data; a router has started again (a new {EPOCH})")
         self.accept(current)
-        return True
+        return not renewed
 
     def accept(self, epoch: str) -> None:
         """Remember `epoch` as the data this process works on."""
@@ -134,11 +139,13 @@ def watch(redis: Redis, role: str, stop: threading.Event,
     epoch = EpochWatch(redis, role)
 
     def run() -> None:
-        while not stop.wait(WATCH_SECONDS):
+        while True:
             try:
                 epoch.intact()
             except RedisError:
-                continue  # an outage: the worker's own loop logs and waits it out
+                pass  # an outage: the worker's own loop logs it and waits it out
+            if stop.wait(WATCH_SECONDS):
+                return
 
     thread = threading.Thread(target=run, name="csm-epoch-watch", daemon=True)
     thread.start()

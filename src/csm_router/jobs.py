@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from csm_router import digest, report
+from csm_router import digest, durability, report
 from csm_router.auth import reply_address
 from csm_router.classify import classify
 from csm_router.config import Address, PoolMember, load_settings
@@ -462,6 +462,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "escalate": escalate,
     "trouble": tell_lead,
     "digest": send_digest,
+    "data-loss": durability.tell_lead_of_loss,
 }
 
 

@@ -14,12 +14,13 @@ from csm_router.auth import verify_sender
 from csm_router.decide import decide
 from csm_router.decision import Action
 from csm_router.dispatch import Runtime, record_decision, release_held
+from csm_router.durability import EpochWatch, warn_persistence
 from csm_router.errors import Backoff, PermanentError, TransientError
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
 from csm_router.metrics import ProcessBeat, forget_stale
 from csm_router.outbox import OFFER_BATCH
-from csm_router.store import key, message_key
+from csm_router.store import key, message_key, owed_ids
 from csm_router.threads import FIRST_REF, format_ref
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,20 @@ class Router:
         self._connected = False
         self._owed: list[str] = []
         self.beat = ProcessBeat(rt.redis, "router", mailbox.name, rt.settings.poll_seconds)
+        self.epoch = EpochWatch(rt.redis, f"router {mailbox.name}")
 
     def run(self, *, exit_when_idle: bool = False) -> None:
         """Watch until stopped; with `exit_when_idle`, return once nothing new is left."""
         backoff = Backoff()
         with contextlib.suppress(redis.RedisError):
             forget_stale(self.rt.redis)
+        warn_persistence(self.rt.redis, "router")
         while not self.stop.is_set():
             try:
+                if self._connected and not self.epoch.intact():
+                    # Redis lost its data under us: UIDNEXT as the server says it now
+                    # bounds every reference handed out, so select the folder afresh.
+                    self._disconnect()
                 if not self._connected:
                     self.mailbox.connect()
                     self._connected = True
@@ -93,18 +100,22 @@ class Router:
 
         Every thread starts with a message of its own, so no reference ever exceeded
         FIRST_REF - 1 + the number of UIDs handed out: after a loss, numbering goes on from
-        there instead of handing out references customers already hold.
+        there instead of handing out references customers already hold. Called with the
+        folder freshly selected (UIDNEXT current), at each connect and after a loss.
         """
-        store = self.rt.store
-        if store.redis.exists(key("seq")):
+        if self.epoch.intact() and self.rt.store.redis.exists(key("seq")):
             return
         floor = 0
-        if self.mailbox.routed_before():
+        if self.epoch.lost or self.mailbox.routed_before():
             floor = FIRST_REF - 1 + max(self.mailbox.uidnext - 1, 0)
+        out = self.rt.store.ensure_sequence(floor, lost=self.epoch.lost, by=self.mailbox.name)
+        self.epoch.accept(str(out["epoch"]))
+        if out.get("lost"):
             log.warning("%s has routed mail but Redis has no state (was its data lost?): "
                         "routing only mail never routed; references go on from %s",
-                        self.mailbox.name, format_ref(floor + 1))
-        store.ensure_sequence(floor)
+                        self.mailbox.name, format_ref(int(out["next"])))
+        if owed := owed_ids(out.get("owed")):
+            self.rt.outbox.offer(owed)
 
     def poll_once(self) -> int:
         """Handle every message above the checkpoint; answers how many there were."""

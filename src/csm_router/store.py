@@ -267,13 +267,20 @@ class Store:
             "day": datetime.fromtimestamp(now, settings.report_zone).date().isoformat(),
         }
 
-    def ensure_sequence(self, floor: int = 0) -> None:
-        """Start thread references at FIRST_REF, or above `floor` (idempotent); remember
-        when this deployment first ran (no digest covers a week before it)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key("seq"), max(FIRST_REF - 1, floor), nx=True)
-            pipe.set(key("started"), time.time(), nx=True)
-            pipe.execute()
+    def ensure_sequence(self, floor: int = 0, *, lost: bool = False,
+                        by: str = "") -> dict[str, Any]:
+        """Start thread references at FIRST_REF, or raise them above `floor` (they never go
+        down); write the marker `csm:epoch` if missing; remember when this deployment first
+        ran (no digest covers a week before it). Where that marker is new and Redis lost
+        its data (`lost`, or routed mail above FIRST_REF), the lead is owed a notice.
+        Answers {"epoch": marker, "lost": whether this call recorded a loss, "owed": ...}.
+        Only a router calls this: it alone knows a bound on the references handed out."""
+        from csm_router.durability import new_epoch  # durability reads this module's keys
+
+        out: dict[str, Any] = self.run_script("sequence", {
+            "first": FIRST_REF, "floor": floor, "lost": lost, "by": by,
+            "epoch": new_epoch()})
+        return out
 
     # -- deciding -------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from rq import SimpleWorker
 
 from csm_router import jobs
 from csm_router.dispatch import Runtime, stop_on_signals
+from csm_router.durability import watch
 from csm_router.errors import Backoff
 from csm_router.metrics import forget_stale
 from csm_router.outbound import warm_up
@@ -72,6 +73,7 @@ def run_worker(
     if rt.settings.support_address is not None:
         load_handler(rt.settings.support_handler)  # a typo stops us now, not a customer later
     stop_on_signals(stop, "the current job")
+    watch(rt.redis, "worker", stop, warn_only=burst)  # Redis losing its data, seen at once
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, _ServerTroubleInOneLine) for f in rq_log.filters):
         rq_log.addFilter(_ServerTroubleInOneLine())

@@ -20,6 +20,7 @@ def worker_runtime(smtp_url: str, pool: str) -> Iterator[Runtime]:
         away="", max_open_per_csm=0, overflow_address="cs-lead@acme.com",
     )
     runtime = Runtime.from_settings(settings, fakeredis.FakeRedis())
+    runtime.store.ensure_sequence()  # as the router does before recording anything
     jobs.configure(runtime)
     try:
         yield runtime

@@ -155,6 +155,12 @@ end
 -- d.action == 'forward' or 'support': a customer's message, in a new or known thread
 local new = false
 if not ref then
+  -- No sequence: Redis lost its data since a router last looked. INCR would start at 1
+  -- and hand out references customers already hold; the router numbers again first.
+  if redis.call('EXISTS', P .. 'seq') == 0 then
+    return redis.error_reply('NOSEQ no thread numbering in Redis (was its data lost?): '
+      .. 'the router starts it again above every earlier reference')
+  end
   ref = redis.call('INCR', P .. 'seq')
   new = true
   redis.call('HSET', P .. 'thread:' .. ref, 'ref', ref, 'customer', d.customer,
