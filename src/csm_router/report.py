@@ -72,19 +72,32 @@ class Report:
         }
 
     def csv(self) -> str:
-        """One row per CSM, then one per account (`kind` tells which)."""
+        """One row per CSM, then one per account (`kind` tells which); every text cell
+        inert in a spreadsheet (see `inert`)."""
         buffer = io.StringIO()
         out = csv.writer(buffer, lineterminator="\n")
         columns = [f for f in CsmFigures.__dataclass_fields__ if f != "name"]
         out.writerow(["kind", *columns, "account", "touched_by", "flagged"])
         for c in self.csms:
             row = asdict(c)
-            out.writerow(["csm", *("" if row[k] is None else row[k] for k in columns),
+            out.writerow(["csm", *(inert("" if row[k] is None else row[k]) for k in columns),
                           "", "", ""])
         for a in self.accounts:
-            out.writerow(["account", *([""] * len(columns)), a.account, a.touched_by,
+            out.writerow(["account", *([""] * len(columns)), inert(a.account), a.touched_by,
                           "yes" if a.flagged else "no"])
         return buffer.getvalue()
+
+
+# What makes a spreadsheet read a cell as a formula (or a DDE call): OWASP's list.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(value: object) -> object:
+    """A text cell a spreadsheet shows as text: one that begins like a formula gets a
+    leading single quote (OWASP's advice for CSV injection). Numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def days(since: date, until: date) -> list[date]:
