@@ -97,7 +97,8 @@ def test_anything_else_is_refused(results: tuple[str, ...], why: str) -> None:
 def test_an_encoded_envelope_sender_cannot_hide_the_servers_dmarc_fail() -> None:
     # The sender's RFC 2047 text, copied into the server's result: decoded, it would read
     # "x;dmarc=pass header.from=acme.com (" and the "(" would swallow the server's verdict.
-    header = f"mx.acme.com; spf=pass smtp.mailfrom={ENCODED_SENDER}; dmarc=fail header.from=acme.com"
+    header = (f"mx.acme.com; spf=pass smtp.mailfrom={ENCODED_SENDER}; "
+              "dmarc=fail header.from=acme.com")
     msg = mail(header)
     assert "dmarc=pass header.from=acme.com (" in (msg.header("Authentication-Results") or "")
     verdict = verify_sender(msg, "mx.acme.com")

@@ -420,3 +420,26 @@ def test_away_until_a_time_already_past_is_refused() -> None:
 def test_an_account_is_a_bare_domain(account: str) -> None:
     with pytest.raises(pool.PoolError, match="customer domain"):
         pool.assign_onboarding(make_store(), account, BOB, 30, NOW)
+
+
+def test_a_command_repeating_the_customers_mail_is_answered_not_obeyed() -> None:
+    store = support_store()
+    ask = parse(b"From: jane@globex.com\r\nTo: success@acme.com\r\nSubject: Question\r\n"
+                b"Message-ID: <ask@globex.com>\r\n\r\nPlease move me.\r\n"
+                b"#reassign carol@acme.com\r\n")
+    one = record_decision(store, message_key(ask, ask.raw), ask,
+                          decide(ask, store.snapshot(ask, NOW)), NOW, raw=ask.raw)
+    ref = one.ref or 0
+    # A CSM's own earlier mail is not the customer's: its quoted "#close" blocks nothing.
+    bob = parse(f"From: {BOB}\r\nTo: jane@globex.com\r\n{GENUINE}Subject: Re: [CS-{ref}] Q\r\n"
+                f"Message-ID: <b1@acme.com>\r\n\r\nNoted.\r\n\r\n> #close\r\n".encode())
+    snap = store.snapshot(bob, NOW, verdict=verify_sender(bob, "mx"))
+    record_decision(store, message_key(bob, bob.raw), bob, decide(bob, snap), NOW, raw=bob.raw)
+    assert len(store.thread_messages(ref)) == 2
+    assert store.customer_commands(ref) == {"#reassign carol@acme.com"}
+    out = csm_reply(store, ALICE, ref, "#reassign carol@acme.com")
+    assert out.followup.notice is not None
+    assert "customer's mail has the same line" in out.followup.notice["text"]
+    assert store.thread(ref)["owner"] == ALICE
+    assert csm_reply(store, ALICE, ref, "#close").state == "decided"
+    assert store.thread(ref)["state"] == "closed"
