@@ -17,7 +17,7 @@ from csm_router.auth import reply_address
 from csm_router.classify import classify
 from csm_router.config import Address, PoolMember, load_settings
 from csm_router.dispatch import Runtime, release_held
-from csm_router.errors import PermanentError, TransientError
+from csm_router.errors import PermanentError, TransientError, UnsendableError
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.metrics import observe_forward
 from csm_router.outbound import (
@@ -32,7 +32,7 @@ from csm_router.outbound import (
     when,
 )
 from csm_router.outbox import Entry, Heartbeat
-from csm_router.store import KEEP_SECONDS, key, owed_ids
+from csm_router.store import KEEP_SECONDS, DeliveryContext, key, owed_ids
 from csm_router.support import SupportHandoff, load_handler
 from csm_router.threads import format_ref, reply_subject, subject_with_ref
 
@@ -96,7 +96,7 @@ def perform_one(entry_id: str) -> str:
                 raise TransientError("Redis: no replica confirmed this entry yet")
             result = KINDS[entry.kind](**entry.args)
         except PermanentError as exc:
-            give_up(rt, entry, str(exc))
+            give_up(rt, entry, str(exc), unsendable=isinstance(exc, UnsendableError))
             return f"failed for good: {exc}"
         except Exception as exc:
             if isinstance(exc, TransientError | redis.RedisError):  # a server's trouble
@@ -118,12 +118,20 @@ def perform_one(entry_id: str) -> str:
         _performing = None
 
 
-def give_up(rt: Runtime, entry: Entry, error: str) -> None:
-    """Dead-letter an entry; a forward or Support handoff moves its thread on, lead told."""
-    rt.outbox.dead(entry.id, error)
+def give_up(rt: Runtime, entry: Entry, error: str, *, unsendable: bool = False) -> None:
+    """Dead-letter an entry; a forward or Support handoff moves its thread on, lead told.
+
+    One the message's own content made `unsendable` would fail with any CSM: the message
+    is quarantined instead and its thread stays put (lead told once).
+    """
     args = entry.args
+    if unsendable and entry.kind in ("deliver", "support"):
+        _quarantine_unsendable(rt, entry, error)  # first: a repeat is harmless, a loss not
+    rt.outbox.dead(entry.id, error)
     log.error("%s %s failed for good: %s", entry.kind, entry.id, error,
               extra={"entry": entry.id, "kind": entry.kind})
+    if unsendable:
+        return
     if entry.kind == "deliver":
         record = rt.store.message(args["msgkey"])
         if record.get("ref"):
@@ -134,6 +142,16 @@ def give_up(rt: Runtime, entry: Entry, error: str) -> None:
         out = rt.store.undeliverable("support", int(args["ref"]), "Support", args["msgkey"],
                                      error)
         rt.outbox.offer(owed_ids(out.get("owed")))
+
+
+def _quarantine_unsendable(rt: Runtime, entry: Entry, error: str) -> None:
+    msgkey = entry.args["msgkey"]
+    ref = entry.args.get("ref") or rt.store.message(msgkey).get("ref") or None
+    failed = entry.args.get("owner") or "Support"
+    out = rt.store.run_script("unsendable", {
+        "msgkey": msgkey, "ref": int(ref) if ref else None, "failed": failed,
+        "error": f"cannot be sent to {failed}: {error}"})
+    rt.outbox.offer(owed_ids(out.get("owed")))
 
 
 def _already_sent(rt: Runtime, message_id: str) -> bool:
@@ -215,30 +233,17 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     ref = int(ctx.record["ref"])
     if ctx.sent:
         return f"already sent {message_id}"
+    if ctx.record.get("state") == "quarantined":
+        # Its content could not be sent before; the lead was told then.
+        return f"not sent: {format_ref(ref)} {msgkey} is in quarantine"
     msg = _parse_raw(rt, ctx.raw, msgkey, ref)
-    thread = ctx.thread
-    why = why or ctx.record.get("why", "")
-    if settings.support_address is not None and ctx.record.get("rule") != "technical":
-        found = classify(msg, rt.support_rules)
-        if found.technical:
-            why += f". Looks technical ({found.explain()}): reply with #support to hand it over"
-    forward = render_forward(
-        msg,
-        ref=ref,
-        owner=settings.member(owner) or PoolMember(owner),
-        alias=alias,
-        why=why,
-        message_id=message_id,
-        due=datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None,
-        sla_minutes=settings.first_response_minutes,
-        earlier=[EarlierThread(format_ref(r), *rest) for r, *rest in ctx.earlier],
-        previous=ctx.previous,
-        # Someone new to the thread reads what was said so far: nobody asks the
-        # customer to repeat themselves.
-        history=[] if ctx.previous else _earlier_messages(rt, ctx.history),
-        reply_alias=(reply_address(alias.address, secret.get_secret_value(), owner, ref)
-                     if (secret := settings.reply_secret) else None),
-    )
+    try:
+        forward = _render_delivery(rt, msg, ctx, ref, owner, why, message_id)
+    except PermanentError:
+        raise
+    except Exception as exc:  # the customer's content, not a server: no other CSM would do
+        raise UnsendableError(f"the forward cannot be written ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
     _send(rt, forward, [owner])  # checked not sent above, before rendering
     # A customer waited this long for the thread's CSM; a re-forward's wait is the SLA's.
     waited = time.time() - msg.received_at if not cause and msg.received_at else None
@@ -266,6 +271,36 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
              extra={"ref": format_ref(ref), "message_id": msg.message_id, "csm": owner,
                     "entry": entry or ""})
     return f"sent {message_id}"
+
+
+def _render_delivery(rt: Runtime, msg: Inbound, ctx: DeliveryContext, ref: int, owner: str,
+                     why: str, message_id: str) -> EmailMessage:
+    """The forward of `msg` to `owner`, with the thread's context."""
+    settings = rt.settings
+    alias = settings.alias
+    thread = ctx.thread
+    why = why or ctx.record.get("why", "")
+    if settings.support_address is not None and ctx.record.get("rule") != "technical":
+        found = classify(msg, rt.support_rules)
+        if found.technical:
+            why += f". Looks technical ({found.explain()}): reply with #support to hand it over"
+    return render_forward(
+        msg,
+        ref=ref,
+        owner=settings.member(owner) or PoolMember(owner),
+        alias=alias,
+        why=why,
+        message_id=message_id,
+        due=datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None,
+        sla_minutes=settings.first_response_minutes,
+        earlier=[EarlierThread(format_ref(r), *rest) for r, *rest in ctx.earlier],
+        previous=ctx.previous,
+        # Someone new to the thread reads what was said so far: nobody asks the
+        # customer to repeat themselves.
+        history=[] if ctx.previous else _earlier_messages(rt, ctx.history),
+        reply_alias=(reply_address(alias.address, secret.get_secret_value(), owner, ref)
+                     if (secret := settings.reply_secret) else None),
+    )
 
 
 def _earlier_messages(

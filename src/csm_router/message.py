@@ -15,7 +15,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 
 from csm_router.quotes import html_to_text, split_reply
 
-__all__ = ["Attachment", "Inbound", "MalformedMessageError", "parse"]
+__all__ = ["Attachment", "Inbound", "MalformedMessageError", "header_safe", "parse"]
 
 _UNSTRUCTURED = HeaderRegistry(use_default_map=False)
 _MAX_DECODED_HEADER = 16 * 1024
@@ -23,11 +23,17 @@ _MAX_ADDRESS_HEADER = 16 * 1024
 _LINEBREAK = re.compile(r"\r\n|\r|\n")
 _WHITESPACE = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# What the email package refuses to write back into a header (str.splitlines() breaks a line
+# there: U+2028, U+2029, U+0085, VT, FF...) and the other C0/C1 controls; a tab is fine.
+_UNWRITABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_MAX_NAME = 200  # a display name longer than this is shortened (with an ellipsis)
 _INJECTION = re.compile(r"[\r\n\x00]")
 _INJECTION_CHECKED = ("subject", "from", "to", "reply-to", "message-id")
 # Starts only where a run of address characters starts, and never gives back: linear even
-# on a long run without "@" (otherwise every position in it would rescan the rest).
-_ADDR_SPEC = re.compile(r"(?<![^\s@<>()\[\],;:\"])[^\s@<>()\[\],;:\"]++@[^\s@<>()\[\],;:\"]++")
+# on a long run without "@" (otherwise every position in it would rescan the rest). No
+# control character is part of an address.
+_ADDR_CHAR = r"[^\s@<>()\[\],;:\"\x00-\x1f\x7f-\x9f]"
+_ADDR_SPEC = re.compile(rf"(?<!{_ADDR_CHAR}){_ADDR_CHAR}++@{_ADDR_CHAR}++")
 # Threading headers, scanned by small tokens so hostile input stays linear: a whole simple
 # "<id>" (nothing in it can open or close a comment), a separator run, a special, a word.
 _ID_TOKEN = re.compile(r'<[^<>()"\\\s]*>|[\s,;]+|\\.?|[<>()"]|[^\s,;<>()"\\]+', re.S)
@@ -35,7 +41,7 @@ _ID_TOKEN = re.compile(r'<[^<>()"\\\s]*>|[\s,;]+|\\.?|[<>()"]|[^\s,;<>()"\\]+', 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _ID_SPECIALS = frozenset('<>()"')
 _BRACKETED = re.compile(r"(<[^<>]*>)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAX_IN_REPLY_TO = 10  # more is never a real reply
 _MAX_REFERENCES = 50  # the root and the latest: a long thread's middle matters least
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))', re.IGNORECASE)
@@ -149,14 +155,15 @@ def _parse(raw: bytes) -> Inbound:
         raise MalformedMessageError("no-message-id", "missing, empty or unparsable Message-ID")
     subject = next((v for k, v in headers if k.lower() == "subject"), "")
     text, html, attachments = _bodies(msg)
+    sender_name = _shorten(_WHITESPACE.sub(" ", header_safe(senders[0][0])).strip(), _MAX_NAME)
     return Inbound(
         raw=raw,
         message_id=message_id,
         in_reply_to=_msg_ids(" ".join(_raw(msg, "in-reply-to")), limit=_MAX_IN_REPLY_TO),
         references=_references(" ".join(_raw(msg, "references"))),
-        subject=_WHITESPACE.sub(" ", subject).strip(),
+        subject=_WHITESPACE.sub(" ", header_safe(subject)).strip(),
         sender=senders[0][1],
-        sender_name=senders[0][0],
+        sender_name=sender_name,
         reply_to=tuple(a for _, a in _addresses(_raw(msg, "reply-to"))),
         to=tuple(a for _, a in _addresses(_raw(msg, "to"))),
         cc=tuple(a for _, a in _addresses(_raw(msg, "cc"))),
@@ -166,8 +173,19 @@ def _parse(raw: bytes) -> Inbound:
         fresh_text=split_reply(text)[0],
         attachments=tuple(attachments),
         # Values may end up in forwarded mail, so no header keeps a line break.
-        headers=tuple((name, _INJECTION.sub(" ", value)) for name, value in headers),
+        headers=tuple((name, header_safe(value)) for name, value in headers),
     )
+
+
+def header_safe(value: str) -> str:
+    """`value` as text any header can carry: each character the email package refuses to
+    write back (line and paragraph separators, VT, FF, NEL, other C0/C1 controls) becomes a
+    space, and each lone surrogate (valid in no encoding) U+FFFD."""
+    return _UNWRITABLE.sub(" ", _SURROGATE.sub("\ufffd", value))
+
+
+def _shorten(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "\u2026"
 
 
 def _clean(value: str) -> str:
@@ -198,10 +216,13 @@ def _decode_header(value: str) -> str:
     """Decode RFC 2047 words leniently; structure is ignored so no header can fail."""
     value = _clean(_LINEBREAK.sub("", value))
     # The stdlib decoder needs memory quadratic in the number of encoded words, so huge
-    # headers stay undecoded; an undecodable header is still worth keeping as it is.
+    # headers are decoded by the linear decoder below instead; an undecodable header is
+    # still worth keeping as it is.
     if "=?" in value and len(value) <= _MAX_DECODED_HEADER:
         with contextlib.suppress(Exception):
             value = str(_UNSTRUCTURED("x-unstructured", value))
+    elif "=?" in value:
+        value = _decode_run(value)
     return _clean(value).strip()
 
 
@@ -216,7 +237,7 @@ def _addresses(values: list[str]) -> list[tuple[str, str]]:
         valid = [(n, a) for n, a in pairs if _ADDR_SPEC.fullmatch(a)]
         # Bare "Name user@host" or space-separated lists defeat getaddresses; scan for them.
         valid = valid or [("", a.lower()) for a in _ADDR_SPEC.findall(value)]
-        found += [(_INJECTION.sub(" ", _decode_header(n)), a) for n, a in valid]
+        found += [(header_safe(_decode_header(n)), a) for n, a in valid]
     return found
 
 
@@ -337,6 +358,8 @@ def _decoded(written: str, data: bytearray, charset: str) -> str:
         text = bytes(data).decode(codec, "replace")
     except LookupError:  # a binary codec such as "zlib" named as charset
         text = bytes(data).decode("utf-8", "replace")
+    # UTF-7 can spell half a surrogate pair: no encoding (nor Redis' JSON) takes that.
+    text = _SURROGATE.sub("\ufffd", text)
     return written if _CONTROL.search(text) else text
 
 
@@ -376,7 +399,7 @@ def _bodies(msg: Message) -> tuple[str, str | None, list[Attachment]]:
         if ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename:
             (plain if ctype == "text/plain" else html_parts).append(part)
             continue
-        cid = next((_decode_header(v) for v in _raw(part, "content-id")), "")
+        cid = next((header_safe(_decode_header(v)).strip() for v in _raw(part, "content-id")), "")
         attachments.append(
             Attachment(
                 filename=filename,
@@ -449,7 +472,8 @@ def _filename(part: Message) -> str:
         name = _decode_header(str(part.get_filename() or ""))
     except Exception:  # a garbled Content-Disposition must not lose the attachment
         name = ""
-    name = _UNSAFE_FILENAME.sub("", name).replace("\\", "/").rpartition("/")[2].strip()
+    name = _UNSAFE_FILENAME.sub("", name).replace("\\", "/").rpartition("/")[2]
+    name = _WHITESPACE.sub(" ", header_safe(name)).strip()
     return "" if name.strip(".") == "" else name
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, getaddresses
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -34,8 +34,8 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 
 from csm_router.config import Address, PoolMember, ServerUrl
-from csm_router.errors import PermanentError, TransientError
-from csm_router.message import Attachment, Inbound
+from csm_router.errors import PermanentError, TransientError, UnsendableError
+from csm_router.message import Attachment, Inbound, header_safe
 from csm_router.quotes import defuse_html
 from csm_router.rules.automatic import OWN_HEADER
 from csm_router.threads import format_ref, subject_with_ref
@@ -261,9 +261,66 @@ def forward_message_id(msgkey: str, owner: str, domain: str, cause: str = "") ->
     return f"<fwd.{msgkey}.{who}@{domain}>"
 
 
+MAX_LINE = 998  # RFC 5322 2.1.1: no header line may be longer (CRLF not counted)
+MAX_SUBJECT = 200
+MAX_NAME = 100
+MAX_FILENAME = 150
+MAX_ID = 250  # a Message-ID or Content-ID longer than this is nobody's real id
+_SPACES = re.compile(r"\s+")
+_ID_TEXT = re.compile(rf"<[!-;=?-~]{{1,{MAX_ID}}}>")  # printable ASCII, no "<" or ">"
+
+
+def header_text(value: str, limit: int) -> str:
+    """`value` made a short, safe header text: one line of at most `limit` characters,
+    cut with an ellipsis.
+
+    The email package parses what a header is set to, decoding RFC 2047 encoded words
+    again (at quadratic cost, and a decoded line break is then written as one: header
+    injection), so the text is bounded first and "=?" never reaches it as such.
+    """
+    text = _SPACES.sub(" ", header_safe(value[: limit * 4])).strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "\u2026"
+    return text.replace("=?", "=\u200b?")  # a zero-width space: shown the same, never decoded
+
+
+def _file_name(name: str) -> str:
+    """A filename for a header: safe and short, its extension kept."""
+    text = header_text(name, MAX_FILENAME + 20)
+    if len(text) <= MAX_FILENAME:
+        return text
+    stem, dot, extension = text.rpartition(".")
+    if not dot or len(extension) > 10:
+        return header_text(text, MAX_FILENAME)
+    return header_text(stem, MAX_FILENAME - len(extension) - 1) + "." + extension
+
+
+def _ids(ids: Sequence[str]) -> list[str]:
+    """The message-ids a header of ours can carry as they are; others are left out."""
+    return [i for i in ids if _ID_TEXT.fullmatch(i)]
+
+
+def check_lines(message: EmailMessage) -> None:
+    """Raise UnsendableError if a header line of `message`, as it will be written, is over
+    RFC 5322's 998 characters (relays answer 5xx to such a mail)."""
+    for part in message.walk():
+        for name, value in part.items():
+            folded = part.policy.fold_binary(name, value)
+            if max(map(len, folded.splitlines())) > MAX_LINE:
+                raise UnsendableError(f"its {name} header does not fit in {MAX_LINE} "
+                                      "characters a line")
+
+
 def header_address(address: str, name: str = "") -> HeaderAddress:
     username, _, domain = address.partition("@")
-    return HeaderAddress(display_name=name, username=username, domain=domain)
+    return HeaderAddress(display_name=header_text(name, MAX_NAME) if name else "",
+                         username=username, domain=domain)
+
+
+def _recipients(to: str) -> str:
+    """A To header of ours, its display names made short and safe."""
+    return ", ".join(str(header_address(address, name))
+                     for name, address in getaddresses([to]) if address)
 
 
 def stamp(
@@ -276,10 +333,10 @@ def stamp(
     the alias is recognised and never loops.
     """
     out = EmailMessage()
-    display = sender.replace("\\", "").replace('"', "")
+    display = header_text(sender.replace("\\", "").replace('"', ""), MAX_NAME)
     out["From"] = f'"{display}" <{alias.address}>'
-    out["To"] = to
-    out["Subject"] = subject
+    out["To"] = _recipients(to)
+    out["Subject"] = header_text(subject, MAX_SUBJECT)
     out["Date"] = format_datetime(datetime.now(UTC))
     out["Message-ID"] = message_id
     out[OWN_HEADER] = kind
@@ -323,7 +380,7 @@ def render_forward(
     `reply_alias` replaces the alias in Reply-To (the CSM's own reply address for the
     thread, when replies are proven by it rather than by Authentication-Results).
     """
-    customer_name = msg.sender_name or msg.sender
+    customer_name = header_text(msg.sender_name or msg.sender, MAX_NAME // 2)
     out = stamp(
         sender=f"{customer_name} via {alias.name or alias.address}",
         alias=alias,
@@ -339,9 +396,11 @@ def render_forward(
     # The forward answers the customer's message: the CSM's plain Reply then threads under
     # it in the customer's client, the CSM's client keeps the thread's forwards together,
     # and anyone can tell which mail a forward carries.
-    references = [*dict.fromkeys([*previous, msg.message_id])]
-    out["In-Reply-To"] = msg.message_id
-    out["References"] = " ".join(references)
+    references = _ids([*dict.fromkeys([*previous, msg.message_id])])
+    if _ids([msg.message_id]):
+        out["In-Reply-To"] = msg.message_id
+    if references:
+        out["References"] = " ".join(references)
     customer = str(Address(msg.sender, msg.sender_name))
     context = render(
         "forward_context.txt.j2",
@@ -371,28 +430,42 @@ def render_forward(
                             subtype="html", cte="quoted-printable")
         html_part = cast(EmailMessage, out.get_payload()[1])  # type: ignore[index]
     attach_originals(out, msg.attachments, html_part)
+    check_lines(out)
     return out
 
 
 def attach_originals(
     out: EmailMessage, attachments: Sequence[Attachment], html: EmailMessage | None = None
 ) -> None:
-    """Carry every original attachment; images the HTML shows inline stay inline with it."""
-    inline = [a for a in attachments if html is not None and a.content_id]
-    for a in inline:
+    """Carry every original attachment; images the HTML shows inline stay inline with it.
+
+    An image whose Content-ID no header can carry as it is goes as a plain attachment.
+    """
+    inline: list[Attachment] = []
+    for a in attachments:
+        cid = _content_id(a.content_id)
+        if html is None or cid is None:
+            continue
         maintype, _, subtype = a.content_type.partition("/")
-        cid = a.content_id if (a.content_id or "").startswith("<") else f"<{a.content_id}>"
-        assert html is not None
         html.add_related(a.data, maintype=maintype or "application",
                          subtype=subtype or "octet-stream", cid=cid,
-                         filename=a.filename or None)
+                         filename=_file_name(a.filename) or None)
+        inline.append(a)
     for a in attachments:
         if a in inline:
             continue
         maintype, _, subtype = a.content_type.partition("/")
         out.add_attachment(a.data, maintype=maintype or "application",
                            subtype=subtype or "octet-stream",
-                           filename=a.filename or "attachment")
+                           filename=_file_name(a.filename) or "attachment")
+
+
+def _content_id(content_id: str | None) -> str | None:
+    """`<id>` as written, if a header of ours can carry it unchanged (the HTML names it)."""
+    if not content_id:
+        return None
+    cid = content_id if content_id.startswith("<") else f"<{content_id}>"
+    return cid if _ID_TEXT.fullmatch(cid) else None
 
 
 def render_notice(
@@ -409,10 +482,11 @@ def render_notice(
     out = stamp(sender=sender.name or sender.address, alias=sender, to=", ".join(to),
                 subject=subject, message_id=message_id, kind=template.split(".", 1)[0])
     out["Auto-Submitted"] = "auto-generated"  # RFC 3834: nobody should auto-reply to it
-    if in_reply_to:
+    if in_reply_to and _ids([in_reply_to]):
         out["In-Reply-To"] = in_reply_to
         out["References"] = in_reply_to
     out.set_content(render(template, **context))
+    check_lines(out)
     return out
 
 
@@ -455,6 +529,8 @@ def smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         return PermanentError(f"SMTP login to {smtp} refused ({exc.code} {exc.message}): "
                               "check the user and password in ROUTER_SMTP_URL")
+    if isinstance(exc, aiosmtplib.SMTPDataError) and _content_refused(exc.code, exc.message):
+        return UnsendableError(f"SMTP {exc.code} {exc.message}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         error = TransientError if 400 <= exc.code < 500 else PermanentError
         return error(f"SMTP {exc.code} {exc.message}")
@@ -462,6 +538,20 @@ def smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
 
 
 _SMTP_FAILURES = (aiosmtplib.SMTPException, OSError, TimeoutError)
+_STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463, e.g. 5.6.0
+
+
+def _content_refused(code: int, text: str) -> bool:
+    """Whether a 5xx answer to DATA refuses the mail's content (too big, bad syntax, spam)
+    rather than its recipient (RFC 3463 5.1.x addressing, 5.2.x mailbox: another CSM may
+    well take it). Without an enhanced code, 550, 551 and 553 name the recipient."""
+    if code < 500:
+        return False
+    status = _STATUS.match(text)
+    if status is None:
+        return code not in (550, 551, 553)
+    subject, detail = status[2], status[3]
+    return subject not in ("1", "2") or (subject, detail) == ("2", "3")  # 5.2.3: too long
 
 
 async def send(
