@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import fakeredis
 import pytest
 import redis
+from imapclient import IMAPClient
 
 from csm_router import jobs
 from csm_router.auth import verify_sender
@@ -15,8 +17,9 @@ from csm_router.decide import decide
 from csm_router.demo import compose
 from csm_router.dispatch import Runtime, record_decision
 from csm_router.embedded import EmbeddedImap, RecordingSmtp
+from csm_router.errors import TransientError, server_fault
 from csm_router.mailbox import Mailbox
-from csm_router.message import parse
+from csm_router.message import Inbound, parse
 from csm_router.router import Router
 from csm_router.store import key, message_key
 from csm_router.worker import run_worker
@@ -149,3 +152,134 @@ def test_redis_failing_while_quarantining_copies_the_mail_once_and_quarantines_n
     healthy = [m for m in rt.redis.scan_iter(key("msg", "*"))
                if rt.redis.hget(m, "state") == b"decided"]
     assert len(healthy) == 1  # the healthy mail was routed, never quarantined
+
+
+# What real Redis answers when cjson refuses a script's argument (a lone surrogate).
+CJSON_REFUSES = ("user_script:5: Expected value but found invalid unicode escape code at "
+                 "character 212 script: 163110ea68b44867197b2bbff8d1c8372e59927a, on "
+                 "@user_script:5.")
+
+
+def connected(rt: Runtime) -> Router:
+    """A router as `run` has it once connected, to drive one pass at a time."""
+    router = Router(rt, Mailbox(rt.settings.required_imap()))
+    router.mailbox.connect()
+    router._connected = True
+    router._ensure_sequence()
+    return router
+
+
+def quarantined(imap: EmbeddedImap) -> list[str]:
+    """The Message-IDs in the Quarantine folder, read over IMAP."""
+    with IMAPClient(imap.host, port=imap.port, ssl=False, timeout=10) as client:
+        client.login(ALIAS, "pw")
+        client.select_folder("Quarantine", readonly=True)
+        found = client.fetch(client.search(), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        return [parse(b"From: a@b.c\r\n" + data[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"]).message_id
+                for data in found.values()]
+
+
+def hostile_and_next(imap: EmbeddedImap) -> tuple[bytes, bytes]:
+    _, hostile = compose("Eve <eve@initech.com>", "Hostile", "Hi\n")
+    _, healthy = compose("Jane <jane@globex.com>", "Next customer", "Hi\n")
+    imap.append(hostile)
+    imap.append(healthy)
+    return hostile, healthy
+
+
+def refuse(rt: Runtime, monkeypatch: pytest.MonkeyPatch, raw: bytes,
+           error: Exception | type[BaseException]) -> None:
+    """Make recording `raw` fail with `error`, as a script refusing its data would."""
+    real = rt.store.record
+    bad = parse(raw).message_id
+
+    def record(msgkey: str, msg: Inbound, *args: object, **kw: object) -> object:
+        if msg.message_id == bad:
+            raise error
+        return real(msgkey, msg, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt.store, "record", record)
+
+
+def test_a_script_refusing_a_messages_data_quarantines_it_at_the_third_try_across_restarts(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    imap, smtp = servers
+    hostile, _ = hostile_and_next(imap)
+    refuse(rt, monkeypatch, hostile, redis.ResponseError(CJSON_REFUSES))
+    hostile_id = parse(hostile).message_id
+    with pytest.raises(TransientError, match="try 1 of 3"):
+        connected(rt).poll_once()
+    restarted = connected(rt)  # the count is in Redis: a restart does not start it over
+    with pytest.raises(TransientError, match="try 2 of 3"):
+        restarted.poll_once()
+    assert re.search(rf"UID \d+ {re.escape(hostile_id)}: Redis refused its data", caplog.text)
+    assert restarted.poll_once() == 2  # the third try quarantines it; routing goes on
+
+    assert quarantined(imap) == [hostile_id]
+    record = rt.store.message(message_key(parse(hostile), hostile))
+    assert record["state"] == "quarantined" and record["rule"] == "failed-routing"
+    assert "failed 3 times: Redis refused its data (user_script:5: Expected value" in record["why"]
+    run_worker(rt, burst=True)
+    assert [str(r.message["Subject"]) for r in smtp.messages] == ["[CS-1001] Next customer"]
+
+
+def test_a_message_the_router_dies_on_is_quarantined_after_three_deaths(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    imap, smtp = servers
+    hostile, _ = hostile_and_next(imap)
+    refuse(rt, monkeypatch, hostile, SystemExit)  # nothing is caught: the process is gone
+    for _ in range(3):
+        with pytest.raises(SystemExit):
+            connected(rt).poll_once()
+    assert connected(rt).poll_once() == 2
+    record = rt.store.message(message_key(parse(hostile), hostile))
+    assert record["state"] == "quarantined"
+    assert "routing it failed 3 times: the router stopped while routing it" in record["why"]
+    run_worker(rt, burst=True)
+    assert [str(r.message["Subject"]) for r in smtp.messages] == ["[CS-1001] Next customer"]
+
+
+@pytest.mark.parametrize("fault", [
+    redis.ConnectionError("Connection refused"),
+    redis.TimeoutError("Timeout reading from socket"),
+    redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+    redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+    redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+    redis.ResponseError("BUSY Redis is busy running a script."),
+    redis.ResponseError("MISCONF Redis is configured to save RDB snapshots"),
+])
+def test_a_servers_fault_is_waited_out_and_costs_the_message_no_try(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch,
+    fault: redis.RedisError,
+) -> None:
+    imap, smtp = servers
+    hostile, _ = hostile_and_next(imap)
+    refuse(rt, monkeypatch, hostile, fault)
+    router = connected(rt)
+    for _ in range(5):
+        with pytest.raises(redis.RedisError):
+            router.poll_once()
+    assert server_fault(fault)
+    monkeypatch.undo()  # the server is well again
+    assert router.poll_once() == 2
+    run_worker(rt, burst=True)
+    assert sorted(str(r.message["Subject"]) for r in smtp.messages) == [
+        "[CS-1001] Hostile", "[CS-1002] Next customer"]
+
+
+@pytest.mark.parametrize(("error", "fault"), [
+    (redis.ResponseError(CJSON_REFUSES), False),
+    (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+     False),
+    (redis.ResponseError("ERR Error running script, attempt to index a nil value"), False),
+    (redis.exceptions.NoScriptError("No matching script. Please use EVAL."), True),
+    (redis.ResponseError("NOREPLICAS Not enough good replicas to write."), True),
+    (redis.ResponseError("MASTERDOWN Link with MASTER is down"), True),
+])
+def test_script_data_errors_are_told_from_server_faults(
+    error: redis.RedisError, fault: bool
+) -> None:
+    assert server_fault(error) is fault

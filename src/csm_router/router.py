@@ -15,15 +15,19 @@ from csm_router.decide import decide
 from csm_router.decision import Action
 from csm_router.dispatch import Runtime, record_decision, release_held
 from csm_router.durability import EpochWatch, warn_persistence
-from csm_router.errors import Backoff, PermanentError, TransientError
+from csm_router.errors import Backoff, PermanentError, TransientError, server_fault
 from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
 from csm_router.metrics import ProcessBeat, forget_stale
 from csm_router.outbox import OFFER_BATCH
-from csm_router.store import key, message_key, owed_ids
+from csm_router.store import key, message_key, owed_ids, text
 from csm_router.threads import FIRST_REF, format_ref
 
 log = logging.getLogger(__name__)
+
+MAX_TRIES = 3  # a message that failed this often is quarantined, never tried again
+TRIES_TTL = 86400  # how long its tries are remembered (and a failed message stays recognised)
+
 
 
 class Router:
@@ -165,26 +169,60 @@ class Router:
         return len(uids)
 
     def handle(self, uid: int, raw: bytes) -> str:
-        """Route one message; answers its outcome. Never raises for bad mail."""
+        """Route one message; answers its outcome. Never raises for bad mail.
+
+        Each try is counted in Redis before it starts, so a message that makes routing
+        fail (a script refusing its data, a bug) or even kills the router is quarantined
+        at its third try, across restarts too, and the next message goes on. A server's
+        fault is waited out and costs the message no try.
+        """
+        tries_key = key("tries", message_key(None, raw))
+        with self.rt.redis.pipeline() as pipe:  # one transaction: never a count without TTL
+            pipe.hincrby(tries_key, "n", 1)
+            pipe.hget(tries_key, "why")
+            pipe.expire(tries_key, TRIES_TTL)
+            tries, last, _ = pipe.execute()
+        if tries > MAX_TRIES:
+            # Its last tries never came back: the router died handling it.
+            return self._give_up(uid, raw, tries - 1,
+                                 text(last) or "the router stopped while routing it")
         try:
             return self._handle(uid, raw)
-        except (TransientError, PermanentError, redis.RedisError):
-            raise
+        except (TransientError, PermanentError, redis.RedisError) as exc:
+            if not isinstance(exc, redis.RedisError) or server_fault(exc):
+                with contextlib.suppress(redis.RedisError):
+                    self.rt.redis.hincrby(tries_key, "n", -1)  # not the message's fault
+                raise
+            error = f"Redis refused its data ({str(exc)[:300]})"
         except Exception as exc:
             log.exception("UID %s: unexpected error", uid)
-            if self._recorded(raw):
-                # Decided but not finished: retry after a backoff rather than skip it.
-                raise TransientError(f"UID {uid}: {type(exc).__name__} after recording") from exc
-            # A bug must not lose the message: keep it in quarantine with the reason.
-            return self._quarantine(uid, raw, "", f"internal error: {type(exc).__name__}",
-                                    rule="internal-error")
+            error = f"internal error: {type(exc).__name__}"
+        if tries >= MAX_TRIES:
+            return self._give_up(uid, raw, tries, error)
+        self.rt.redis.hset(tries_key, "why", error)
+        message_id = self._message_id(raw)
+        log.warning("UID %s %s: %s (try %d of %d)", uid, message_id, error, tries, MAX_TRIES,
+                    extra={"message_id": message_id})
+        # Retried after a backoff, like a server's trouble, until its tries are used up.
+        raise TransientError(f"UID {uid} {message_id}: {error} (try {tries} of {MAX_TRIES})")
 
-    def _recorded(self, raw: bytes) -> bool:
+    def _give_up(self, uid: int, raw: bytes, tries: int, error: str) -> str:
+        """Quarantine a message routing failed on `tries` times (unless it was recorded)."""
+        message_id = self._message_id(raw)
         try:
             msgkey = message_key(parse(raw, max_bytes=self.rt.settings.max_message_bytes), raw)
         except MalformedMessageError:
-            msgkey = message_key(None, raw)
-        return bool(self.rt.store.message(msgkey))
+            msgkey = None
+        return self._quarantine(uid, raw, message_id if message_id != "(no id)" else "",
+                                f"routing it failed {tries} times: {error}", msgkey,
+                                rule="failed-routing")
+
+    def _message_id(self, raw: bytes) -> str:
+        """The message's Message-ID for a log line, "(no id)" if it has none to read."""
+        try:
+            return parse(raw, max_bytes=self.rt.settings.max_message_bytes).message_id
+        except MalformedMessageError:
+            return "(no id)"
 
     def _handle(self, uid: int, raw: bytes) -> str:
         store, settings = self.rt.store, self.rt.settings
