@@ -37,6 +37,7 @@ from csm_router.outbound import (
 from csm_router.router import Router
 from csm_router.store import owed_ids, text
 from csm_router.support import load_handler
+from csm_router.terminal import inert
 from csm_router.threads import format_ref
 
 log = logging.getLogger("csm_router")
@@ -272,7 +273,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         away = ("until " + r.away_until if r.away_until else "yes") if r.away else ""
         shift = "yes" if r.on_shift else (f"from {r.back_on_shift}" if r.back_on_shift
                                           else "no")
-        table.add_row(r.name or r.address, shift, str(r.weight), away, str(r.open),
+        table.add_row(inert(r.name or r.address), shift, str(r.weight), away, str(r.open),
                       str(r.overdue),
                       str(r.assigned_today), _minutes(r.median_first_response_minutes),
                       _minutes(r.p90_first_response_minutes))
@@ -406,8 +407,10 @@ def cmd_threads(args: argparse.Namespace) -> int:
         table.add_column(column)
     for t in threads:
         due = when(t.get("due"))
-        table.add_row(format_ref(int(t["ref"])), t.get("customer", ""), t.get("subject", ""),
-                      t.get("owner", "") or "-", t.get("state", ""), due)
+        # Customer text, inert: no markup, no control characters (see terminal.py).
+        table.add_row(format_ref(int(t["ref"])), inert(t.get("customer", "")),
+                      inert(t.get("subject", "")), inert(t.get("owner", "") or "-"),
+                      inert(t.get("state", "")), due)
     out.print(table)
     return 0
 
@@ -426,15 +429,15 @@ def cmd_thread(args: argparse.Namespace) -> int:
     thread = rt.store.thread(ref)
     if not thread:
         raise pool.PoolError(f"no thread {format_ref(ref)}")
-    out.print(f"[bold][{format_ref(ref)}][/] {thread.get('subject', '')}")
+    out.print(f"[bold]{inert(f'[{format_ref(ref)}]')}[/] {inert(thread.get('subject', ''))}")
     for name in ("customer", "account", "owner", "state"):
-        out.print(f"  {name:<15} {thread.get(name) or '-'}")
+        out.print(f"  {name:<15} {inert(thread.get(name) or '-')}")
     out.print(f"  {'created':<15} {when(thread.get('created'))}")
     out.print(f"  {'due':<15} {when(thread.get('due'))}")
     out.print(f"  {'first response':<15} {when(thread.get('first_response'))}")
     out.print("history:")
     for e in rt.store.events(ref):
-        out.print(f"  {event_line(e)}  {e.get('msg', '')}")
+        out.print(f"  {inert(event_line(e))}  {inert(e.get('msg', ''))}")
     return 0
 
 
@@ -467,8 +470,8 @@ def cmd_failed(args: argparse.Namespace) -> int:
         for column in ("id", "what", "failed at", "attempts", "error"):
             table.add_column(column, no_wrap=column == "id")
         for d in letters:
-            table.add_row(d.id, _describe(d.kind, d.args), when(d.dead_at), str(d.attempts),
-                          d.error)
+            table.add_row(inert(d.id), inert(_describe(d.kind, d.args)), when(d.dead_at),
+                          str(d.attempts), inert(d.error))
         out.print(table if letters else "no failed sends")
         return 0
     if not args.id:
@@ -477,10 +480,10 @@ def cmd_failed(args: argparse.Namespace) -> int:
     if letter is None:
         raise pool.PoolError(f"{args.id}: no such failed send (see `csm-router failed list`)")
     if args.action == "show":
-        out.print(f"[bold]{letter.id}[/]  {_describe(letter.kind, letter.args)}")
+        out.print(f"[bold]{inert(letter.id)}[/]  {inert(_describe(letter.kind, letter.args))}")
         out.print(f"  {'failed at':<10} {when(letter.dead_at)} after {letter.attempts} attempts")
-        out.print(f"  {'error':<10} {letter.error}")
-        out.print(f"  {'args':<10} {json.dumps(letter.args)}")
+        out.print(f"  {'error':<10} {inert(letter.error)}")
+        out.print(f"  {'args':<10} {inert(json.dumps(letter.args))}")
     elif args.action == "retry":
         outbox.revive(letter.id)
         out.print(f"{letter.id}: queued again with a fresh set of retries")
