@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import tracemalloc
 from email import message_from_bytes, policy
+from email.message import EmailMessage
 
 import aiosmtplib
 import pytest
 
 from csm_router.config import Address, PoolMember, parse_server_url
+from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError, UnsendableError
 from csm_router.message import Inbound, parse
 from csm_router.outbound import (
     MAX_LINE,
+    Mailer,
     check_lines,
     header_text,
     render_forward,
@@ -178,6 +181,23 @@ def test_a_header_line_over_998_characters_is_unsendable() -> None:
     out.policy = out.policy.clone(max_line_length=0)  # a writer that does not fold
     with pytest.raises(UnsendableError, match="X-Long"):
         check_lines(out)
+
+
+def test_a_mailer_sends_no_header_line_a_relay_would_refuse_and_goes_on() -> None:
+    def notice(n: int) -> EmailMessage:
+        return render_notice("notice.txt.j2", sender=ALIAS, to=["jane@globex.com"],
+                             subject=f"n{n}", message_id=f"<n.{n}@acme.com>", text="x")
+
+    too_long = notice(0)
+    too_long["X-Long"] = "y" * 2000
+    too_long.policy = too_long.policy.clone(max_line_length=0)
+    with RecordingSmtp() as relay:
+        mailer = Mailer(parse_server_url(relay.url, ("smtp", "smtps")))
+        with pytest.raises(UnsendableError, match="998"):
+            mailer.send(too_long, ["jane@globex.com"], sender="success@acme.com")
+        mailer.send(notice(1), ["jane@globex.com"], sender="success@acme.com")
+        mailer.close()
+        assert [str(r.message["Subject"]) for r in relay.messages] == ["n1"]
 
 
 def test_content_refused_after_data_is_unsendable_a_refused_recipient_is_not() -> None:

@@ -586,7 +586,9 @@ class Mailer:
         self._used_at = 0.0
 
     def send(self, message: EmailMessage, recipients: Sequence[str], *, sender: str) -> None:
-        """Send one message; raise TransientError (retry) or PermanentError (give up)."""
+        """Send one message; raise TransientError (retry) or PermanentError (give up), and
+        UnsendableError, before sending, for a header line no relay takes."""
+        check_lines(message)
         self._runner.run(self._send(message, list(recipients), sender))
 
     def close(self) -> None:
