@@ -234,11 +234,13 @@ def test_compose_web_listens_on_the_published_port_and_keeps_the_image_health_ch
     published = []
     for port in as_list(web.get("ports")):
         if isinstance(port, dict):
-            published.append((str(port.get("published")), str(port["target"])))
+            published.append((str(port.get("host_ip")), str(port.get("published")),
+                              str(port["target"])))
         else:
-            *_, host, container = str(port).split(":")
-            published.append((host, container))
-    assert (str(WEB_PORT), str(WEB_PORT)) in published, published
+            address, host, container = str(port).rsplit(":", 2)
+            published.append((address, host, container))
+    # On the host's loopback only: never on every interface.
+    assert published == [("127.0.0.1", str(WEB_PORT), str(WEB_PORT))], published
     assert f"{WEB_PORT}" in only(final_stage(), "EXPOSE").args.split()
     # No healthcheck of its own: web keeps the image's `csm-router health`.
     check = web.get("healthcheck")
