@@ -228,3 +228,34 @@ def test_refusals_after_data_are_told_apart_by_what_they_refuse(
     error = smtp_error(aiosmtplib.SMTPDataError(code, text), smtp)
     assert isinstance(error, PermanentError)
     assert isinstance(error, UnsendableError) is content
+
+
+def test_a_forwarded_delivery_status_attachment_is_carried_as_text() -> None:
+    report = ("Reporting-MTA: dns; mx.globex.com\r\n\r\nFinal-Recipient: rfc822; x@y.example\r\n"
+              "Action: failed\r\nStatus: 5.1.1\r\n")
+    raw = mail("From: Jane <jane@globex.com>", "Subject: Why did this bounce?",
+               "MIME-Version: 1.0", 'Content-Type: multipart/mixed; boundary="b"',
+               body=("--b\r\nContent-Type: text/plain\r\n\r\nSee the report.\r\n"
+                     "--b\r\nContent-Type: message/delivery-status\r\n"
+                     "Content-Disposition: attachment; filename=status.txt\r\n\r\n"
+                     f"{report}--b--\r\n"))
+    sent = message_from_bytes(forward(parse(raw)), policy=policy.default)
+    (carried,) = [p for p in sent.walk() if p.get_filename() == "status.txt"]
+    assert carried.get_content_type() == "text/plain"
+    assert "Status: 5.1.1" in carried.get_content()
+
+
+def test_a_mail_the_email_package_cannot_write_is_unsendable_and_the_mailer_goes_on() -> None:
+    unwritable = render_notice("notice.txt.j2", sender=ALIAS, to=["jane@globex.com"],
+                               subject="n0", message_id="<n.0@acme.com>", text="x")
+    unwritable.add_attachment(b"Action: failed\r\n", maintype="message",
+                              subtype="delivery-status")  # written only from header blocks
+    fine = render_notice("notice.txt.j2", sender=ALIAS, to=["jane@globex.com"],
+                         subject="n1", message_id="<n.1@acme.com>", text="x")
+    with RecordingSmtp() as relay:
+        mailer = Mailer(parse_server_url(relay.url, ("smtp", "smtps")))
+        with pytest.raises(UnsendableError, match="cannot be written"):
+            mailer.send(unwritable, ["jane@globex.com"], sender="success@acme.com")
+        mailer.send(fine, ["jane@globex.com"], sender="success@acme.com")
+        mailer.close()
+        assert [str(r.message["Subject"]) for r in relay.messages] == ["n1"]

@@ -446,7 +446,7 @@ def attach_originals(
         cid = _content_id(a.content_id)
         if html is None or cid is None:
             continue
-        maintype, _, subtype = a.content_type.partition("/")
+        maintype, _, subtype = _content_type(a.content_type).partition("/")
         html.add_related(a.data, maintype=maintype or "application",
                          subtype=subtype or "octet-stream", cid=cid,
                          filename=_file_name(a.filename) or None)
@@ -454,10 +454,16 @@ def attach_originals(
     for a in attachments:
         if a in inline:
             continue
-        maintype, _, subtype = a.content_type.partition("/")
+        maintype, _, subtype = _content_type(a.content_type).partition("/")
         out.add_attachment(a.data, maintype=maintype or "application",
                            subtype=subtype or "octet-stream",
                            filename=_file_name(a.filename) or "attachment")
+
+
+def _content_type(content_type: str) -> str:
+    """How an original attachment is carried: as it was, but for a delivery status, which
+    the email package can only write as parsed header blocks, never as the bytes we have."""
+    return "text/plain" if content_type.endswith("delivery-status") else content_type
 
 
 def _content_id(content_id: str | None) -> str | None:
@@ -538,6 +544,13 @@ def smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
 
 
 _SMTP_FAILURES = (aiosmtplib.SMTPException, OSError, TimeoutError)
+# What the email package raises writing out a mail it cannot write; aiosmtplib writes it
+# before it says MAIL FROM, so nothing was sent and the connection is fine.
+_WRITING_FAILURES = (AttributeError, TypeError, ValueError, LookupError)
+
+
+def _unwritable(exc: Exception) -> UnsendableError:
+    return UnsendableError(f"the mail cannot be written ({type(exc).__name__}: {exc})")
 _STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463, e.g. 5.6.0
 
 
@@ -568,6 +581,8 @@ async def send(
             await client.send_message(message, sender=sender, recipients=list(recipients))
     except _SMTP_FAILURES as exc:
         raise smtp_error(exc, smtp) from None
+    except _WRITING_FAILURES as exc:
+        raise _unwritable(exc) from None
 
 
 class Mailer:
@@ -603,6 +618,8 @@ class Mailer:
             if not isinstance(exc, aiosmtplib.SMTPResponseException) or exc.code >= 421:
                 await self._drop()  # the connection is suspect: start afresh next time
             raise smtp_error(exc, self.smtp) from None
+        except _WRITING_FAILURES as exc:
+            raise _unwritable(exc) from None
         finally:
             self._used_at = time.monotonic()
 
