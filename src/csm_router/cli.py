@@ -22,7 +22,7 @@ from rich.table import Table
 from csm_router import __version__, jobs, logs, pool
 from csm_router.auth import authserv_note, steering_note
 from csm_router.config import ConfigError, Settings, load_settings, redact_url
-from csm_router.connect import redis_client
+from csm_router.connect import cleartext_passwords, redis_client
 from csm_router.dispatch import Runtime, release_held, stop_on_signals
 from csm_router.errors import PermanentError, TransientError
 from csm_router.mailbox import Mailbox
@@ -140,6 +140,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     say(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
     trust = steering_note(settings.trusted_authserv_id, settings.reply_secret is not None)
     say(f"{'ok  ' if settings.trusted_authserv_id else '[yellow]warn[/]'}  auth   {trust}")
+    for clear in cleartext_passwords(settings):
+        say(f"[yellow]warn[/]  tls    {clear}")
     warnings: list[str] = []
 
     def redis_check() -> None:
