@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-from csm_router.config import ConfigError, PoolMember, load_settings, parse_pool, redact_url
+from csm_router.config import (
+    ConfigError,
+    PoolMember,
+    format_duration,
+    load_settings,
+    parse_pool,
+    redact_url,
+)
 from csm_router.connect import SentinelUrl, parse_sentinel_url
 
 BASE = {
@@ -210,3 +217,26 @@ def test_a_broken_sentinel_url_is_refused(env: pytest.MonkeyPatch, url: str, pro
     env.setenv("ROUTER_REDIS_URL", url)
     with pytest.raises(ConfigError, match=f"ROUTER_REDIS_URL: .*{problem}"):
         load_settings()
+
+
+@pytest.mark.parametrize(("given", "seconds"), [
+    ("14d", 14 * 86400), ("36h", 36 * 3600), ("90s", 90), ("30m", 1800), ("45", 45),
+])
+def test_close_after_reads_days_hours_minutes_and_seconds(
+    env: pytest.MonkeyPatch, given: str, seconds: int
+) -> None:
+    env.setenv("ROUTER_CLOSE_AFTER", given)
+    assert load_settings().close_after == seconds
+
+
+def test_close_after_defaults_to_two_weeks(env: pytest.MonkeyPatch) -> None:
+    assert load_settings().close_after == 14 * 86400
+    assert format_duration(14 * 86400) == "14d" and format_duration(129600) == "36h"
+
+
+@pytest.mark.parametrize("given", ["0", "two weeks", "14w", "-3d", ""])
+def test_a_bad_close_after_names_the_variable(env: pytest.MonkeyPatch, given: str) -> None:
+    env.setenv("ROUTER_CLOSE_AFTER", given)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert str(err.value).startswith("ROUTER_CLOSE_AFTER") and "duration" in str(err.value)

@@ -212,6 +212,27 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """`14d`, `36h`, `30m`, `90s` (or bare seconds) as seconds; ValueError says what is wrong."""
+    match = _DURATION_RE.match(text)
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"{text.strip()!r} is not a duration like 14d, 36h, 30m or 90s")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the largest whole unit: 1209600 -> `14d`, 129600 -> `36h`, 90 -> `90s`."""
+    whole = int(seconds)
+    for unit in ("d", "h", "m"):
+        if whole % _UNITS[unit] == 0:
+            return f"{whole // _UNITS[unit]}{unit}"
+    return f"{whole}s"
+
+
 def parse_bind(value: str) -> tuple[str, int]:
     """`host:port` (`[::1]:8025` for IPv6) to listen on; ValueError says what is wrong."""
     host, sep, port = value.strip().rpartition(":")
@@ -251,6 +272,8 @@ class Settings(BaseSettings):
     quarantine_folder: str = "Quarantine"
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     retention_days: int = Field(default=400, ge=1)
+    # An answered thread with no new mail for this long closes by itself (seconds).
+    close_after: Annotated[int, NoDecode] = 14 * 86400
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     templates_dir: Path | None = None
@@ -272,6 +295,13 @@ class Settings(BaseSettings):
             return parse_hours(str(value))
         except HoursError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("close_after", mode="before")
+    @classmethod
+    def _close_after(cls, value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        return parse_duration(str(value))
 
     @field_validator("premium", mode="before")
     @classmethod

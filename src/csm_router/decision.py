@@ -68,6 +68,9 @@ class Snapshot:
     tag_owner: str | None = None  # CSM whose signature tag the message quotes
     tag_thread: ThreadInfo | None = None  # the customer's open thread with that CSM
     onboarding: Onboarding | None = None
+    # CSMs at ROUTER_MAX_OPEN_PER_CSM (that many open threads): no new thread goes to them.
+    full: frozenset[str] = frozenset()
+    max_open: int = 0
     sender_verified: bool = False  # the sender really is who From says (see auth)
     verdict: str = ""  # why it is (not) verified, for the reason
     # Command lines in the thread's customer mail, read when a CSM or Support writes one:
@@ -91,6 +94,13 @@ class Snapshot:
         """In the pool, not away and on shift (capacity is checked when recording)."""
         return (self.in_pool(address) and address not in self.away
                 and address not in self.off_shift)
+
+    def full_why(self, address: str) -> str | None:
+        """Why `address` takes no new thread for capacity, or None while they have room."""
+        if address not in self.full:
+            return None
+        return f"{address} is full ({self.max_open} open threads)"
+
 
 
 @dataclass(frozen=True)

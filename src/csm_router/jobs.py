@@ -15,7 +15,7 @@ import redis
 from csm_router import digest, durability, report
 from csm_router.auth import reply_address
 from csm_router.classify import classify
-from csm_router.config import Address, PoolMember, load_settings
+from csm_router.config import Address, PoolMember, format_duration, load_settings
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError, UnsendableError
 from csm_router.message import Inbound, MalformedMessageError, parse
@@ -511,9 +511,13 @@ def sla_sweep(now: float | None = None) -> str:
     result = rt.store.sweep(now)
     for e in result["escalations"]:
         log.warning("CS-%s first response overdue with %s; moved to %s", e["ref"],
-                    e["previous"] or "nobody", e["owner"] or "nobody")
+                    e["previous"] or "nobody", e["owner"] or "held: nobody available")
+    for c in result["closed"]:
+        log.info("CS-%s closed: quiet for %s (owner %s)", c["ref"],
+                 format_duration(rt.settings.close_after), c["owner"] or "nobody")
     rt.outbox.offer(owed_ids(result.get("owed")))
     owe_digest(rt, now)
-    released = release_held(rt)
+    released = release_held(rt)  # after closing: freed capacity takes held threads at once
     return (f"{len(result['reminders'])} reminded, {len(result['escalations'])} escalated, "
+            f"{len(result['held'])} held, {len(result['closed'])} closed, "
             f"{released} released")

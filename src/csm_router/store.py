@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from csm_router.auth import Verdict, verify_reply_address, verify_sender
 from csm_router.classify import RuleSet
 from csm_router.commands import command_lines, find_command
-from csm_router.config import Settings
+from csm_router.config import Settings, format_duration
 from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.quotes import html_to_text
@@ -32,6 +32,9 @@ PREFIX = "csm:"
 RAW_TTL_SECONDS = 14 * 86400
 KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.lua too)
 MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
+# Threads the sweep handles per kind and run (it runs every 30 s): one script never holds
+# Redis for long, whatever the backlog.
+SWEEP_BATCH = 200
 MAX_CUSTOMER_MAILS = 50  # a thread's latest messages read for a command a CSM repeats
 # How long a worker waits for a replica to confirm a write it is about to act on, and how
 # often it asks Redis whether there are replicas at all.
@@ -317,7 +320,16 @@ class Store:
         pipe.hgetall(key("onboarding", msg.account))
         pipe.zrevrange(key("customer", msg.sender), 0, 19)
         pipe.hget(key("msg", msgkey or "-"), "state")
+        # Capacity holds for every decision: the rules see who is full, named or not.
+        max_open = self.settings.max_open_per_csm
+        counted = [m.address for m in self.settings.pool] if max_open else []
+        for address in counted:
+            pipe.scard(key("open", address))
         results = pipe.execute()
+        open_counts = results[len(results) - len(counted):]
+        del results[len(results) - len(counted):]
+        full = frozenset(a for a, n in zip(counted, open_counts, strict=True)
+                         if int(n) >= max_open)
         state = text(results.pop())
         recorded = state or None if msgkey else None
         id_refs = [int(r) for r in results[: len(header_ids)] if r]
@@ -381,6 +393,8 @@ class Store:
             tag_owner=tag_owner,
             tag_thread=tag_thread,
             onboarding=onboarding,
+            full=full,
+            max_open=max_open,
             sender_verified=verdict.verified,
             verdict=verdict.why,
             customer_commands=customer_commands,
@@ -511,10 +525,14 @@ class Store:
             for r in (released if isinstance(released, list) else [])
         ], owed_ids(out.get("owed"))
 
-    def sweep(self, now: float) -> dict[str, list[Any]]:
-        """Remind and escalate by the first-response clock (lua/sweep.lua), owing the mail."""
-        out = self.run_script("sweep", {"now": now,
-                                  "remind_before": self.settings.remind_before_seconds})
+    def sweep(self, now: float, batch: int = SWEEP_BATCH) -> dict[str, list[Any]]:
+        """Remind, escalate or hold by the first-response clock and close quiet threads
+        (lua/sweep.lua), owing the mail; at most `batch` threads of each kind per call."""
+        close_after = self.settings.close_after
+        out = self.run_script("sweep", {"now": now, "batch": batch,
+                                        "remind_before": self.settings.remind_before_seconds,
+                                        "close_after": close_after,
+                                        "close_label": format_duration(close_after)})
         return {k: v if isinstance(v, list) else [] for k, v in out.items()}
 
     def reassign(self, ref: int, target: str, why: str) -> dict[str, Any]:

@@ -81,3 +81,15 @@ def test_onboarding_owner_who_left_the_pool_leaves_the_mail_to_the_pool() -> Non
     snap = replace(SNAP, onboarding=onboarding("dave@acme.com"))
 
     assert onboarding_owner.check(NEW_MAIL, snap) is None
+
+
+def test_a_full_onboarding_owner_gets_no_new_thread_and_the_reason_says_so() -> None:
+    snap = replace(SNAP, onboarding=onboarding(), full=frozenset({"carol@acme.com"}),
+                   max_open=5)
+
+    decision = onboarding_owner.check(NEW_MAIL, snap)
+
+    assert decision is not None and decision.action is Action.FORWARD
+    assert decision.target is None  # the round-robin picks among those with room
+    assert decision.why == ("onboarding owner of customer.example, but carol@acme.com is "
+                            "full (5 open threads): next in the round-robin")

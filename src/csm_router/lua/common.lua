@@ -150,6 +150,17 @@ local function keep_thread(ref)
   for _, k in ipairs(thread_keys(ref)) do redis.call('PERSIST', k) end
 end
 
+-- `csm:quiet` holds every open, answered thread, scored by its last mail: the sweep closes
+-- those quiet for ROUTER_CLOSE_AFTER. A thread awaiting an answer (its clock runs), held,
+-- closed or with Support is not in it: it never closes by itself.
+local function quiet_from(ref, at)
+  redis.call('ZADD', P .. 'quiet', at, ref)
+end
+
+local function not_quiet(ref)
+  redis.call('ZREM', P .. 'quiet', ref)
+end
+
 -- Add `ref` to an index scored by time, dropping entries older than the retention.
 local function index(zkey, ref)
   redis.call('ZADD', zkey, d.now, ref)
@@ -182,6 +193,23 @@ local function set_owner(ref, owner)
   return old
 end
 
+-- Nobody can take the thread: it waits in `csm:held` (oldest score first) with `msgkey`
+-- owed to whoever takes it. Answers whether it was newly held.
+local function hold(ref, msgkey, since)
+  local tkey = P .. 'thread:' .. ref
+  local held_new = redis.call('ZSCORE', P .. 'held', ref) == false
+  local old = redis.call('HGET', tkey, 'owner')
+  if old and old ~= '' then
+    redis.call('SREM', P .. 'open:' .. old, ref)
+  end
+  redis.call('HSET', tkey, 'state', 'held', 'owner', '')
+  if held_new then redis.call('ZADD', P .. 'held', since, ref) end
+  if msgkey and msgkey ~= '' then redis.call('RPUSH', tkey .. ':held', msgkey) end
+  keep_thread(ref)
+  not_quiet(ref)
+  return held_new
+end
+
 -- Messages of a held thread, now decided for `owner`; the caller enqueues their delivery.
 local function release_messages(ref, owner)
   local hkey = P .. 'thread:' .. ref .. ':held'
@@ -206,6 +234,7 @@ end
 local function start_clock(ref, at)
   redis.call('HSET', P .. 'thread:' .. ref, 'due', at, 'reminded', '', 'escalated', '')
   redis.call('ZADD', P .. 'due', at, ref)
+  not_quiet(ref)
 end
 
 local function stop_clock(ref)
@@ -223,6 +252,7 @@ local function park(ref, state)
   redis.call('HSET', tkey, 'state', state)
   redis.call('ZREM', P .. 'held', ref)
   stop_clock(ref)
+  not_quiet(ref)
   if state == 'closed' then expire_thread(ref) else keep_thread(ref) end
 end
 

@@ -93,6 +93,7 @@ if d.action == 'reply' or d.action == 'command' then
       redis.call('HSET', tkey, 'owner', d.target)
     else
       set_owner(ref, d.target)
+      quiet_from(ref, d.now)  -- answered: it closes by itself if nobody writes again
       followup.deliver = release_messages(ref, d.target)
       followup.owner = d.target
     end
@@ -138,9 +139,7 @@ if d.action == 'reply' or d.action == 'command' then
         followup.deliver = {last}
         followup.owner = owner
       else
-        redis.call('HSET', tkey, 'state', 'held', 'owner', '')
-        redis.call('ZADD', P .. 'held', d.now, ref)
-        redis.call('RPUSH', tkey .. ':held', last)
+        hold(ref, last, d.now)
         followup.overflow = ref
       end
       event(ref, 'from-support', {owner = owner or '', why = '#success by Support'})
@@ -198,22 +197,22 @@ if state == 'closed' then
 end
 
 local owner = v(d.target)
-if not owner and state ~= 'held' then
+-- A CSM named by the rules takes no thread they do not hold already beyond their capacity
+-- (the rules see the counts too; this settles a race between two routers).
+if owner and redis.call('SISMEMBER', P .. 'open:' .. owner, ref) == 0
+    and not has_room(owner) then
+  local full = owner .. ' is full (' .. d.max_open .. ' open threads): next in the round-robin'
+  d.why = d.why .. '; ' .. full
+  followup.why = (followup.why or '') .. '; ' .. full
+  owner = pick(account_of(ref))
+end
+if not owner and state ~= 'held' and not v(d.target) then
   owner = pick(account_of(ref))
 end
 if not owner then
-  local held_new = redis.call('ZSCORE', P .. 'held', ref) == false
-  local old = redis.call('HGET', tkey, 'owner')
-  if old and old ~= '' then
-    redis.call('SREM', P .. 'open:' .. old, ref)
-  end
-  redis.call('HSET', tkey, 'state', 'held', 'owner', '')
-  if held_new then
-    redis.call('ZADD', P .. 'held', d.now, ref)
-    -- Nobody on shift is the schedule, not an overflow: it waits for the next shift.
-    if not d.all_off_shift then followup.overflow = ref end
-  end
-  redis.call('RPUSH', tkey .. ':held', d.msgkey)
+  local held_new = hold(ref, d.msgkey, d.now)
+  -- Nobody on shift is the schedule, not an overflow: it waits for the next shift.
+  if held_new and not d.all_off_shift then followup.overflow = ref end
   event(ref, 'held', {msg = d.message_id, rule = d.rule, why = d.why})
   return finish('held', ref, nil, {new_thread = new, held_new = held_new})
 end
@@ -221,6 +220,8 @@ end
 local previous = set_owner(ref, owner)
 if new or state == 'closed' or previous ~= owner then
   start_clock(ref, due_for(ref))
+elseif (redis.call('HGET', tkey, 'due') or '') == '' then
+  quiet_from(ref, d.now)  -- answered already: quiet from its newest mail
 end
 followup.deliver = {d.msgkey}
 followup.owner = owner

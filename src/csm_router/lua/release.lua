@@ -4,10 +4,15 @@ local refs = redis.call('ZRANGE', P .. 'held', 0, d.limit - 1)
 for _, ref in ipairs(refs) do
   local owner = pick(account_of(ref))
   if not owner then break end
+  local tkey = P .. 'thread:' .. ref
+  -- A thread held when its answer was overdue may go back to a CSM it was forwarded to
+  -- before: its own cause makes this a new forward, not that one again.
+  local cause = redis.call('HGET', tkey, 'held_cause') or ''
+  redis.call('HDEL', tkey, 'held_cause')
   set_owner(ref, owner)
   start_clock(ref, due_for(ref))
   local msgs = release_messages(ref, owner)
-  owe_deliveries(msgs, owner, 'held until a CSM could take it', '')
+  owe_deliveries(msgs, owner, 'held until a CSM could take it', cause)
   event(ref, 'released', {owner = owner, why = 'a CSM became available'})
   table.insert(out, {ref = tonumber(ref), owner = owner, msgs = msgs})
 end

@@ -19,6 +19,9 @@ def check(msg: Inbound, snap: Snapshot) -> Decision | None:
     if snap.tag_thread is not None:
         return _to_owner(snap.tag_thread, snap, f"{how} {snap.tag_owner}")
     if snap.available(snap.tag_owner):
+        if full := snap.full_why(snap.tag_owner):
+            why = f"new thread that {how} {snap.tag_owner}, but {full}: next in the round-robin"
+            return Decision.next_csm(rule=NAME, why=why)
         return Decision.to_csm(
             snap.tag_owner, rule=NAME, why=f"new thread that {how} {snap.tag_owner}"
         )
@@ -39,6 +42,11 @@ def _to_owner(thread: ThreadInfo, snap: Snapshot, matched_by: str) -> Decision:
         why = f"owner {thread.owner} is away ({matched_by})"
         return Decision.next_csm(rule=NAME, ref=ref, why=why)
     reopened = ", reopened" if thread.state is ThreadState.CLOSED else ""
+    # A closed thread left its owner's count: reopening it is a new thread for capacity. An
+    # open one they hold already is never refused.
+    if reopened and (full := snap.full_why(thread.owner)):
+        why = f"owner of the thread, reopened, but {full}: to the next CSM ({matched_by})"
+        return Decision.next_csm(rule=NAME, ref=ref, why=why)
     if thread.owner in snap.off_shift:
         back = snap.back_at.get(thread.owner)
         # Answered already: no target runs, so it waits. Reopened: a fresh clock starts.

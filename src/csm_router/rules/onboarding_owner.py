@@ -1,4 +1,4 @@
-"""An account still in onboarding goes to its assigned onboarding CSM."""
+"""An account still in onboarding goes to its assigned onboarding CSM, while they have room."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ def check(msg: Inbound, snap: Snapshot) -> Decision | None:
         return None
     if not snap.available(onboarding.owner):
         return None  # round-robin takes it; the owner gets the account back on return
+    if full := snap.full_why(onboarding.owner):
+        # Onboarding questions stay with CS (not Support) even when the owner is full.
+        return Decision.next_csm(rule=NAME, why=f"onboarding owner of {msg.account}, but "
+                                 f"{full}: next in the round-robin")
     return Decision.to_csm(
         onboarding.owner, rule=NAME, why=f"onboarding owner of {msg.account}"
     )
