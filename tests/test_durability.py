@@ -16,7 +16,7 @@ from csm_router.dispatch import Runtime
 from csm_router.durability import EPOCH, EpochWatch, Loss, persistence_problem
 from csm_router.message import parse
 from csm_router.metrics import ProcessBeat
-from csm_router.store import key, message_key
+from csm_router.store import key, message_key, text
 from csm_router.web import create_app
 
 
@@ -35,8 +35,9 @@ def new_thread(rt: Runtime, n: int) -> int | None:
                            1.0).ref
 
 
-def lead_notices(rt: Runtime) -> list[bytes]:
-    return [e for e in rt.redis.zrange(key("outbox"), 0, -1) if e.startswith(b"data-loss-")]
+def lead_notices(rt: Runtime) -> list[str]:
+    entries = [text(e) for e in rt.redis.zrange(key("outbox"), 0, -1)]
+    return [e for e in entries if e.startswith("data-loss-")]
 
 
 def test_numbering_starts_once_and_only_rises(rt: Runtime) -> None:
@@ -113,7 +114,9 @@ class Configured(fakeredis.FakeRedis):
         super().__init__()
         self.answers = answers
 
-    def config_get(self, pattern: str = "*", *args: object, **kwargs: object) -> dict[str, str]:
+    def config_get(  # type: ignore[override]
+        self, pattern: str = "*", *args: object, **kwargs: object
+    ) -> dict[str, str]:
         if self.answers is None:
             raise redis.ResponseError("unknown command 'CONFIG'")
         return {pattern: self.answers[pattern]}

@@ -19,7 +19,7 @@ from csm_router.terminal import inert, strip_controls
     ("tab\tnew\nline\rcr", "tab new line cr"),
     ("admin\u202egpj.exe", "admingpj.exe"),  # right-to-left override
     ("half \x1b[", "half "),  # cut off mid-sequence
-    ("Grüße – 日本", "Grüße – 日本"),
+    ("Grüße \u2013 日本", "Grüße \u2013 日本"),
 ])
 def test_control_sequences_go_whole_and_text_stays(raw: str, clean: str) -> None:
     assert strip_controls(raw) == clean

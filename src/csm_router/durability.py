@@ -10,6 +10,7 @@ from its mailbox, see Router._ensure_sequence); the same script tells the lead, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -140,10 +141,9 @@ def watch(redis: Redis, role: str, stop: threading.Event,
 
     def run() -> None:
         while True:
-            try:
+            # An outage: the worker's own loop logs it and waits it out.
+            with contextlib.suppress(RedisError):
                 epoch.intact()
-            except RedisError:
-                pass  # an outage: the worker's own loop logs it and waits it out
             if stop.wait(WATCH_SECONDS):
                 return
 

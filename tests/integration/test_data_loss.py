@@ -79,7 +79,7 @@ def test_redis_emptied_under_a_stream_of_mail_goes_on_numbering_and_tells_the_le
         assert twice == []  # nothing routed twice
         refs = [ref for ref, _ in got]
         assert len(set(refs)) == len(refs)  # no reference handed out twice
-        after = [ref for ref, s in got if s == "Question 99"][0]
+        after = next(ref for ref, s in got if s == "Question 99")
         assert after > before
         # Every message after the loss was noticed is routed (the ones in flight at the
         # instant of the loss may have had their forward owed in what was lost).

@@ -166,6 +166,7 @@ def test_a_worker_acts_only_on_what_a_replica_has_confirmed(
                                  smtp_url=smtp.url, away="", overflow_address="")
         rt = Runtime.from_settings(settings, master.client())
         jobs.configure(rt)
+        rt.store.ensure_sequence()  # as the router does before it numbers any thread
         try:
             assert rt.store.replicated()
             raw = (b"From: Jane <jane@globex.com>\r\nTo: success@acme.com\r\n"
