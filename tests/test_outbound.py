@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
@@ -44,7 +45,7 @@ def render(**kw: object) -> email.message.EmailMessage:
         "owner": ALICE,
         "alias": ALIAS,
         "why": "new thread, next in the round-robin",
-        "message_id": forward_message_id("k1", ALICE.address, "acme.com"),
+        "message_id": forward_message_id("k1", ALICE.address, "acme.com", secret=b"k"),
         "due": datetime(2026, 11, 23, 16, 30, tzinfo=UTC),
         "sla_minutes": 60,
     }
@@ -101,10 +102,17 @@ def test_references_name_the_customers_message_once() -> None:
 
 
 def test_forward_ids_are_deterministic_per_message_and_owner() -> None:
-    one = forward_message_id("k1", "alice@acme.com", "acme.com")
-    assert one == forward_message_id("k1", "alice@acme.com", "acme.com")
-    assert one != forward_message_id("k1", "bob@acme.com", "acme.com")
+    one = forward_message_id("k1", "alice@acme.com", "acme.com", secret=b"k")
+    assert one == forward_message_id("k1", "alice@acme.com", "acme.com", secret=b"k")
+    assert one != forward_message_id("k1", "bob@acme.com", "acme.com", secret=b"k")
     assert one.endswith("@acme.com>")
+
+
+def test_forward_ids_are_keyed_so_nobody_computes_them_from_public_data() -> None:
+    one = forward_message_id("k1", "alice@acme.com", "acme.com", secret=b"k")
+    assert one != forward_message_id("k1", "alice@acme.com", "acme.com", secret=b"other")
+    unkeyed = hashlib.sha256(b"alice@acme.com\0").hexdigest()[:8]  # the id as it was
+    assert one != f"<fwd.k1.{unkeyed}@acme.com>"
 
 
 HTML_RAW = (

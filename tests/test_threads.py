@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from csm_router.threads import (
+    account_of,
     format_tag,
+    is_free_mail,
+    is_own_message_id,
     new_tag,
     refs_in_subject,
     refs_in_text,
     reply_subject,
+    same_customer,
     subject_with_ref,
     tags_in_text,
 )
@@ -50,3 +56,34 @@ def test_tags_do_not_match_references_or_longer_words() -> None:
 def test_a_subject_carries_one_reference_only() -> None:
     assert subject_with_ref("Re: [CS-1001] Renewal", 1002) == "Re: [CS-1002] Renewal"
     assert subject_with_ref("Re: [CS-1002] Renewal", 1002) == "Re: [CS-1002] Renewal"
+
+
+PROVIDERS = ("rediffmail.com", "hotmail.co.uk", "t-online.de", "yahoo.co.jp", "gmx.de",
+             "mail.ru", "qq.com", "gmail.com", "hey.com")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_two_people_at_a_free_mail_provider_are_two_customers(provider: str) -> None:
+    assert is_free_mail(provider)
+    assert account_of(f"Asha@{provider}") == f"asha@{provider}"
+    assert not same_customer(f"asha@{provider}", f"ravi@{provider}")
+    assert same_customer(f"asha@{provider}", f"ASHA@{provider}")
+
+
+def test_colleagues_at_a_company_are_one_customer() -> None:
+    assert not is_free_mail("globex.com")
+    assert account_of("Jane@Globex.com") == "globex.com"
+    assert same_customer("jane@globex.com", "bob@globex.com")
+    assert same_customer("jane@globex.com", "bob@eu.globex.com")
+    assert not same_customer("jane@globex.com", "bob@initech.com")
+    # A company and a free-mail address are never one customer, whatever the domains.
+    assert not same_customer("jane@globex.com", "jane@gmail.com")
+
+
+def test_only_ids_of_our_own_form_at_the_alias_domain_are_ours() -> None:
+    assert is_own_message_id("<fwd.0123abcd.89ef@acme.com>", "acme.com")
+    assert is_own_message_id("<support-copy.0a1b2c@ACME.com>", "acme.com")
+    assert not is_own_message_id("<fwd.0123abcd.89ef@globex.com>", "acme.com")
+    assert not is_own_message_id("<CAF1x2=abc@mail.gmail.com>", "acme.com")
+    # A CSM's own mail client at the alias's domain writes ids of another form.
+    assert not is_own_message_id("<8A1B2C3D-4E5F-6789-ABCD-0123456789AB@acme.com>", "acme.com")

@@ -372,8 +372,8 @@ def cmd_back(args: argparse.Namespace) -> int:
 def cmd_assign(args: argparse.Namespace) -> int:
     rt = _runtime()
     days = args.days if args.days is not None else rt.settings.onboarding_days
-    pool.assign_onboarding(rt.store, args.account, args.address, days, time.time())
-    out.print(f"{args.account} -> {args.address} for {days} days of onboarding")
+    account = pool.assign_onboarding(rt.store, args.account, args.address, days, time.time())
+    out.print(f"{account} -> {args.address} for {days} days of onboarding")
     return 0
 
 
@@ -562,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("back", cmd_back, "mark a CSM back")
     p.add_argument("address")
     p = add("assign", cmd_assign, "make a CSM the onboarding owner of a customer domain")
-    p.add_argument("account", help="customer domain, e.g. customer.com")
+    p.add_argument("account", help="customer domain, e.g. customer.com; at a free-mail "
+                   "provider one person's address, e.g. someone@gmail.com")
     p.add_argument("address")
     p.add_argument("--days", type=int, help="default ROUTER_ONBOARDING_DAYS")
     p = add("threads", cmd_threads, "the newest threads")

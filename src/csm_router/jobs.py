@@ -18,6 +18,7 @@ from csm_router.classify import classify
 from csm_router.config import Address, PoolMember, format_duration, load_settings
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError, UnsendableError
+from csm_router.keyed import id_secret, verp_address
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.metrics import observe_forward
 from csm_router.outbound import (
@@ -34,7 +35,7 @@ from csm_router.outbound import (
 from csm_router.outbox import Entry, Heartbeat
 from csm_router.store import KEEP_SECONDS, DeliveryContext, key, owed_ids
 from csm_router.support import SupportHandoff, load_handler
-from csm_router.threads import format_ref, reply_subject, subject_with_ref
+from csm_router.threads import account_of, format_ref, reply_subject, subject_with_ref
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,8 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     rt = runtime()
     settings = rt.settings
     alias = settings.alias
-    message_id = forward_message_id(msgkey, owner, alias.domain, cause)
+    message_id = forward_message_id(msgkey, owner, alias.domain, cause,
+                                    secret=id_secret(rt.redis, settings))
     ctx = rt.store.delivery_context(msgkey, owner, message_id)
     if not ctx.record.get("ref"):
         raise PermanentError(f"message {msgkey} has no recorded thread")
@@ -244,7 +246,10 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     except Exception as exc:  # the customer's content, not a server: no other CSM would do
         raise UnsendableError(f"the forward cannot be written ({type(exc).__name__}: "
                               f"{str(exc)[:200]})") from None
-    _send(rt, forward, [owner])  # checked not sent above, before rendering
+    # Checked not sent above, before rendering. A VERP return address: a report of a
+    # failure after the relay's 250 names the forward.
+    mailer(settings.required_smtp()).send(forward, [owner],
+                                          sender=verp_address(alias, message_id))
     # A customer waited this long for the thread's CSM; a re-forward's wait is the SLA's.
     waited = time.time() - msg.received_at if not cause and msg.received_at else None
     previous_key = key("thread", ref, "forwards", owner)
@@ -293,7 +298,9 @@ def _render_delivery(rt: Runtime, msg: Inbound, ctx: DeliveryContext, ref: int, 
         message_id=message_id,
         due=datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None,
         sla_minutes=settings.first_response_minutes,
-        earlier=[EarlierThread(format_ref(r), *rest) for r, *rest in ctx.earlier],
+        # A thread recorded before its free-mail customer was one person lists no others.
+        earlier=([EarlierThread(format_ref(r), *rest) for r, *rest in ctx.earlier]
+                 if thread.get("account") == account_of(thread.get("customer", "")) else []),
         previous=ctx.previous,
         # Someone new to the thread reads what was said so far: nobody asks the
         # customer to repeat themselves.

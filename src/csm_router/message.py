@@ -104,8 +104,11 @@ class Inbound:
 
     @property
     def account(self) -> str:
-        """The sender's domain, lower-case."""
-        return self.sender.rpartition("@")[2]
+        """The customer the sender belongs to (threads.account_of): the sender's domain,
+        or at a free-mail provider the sender's own address. Lower-case."""
+        from csm_router.threads import account_of  # threads decides; message only parses
+
+        return account_of(self.sender)
 
     @property
     def received_at(self) -> float | None:

@@ -35,6 +35,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from csm_router.config import Address, PoolMember, ServerUrl
 from csm_router.errors import PermanentError, TransientError, UnsendableError
+from csm_router.keyed import forward_hash
 from csm_router.message import Attachment, Inbound, header_safe
 from csm_router.quotes import defuse_html
 from csm_router.rules.automatic import OWN_HEADER
@@ -255,10 +256,12 @@ def event_line(event: dict[str, Any]) -> str:
     return f"{when(event.get('at'))}  {event.get('event')}{owner}{rule}{why}"
 
 
-def forward_message_id(msgkey: str, owner: str, domain: str, cause: str = "") -> str:
-    """Deterministic, so sending the same forward again is recognisably the same mail."""
-    who = hashlib.sha256(f"{owner}\0{cause}".encode()).hexdigest()[:8]
-    return f"<fwd.{msgkey}.{who}@{domain}>"
+def forward_message_id(msgkey: str, owner: str, domain: str, cause: str = "", *,
+                       secret: bytes) -> str:
+    """Deterministic, so sending the same forward again is recognisably the same mail; keyed
+    with `secret` (keyed.id_secret), so nobody can compute it from the customer's mail and
+    claim it to re-point the thread."""
+    return f"<fwd.{msgkey}.{forward_hash(secret, msgkey, owner, cause)}@{domain}>"
 
 
 MAX_LINE = 998  # RFC 5322 2.1.1: no header line may be longer (CRLF not counted)

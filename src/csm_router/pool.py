@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from csm_router.store import Store, key, text, text_hash
-from csm_router.threads import format_tag, new_tag
+from csm_router.threads import account_of, format_tag, is_free_mail, new_tag
 
 
 class PoolError(ValueError):
@@ -51,18 +51,34 @@ def set_back(store: Store, address: str) -> str:
     return address
 
 
-def assign_onboarding(store: Store, account: str, address: str, days: int, now: float) -> None:
-    """Make `address` the onboarding owner of `account` (a customer domain) for `days`."""
+def assign_onboarding(store: Store, account: str, address: str, days: int, now: float) -> str:
+    """Make `address` the onboarding owner of `account` for `days`: a customer domain, or
+    one person's address at a free-mail provider (threads.account_of)."""
     address = require_member(store, address)
-    account = account.strip().lower().lstrip("@").rpartition("@")[2]
-    if "." not in account or not _DOMAIN.fullmatch(account):
-        raise PoolError(f"{account!r} is not a customer domain: give it as customer.com")
+    account = onboarding_account(account)
     onboarding = key("onboarding", account)
     with store.redis.pipeline() as pipe:
         pipe.hset(onboarding, mapping={"owner": address, "since": now, "days": days})
         # Over once the account graduates to the pool.
         pipe.expireat(onboarding, int(now + max(days, 1) * 86400))
         pipe.execute()
+    return account
+
+
+def onboarding_account(given: str) -> str:
+    """The account `given` names (`customer.com`, or `someone@gmail.com`); PoolError if none.
+
+    A free-mail provider is no customer: its users are strangers to each other.
+    """
+    given = given.strip().lower().lstrip("@")
+    local, at, domain = given.rpartition("@")
+    if "." not in domain or not _DOMAIN.fullmatch(domain) or (at and not local):
+        raise PoolError(f"{given!r} is not a customer domain: give it as customer.com")
+    account = account_of(given)
+    if account == domain and is_free_mail(domain):
+        raise PoolError(f"{domain} is a free-mail provider, not a customer: its users are "
+                        f"separate people; assign one address instead, e.g. someone@{domain}")
+    return account
 
 
 def signature_tag(store: Store, address: str) -> str:

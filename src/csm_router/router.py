@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import redis
 
+from csm_router import bounces
 from csm_router.auth import verify_sender
 from csm_router.decide import decide
 from csm_router.decision import Action
@@ -20,6 +21,7 @@ from csm_router.mailbox import Mailbox
 from csm_router.message import MalformedMessageError, parse
 from csm_router.metrics import ProcessBeat, forget_stale
 from csm_router.outbox import OFFER_BATCH
+from csm_router.rules import automatic
 from csm_router.store import key, message_key, owed_ids, text
 from csm_router.threads import FIRST_REF, format_ref
 
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 
 MAX_TRIES = 3  # a message that failed this often is quarantined, never tried again
 TRIES_TTL = 86400  # how long its tries are remembered (and a failed message stays recognised)
-
 
 
 class Router:
@@ -240,6 +241,10 @@ class Router:
             log.debug("UID %s %s already %s", uid, msg.message_id, snap.recorded)
             return "duplicate"
         decision = decide(msg, snap)
+        if decision.rule == automatic.NAME:
+            # A late delivery report for a forward moves its thread first: were the process
+            # to die before the record, the next pass settles it again, harmlessly.
+            decision = bounces.settle(self.rt, msg, raw, decision)
         if decision.action is Action.QUARANTINE:
             return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey,
                                     rule=decision.rule)

@@ -22,6 +22,7 @@ from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.quotes import html_to_text
 from csm_router.threads import (
     FIRST_REF,
+    is_own_message_id,
     refs_in_subject,
     refs_in_text,
     same_customer,
@@ -486,7 +487,9 @@ class Store:
             "rule": decision.rule,
             "why": decision.why,
             "message_id": msg.message_id,
-            "link_ids": [msg.message_id],
+            # Only a send of ours links an id of our form: inbound mail may merely claim it.
+            "link_ids": ([] if is_own_message_id(msg.message_id, self.settings.alias.domain)
+                         else [msg.message_id]),
             "customer": msg.sender,
             "customer_name": msg.sender_name,
             "account": msg.account,

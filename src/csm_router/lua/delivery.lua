@@ -1,6 +1,7 @@
 -- Everything a forward needs, read in one round trip: the message's record, whether this
 -- forward went out already, the raw message, its thread, the forwards the owner got in it,
--- the account's other threads, and (for someone new to the thread) the messages so far.
+-- the account's other threads (a free-mail customer's account is the person alone: see
+-- threads.account_of), and (for someone new to the thread) the messages so far.
 -- ARGV: msgkey, owner, forward Message-ID, how many earlier messages, how many threads.
 -- Standalone (raw bytes cannot pass through cjson): answers a flat array.
 local P = 'csm:'

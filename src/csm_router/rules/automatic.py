@@ -1,8 +1,13 @@
-"""Auto-replies, bounces, list and bulk mail, and our own copies never start a thread."""
+"""Auto-replies, bounces, list and bulk mail, and our own copies never start a thread.
+
+A delivery report for one of our forwards is ignored here too; the router first lets it
+move the forward's thread on (bounces.settle).
+"""
 
 from __future__ import annotations
 
 import re
+from email.utils import getaddresses
 
 from csm_router.decision import Decision, Snapshot
 from csm_router.message import Inbound
@@ -39,6 +44,8 @@ def reason(msg: Inbound, alias: str) -> str | None:
         return f"our own mail ({OWN_HEADER})"
     if msg.sender == alias:
         return "sent from the alias itself"
+    if (returned := to_return_address(msg, alias)) is not None:
+        return f"a delivery report to the return address {returned}"
     auto = (msg.header("Auto-Submitted") or "no").strip().lower()
     if not auto.startswith("no"):
         return f"Auto-Submitted: {auto}"  # RFC 3834
@@ -58,4 +65,19 @@ def reason(msg: Inbound, alias: str) -> str | None:
         return "null return path (a bounce)"
     if _ROBOT_SENDER.match(msg.sender):
         return f"robot sender {msg.sender}"
+    return None
+
+
+# Where a report to a forward's VERP return address (`success+b-…@acme.com`) shows it came.
+RETURN_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To")
+
+
+def to_return_address(msg: Inbound, alias: str) -> str | None:
+    """The return address of ours (`success+b-…`) `msg` was sent to, else None."""
+    local, _, domain = alias.lower().rpartition("@")
+    for name in RETURN_HEADERS:
+        for _, address in getaddresses(list(msg.header_all(name))):
+            found = address.strip().lower()
+            if found.startswith(f"{local}+b-") and found.endswith(f"@{domain}"):
+                return found
     return None
