@@ -150,6 +150,15 @@ def test_the_configured_address_and_localhost_are_answered(rt: Runtime, host: st
     assert client.get("/", headers={"Host": host}, auth=("admin", PASSWORD)).status_code == 200
 
 
+def test_a_wildcard_address_answers_this_machine_and_ip_addresses_only(rt: Runtime) -> None:
+    everywhere = settings(web_address="0.0.0.0:8025")
+    client = TestClient(create_app(everywhere, rt.redis), base_url=LOCAL)
+    for host in (f"{socket.gethostname()}:8025", "10.0.0.5:8025", "[2001:db8::5]:8025"):
+        assert client.get("/healthz", headers={"Host": host}).status_code != 421, host
+    for host in ("evil.example:8025", "10.0.0.5.evil.example"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 421, host
+
+
 def test_failed_logins_are_logged_and_throttled_per_client_and_overall(
     rt: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,6 +4,7 @@ throttle on failed logins (guessing the status page's password is slow and logge
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import socket
@@ -36,13 +37,17 @@ def host_of(header: str) -> str:
     return value.rstrip(".")
 
 
+ANY_ADDRESS = "*"  # in allowed_hosts: any IP address, as a wildcard bind listens on all
+
+
 def allowed_hosts(settings: Settings) -> frozenset[str]:
-    """The names a request may use: ROUTER_WEB_ADDRESS's host, and this machine's own
-    names (loopback, its host name) when that is a wildcard like 0.0.0.0."""
+    """The names a request may use: ROUTER_WEB_ADDRESS's host, and where that is a
+    wildcard like 0.0.0.0, this machine's names and any IP address (rebinding needs a
+    name: an address in Host is no page elsewhere reading this one)."""
     host, _ = settings.web_bind
     names = {host.lower().strip("[]"), "localhost", "127.0.0.1", "::1"}
     if host in ("", "0.0.0.0", "::"):
-        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower(), ANY_ADDRESS}
     return frozenset(n for n in names if n)
 
 
@@ -51,7 +56,15 @@ def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
     if not header:
         return False
     name = host_of(header)
-    return name in allowed or is_loopback(name)
+    if name in allowed or is_loopback(name):
+        return True
+    if ANY_ADDRESS in allowed:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+    return False
 
 
 class HostCheck:
