@@ -6,23 +6,19 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import html
 import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses
-from html.parser import HTMLParser
+from email.utils import format_datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
 import aiosmtplib
-import nh3
 from jinja2 import (
     BaseLoader,
     ChoiceLoader,
@@ -35,10 +31,21 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from csm_router.config import Address, PoolMember, ServerUrl
 from csm_router.errors import PermanentError, TransientError, UnsendableError
+from csm_router.headers import (
+    MAX_NAME,
+    MAX_SUBJECT,
+    check_lines,
+    content_id,
+    file_name,
+    header_address,
+    header_text,
+    message_ids,
+    recipients,
+)
 from csm_router.keyed import forward_hash
-from csm_router.message import Attachment, Inbound, header_safe
-from csm_router.quotes import defuse_html
+from csm_router.message import Attachment, Inbound
 from csm_router.rules.automatic import OWN_HEADER
+from csm_router.safehtml import safe_html
 from csm_router.threads import format_ref, subject_with_ref
 
 
@@ -85,143 +92,6 @@ def check_templates(override: Path) -> list[str]:
             problems.append(f"{path.name} line {exc.lineno}: {exc.message}")
     return problems
 
-# What the customer's HTML keeps in a forward: structure, ordinary formatting, tables,
-# images and links. No <style>, no style or class attributes, no colours: nothing the
-# customer writes can restyle, cover or imitate the context block above it.
-_HTML_TAGS = (nh3.ALLOWED_TAGS - {"map", "area", "details", "summary"}) | {"font", "tfoot"}
-_HTML_DROPPED_WITH_CONTENT = {
-    "script", "style", "title", "template", "noscript", "iframe", "object", "embed",
-    "svg", "math",
-}
-_CELL = {"width", "colspan", "rowspan", "valign", "headers"}
-_HTML_ATTRIBUTES = {
-    "*": {"dir", "lang", "title", "align"},
-    "a": {"href", "hreflang"},
-    "img": {"src", "alt", "width", "height"},
-    "table": {"width", "border", "cellpadding", "cellspacing", "summary"},
-    "td": _CELL, "th": _CELL | {"scope"}, "tr": {"valign"},
-    "col": {"span", "width"}, "colgroup": {"span", "width"},
-    "ol": {"start", "type"}, "ul": {"type"}, "li": {"value"},
-    "blockquote": {"cite"}, "q": {"cite"}, "del": {"datetime"}, "ins": {"datetime"},
-    "time": {"datetime"}, "font": {"face", "size"}, "hr": {"width", "size"},
-}
-_LINK_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
-# cid: for the images the message carries; data: only for raster images (an SVG can script).
-_IMAGE_SCHEMES = frozenset({"http", "https", "cid"})
-_DATA_IMAGE = re.compile(r"data:image/(?:png|gif|jpeg|jpg|webp|bmp)[;,]")
-_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):")
-# Browsers ignore ASCII whitespace and controls in a URL's scheme ("java\tscript:").
-_URL_NOISE = re.compile(r"[\x00-\x20]+")
-# html5ever checks scopes by walking the open elements, so deep nesting is quadratic
-# there (1 MB of "<div>" took 90 s); nothing legitimate nests this deep.
-_MAX_DEPTH = 100
-_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link",
-                   "meta", "param", "source", "track", "wbr"})
-_SIBLINGS = {"p": ("p",), "li": ("li",), "dt": ("dt", "dd"), "dd": ("dt", "dd"),
-             "tr": ("tr",), "td": ("td", "th"), "th": ("td", "th"), "option": ("option",)}
-_TAG_NAME = re.compile(r"[a-z][a-z0-9:-]*")
-_MAX_TEXT_RUN = 16 * 1024
-
-
-def _keep_url(tag: str, attribute: str, value: str) -> str | None:
-    """Links to the web, mail and phone; images inline (cid:, raster data:) or on the web."""
-    if attribute not in ("href", "src", "cite"):
-        return value
-    url = _URL_NOISE.sub("", value).lower()
-    if tag == "img" and attribute == "src":
-        if _DATA_IMAGE.match(url):
-            return value
-        schemes = _IMAGE_SCHEMES
-    else:
-        schemes = _LINK_SCHEMES
-    found = _SCHEME.match(url)
-    # A relative URL means nothing in a mail and would resolve against the CSM's client.
-    return value if found and found.group(1) in schemes else None
-
-
-class _Nesting(HTMLParser):
-    """Re-writes HTML well nested and at most _MAX_DEPTH elements deep; text is escaped."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.open: list[str] = []
-        self.run = 0  # characters of text since the last tag
-
-    def _start(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
-        if not _TAG_NAME.fullmatch(tag):
-            return False
-        if tag not in _VOID:
-            if self.open and self.open[-1] in _SIBLINGS.get(tag, ()):
-                self._close_top()  # "<li>a<li>b": the parser would close the first itself
-            if len(self.open) >= _MAX_DEPTH:
-                return False
-            self.open.append(tag)
-        written = "".join(f' {name}="{html.escape(value or "")}"' for name, value in attrs
-                          if _TAG_NAME.fullmatch(name))
-        self.out.append(f"<{tag}{written}>")
-        self.run = 0
-        return tag not in _VOID
-
-    def _close_top(self) -> None:
-        self.out.append(f"</{self.open.pop()}>")
-        self.run = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._start(tag, attrs)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self._start(tag, attrs):
-            self._close_top()
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.open:  # at most _MAX_DEPTH to look at
-            while self.open[-1] != tag:
-                self._close_top()
-            self._close_top()
-
-    def handle_data(self, data: str) -> None:
-        # html5ever slows down super-linearly on one huge text node full of "&"; an
-        # invisible <wbr> now and then keeps every node short.
-        start = 0
-        while start < len(data):
-            if self.run == _MAX_TEXT_RUN:
-                self.out.append("<wbr>")
-                self.run = 0
-            end = start + _MAX_TEXT_RUN - self.run
-            piece = data[start:end]
-            self.out.append(html.escape(piece, quote=False))
-            self.run += len(piece)
-            start = end
-
-    def result(self) -> str:
-        while self.open:
-            self._close_top()
-        return "".join(self.out)
-
-
-def safe_html(markup: str) -> str:
-    """The customer's HTML as a balanced fragment with nothing active and no styling.
-
-    Linear in the input: comments and stray "<" are defused first, nesting is bounded,
-    then nh3 (ammonia) sanitises.
-    """
-    nesting = _Nesting()
-    with contextlib.suppress(Exception):  # html.parser may assert on pathological markup
-        nesting.feed(defuse_html(markup))
-        nesting.close()
-    return nh3.clean(
-        nesting.result(),
-        tags=_HTML_TAGS,
-        clean_content_tags=_HTML_DROPPED_WITH_CONTENT,
-        attributes=_HTML_ATTRIBUTES,
-        attribute_filter=_keep_url,
-        url_schemes=set(_LINK_SCHEMES | _IMAGE_SCHEMES | {"data"}),
-        link_rel="noopener noreferrer",
-        strip_comments=True,
-    )
-
-
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """The verifying TLS context, built once: loading the CA store costs tens of ms."""
@@ -264,68 +134,6 @@ def forward_message_id(msgkey: str, owner: str, domain: str, cause: str = "", *,
     return f"<fwd.{msgkey}.{forward_hash(secret, msgkey, owner, cause)}@{domain}>"
 
 
-MAX_LINE = 998  # RFC 5322 2.1.1: no header line may be longer (CRLF not counted)
-MAX_SUBJECT = 200
-MAX_NAME = 100
-MAX_FILENAME = 150
-MAX_ID = 250  # a Message-ID or Content-ID longer than this is nobody's real id
-_SPACES = re.compile(r"\s+")
-_ID_TEXT = re.compile(rf"<[!-;=?-~]{{1,{MAX_ID}}}>")  # printable ASCII, no "<" or ">"
-
-
-def header_text(value: str, limit: int) -> str:
-    """`value` made a short, safe header text: one line of at most `limit` characters,
-    cut with an ellipsis.
-
-    The email package parses what a header is set to, decoding RFC 2047 encoded words
-    again (at quadratic cost, and a decoded line break is then written as one: header
-    injection), so the text is bounded first and "=?" never reaches it as such.
-    """
-    text = _SPACES.sub(" ", header_safe(value[: limit * 4])).strip()
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "\u2026"
-    return text.replace("=?", "=\u200b?")  # a zero-width space: shown the same, never decoded
-
-
-def _file_name(name: str) -> str:
-    """A filename for a header: safe and short, its extension kept."""
-    text = header_text(name, MAX_FILENAME + 20)
-    if len(text) <= MAX_FILENAME:
-        return text
-    stem, dot, extension = text.rpartition(".")
-    if not dot or len(extension) > 10:
-        return header_text(text, MAX_FILENAME)
-    return header_text(stem, MAX_FILENAME - len(extension) - 1) + "." + extension
-
-
-def _ids(ids: Sequence[str]) -> list[str]:
-    """The message-ids a header of ours can carry as they are; others are left out."""
-    return [i for i in ids if _ID_TEXT.fullmatch(i)]
-
-
-def check_lines(message: EmailMessage) -> None:
-    """Raise UnsendableError if a header line of `message`, as it will be written, is over
-    RFC 5322's 998 characters (relays answer 5xx to such a mail)."""
-    for part in message.walk():
-        for name, value in part.items():
-            folded = part.policy.fold_binary(name, value)
-            if max(map(len, folded.splitlines())) > MAX_LINE:
-                raise UnsendableError(f"its {name} header does not fit in {MAX_LINE} "
-                                      "characters a line")
-
-
-def header_address(address: str, name: str = "") -> HeaderAddress:
-    username, _, domain = address.partition("@")
-    return HeaderAddress(display_name=header_text(name, MAX_NAME) if name else "",
-                         username=username, domain=domain)
-
-
-def _recipients(to: str) -> str:
-    """A To header of ours, its display names made short and safe."""
-    return ", ".join(str(header_address(address, name))
-                     for name, address in getaddresses([to]) if address)
-
-
 def stamp(
     *, sender: str, alias: Address, to: str, subject: str, message_id: str, kind: str
 ) -> EmailMessage:
@@ -338,7 +146,7 @@ def stamp(
     out = EmailMessage()
     display = header_text(sender.replace("\\", "").replace('"', ""), MAX_NAME)
     out["From"] = f'"{display}" <{alias.address}>'
-    out["To"] = _recipients(to)
+    out["To"] = recipients(to)
     out["Subject"] = header_text(subject, MAX_SUBJECT)
     out["Date"] = format_datetime(datetime.now(UTC))
     out["Message-ID"] = message_id
@@ -399,8 +207,8 @@ def render_forward(
     # The forward answers the customer's message: the CSM's plain Reply then threads under
     # it in the customer's client, the CSM's client keeps the thread's forwards together,
     # and anyone can tell which mail a forward carries.
-    references = _ids([*dict.fromkeys([*previous, msg.message_id])])
-    if _ids([msg.message_id]):
+    references = message_ids([*dict.fromkeys([*previous, msg.message_id])])
+    if message_ids([msg.message_id]):
         out["In-Reply-To"] = msg.message_id
     if references:
         out["References"] = " ".join(references)
@@ -446,13 +254,13 @@ def attach_originals(
     """
     inline: list[Attachment] = []
     for a in attachments:
-        cid = _content_id(a.content_id)
+        cid = content_id(a.content_id)
         if html is None or cid is None:
             continue
         maintype, _, subtype = _content_type(a.content_type).partition("/")
         html.add_related(a.data, maintype=maintype or "application",
                          subtype=subtype or "octet-stream", cid=cid,
-                         filename=_file_name(a.filename) or None)
+                         filename=file_name(a.filename) or None)
         inline.append(a)
     for a in attachments:
         if a in inline:
@@ -460,21 +268,13 @@ def attach_originals(
         maintype, _, subtype = _content_type(a.content_type).partition("/")
         out.add_attachment(a.data, maintype=maintype or "application",
                            subtype=subtype or "octet-stream",
-                           filename=_file_name(a.filename) or "attachment")
+                           filename=file_name(a.filename) or "attachment")
 
 
 def _content_type(content_type: str) -> str:
     """How an original attachment is carried: as it was, but for a delivery status, which
     the email package can only write as parsed header blocks, never as the bytes we have."""
     return "text/plain" if content_type.endswith("delivery-status") else content_type
-
-
-def _content_id(content_id: str | None) -> str | None:
-    """`<id>` as written, if a header of ours can carry it unchanged (the HTML names it)."""
-    if not content_id:
-        return None
-    cid = content_id if content_id.startswith("<") else f"<{content_id}>"
-    return cid if _ID_TEXT.fullmatch(cid) else None
 
 
 def render_notice(
@@ -491,7 +291,7 @@ def render_notice(
     out = stamp(sender=sender.name or sender.address, alias=sender, to=", ".join(to),
                 subject=subject, message_id=message_id, kind=template.split(".", 1)[0])
     out["Auto-Submitted"] = "auto-generated"  # RFC 3834: nobody should auto-reply to it
-    if in_reply_to and _ids([in_reply_to]):
+    if in_reply_to and message_ids([in_reply_to]):
         out["In-Reply-To"] = in_reply_to
         out["References"] = in_reply_to
     out.set_content(render(template, **context))
@@ -554,6 +354,8 @@ _WRITING_FAILURES = (AttributeError, TypeError, ValueError, LookupError)
 
 def _unwritable(exc: Exception) -> UnsendableError:
     return UnsendableError(f"the mail cannot be written ({type(exc).__name__}: {exc})")
+
+
 _STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463, e.g. 5.6.0
 
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from csm_router.config import Address, Settings
 from csm_router.errors import PermanentError
+from csm_router.headers import header_address
 from csm_router.message import Inbound
 from csm_router.outbound import (
     EarlierMessage,
     attach_originals,
-    header_address,
     mailer,
     render,
     stamp,
