@@ -38,14 +38,13 @@ from csm_router.durability import (
 )
 from csm_router.metrics import RedisCollector, check_routers
 from csm_router.outbound import template_environment
-from csm_router.statuspage import credentials_match, overview, parse_ref, thread_view
+from csm_router.statuspage import overview, parse_ref, thread_view
 from csm_router.store import Store
 from csm_router.threads import format_ref
-from csm_router.webguard import HostCheck, LoginThrottle, allowed_hosts
+from csm_router.webguard import Gate, HostCheck, LoginThrottle, allowed_hosts
 
 log = logging.getLogger(__name__)
 
-REALM = "csm-router"
 # The pages carry the lead's customers' names and subjects: never cached, never framed,
 # and no script runs even if something slipped past escaping.
 PAGE_HEADERS = {
@@ -85,24 +84,9 @@ def create_app(settings: Settings, redis: Redis,
     registries = {detailed: CollectorRegistry(auto_describe=False) for detailed in (False, True)}
     for detailed, registry in registries.items():
         registry.register(RedisCollector(redis, settings, detailed=detailed))
-    throttle = throttle or LoginThrottle()
+    gate = Gate(settings.web_user, password, throttle or LoginThrottle())
+    authorised, refused = gate.check, gate.refused
     health = Health(redis)
-
-    def authorised(request: Request) -> bool | Response:
-        """True with valid credentials, False without any; a refusal for wrong ones."""
-        header = request.headers.get("authorization")
-        if password is None or not header:
-            return False
-        client = request.client.host if request.client else "unknown"
-        wait = throttle.wait_for(client)
-        if wait:
-            return PlainTextResponse(
-                f"429 Too Many Requests: too many failed logins; try again in {wait}s\n",
-                status_code=429, headers={"Retry-After": str(wait)})
-        if credentials_match(header, settings.web_user, password):
-            return True
-        throttle.failed(client)
-        return refused()
 
     # Plain functions: Starlette runs them in its thread pool, off the event loop, which
     # is what the blocking Redis client needs.
@@ -125,11 +109,6 @@ def create_app(settings: Settings, redis: Redis,
         healthy, lines = health.report(time.time(), detailed=detailed)
         return PlainTextResponse(("ok\n" if healthy else "unhealthy\n") + "".join(
             f"- {line}\n" for line in lines), status_code=200 if healthy else 503)
-
-    def refused() -> Response:
-        return PlainTextResponse(
-            "401 Unauthorized: the status page needs ROUTER_WEB_USER and ROUTER_WEB_PASSWORD\n",
-            status_code=401, headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
 
     def guarded(page: Callable[[Request], Response]) -> Callable[[Request], Response]:
         def answer(request: Request) -> Response:

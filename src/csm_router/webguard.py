@@ -14,13 +14,16 @@ from collections import deque
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
-from starlette.responses import PlainTextResponse
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from csm_router.config import Settings, is_loopback
+from csm_router.statuspage import credentials_match
 
 log = logging.getLogger(__name__)
 
+REALM = "csm-router"
 CLIENT_FAILURES = 5  # a client's failed logins within WINDOW before it must wait
 ALL_FAILURES = 30  # everyone's failed logins within WINDOW before logins pause for all
 WINDOW_SECONDS = 60.0
@@ -85,6 +88,37 @@ class HostCheck:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class Gate:
+    """Who may see what: the status page's credentials (HTTP Basic), checked only while
+    the throttle lets this client try."""
+
+    def __init__(self, user: str, password: str | None, throttle: LoginThrottle) -> None:
+        self.user, self.password, self.throttle = user, password, throttle
+
+    def check(self, request: Request) -> bool | Response:
+        """True with valid credentials, False without any; an answer (401, or 429 while
+        throttled) for wrong ones."""
+        header = request.headers.get("authorization")
+        if self.password is None or not header:
+            return False
+        client = request.client.host if request.client else "unknown"
+        wait = self.throttle.wait_for(client)
+        if wait:
+            return PlainTextResponse(
+                f"429 Too Many Requests: too many failed logins; try again in {wait}s\n",
+                status_code=429, headers={"Retry-After": str(wait)})
+        if credentials_match(header, self.user, self.password):
+            return True
+        self.throttle.failed(client)
+        return self.refused()
+
+    @staticmethod
+    def refused() -> Response:
+        return PlainTextResponse(
+            "401 Unauthorized: the status page needs ROUTER_WEB_USER and ROUTER_WEB_PASSWORD\n",
+            status_code=401, headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
 
 
 class LoginThrottle:
