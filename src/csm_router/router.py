@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from csm_router.dispatch import Runtime, record_decision, release_held
 from csm_router.durability import EpochWatch, warn_persistence
 from csm_router.errors import Backoff, PermanentError, TransientError, server_fault
 from csm_router.mailbox import Mailbox
-from csm_router.message import MalformedMessageError, parse
+from csm_router.message import MalformedMessageError, header_safe, parse
 from csm_router.metrics import ProcessBeat, forget_stale
 from csm_router.outbox import OFFER_BATCH
 from csm_router.rules import automatic
@@ -26,6 +27,8 @@ from csm_router.store import key, message_key, owed_ids, text
 from csm_router.threads import FIRST_REF, format_ref
 
 log = logging.getLogger(__name__)
+
+_MESSAGE_ID_LINE = re.compile(rb"^message-id:[ \t]*([^\r\n]{1,200})", re.IGNORECASE | re.MULTILINE)
 
 MAX_TRIES = 3  # a message that failed this often is quarantined, never tried again
 TRIES_TTL = 86400  # how long its tries are remembered (and a failed message stays recognised)
@@ -184,9 +187,11 @@ class Router:
             pipe.expire(tries_key, TRIES_TTL)
             tries, last, _ = pipe.execute()
         if tries > MAX_TRIES:
-            # Its last tries never came back: the router died handling it.
+            # Its last tries never came back: the router died handling it, perhaps parsing
+            # it, so it is not parsed again: kept by its bytes.
             return self._give_up(uid, raw, tries - 1,
-                                 text(last) or "the router stopped while routing it")
+                                 text(last) or "the router stopped while routing it",
+                                 parsed=False)
         try:
             return self._handle(uid, raw)
         except (TransientError, PermanentError, redis.RedisError) as exc:
@@ -207,16 +212,24 @@ class Router:
         # Retried after a backoff, like a server's trouble, until its tries are used up.
         raise TransientError(f"UID {uid} {message_id}: {error} (try {tries} of {MAX_TRIES})")
 
-    def _give_up(self, uid: int, raw: bytes, tries: int, error: str) -> str:
+    def _give_up(self, uid: int, raw: bytes, tries: int, error: str, *,
+                 parsed: bool = True) -> str:
         """Quarantine a message routing failed on `tries` times (unless it was recorded)."""
-        message_id = self._message_id(raw)
+        msg = None
+        if parsed:
+            with contextlib.suppress(MalformedMessageError):
+                msg = parse(raw, max_bytes=self.rt.settings.max_message_bytes)
+        reason = f"routing it failed {tries} times: {error}"
+        message_id = msg.message_id if msg else _message_id_line(raw)
         try:
-            msgkey = message_key(parse(raw, max_bytes=self.rt.settings.max_message_bytes), raw)
-        except MalformedMessageError:
-            msgkey = None
-        return self._quarantine(uid, raw, message_id if message_id != "(no id)" else "",
-                                f"routing it failed {tries} times: {error}", msgkey,
-                                rule="failed-routing")
+            return self._quarantine(uid, raw, message_id, reason, message_key(msg, raw),
+                                    rule="failed-routing")
+        except redis.RedisError as exc:
+            if server_fault(exc):
+                raise
+            # Even the record of its quarantine was refused its data: keep it by its bytes.
+            return self._quarantine(uid, raw, "", reason, message_key(None, raw),
+                                    rule="failed-routing")
 
     def _message_id(self, raw: bytes) -> str:
         """The message's Message-ID for a log line, "(no id)" if it has none to read."""
@@ -291,3 +304,9 @@ class Router:
                     self.mailbox.quarantine_folder, reason,
                     extra={"message_id": message_id, "rule": rule})
         return "quarantined"
+
+
+def _message_id_line(raw: bytes) -> str:
+    """The Message-ID header as written, for a message not to be parsed again."""
+    found = _MESSAGE_ID_LINE.search(raw[: 64 * 1024])
+    return header_safe(found[1].decode("utf-8", "replace")).strip() if found else ""
