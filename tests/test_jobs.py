@@ -114,9 +114,9 @@ def technical_request(smtp: RecordingSmtp, handler: str) -> tuple[Runtime, str, 
 
 
 def test_a_team_can_plug_in_its_own_support_handler(smtp: RecordingSmtp) -> None:
-    _, msgkey, outcome = technical_request(smtp, f"{__name__}:record_handoff")
+    rt, msgkey, outcome = technical_request(smtp, f"{__name__}:record_handoff")
     assert outcome.followup.support == msgkey
-    jobs.hand_to_support(msgkey, outcome.ref or 0, tell=True)
+    run_worker(rt, burst=True)
     jobs.configure(None)
 
     (handoff,) = HANDOFFS

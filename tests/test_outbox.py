@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
-from csm_router import jobs
+from csm_router import jobs, sending
+from csm_router.config import ConfigError
 from csm_router.decide import decide
 from csm_router.dispatch import Runtime
 from csm_router.embedded import RecordingSmtp
 from csm_router.message import parse
-from csm_router.outbox import RETRY_DELAYS, Heartbeat, Pump
+from csm_router.outbox import (
+    RETRY_DELAYS,
+    Heartbeat,
+    Pump,
+    WorkerNameTakenError,
+    job_timeout,
+    retry_delays,
+)
 from csm_router.store import key, message_key
 from csm_router.worker import run_worker
 from support.runtime import worker_runtime
@@ -148,3 +159,168 @@ def test_one_sweep_per_period_for_the_whole_deployment(rt: Runtime) -> None:
     rt.redis.delete(key("sweep", "lock"))  # the period is over
     pumps[2].once()
     assert sweeps == ["x", "x"]
+
+
+def test_a_dead_letter_never_stops_a_fresh_owe_of_the_same_send(rt: Runtime) -> None:
+    msgkey, (first,) = record(rt)
+
+    def fails_for_good(entry_id: str, csm: str) -> list[str]:
+        rt.outbox.dead(entry_id, "relay down for hours")
+        out = rt.store.undeliverable("deliver", 1001, csm, msgkey, "relay down for hours")
+        return [i for i in out["owed"] if i.startswith("deliver-")]
+
+    (to_bob,) = fails_for_good(first, ALICE)
+    (to_alice,) = fails_for_good(to_bob, BOB)
+    # Alice -> Bob -> Alice -> Bob: the forward to Bob is owed again, as a new generation.
+    assert fails_for_good(to_alice, ALICE) == [f"{to_bob}-g2"]
+    assert rt.store.thread(1001)["owner"] == BOB
+    assert to_bob in [d.id for d in rt.outbox.dead_letters()]  # still listed
+
+
+def take_and_mark(rt: Runtime, entry_id: str, beat: Heartbeat, write_by: float) -> None:
+    beat.beat()
+    assert rt.outbox.take(entry_id, beat.holder, beat.same) is not None
+    assert rt.outbox.sending(entry_id, beat.holder, write_by)
+
+
+def test_an_entry_being_sent_waits_until_its_sender_can_no_longer_record_it(
+    rt: Runtime,
+) -> None:
+    _, (entry_id,) = record(rt)
+    one, two = Heartbeat(rt.store), Heartbeat(rt.store)
+    take_and_mark(rt, entry_id, one, write_by=1000.0)
+    rt.redis.delete(key("alive", one.holder))  # its beat lapsed: Redis away, say
+    rt.outbox.reclaim()
+    two.beat()
+    assert rt.outbox._op("take", now=999.0, id=entry_id, holder=two.holder)["state"] == "busy"
+    assert rt.redis.zscore(key("outbox"), entry_id) == 1000.0  # due when it can be sent
+    assert rt.outbox._op("take", now=1001.0, id=entry_id, holder=two.holder)["state"] == "taken"
+
+
+def test_a_restart_under_the_same_name_takes_its_own_marked_entry_at_once(
+    rt: Runtime,
+) -> None:
+    _, (entry_id,) = record(rt)
+    before = Heartbeat(rt.store, "host-1")
+    take_and_mark(rt, entry_id, before, write_by=10**12)
+    after = Heartbeat(rt.store, "host-1")  # kill -9, restart: the old one wrote nothing more
+    after.beat()
+    rt.outbox.reclaim(dead_prefix=after.same, keep=after.holder)
+    taken = rt.outbox.take(entry_id, after.holder, after.same)
+    assert taken is not None and taken.marker == before.holder
+    other = Heartbeat(rt.store, "host-2")
+    other.beat()
+    assert rt.outbox.take(entry_id, other.holder, other.same) is None
+
+
+def test_what_is_written_after_a_send_is_written_once(rt: Runtime) -> None:
+    _, (entry_id,) = record(rt)
+    writes = [["RPUSH", "csm:test:list", "x"], ["HINCRBY", "csm:test:hash", "n", 1]]
+    assert rt.outbox.sent("<m@acme.com>", entry_id, "sent", writes)
+    assert not rt.outbox.sent("<m@acme.com>", entry_id, "sent", writes)  # a repeat
+    assert rt.redis.lrange("csm:test:list", 0, -1) == [b"x"]
+    assert rt.redis.hget("csm:test:hash", "n") == b"1"
+    assert rt.redis.hget(key("outbox", "e", entry_id), "state") == b"done"
+
+
+def test_a_replica_not_confirming_is_a_wait_not_a_failed_attempt(
+    rt: Runtime, smtp: RecordingSmtp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, (entry_id,) = record(rt)
+    monkeypatch.setattr(rt.store, "replicated", lambda: False)
+    for _ in range(len(RETRY_DELAYS) + 2):
+        assert jobs.perform(entry_id).startswith("waiting")
+        rt.redis.zadd(key("outbox"), {entry_id: 0})  # due again at once
+    fields = rt.redis.hgetall(key("outbox", "e", entry_id))
+    assert fields[b"state"] == b"pending" and fields[b"attempts"] == b"0"
+    assert rt.outbox.dead_letters() == [] and rt.store.thread(1001)["owner"] == ALICE
+    assert smtp.messages == []
+    monkeypatch.undo()
+    assert jobs.perform(entry_id).startswith("sent")
+
+
+def test_an_offer_reads_the_job_status_and_finds_a_lost_job(rt: Runtime) -> None:
+    _, owed = record(rt)
+    assert rt.outbox.offer(owed) == 1
+    (job_id,) = [j.decode() for j in rt.redis.lrange("rq:queue:deliver", 0, -1)]
+    assert rt.redis.hget(f"rq:job:{job_id}", "timeout") == str(job_timeout(1)).encode()
+    rt.redis.rpush("rq:queue:deliver", "someone-elses-job")  # the queue is not empty
+    assert rt.outbox.offer(now=10**10) == 0  # 'queued': its job waits, whatever the queue
+    rt.redis.lrem("rq:queue:deliver", 0, job_id)  # popped by a worker that died at once
+    assert rt.outbox.offer(now=2 * 10**10) == 1  # an old offer is looked for, and missed
+    job_id = rt.redis.hget(key("outbox", "e", owed[0]), "job").decode()
+    rt.redis.hset(f"rq:job:{job_id}", "status", "finished")  # a plain `rq worker` ate it
+    assert rt.outbox.offer(now=3 * 10**10) == 1
+
+
+def test_a_plain_rq_worker_does_nothing_and_leaves_the_entry_owed(
+    rt: Runtime, smtp: RecordingSmtp, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, (entry_id,) = record(rt)
+    jobs.configure(None)  # what a plain `rq worker` has: nobody configured the jobs
+    assert jobs.perform(entry_id).startswith("refused")
+    assert "plain `rq worker`" in caplog.text
+    assert smtp.messages == [] and rt.outbox.pending() == 1
+
+
+def test_automatic_notes_to_one_sender_are_limited_per_day(rt: Runtime) -> None:
+    allowed = [rt.outbox.note_allowed(f"note-{n}", "Jane@Globex.com", "2026-12-02")
+               for n in range(5)]
+    assert allowed == [True, True, True, False, False]
+    assert rt.outbox.note_allowed("note-0", "jane@globex.com", "2026-12-02")  # a retry
+    assert rt.outbox.note_allowed("note-9", "jane@globex.com", "2026-12-03")
+
+
+def test_a_second_worker_under_a_live_workers_name_is_refused(rt: Runtime) -> None:
+    live = Heartbeat(rt.store, "host-1")
+    live.beat()
+    beating = threading.Event()
+
+    def keep_beating() -> None:
+        while not beating.wait(0.2):
+            live.beat()
+
+    thread = threading.Thread(target=keep_beating)
+    thread.start()
+    try:
+        with pytest.raises(WorkerNameTakenError, match="host-1"):
+            Heartbeat(rt.store, "host-1").refuse_live_twin(watch=2.0, every=0.3)
+    finally:
+        beating.set()
+        thread.join()
+    # Killed with -9: its beat stays a few seconds but no longer advances.
+    Heartbeat(rt.store, "host-1").refuse_live_twin(watch=1.0, every=0.3)
+
+
+def test_the_retry_schedule_can_be_set_and_a_bad_one_is_refused() -> None:
+    assert retry_delays("") == tuple(float(x) for x in RETRY_DELAYS)
+    assert retry_delays(" 0.2, 1 ") == (0.2, 1.0)
+    with pytest.raises(ConfigError, match="ROUTER_RETRY_DELAYS"):
+        retry_delays("5s,15s")
+
+
+def test_a_send_whose_record_failed_is_recorded_once_redis_is_back(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, (entry_id,) = record(rt)
+    beat = Heartbeat(rt.store)
+    beat.beat()
+    assert rt.outbox.take(entry_id, beat.holder) is not None
+    attempt = sending.begin(entry_id, beat.holder)
+    attempt.write_by = time.time()  # no time left to wait for Redis
+    recorded = rt.outbox.sent
+
+    def redis_away(*args: object, **kwargs: object) -> bool:
+        raise redis.ConnectionError("Redis is away")
+
+    try:
+        monkeypatch.setattr(rt.outbox, "sent", redis_away)
+        with pytest.raises(redis.ConnectionError):
+            sending.record(rt, "<gone@acme.com>")
+        assert attempt.uncertain(redis.ConnectionError())  # sent: never retried blind
+        monkeypatch.setattr(rt.outbox, "sent", recorded)  # Redis is back
+        assert sending.flush() == 0
+    finally:
+        sending.end()
+    assert rt.redis.hget(key("outbox", "e", entry_id), "state") == b"done"
+    assert rt.redis.exists(key("sent", "<gone@acme.com>"))

@@ -274,6 +274,8 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=400, ge=1)
     # An answered thread with no new mail for this long closes by itself (seconds).
     close_after: Annotated[int, NoDecode] = 14 * 86400
+    # Seconds between a failed send's attempts, e.g. "5,15,30" (empty: outbox.RETRY_DELAYS).
+    retry_delays: str = ""
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     templates_dir: Path | None = None

@@ -285,6 +285,8 @@ class _Recorder:
         self.messages: list[Received] = []
         self.failures: list[str] = []
         self.holds = 0  # how many coming DATA commands hang, as a stuck relay's would
+        self.accept_held = False  # whether a held DATA is accepted (250) once released
+        self.refusals: dict[str, str] = {}  # recipient -> the reply to mail for them
         self.released = threading.Event()
         self.waiting = threading.Event()  # set while a DATA hangs
 
@@ -295,10 +297,14 @@ class _Recorder:
         if held:
             self.waiting.set()
             await asyncio.to_thread(self.released.wait)
-            return "451 4.3.0 held, not delivered"
+            if not self.accept_held:
+                return "451 4.3.0 held, not delivered"
         with self.changed:
-            if self.failures:
+            if self.failures and not held:
                 return self.failures.pop(0)
+            for rcpt in envelope.rcpt_tos:
+                if rcpt.lower() in self.refusals:
+                    return self.refusals[rcpt.lower()]
             self.messages.append(
                 Received(
                     mail_from=envelope.mail_from or "",
@@ -394,10 +400,18 @@ class RecordingSmtp(Service):
         with self._recorder.changed:
             self._recorder.failures.extend([f"{code} {text}"] * count)
 
-    def hold(self, count: int = 1) -> None:
-        """Make the next `count` DATA commands hang until `release()`, then fail with 451."""
+    def refuse(self, rcpt: str, code: int, text: str) -> None:
+        """Answer DATA for mail to `rcpt` with ``code text`` from now on (a mailbox that
+        refuses it), whatever else is queued."""
+        with self._recorder.changed:
+            self._recorder.refusals[rcpt.lower()] = f"{code} {text}"
+
+    def hold(self, count: int = 1, *, accept: bool = False) -> None:
+        """Make the next `count` DATA commands hang until `release()`, then fail with 451
+        (or, with `accept`, be accepted: a relay that answers 250 late)."""
         with self._recorder.changed:
             self._recorder.holds = count
+            self._recorder.accept_held = accept
         self._recorder.waiting.clear()
         self._recorder.released.clear()
 
@@ -411,10 +425,11 @@ class RecordingSmtp(Service):
         self._recorder.released.set()
 
     def clear(self) -> None:
-        """Forget recorded messages and pending failures."""
+        """Forget recorded messages, pending failures and refusals."""
         with self._recorder.changed:
             self._recorder.messages.clear()
             self._recorder.failures.clear()
+            self._recorder.refusals.clear()
 
 
 async def _cancel_other_tasks() -> None:

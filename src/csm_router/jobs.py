@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from typing import Any
 
 import redis
 
-from csm_router import digest, durability, report
+from csm_router import digest, durability, handoff, report, sending
 from csm_router.auth import reply_address
 from csm_router.classify import classify
-from csm_router.config import Address, PoolMember, format_duration, load_settings
+from csm_router.config import PoolMember, format_duration, load_settings
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError, UnsendableError
 from csm_router.keyed import id_secret, verp_address
@@ -24,7 +24,6 @@ from csm_router.metrics import observe_forward
 from csm_router.outbound import (
     EarlierMessage,
     EarlierThread,
-    event_line,
     forward_message_id,
     mailer,
     message_id_for,
@@ -32,20 +31,22 @@ from csm_router.outbound import (
     render_notice,
     when,
 )
-from csm_router.outbox import Entry, Heartbeat
+from csm_router.outbox import (
+    AFTER_SEND_PATIENCE,
+    JOB_MARGIN,
+    SEND_SECONDS,
+    Entry,
+    Heartbeat,
+    job_timeout,
+)
+from csm_router.sending import NotYetSafeError, Writes
 from csm_router.store import KEEP_SECONDS, DeliveryContext, key, owed_ids
-from csm_router.support import SupportHandoff, load_handler
-from csm_router.threads import account_of, format_ref, reply_subject, subject_with_ref
+from csm_router.threads import account_of, format_ref
 
 log = logging.getLogger(__name__)
 
-SENT_TTL_SECONDS = 90 * 86400
-AFTER_SEND_PATIENCE = 150.0  # within RQ's default job timeout (180 s)
 _runtime: Runtime | None = None
 _heartbeat: Heartbeat | None = None
-# The outbox entry being performed, and the one whose send already recorded it as done.
-_performing: str | None = None
-_finished: str | None = None
 
 
 def configure(rt: Runtime | None, heartbeat: Heartbeat | None = None) -> None:
@@ -70,8 +71,24 @@ def heartbeat() -> Heartbeat:
 
 
 def perform(*entry_ids: str) -> str:
-    """The one RQ job: do each of the outbox entries it carries; answers what happened."""
-    return "; ".join(perform_one(entry_id) for entry_id in entry_ids)
+    """The one RQ job: do each of the outbox entries it carries; answers what happened.
+
+    An entry is taken only while the job's time left (`outbox.job_timeout`) covers a send
+    and the wait after it; the rest are offered again in a job of their own.
+    """
+    if _runtime is None:
+        # A plain `rq worker`: no heartbeat, no pump, no claim another worker respects.
+        log.error("job %s not done: csm-router's jobs run only in `csm-router worker`, not "
+                  "in a plain `rq worker`; the entries are offered again", " ".join(entry_ids))
+        return "refused: not a csm-router worker"
+    deadline = time.monotonic() + job_timeout(len(entry_ids)) - JOB_MARGIN / 2
+    done = []
+    for entry_id in entry_ids:
+        if time.monotonic() + SEND_SECONDS + AFTER_SEND_PATIENCE > deadline:
+            done.append("left for another job")  # untaken: offered again after its lease
+            continue
+        done.append(perform_one(entry_id))
+    return "; ".join(done)
 
 
 def perform_one(entry_id: str) -> str:
@@ -80,26 +97,30 @@ def perform_one(entry_id: str) -> str:
     It never leaves the entry behind: a transient failure schedules the next attempt, a
     permanent one (or the last retry) dead-letters it and moves the thread on. If Redis
     fails while recording that, the heartbeat starts a new incarnation, so the entry,
-    still held by the old one, is taken up again once the old one's key expires.
+    still held by the old one, is taken up again once the old one's key expires. Mail that
+    may have gone out unrecorded (a timeout mid-send, Redis away past the wait) is never
+    retried blind: the entry keeps its sending marker, which makes the next taker wait.
     """
     rt = runtime()
     beat = heartbeat()
-    entry = rt.outbox.take(entry_id, beat.holder)
+    sending.flush()  # a record Redis could not take before: this entry may be that mail
+    entry = rt.outbox.take(entry_id, beat.holder, beat.same)
     if entry is None:
         return "nothing to do"
-    global _performing, _finished
-    _performing, _finished = entry.id, None
+    attempt = sending.begin(entry.id, beat.holder)
     try:
         try:
-            if not rt.store.replicated():
-                # What this entry stands on (the decision, the take) might not survive a
-                # failover: acting on it could send what the promoted replica owes anew.
-                raise TransientError("Redis: no replica confirmed this entry yet")
             result = KINDS[entry.kind](**entry.args)
+        except NotYetSafeError as exc:  # a wait, not a failed attempt
+            log.info("%s %s: %s: waiting", entry.kind, entry.id, exc)
+            rt.outbox.later(entry.id, beat.holder, exc.delay)
+            return f"waiting: {exc}"
         except PermanentError as exc:
             give_up(rt, entry, str(exc), unsendable=isinstance(exc, UnsendableError))
             return f"failed for good: {exc}"
         except Exception as exc:
+            if attempt.finished or attempt.uncertain(exc):
+                raise  # recorded already, or perhaps sent: no retry (see the docstring)
             if isinstance(exc, TransientError | redis.RedisError):  # a server's trouble
                 log.warning("%s %s: %s (attempt %d)", entry.kind, entry.id, exc,
                             entry.attempts + 1)
@@ -109,14 +130,14 @@ def perform_one(entry_id: str) -> str:
             if not rt.outbox.retry(entry, error):
                 give_up(rt, entry, f"{error} (after {entry.attempts + 1} attempts)")
             return f"will retry: {error}"
-        if _finished != entry.id:  # a forward finishes its entry with its own record
+        if not attempt.finished:  # a send finishes its entry with its own record
             rt.outbox.done(entry.id, result)
         return result
     except BaseException:
         beat.renew()
         raise
     finally:
-        _performing = None
+        sending.end()
 
 
 def give_up(rt: Runtime, entry: Entry, error: str, *, unsendable: bool = False) -> None:
@@ -155,44 +176,11 @@ def _quarantine_unsendable(rt: Runtime, entry: Entry, error: str) -> None:
     rt.outbox.offer(owed_ids(out.get("owed")))
 
 
-def _already_sent(rt: Runtime, message_id: str) -> bool:
-    return bool(rt.redis.exists(key("sent", message_id)))
-
-
-def _once(rt: Runtime, message_id: str, action: Callable[[], object]) -> bool:
-    """Run `action` unless the mail `message_id` went out before; answers whether it ran."""
-    if _already_sent(rt, message_id):
-        return False
-    action()
-    after_send(lambda: rt.redis.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS))
-    return True
-
-
-def after_send(write: Callable[[], object], patience: float = AFTER_SEND_PATIENCE) -> None:
-    """Record that a mail went out, waiting for Redis if it is away just now.
-
-    The mail is gone: if this record were lost, the entry would be taken up again and the
-    mail sent twice. So Redis trouble here is waited out (a restart, a failover) rather
-    than raised, up to `patience` seconds; and where Redis has replicas, the record counts
-    once a replica has it (a master dying first would take it along), else it is written
-    again, to the master Sentinel promoted meanwhile. Every write here is idempotent.
-    """
-    deadline = time.monotonic() + patience
-    delay = 0.5
-    while True:
-        try:
-            write()
-            if not runtime().store.replicated():
-                raise redis.ConnectionError("no replica confirmed the record in time")
-            return
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            if time.monotonic() + delay > deadline:
-                log.error("could not record a mail that went out (%s): it may be sent again",
-                          exc)
-                raise
-            log.warning("recording a mail that went out: %s (waiting for Redis)", exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 10)
+def _once(rt: Runtime, message_id: str, action: Callable[[], object],
+          writes: Sequence[Sequence[object]] = (), finish: bool = True) -> bool:
+    """Run `action` (a send) unless mail `message_id` went out before; answers whether it
+    ran. Marked before, recorded after (with `writes`, once): see sending.py."""
+    return sending.send_once(rt, message_id, action, writes, finish)
 
 
 def _send(rt: Runtime, message: EmailMessage, recipients: list[str]) -> None:
@@ -200,9 +188,11 @@ def _send(rt: Runtime, message: EmailMessage, recipients: list[str]) -> None:
     mailer(settings.required_smtp()).send(message, recipients, sender=settings.alias.address)
 
 
-def _send_once(rt: Runtime, message: EmailMessage, recipients: list[str]) -> bool:
+def _send_once(rt: Runtime, message: EmailMessage, recipients: list[str],
+               writes: Sequence[Sequence[object]] = (), finish: bool = True) -> bool:
     """Send unless a mail with this Message-ID went out before; answers whether it sent."""
-    return _once(rt, str(message["Message-ID"]), lambda: _send(rt, message, recipients))
+    return _once(rt, str(message["Message-ID"]), lambda: _send(rt, message, recipients),
+                 writes, finish)
 
 
 def _load(rt: Runtime, msgkey: str, ref: int) -> Inbound:
@@ -246,32 +236,24 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     except Exception as exc:  # the customer's content, not a server: no other CSM would do
         raise UnsendableError(f"the forward cannot be written ({type(exc).__name__}: "
                               f"{str(exc)[:200]})") from None
-    # Checked not sent above, before rendering. A VERP return address: a report of a
-    # failure after the relay's 250 names the forward.
+    sending.mark(rt)  # checked not sent above, before rendering
+    # A VERP return address: a report of a failure after the relay's 250 names the forward.
     mailer(settings.required_smtp()).send(forward, [owner],
                                           sender=verp_address(alias, message_id))
     # A customer waited this long for the thread's CSM; a re-forward's wait is the SLA's.
     waited = time.time() - msg.received_at if not cause and msg.received_at else None
     previous_key = key("thread", ref, "forwards", owner)
-    entry = _performing
-
-    def remember() -> None:
-        with rt.redis.pipeline() as pipe:
-            pipe.set(key("sent", message_id), 1, ex=SENT_TTL_SECONDS)
-            pipe.set(key("msgid", message_id), ref, ex=KEEP_SECONDS)
-            pipe.rpush(previous_key, message_id)
-            pipe.ltrim(previous_key, -100, -1)
-            pipe.expire(previous_key, rt.settings.retention_days * 86400)
-            pipe.hset(key("msg", msgkey), "state", "delivered")
-            if waited is not None:
-                observe_forward(pipe, waited)
-            if entry is not None:
-                rt.outbox.done_in(pipe, entry, "deliver", f"sent {message_id}")
-            pipe.execute()
-
-    after_send(remember)
-    global _finished
-    _finished = entry
+    writes = Writes([
+        ["SET", key("msgid", message_id), ref, "EX", KEEP_SECONDS],
+        ["RPUSH", previous_key, message_id],
+        ["LTRIM", previous_key, -100, -1],
+        ["EXPIRE", previous_key, rt.settings.retention_days * 86400],
+        ["HSET", key("msg", msgkey), "state", "delivered"],
+    ])
+    if waited is not None:
+        observe_forward(writes, waited)
+    sending.record(rt, message_id, writes)  # with the entry's end, once
+    entry = sending.current_entry()
     log.info("%s %s forwarded to %s as %s", format_ref(ref), msg.message_id, owner, message_id,
              extra={"ref": format_ref(ref), "message_id": msg.message_id, "csm": owner,
                     "entry": entry or ""})
@@ -334,59 +316,6 @@ def _thread_history(rt: Runtime, ref: int, current: str, limit: int = 5) -> list
     # An expired one is skipped: the events in `csm-router thread` still tell the story.
     raws = [raw for other in keys[-limit:] if (raw := rt.store.load_raw(other)) is not None]
     return _earlier_messages(rt, raws)
-
-
-def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = True) -> str:
-    """Hand a message to Support (the configured handler); with `tell`, the thread has
-    just moved there, so the customer gets a note and the CSM a copy."""
-    rt = runtime()
-    store, settings = rt.store, rt.settings
-    alias = settings.alias
-    msg = _load(rt, msgkey, ref)
-    thread = store.thread(ref)
-    events = store.events(ref)
-    csm = thread.get("owner") or None
-    why = next((e.get("why", "") for e in reversed(events)
-                if e.get("event") in ("new-support", "to-support")), "")
-    handoff = SupportHandoff(
-        ref=format_ref(ref),
-        customer=Address(msg.sender, msg.sender_name),
-        account=msg.account,
-        subject=thread.get("subject") or msg.subject,
-        why=why,
-        message=msg,
-        csm=csm,
-        history=tuple(event_line(e) for e in events),
-        earlier_messages=tuple(_thread_history(rt, ref, msgkey)),
-        message_id=message_id_for("support", msgkey, cause, domain=alias.domain),
-    )
-    _once(rt, handoff.message_id, lambda: load_handler(settings.support_handler)(handoff, settings))
-    rt.store.link_message_id(handoff.message_id, ref)
-    store.redis.hset(key("msg", msgkey), "state", "delivered")
-    log.info("%s %s handed to Support (%s)", handoff.ref, msg.message_id, why)
-    if not tell:
-        return f"handed {handoff.ref} to Support"
-
-    subject = subject_with_ref(reply_subject(msg.subject), ref)
-    note = render_notice(
-        "support_customer_note.txt.j2", sender=alias, to=[str(handoff.customer)],
-        subject=subject, message_id=message_id_for("note", msgkey, cause, domain=alias.domain),
-        in_reply_to=msg.message_id, name=msg.sender_name, ref=handoff.ref,
-        alias_name=alias.name or alias.address,
-    )
-    note.replace_header("Auto-Submitted", "auto-replied")
-    _send_once(rt, note, [msg.sender])
-    rt.store.link_message_id(str(note["Message-ID"]), ref)
-    if csm:
-        copy = render_notice(
-            "support_csm_copy.txt.j2", sender=alias, to=[csm],
-            subject=f"[{handoff.ref}] with Support: {msg.subject}",
-            message_id=message_id_for("support-copy", msgkey, cause, csm, domain=alias.domain),
-            ref=handoff.ref, customer=str(handoff.customer), support=str(settings.support_address),
-            why=why, text=msg.fresh_text.strip(),
-        )
-        _send_once(rt, copy, [csm])
-    return f"handed {handoff.ref} to Support; customer told"
 
 
 def send_notice(msgkey: str) -> str:
@@ -497,7 +426,9 @@ def owe_digest(rt: Runtime, now: float) -> bool:
 
 KINDS: dict[str, Callable[..., str]] = {
     "deliver": deliver,
-    "support": hand_to_support,
+    "support": handoff.hand_to_support,
+    "support-note": handoff.support_note,
+    "support-copy": handoff.support_copy,
     "notice": send_notice,
     "overflow": notify_overflow,
     "remind": remind,

@@ -11,13 +11,13 @@ from typing import Any
 import redis
 from rq import SimpleWorker
 
-from csm_router import jobs
+from csm_router import jobs, sending
 from csm_router.dispatch import Runtime, stop_on_signals
 from csm_router.durability import watch
 from csm_router.errors import Backoff
 from csm_router.metrics import forget_stale
 from csm_router.outbound import warm_up
-from csm_router.outbox import QUEUES, Heartbeat, Pump
+from csm_router.outbox import QUEUES, Heartbeat, Pump, WorkerNameTakenError, retry_delays
 from csm_router.support import load_handler
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ def run_worker(
 
     Jobs run in this process (RQ's SimpleWorker): a job killed with its worker is then
     always a dead worker's, which the outbox takes up again, never an orphan still sending.
-    A Redis outage is logged once and waited out with backoff.
+    A Redis outage is logged once and waited out with backoff. A second worker under a
+    live worker's --name is refused at start (exit code 2): it would take up that worker's
+    entries as a dead predecessor's and could send them again.
     """
     stop = stop or threading.Event()
     if rt.settings.support_address is not None:
@@ -77,21 +79,26 @@ def run_worker(
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, _ServerTroubleInOneLine) for f in rq_log.filters):
         rq_log.addFilter(_ServerTroubleInOneLine())
+    rt.outbox.retry_delays = retry_delays(rt.settings.retry_delays)
     beat = Heartbeat(rt.store, name)
     jobs.configure(rt, beat)
+    named = False
     warm_up()
     backoff = Backoff(cap=30)
     failing = False
     rq_connection = rt.rq_client()  # one for the process: each outage would leak a pool
     while not stop.is_set():
-        pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS)
+        pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS, each_round=sending.flush)
         worker: _Worker | None = None
         try:
+            if not named:
+                beat.refuse_live_twin()
+                named = True
             beat.beat()
             forget_stale(rt.redis)
             # A stable name is unique among live workers: entries its earlier incarnations
             # held are a dead process's, to take up now rather than once their key expires.
-            rt.outbox.reclaim(dead_prefix=f"{name}:" if name else None, keep=beat.holder)
+            rt.outbox.reclaim(dead_prefix=beat.same or None, keep=beat.holder)
             if failing:
                 log.info("worker: Redis is back")
                 failing = False
@@ -106,6 +113,9 @@ def run_worker(
             return
         except redis.AuthenticationError:
             raise  # a wrong password does not heal by waiting: say so and stop
+        except WorkerNameTakenError as exc:
+            log.error("worker: %s", exc)
+            raise SystemExit(2) from None  # the twin's heartbeat and entries stay its own
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
             delay = backoff.next()
             if not failing:

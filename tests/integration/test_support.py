@@ -243,3 +243,37 @@ def test_a_csm_new_to_a_thread_reads_what_was_said_so_far(acme: Product) -> None
                "Found it, thanks.\n")
     (again,) = acme.route()
     assert "Earlier in this thread" not in body_of(again)  # they have it already
+
+
+def test_a_mailbox_refusing_the_customer_note_leaves_the_thread_with_support(
+    acme: Product,
+) -> None:
+    acme.smtp.refuse("jane@globex.com", 550, "5.1.1 mailbox unavailable")
+    acme.write("Jane Doe <jane@globex.com>", "API down?", TECHNICAL)
+    sent = acme.route()
+    assert len(to(sent, SUPPORT)) == 1 and to(sent, "jane@globex.com") == []
+    # Support has the request: the refused note is a dead letter of its own, nothing more.
+    assert acme.redis().hget("csm:thread:1001", "state") == b"support"
+    listed = json.loads(acme.cli("failed", "list", "--json").stdout)
+    assert [d["kind"] for d in listed] == ["support-note"]
+    acme.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] API down?", "Any news?\n")
+    later = acme.route()
+    (again,) = to(later, SUPPORT)
+    assert "Any news?" in body_of(again)
+    assert not any(set(r.rcpt_tos) & {ALICE, BOB, CAROL} for r in later)
+    owner, _ = new_thread(acme, "How do I invite my team?")  # the next customer
+    assert owner in (ALICE, BOB, CAROL)
+
+
+def test_notes_to_an_unverified_sender_echo_nothing_and_are_limited(acme: Product) -> None:
+    name, subject = "Win Big At casino-spam.example", "Claim your prize at casino-spam.example"
+    for n in range(4):  # one forged From, four technical requests on one day
+        acme.write(f"{name} <victim@example.org>", f"{subject} {n}", TECHNICAL)
+    sent = acme.route()
+    assert len(to(sent, SUPPORT)) == 4  # Support gets every request
+    notes = to(sent, "victim@example.org")
+    assert len(notes) == 3  # but the sender at most three automatic notes a day
+    for note in notes:
+        assert "casino-spam" not in note.data.decode()
+        assert re.match(r"\[CS-\d+\] ", str(note.message["Subject"]))
+        assert "Support" in body_of(note)

@@ -276,11 +276,19 @@ local function digest(s)
   return string.format('%08x%08x', a, b)
 end
 
+-- A dead letter never stops a later decision from owing the same send afresh: the id's
+-- next generation (`<id>-g2`, `<id>-g3`...) is owed instead, and the dead one stays listed in
+-- `csm-router failed`. A pending or done one is that send already: nothing more is owed.
 local function owe(kind, args, ...)
   local parts = {...}
   for i, x in ipairs(parts) do parts[i] = tostring(x) end
-  local id = kind .. '-' .. digest(table.concat(parts, '|'))
-  local ekey = P .. 'outbox:e:' .. id
+  local base = kind .. '-' .. digest(table.concat(parts, '|'))
+  local id, ekey, generation = base, P .. 'outbox:e:' .. base, 1
+  while redis.call('HGET', ekey, 'state') == 'dead' do
+    generation = generation + 1
+    id = base .. '-g' .. generation
+    ekey = P .. 'outbox:e:' .. id
+  end
   if redis.call('EXISTS', ekey) == 1 then return id end
   redis.call('HSET', ekey, 'kind', kind, 'args', cjson.encode(args), 'attempts', 0,
     'created', d.now, 'state', 'pending')
@@ -298,6 +306,22 @@ end
 
 local function owe_deliveries(msgs, owner, why, cause)
   for _, m in ipairs(msgs) do owe_delivery(m, owner, why, cause) end
+end
+
+-- A Support handoff, and with `tell` the customer's note and the CSM's copy: each a send of
+-- its own, so a refused note is a dead letter of its own and undoes nothing.
+-- Both wait for the handoff's own entry (`handoff`): they say that Support has it.
+local function owe_support(msgkey, ref, cause, tell)
+  local handoff = owe('support', {msgkey = msgkey, ref = tonumber(ref), cause = cause},
+    msgkey, cause)
+  if not tell then return end
+  owe('support-note', {msgkey = msgkey, ref = tonumber(ref), cause = cause,
+    handoff = handoff}, msgkey, cause)
+  local csm = redis.call('HGET', P .. 'thread:' .. ref, 'owner') or ''
+  if csm ~= '' then
+    owe('support-copy', {msgkey = msgkey, ref = tonumber(ref), cause = cause, csm = csm,
+      handoff = handoff}, msgkey, cause, csm)
+  end
 end
 
 -- The lead hears once per thread that nobody could take it (if there is a lead to tell).

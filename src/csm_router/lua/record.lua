@@ -20,8 +20,7 @@ local function owe_followup(ref)
   end
   if followup.support and ref then
     local cause = followup.support == d.msgkey and '' or d.msgkey
-    owe('support', {msgkey = followup.support, ref = tonumber(ref), cause = cause,
-      tell = followup.tell and true or false}, followup.support, cause)
+    owe_support(followup.support, ref, cause, followup.tell)
   end
   if followup.overflow then owe_overflow(followup.overflow) end
   if followup.notice then owe('notice', {msgkey = d.msgkey}, d.msgkey) end
