@@ -102,7 +102,6 @@ class Snapshot:
         return f"{address} is full ({self.max_open} open threads)"
 
 
-
 @dataclass(frozen=True)
 class Decision:
     """Where a message goes, which rule said so and why."""

@@ -18,6 +18,7 @@ from csm_router.classify import RuleSet
 from csm_router.commands import command_lines, find_command
 from csm_router.config import Settings, format_duration
 from csm_router.decision import Decision, Onboarding, Snapshot, ThreadInfo, ThreadState
+from csm_router.keeping import kept_raw
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.quotes import html_to_text
 from csm_router.threads import (
@@ -30,6 +31,8 @@ from csm_router.threads import (
 )
 
 PREFIX = "csm:"
+# The outer bound on a raw message in Redis (lua/common.lua too): dropped sooner once
+# delivered and out of the thread's newest messages, kept longer while its thread is held.
 RAW_TTL_SECONDS = 14 * 86400
 KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.lua too)
 MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
@@ -474,7 +477,8 @@ class Store:
         """Record the decision for `msg` atomically; a repeat answers status 'dup'.
 
         `raw`, the message's bytes, is kept (for the forward and a later reader of the
-        thread) in the same script.
+        thread) in the same script: whole up to keeping.RAW_KEEP_BYTES, else without its
+        largest attachments (see README, retention).
         """
         command = decision.command
         payload = {
@@ -500,7 +504,7 @@ class Store:
             "notice": notice,
             "raw_ttl": RAW_TTL_SECONDS if raw is not None else 0,
         }
-        extra = [raw] if raw is not None else []
+        extra = [kept_raw(raw, self.settings.alias.address)] if raw is not None else []
         return Outcome.from_json(self.run_script("record", payload, *extra))
 
     def record_quarantine(self, msgkey: str, message_id: str, reason: str, now: float,

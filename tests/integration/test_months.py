@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -144,3 +145,28 @@ def test_an_overdue_thread_nobody_can_take_is_held_and_goes_out_first(
     product.write("Erin <erin@hooli.com>", "Next one")
     (nxt,) = product.route()
     assert nxt.rcpt_tos == [ALICE] and "[CS-1003]" in str(nxt.message["Subject"])
+
+
+def test_a_large_attachment_is_not_kept_in_redis_and_the_forward_says_where_it_is(
+    product: Product,
+) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"] = "Jane Doe <jane@globex.com>", product.alias
+    msg["Subject"], msg["Message-ID"] = "Our export", "<export@globex.com>"
+    msg.set_content("Hello,\n\nthe export is attached, with a screenshot.\n")
+    msg.add_attachment(b"%PDF-1.4 " + bytes(range(256)) * 24_000, maintype="application",
+                       subtype="pdf", filename="export.pdf")  # about 6 MB
+    msg.add_attachment(b"\x89PNG small", maintype="image", subtype="png", filename="shot.png")
+    product.deliver(msg.as_bytes())
+    (fwd,) = product.route()
+    names = [p.get_filename() for p in fwd.message.iter_attachments()]
+    assert names == ["export.pdf (in the alias mailbox).txt", "shot.png"]
+    (note,) = [p for p in fwd.message.iter_attachments() if "export.pdf" in str(p.get_filename())]
+    assert "in the alias mailbox" in note.get_content() and len(fwd.data) < 1024 * 1024
+    raws = [product.redis().strlen(k) for k in product.redis().scan_iter("csm:raw:*")]
+    assert raws and max(raws) < 1024 * 1024
+    assert "the export is attached" in body_of(fwd)
+
+    product.write("Erin <erin@hooli.com>", "Next one")
+    (nxt,) = product.route()
+    assert "[CS-1002]" in str(nxt.message["Subject"])

@@ -168,11 +168,24 @@ local function index(zkey, ref)
   redis.call('EXPIRE', zkey, d.retention)
 end
 
+-- A raw message is kept for its forward and for the history a CSM new to the thread gets
+-- (the message forwarded and the five before it): older ones already delivered, or a CSM's
+-- own, are dropped here. Whatever is left ends with RAW_TTL (store.RAW_TTL_SECONDS).
+local RAW_KEPT, RAW_TTL = 6, 14 * 86400
+local RAW_DONE = {delivered = true, done = true, ignored = true}
+
 local function add_message(ref, msgkey)
   local mkey = P .. 'thread:' .. ref .. ':msgs'
   redis.call('RPUSH', mkey, msgkey)
   redis.call('LTRIM', mkey, -MAX_MSGS, -1)
+  -- A few past the window: one still owed when it left the window goes once delivered.
+  for _, old in ipairs(redis.call('LRANGE', mkey, -(RAW_KEPT + 4), -(RAW_KEPT + 1))) do
+    if RAW_DONE[redis.call('HGET', P .. 'msg:' .. old, 'state') or ''] then
+      redis.call('DEL', P .. 'raw:' .. old)
+    end
+  end
 end
+
 
 -- Make `owner` the thread's owner: open-thread sets and the day's assignment count follow.
 local function set_owner(ref, owner)
@@ -204,7 +217,11 @@ local function hold(ref, msgkey, since)
   end
   redis.call('HSET', tkey, 'state', 'held', 'owner', '')
   if held_new then redis.call('ZADD', P .. 'held', since, ref) end
-  if msgkey and msgkey ~= '' then redis.call('RPUSH', tkey .. ':held', msgkey) end
+  if msgkey and msgkey ~= '' then
+    redis.call('RPUSH', tkey .. ':held', msgkey)
+    -- Owed to whoever frees up, however long that takes: kept until it is released.
+    redis.call('PERSIST', P .. 'raw:' .. msgkey)
+  end
   keep_thread(ref)
   not_quiet(ref)
   return held_new
@@ -217,6 +234,7 @@ local function release_messages(ref, owner)
   redis.call('DEL', hkey)
   for _, m in ipairs(msgs) do
     redis.call('HSET', P .. 'msg:' .. m, 'state', 'decided', 'owner', owner)
+    redis.call('EXPIRE', P .. 'raw:' .. m, RAW_TTL)
   end
   return msgs
 end

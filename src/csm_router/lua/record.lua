@@ -39,7 +39,9 @@ end
 local function finish(state, ref, owner, extra)
   owe_followup(ref)
   tally(state, owner)
-  if (d.raw_ttl or 0) > 0 then
+  if (d.raw_ttl or 0) > 0 and state == 'held' then
+    redis.call('SET', P .. 'raw:' .. d.msgkey, ARGV[2])  -- until released (common.lua hold)
+  elseif (d.raw_ttl or 0) > 0 then
     redis.call('SET', P .. 'raw:' .. d.msgkey, ARGV[2], 'EX', d.raw_ttl)
   end
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
