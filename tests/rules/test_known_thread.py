@@ -261,6 +261,3 @@ def test_mail_claiming_a_linked_message_id_re_points_nothing(rt: Runtime) -> Non
     assert None not in (mine, theirs, forged) and mine not in (theirs, forged)
     assert rt.redis.get(key("msgid", "<q1@globex.com>")) == str(mine).encode()
     assert rt.redis.get(key("msgid", "<fwd.0123.abcd@acme.com>")) is None
-
-
-FULL_BOB = {"full": frozenset({"bob@acme.com"}), "max_open": 40}

@@ -186,7 +186,6 @@ local function add_message(ref, msgkey)
   end
 end
 
-
 -- Make `owner` the thread's owner: open-thread sets and the day's assignment count follow.
 local function set_owner(ref, owner)
   local tkey = P .. 'thread:' .. ref
