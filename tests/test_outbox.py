@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ from csm_router.outbox import (
     Heartbeat,
     Pump,
     WorkerNameTakenError,
+    gone_here,
     job_timeout,
     retry_delays,
 )
@@ -324,3 +329,16 @@ def test_a_send_whose_record_failed_is_recorded_once_redis_is_back(
         sending.end()
     assert rt.redis.hget(key("outbox", "e", entry_id), "state") == b"done"
     assert rt.redis.exists(key("sent", "<gone@acme.com>"))
+
+
+def test_a_killed_worker_on_this_host_is_known_dead_at_once(rt: Runtime) -> None:
+    _, (entry_id,) = record(rt)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process of this host that has ended (pids are not reused this fast)
+    dead = f"{socket.gethostname()}:{gone.pid}:cafe"
+    rt.redis.hset(key("outbox", "e", entry_id), mapping={"sending": dead, "write_by": 10**12})
+    assert gone_here(dead) and not gone_here(f"{socket.gethostname()}:{os.getppid()}:cafe")
+    assert not gone_here(f"elsewhere:{gone.pid}:cafe")  # another host's: not ours to judge
+    other = Heartbeat(rt.store, "host-2")
+    other.beat()
+    assert rt.outbox.take(entry_id, other.holder) is not None  # no wait for its marker
