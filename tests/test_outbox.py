@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from csm_router import jobs, sending
+from csm_router import handoff, jobs, sending
 from csm_router.config import ConfigError
 from csm_router.decide import decide
 from csm_router.dispatch import Runtime
@@ -342,3 +342,10 @@ def test_a_killed_worker_on_this_host_is_known_dead_at_once(rt: Runtime) -> None
     other = Heartbeat(rt.store, "host-2")
     other.beat()
     assert rt.outbox.take(entry_id, other.holder) is not None  # no wait for its marker
+
+
+def test_staff_get_every_automatic_note_and_strangers_a_few(rt: Runtime) -> None:
+    assert all(handoff.note_allowed(rt, f"<n{n}@acme.com>", ALICE.upper()) for n in range(5))
+    allowed = [handoff.note_allowed(rt, f"<n{n}@acme.com>", "forged@example.org")
+               for n in range(5)]
+    assert allowed == [True, True, True, False, False]

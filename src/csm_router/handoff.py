@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from types import ModuleType
 
-from csm_router import jobs, sending
+from csm_router import sending
 from csm_router.config import Address
 from csm_router.dispatch import Runtime
 from csm_router.outbound import event_line, message_id_for, render_notice
@@ -24,15 +25,21 @@ log = logging.getLogger(__name__)
 HANDOFF_WAIT_SECONDS = 10.0
 
 
+def _jobs() -> ModuleType:
+    from csm_router import jobs  # jobs imports this module for its table of kinds
+
+    return jobs
+
+
 def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = False) -> str:
     """Hand a message to Support (the configured handler), once.
 
     `tell` comes only with entries owed before the note and the copy had entries of their
     own: those still send both here.
     """
-    rt = jobs.runtime()
+    rt = _jobs().runtime()
     store, settings = rt.store, rt.settings
-    msg = jobs._load(rt, msgkey, ref)
+    msg = _jobs()._load(rt, msgkey, ref)
     thread = store.thread(ref)
     events = store.events(ref)
     why = _why(events)
@@ -45,11 +52,11 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = False) 
         message=msg,
         csm=thread.get("owner") or None,
         history=tuple(event_line(e) for e in events),
-        earlier_messages=tuple(jobs._thread_history(rt, ref, msgkey)),
+        earlier_messages=tuple(_jobs()._thread_history(rt, ref, msgkey)),
         message_id=message_id_for("support", msgkey, cause, domain=settings.alias.domain),
     )
     handler = load_handler(settings.support_handler)
-    jobs._once(rt, handoff.message_id, lambda: handler(handoff, settings), writes=[
+    _jobs()._once(rt, handoff.message_id, lambda: handler(handoff, settings), writes=[
         ["SET", key("msgid", handoff.message_id), ref, "EX", KEEP_SECONDS],
         ["HSET", key("msg", msgkey), "state", "delivered"],
     ], finish=not tell)
@@ -71,18 +78,15 @@ def support_note(msgkey: str, ref: int, cause: str = "", handoff: str = "", *,
     subject (a forged From must not carry text to a third party), and a sender gets at
     most a few automatic notes a day.
     """
-    rt = jobs.runtime()
+    rt = _jobs().runtime()
     alias = rt.settings.alias
-    msg = jobs._load(rt, msgkey, ref)
+    msg = _jobs()._load(rt, msgkey, ref)
     message_id = message_id_for("note", msgkey, cause, domain=alias.domain)
     if sending.already_sent(rt, message_id):
         return f"already sent {message_id}"
     if not _handed_over(rt, handoff):
         return f"not sent: the handoff of {format_ref(ref)} failed"
-    day = datetime.now(UTC).date().isoformat()
-    if not rt.outbox.note_allowed(message_id, msg.sender, day):
-        log.warning("%s %s: no note to %s, who had the most automatic notes a day already",
-                    format_ref(ref), msg.message_id, msg.sender)
+    if not note_allowed(rt, message_id, msg.sender):
         return f"not sent: {msg.sender} had enough automatic notes today"
     note = render_notice(
         "support_customer_note.txt.j2", sender=alias, to=[msg.sender],
@@ -91,7 +95,7 @@ def support_note(msgkey: str, ref: int, cause: str = "", handoff: str = "", *,
         alias_name=alias.name or alias.address,
     )
     note.replace_header("Auto-Submitted", "auto-replied")
-    jobs._send_once(rt, note, [msg.sender], writes=[
+    _jobs()._send_once(rt, note, [msg.sender], writes=[
         ["SET", key("msgid", message_id), ref, "EX", KEEP_SECONDS]], finish=finish)
     return f"told {msg.sender} that Support has {format_ref(ref)}"
 
@@ -99,12 +103,12 @@ def support_note(msgkey: str, ref: int, cause: str = "", handoff: str = "", *,
 def support_copy(msgkey: str, ref: int, cause: str = "", csm: str = "", handoff: str = "",
                  *, finish: bool = True) -> str:
     """Tell the thread's CSM that it went to Support, and why (once it did)."""
-    rt = jobs.runtime()
+    rt = _jobs().runtime()
     if not _handed_over(rt, handoff):
         return f"not sent: the handoff of {format_ref(ref)} failed"
     settings = rt.settings
     alias = settings.alias
-    msg = jobs._load(rt, msgkey, ref)
+    msg = _jobs()._load(rt, msgkey, ref)
     copy = render_notice(
         "support_csm_copy.txt.j2", sender=alias, to=[csm],
         subject=f"[{format_ref(ref)}] with Support: {msg.subject}",
@@ -113,8 +117,22 @@ def support_copy(msgkey: str, ref: int, cause: str = "", csm: str = "", handoff:
         support=str(settings.support_address), why=_why(rt.store.events(ref)),
         text=msg.fresh_text.strip(),
     )
-    jobs._send_once(rt, copy, [csm], finish=finish)
+    _jobs()._send_once(rt, copy, [csm], finish=finish)
     return f"told {csm} that {format_ref(ref)} is with Support"
+
+
+def note_allowed(rt: Runtime, message_id: str, to: str) -> bool:
+    """Whether automatic note `message_id` may go to `to` today: staff (the pool, Support)
+    always, anyone else a few a day (outbox.NOTES_PER_SENDER_PER_DAY)."""
+    settings = rt.settings
+    support = settings.support_address
+    if settings.member(to) is not None or (support is not None and support.address == to.lower()):
+        return True
+    if rt.outbox.note_allowed(message_id, to, datetime.now(UTC).date().isoformat()):
+        return True
+    log.warning("%s: not sent to %s, who had the most automatic notes a day already",
+                message_id, to)
+    return False
 
 
 def _handed_over(rt: Runtime, handoff: str) -> bool:

@@ -326,10 +326,12 @@ def send_notice(msgkey: str) -> str:
     if not notice:
         return "nothing to send"
     alias = rt.settings.alias
+    message_id = message_id_for("notice", msgkey, domain=alias.domain)
+    if not handoff.note_allowed(rt, message_id, notice["to"]):  # backscatter to a forged From
+        return f"not sent: {notice['to']} had enough automatic notes today"
     reply = render_notice(
         "notice.txt.j2", sender=alias, to=[notice["to"]], subject=notice["subject"],
-        message_id=message_id_for("notice", msgkey, domain=alias.domain),
-        in_reply_to=notice.get("in_reply_to"), text=notice["text"],
+        message_id=message_id, in_reply_to=notice.get("in_reply_to"), text=notice["text"],
     )
     _send_once(rt, reply, [notice["to"]])
     return f"told {notice['to']}"
