@@ -153,8 +153,9 @@ def test_healthz_fails_while_redis_keeps_nothing_on_disk(product: Product, web: 
     router = start(product, "run", log="router.log")
     try:
         router_log = (product.workdir / "router.log").read_text
-        until(lambda: "watching" in router_log(), "the router to start", router_log)
-        assert "keeps no data on disk" in router_log()  # warned at start
+        # Warned at start, before anything is routed.
+        until(lambda: "keeps no data on disk" in router_log(), "the router's warning",
+              router_log)
         status, said = get(web + "/healthz")
         assert status == 503
         assert "keeps no data on disk" in said and "appendonly yes" in said
