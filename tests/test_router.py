@@ -319,3 +319,43 @@ def test_a_message_whose_quarantine_record_is_refused_too_is_kept_by_its_bytes(
     assert quarantined(imap) == [bad]
     run_worker(rt, burst=True)
     assert [str(r.message["Subject"]) for r in smtp.messages] == ["[CS-1001] Next customer"]
+
+
+def test_a_forward_that_cannot_be_written_quarantines_its_message_once_and_stays_put(
+    servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    imap, smtp = servers
+    settings = load_settings(
+        imap_url=imap.url, smtp_url=smtp.url, alias=f"Acme CS <{ALIAS}>",
+        pool="alice@acme.com, bob@acme.com", away="", max_open_per_csm=0,
+        overflow_address="cs-lead@acme.com",
+    )
+    rt = Runtime.from_settings(settings, fakeredis.FakeRedis())
+    jobs.configure(rt)
+    try:
+        hostile, _ = hostile_and_next(imap)
+        real = jobs.render_forward
+        bad = parse(hostile).message_id
+
+        def render_forward(msg: Inbound, **kw: object) -> object:
+            if msg.message_id == bad:  # what the email package said of U+2028 in a name
+                raise ValueError("Header values may not contain linefeed or carriage return")
+            return real(msg, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(jobs, "render_forward", render_forward)
+        run(rt)
+        run(rt)  # nothing more is owed: it does not tour the pool
+    finally:
+        jobs.configure(None)
+    assert sorted((r.rcpt_tos[0], str(r.message["Subject"])) for r in smtp.messages) == [
+        ("bob@acme.com", "[CS-1002] Next customer"),
+        ("cs-lead@acme.com", "Undeliverable: [CS-1001] Hostile"),
+    ]
+    assert rt.store.thread(1001)["owner"] == "alice@acme.com"
+    (event,) = [e for e in rt.store.events(1001) if e["event"] == "quarantined"]
+    assert "cannot be sent to alice@acme.com: the forward cannot be written (ValueError" in (
+        event["why"])
+    (letter,) = rt.outbox.dead_letters()
+    assert letter.kind == "deliver"
+    assert not [r for r in caplog.records if r.exc_info]  # its own fault: no traceback
