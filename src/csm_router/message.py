@@ -1,11 +1,7 @@
 """A frozen, parsed view of one inbound email, built with the stdlib ``email`` package only."""
 
-import binascii
-import codecs
 import contextlib
 import re
-from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -13,6 +9,7 @@ from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 
+from csm_router import headerwords
 from csm_router.quotes import html_to_text, split_reply
 
 __all__ = ["Attachment", "Inbound", "MalformedMessageError", "header_safe", "parse"]
@@ -34,16 +31,6 @@ _INJECTION_CHECKED = ("subject", "from", "to", "reply-to", "message-id")
 # control character is part of an address.
 _ADDR_CHAR = r"[^\s@<>()\[\],;:\"\x00-\x1f\x7f-\x9f]"
 _ADDR_SPEC = re.compile(rf"(?<!{_ADDR_CHAR}){_ADDR_CHAR}++@{_ADDR_CHAR}++")
-# Threading headers, scanned by small tokens so hostile input stays linear: a whole simple
-# "<id>" (nothing in it can open or close a comment), a separator run, a special, a word.
-_ID_TOKEN = re.compile(r'<[^<>()"\\\s]*>|[\s,;]+|\\.?|[<>()"]|[^\s,;<>()"\\]+', re.S)
-# RFC 2047 encoded word; every part stops at the next "?", so a scan stays linear.
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
-_ID_SPECIALS = frozenset('<>()"')
-_BRACKETED = re.compile(r"(<[^<>]*>)")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_MAX_IN_REPLY_TO = 10  # more is never a real reply
-_MAX_REFERENCES = 50  # the root and the latest: a long thread's middle matters least
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))', re.IGNORECASE)
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -153,7 +140,7 @@ def _parse(raw: bytes) -> Inbound:
     senders = _addresses(_raw(msg, "from")[:1])
     if not senders:
         raise MalformedMessageError("no-sender", "no parsable From address")
-    message_id = _message_id(next(iter(_raw(msg, "message-id")), ""))
+    message_id = headerwords.message_id(next(iter(_raw(msg, "message-id")), ""))
     if message_id is None:
         raise MalformedMessageError("no-message-id", "missing, empty or unparsable Message-ID")
     subject = next((v for k, v in headers if k.lower() == "subject"), "")
@@ -162,8 +149,9 @@ def _parse(raw: bytes) -> Inbound:
     return Inbound(
         raw=raw,
         message_id=message_id,
-        in_reply_to=_msg_ids(" ".join(_raw(msg, "in-reply-to")), limit=_MAX_IN_REPLY_TO),
-        references=_references(" ".join(_raw(msg, "references"))),
+        in_reply_to=headerwords.msg_ids(" ".join(_raw(msg, "in-reply-to")),
+                                        limit=headerwords.MAX_IN_REPLY_TO),
+        references=headerwords.references(" ".join(_raw(msg, "references"))),
         subject=_WHITESPACE.sub(" ", header_safe(subject)).strip(),
         sender=senders[0][1],
         sender_name=sender_name,
@@ -225,7 +213,7 @@ def _decode_header(value: str) -> str:
         with contextlib.suppress(Exception):
             value = str(_UNSTRUCTURED("x-unstructured", value))
     elif "=?" in value:
-        value = _decode_run(value)
+        value = headerwords.decode_run(value)
     return _clean(value).strip()
 
 
@@ -242,145 +230,6 @@ def _addresses(values: list[str]) -> list[tuple[str, str]]:
         valid = valid or [("", a.lower()) for a in _ADDR_SPEC.findall(value)]
         found += [(header_safe(_decode_header(n)), a) for n, a in valid]
     return found
-
-
-def _msg_ids(value: str, *, limit: int) -> tuple[str, ...]:
-    """The first ``limit`` distinct message-ids, in order (In-Reply-To, Message-ID)."""
-    ids: dict[str, None] = {}
-    for ident in _scan_ids(value):
-        ids.setdefault(ident, None)
-        if len(ids) == limit:
-            break
-    return tuple(ids)
-
-
-def _references(value: str, *, limit: int = _MAX_REFERENCES) -> tuple[str, ...]:
-    """The thread root (RFC 5322: the first id) and the latest distinct ids after it."""
-    ids = _scan_ids(value)
-    root = next(ids, None)
-    if root is None:
-        return ()
-    latest: OrderedDict[str, None] = OrderedDict()
-    for ident in ids:
-        if ident != root:
-            latest.pop(ident, None)  # a repeated id counts where it was last written
-            latest[ident] = None
-            if len(latest) >= limit:
-                latest.popitem(last=False)
-    return (root, *latest)
-
-
-def _scan_ids(value: str) -> Iterator[str]:
-    """Message-ids as ``<id>``, bracketed or bare ``x@y``, whatever the sender's encoding.
-
-    Python's own email package writes a long or non-ASCII id as RFC 2047 encoded words, so
-    those are decoded first; comments are skipped, quoted phrases ("Your message of ...")
-    never yield an id, and missing separators or brackets are tolerated.
-    """
-    depth, quoted = 0, False
-    bracket: str | None = None  # text since an unclosed "<"
-    bare = ""
-    for tok in _ID_TOKEN.findall(_decode_words(value)):
-        if depth:
-            depth += 1 if tok == "(" else -1 if tok == ")" else 0
-        elif quoted:
-            quoted = tok != '"'
-        elif len(tok) > 1 and tok[0] == "<":  # a whole "<id>": an unclosed "<" opened none
-            yield from _bare(bare)
-            yield from _id(tok[1:-1])
-            bare, bracket = "", None
-        elif bracket is not None:
-            if tok == ">":
-                yield from _id(bracket)
-                bracket = None
-            else:
-                bracket = "" if tok == "<" else bracket + tok
-        elif tok in _ID_SPECIALS or tok[0] in ",;" or tok[0].isspace():
-            yield from _bare(bare)
-            bare = ""
-            depth, quoted = (1 if tok == "(" else 0), tok == '"'
-            bracket = "" if tok == "<" else None
-        else:
-            bare += tok
-    yield from _bare(bracket if bracket is not None else bare)  # a truncated "<id@host"
-
-
-def _bare(word: str) -> Iterator[str]:
-    if "@" in word.strip("@"):
-        yield from _id(word)
-
-
-def _id(text: str) -> Iterator[str]:
-    ident = _WHITESPACE.sub("", text)  # folded inside the brackets by a broken mailer
-    if ident and not _CONTROL.search(ident):
-        yield f"<{ident}>"
-
-
-def _decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded words outside ``<...>`` (none may be inside a msg-id)."""
-    if "=?" not in value:
-        return value
-    parts = _BRACKETED.split(value)  # odd items are "<...>", kept as written
-    return "".join(part if i % 2 else _decode_run(part) for i, part in enumerate(parts))
-
-
-def _decode_run(text: str) -> str:
-    """Decode the encoded words of ``text`` in linear time (the stdlib decoder is quadratic)."""
-    out: list[str] = []
-    data, charset = bytearray(), ""
-    start: int | None = None  # where the words being joined begin
-    end = 0
-    for match in _ENCODED_WORD.finditer(text):
-        gap = text[end : match.start()]
-        word = _word_bytes(match[2], match[3])
-        word_charset = match[1].partition("*")[0].lower()  # RFC 2231 may add "*language"
-        # Whitespace between two encoded words is folding, not text (RFC 2047 section 6.2).
-        folded = start is not None and (not gap or gap.isspace())
-        if word is not None and folded and word_charset == charset:
-            data += word  # a character may be split across words: join bytes, then decode
-        else:
-            if start is not None:
-                out.append(_decoded(text[start:end], data, charset))
-            if word is None:  # not a real encoded word: keep it as written
-                out += [gap, match[0]]
-                start = None
-            else:
-                out.append("" if folded else gap)
-                data, charset, start = bytearray(word), word_charset, match.start()
-        end = match.end()
-    if start is not None:
-        out.append(_decoded(text[start:end], data, charset))
-    out.append(text[end:])
-    return "".join(out)
-
-
-def _decoded(written: str, data: bytearray, charset: str) -> str:
-    """Decoded text, or the words as written if they hide line breaks or other controls."""
-    codec = _codec(charset) or "utf-8"
-    try:
-        text = bytes(data).decode(codec, "replace")
-    except LookupError:  # a binary codec such as "zlib" named as charset
-        text = bytes(data).decode("utf-8", "replace")
-    # UTF-7 can spell half a surrogate pair: no encoding (nor Redis' JSON) takes that.
-    text = _SURROGATE.sub("\ufffd", text)
-    return written if _CONTROL.search(text) else text
-
-
-def _word_bytes(encoding: str, text: str) -> bytes | None:
-    try:
-        if encoding in "bB":
-            return binascii.a2b_base64(text + "=" * (-len(text) % 4))
-        return binascii.a2b_qp(text.encode("ascii"), header=True)
-    except (binascii.Error, UnicodeEncodeError):
-        return None
-
-
-def _message_id(value: str) -> str | None:
-    ids = _msg_ids(value, limit=1)
-    token = value.strip()
-    if not ids and token and not re.search(r"[\s<>]", token):
-        return f"<{token}>"  # a lone bare token without "@" is still a usable id
-    return ids[0] if ids else None
 
 
 def _date(values: list[str]) -> datetime | None:
@@ -497,18 +346,10 @@ def _serialise(msg: Message) -> bytes:
         return msg.as_string(policy=policy.compat32).encode("utf-8", "replace")
 
 
-def _codec(charset: str) -> str | None:
-    """Python codec name for a MIME charset, trying ``x-mac-cyrillic`` as ``mac-cyrillic``."""
-    for name in (charset, charset.removeprefix("x-")):
-        with contextlib.suppress(LookupError, ValueError):
-            return codecs.lookup(name).name
-    return None
-
-
 def _decode_text(part: Message) -> str:
     data = _payload_bytes(part)
     charset = str(part.get_content_charset() or "us-ascii")
-    codec = _codec(charset)
+    codec = headerwords.codec_name(charset)
     seven_bit = codec in ("ascii", "utf-7") or (codec or "").startswith("iso2022")
     if seven_bit and not data.isascii():  # 8-bit bytes in a 7-bit charset: mislabelled
         codec = "utf-8" if _is_utf8(data) else "cp1252"
