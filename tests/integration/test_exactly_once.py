@@ -133,3 +133,30 @@ def test_a_relay_down_past_the_retries_still_owes_the_thread_when_it_comes_back(
 def forwards(product: Product, ref: str = "[CS-1001]") -> list[Received]:
     return [r for r in product.smtp.messages if str(r.message["Subject"]).startswith(ref)
             and r.rcpt_tos[0] in (ALICE, BOB, CAROL)]
+
+
+def test_a_replica_lagging_before_a_send_is_a_wait_not_a_failed_attempt(
+    product: Product, tmp_path: Path
+) -> None:
+    with RedisServer(tmp_path / "master") as master, \
+            RedisServer(tmp_path / "replica", replica_of=master) as replica:
+        wait_until(lambda: replica.replication()["master_link_status"] == "up",
+                   "the replica in sync with the master")
+        product.env["ROUTER_REDIS_URL"] = master.url
+        product.env["ROUTER_RETRY_DELAYS"] = "0.2"  # two counted attempts would dead-letter it
+        redis = product.redis()
+        with running(product, "worker", log="worker.log"):
+            with replica.paused():  # WAIT gets no replica's answer
+                product.write("Jane Doe <jane@globex.com>", "Replica lagging")
+                product.cli("run", "--exit-when-idle")
+                wait_until(lambda: log_of(product, "worker.log").count(
+                    "no replica confirmed this entry yet: waiting") >= 3,
+                    "three waits for the replica", timeout=90)
+                (entry,) = entry_state(redis, "deliver-")
+                assert redis.hget(f"csm:outbox:e:{entry}", "attempts") == b"0"
+                assert redis.zcard("csm:dead") == 0 and product.smtp.messages == []
+                owner = redis.hget("csm:thread:1001", "owner")
+            wait_until(lambda: subjects(product)["Replica lagging"] == 1,
+                       "the forward once the replica answers", timeout=60)
+            assert redis.hget("csm:thread:1001", "owner") == owner  # never moved
+            next_customer_is_routed(product)
