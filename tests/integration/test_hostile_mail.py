@@ -141,3 +141,21 @@ def test_content_the_relay_refuses_is_quarantined_once_and_the_thread_stays(
     assert forward.rcpt_tos == [BOB]
     assert message_from_bytes(forward.data, policy=email.policy.default)["Subject"] == (
         "[CS-1002] Next one")
+
+
+def test_a_message_redis_refuses_is_quarantined_at_its_third_try_and_routing_goes_on(
+    product: Product,
+) -> None:
+    # This customer's index is not what the scripts expect (say, damaged by hand): every
+    # try to route their message fails on its data, never on the server.
+    product.redis().set("csm:customer:eve@initech.com", "not a sorted set")
+    eve = product.write("Eve <eve@initech.com>", "Stuck")
+    product.write("Jane Doe <jane@globex.com>", "Right behind Eve")
+    sent = product.route()  # one `run`: it retries, gives Eve's message up, goes on
+    assert [str(r.message["Subject"]) for r in sent] == ["[CS-1001] Right behind Eve"]
+    log = "\n".join(product.logs)
+    assert f"{eve}: Redis refused its data" in log and "(try 2 of 3)" in log
+    assert f"{eve} quarantined to Quarantine: routing it failed 3 times" in log
+    client = product.mailbox.imap_client()
+    assert client.select_folder("Quarantine", readonly=True)[b"EXISTS"] == 1
+    next_customer_is_routed(product)
