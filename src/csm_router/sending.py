@@ -108,6 +108,7 @@ def record(rt: Runtime, message_id: str, writes: Sequence[Sequence[object]] = ()
     entry = attempt.entry if attempt is not None and finish else None
     if attempt is not None:
         attempt.phase = "sent"
+
     def write() -> object:
         return rt.outbox.sent(message_id, entry, result or f"sent {message_id}", writes,
                               SENT_TTL_SECONDS)
