@@ -238,6 +238,7 @@ def test_a_replica_not_confirming_is_a_wait_not_a_failed_attempt(
         rt.redis.zadd(key("outbox"), {entry_id: 0})  # due again at once
     fields = rt.redis.hgetall(key("outbox", "e", entry_id))
     assert fields[b"state"] == b"pending" and fields[b"attempts"] == b"0"
+    assert not rt.redis.hget(key("metrics"), "attempt\tdeliver")  # /metrics counts none
     assert rt.outbox.dead_letters() == [] and rt.store.thread(1001)["owner"] == ALICE
     assert smtp.messages == []
     monkeypatch.undo()

@@ -35,11 +35,15 @@ local function offerable(id)
 end
 
 -- Mark entry `id` done (a tombstone for a week, so the same send is not owed again while
--- its reason is fresh). Repeating it changes nothing.
+-- its reason is fresh). Repeating it changes nothing. An attempt is counted as it ends
+-- (done, retry, dead): a wait (`later`) is none.
 local function finish(id, result)
   local e = redis.call('HMGET', ekey(id), 'kind', 'state')
   if not e[1] then return end
-  if e[2] == 'pending' then count('done', e[1]) end
+  if e[2] == 'pending' then
+    count('attempt', e[1])
+    count('done', e[1])
+  end
   redis.call('ZREM', OUTBOX, id)
   redis.call('HDEL', RUNNING, id)
   redis.call('HSET', ekey(id), 'state', 'done', 'done', d.now, 'result', result or '')
@@ -104,7 +108,6 @@ elseif d.op == 'take' then
   end
   redis.call('HSET', RUNNING, d.id, d.holder)
   redis.call('HSET', ekey(d.id), 'holder', d.holder, 'started', d.now)
-  count('attempt', e[1])
   -- Out of reach of offers while a live worker has it; `reclaim` frees it if that dies.
   redis.call('ZADD', OUTBOX, d.now + 86400, d.id)
   return cjson.encode({state = 'taken', kind = e[1], args = e[2], attempts = tonumber(e[3]),
@@ -152,6 +155,7 @@ elseif d.op == 'retry' then
     return cjson.encode({state = 'gone'})
   end
   release(d.id)
+  count('attempt', redis.call('HGET', ekey(d.id), 'kind'))
   count('failure', redis.call('HGET', ekey(d.id), 'kind'))
   local n = redis.call('HINCRBY', ekey(d.id), 'attempts', 1)
   redis.call('HSET', ekey(d.id), 'error', d.error)
@@ -164,6 +168,7 @@ elseif d.op == 'dead' then
   end
   redis.call('ZREM', OUTBOX, d.id)
   release(d.id)
+  count('attempt', redis.call('HGET', ekey(d.id), 'kind'))
   count('failure', redis.call('HGET', ekey(d.id), 'kind'))
   redis.call('HINCRBY', ekey(d.id), 'attempts', 1)
   redis.call('HSET', ekey(d.id), 'state', 'dead', 'error', d.error, 'dead', d.now)
