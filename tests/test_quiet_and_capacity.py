@@ -161,3 +161,15 @@ def test_the_sweep_works_in_bounded_batches() -> None:
     batches = [store.sweep(NOW + 3 * HOUR, batch=2)["closed"] for _ in range(4)]
     assert [len(b) for b in batches] == [2, 2, 1, 0]
     assert sorted(c["ref"] for b in batches for c in b) == refs
+
+
+def test_a_thread_with_support_or_closed_by_hand_is_not_swept_as_quiet() -> None:
+    store = make_store(close_after="2h", support_address="support@acme.com")
+    to_support, closed = answered_thread(store), answered_thread(store, "joe@initech.com")
+    csm_reply(store, ALICE, to_support, "#support", now=NOW + 900)
+    owner = store.thread(closed)["owner"]
+    csm_reply(store, owner, closed, "#close", now=NOW + 900)
+    assert store.redis.zcard(key("quiet")) == 0
+    assert store.sweep(NOW + 5 * HOUR)["closed"] == []
+    assert [store.thread(r)["state"] for r in (to_support, closed)] == ["support", "closed"]
+    assert events(store, closed).count("closed") == 1
