@@ -379,6 +379,20 @@ def test_a_closed_thread_ends_after_the_retention_and_a_reopened_one_is_kept() -
     assert 0 < store.redis.ttl(key("stats", "assigned", "2027-01-15")) <= 30 * 86400
 
 
+
+def test_nothing_a_message_leaves_in_redis_outlives_a_short_retention() -> None:
+    """A retention of a fraction of a day bounds every key a message leaves behind, so an
+    accelerated month (bench/soak.py) sees Redis level off as a real year would."""
+    store = make_store(retention_days=0.001)  # 86.4 s
+    msg = mail()
+    msgkey = message_key(msg, msg.raw)
+    decision = decide(msg, store.snapshot(msg, NOW, verdict=verify_sender(msg, "mx")))
+    record_decision(store, msgkey, msg, decision, NOW, raw=msg.raw)
+    for name in (key("msg", msgkey), key("msgid", msg.message_id), key("raw", msgkey)):
+        assert 0 < store.redis.ttl(name) <= 87, name
+    assert store.settings.kept(90 * 86400) == 86
+
+
 SECRET = "correct-horse-battery-staple"
 
 

@@ -271,7 +271,8 @@ class Settings(BaseSettings):
     remind_minutes: int | None = Field(default=None, ge=1)
     quarantine_folder: str = "Quarantine"
     max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
-    retention_days: int = Field(default=400, ge=1)
+    # Days, fractions allowed (a soak compresses a month into minutes).
+    retention_days: float = Field(default=400, gt=0)
     # An answered thread with no new mail for this long closes by itself (seconds).
     close_after: Annotated[int, NoDecode] = 14 * 86400
     # Seconds between a failed send's attempts, e.g. "5,15,30" (empty: outbox.RETRY_DELAYS).
@@ -340,6 +341,15 @@ class Settings(BaseSettings):
     def schedule(self) -> Schedule:
         """The pool's working hours (everyone always on shift without ROUTER_HOURS)."""
         return Schedule(self.hours, tuple(m.address for m in self.pool))
+
+    @property
+    def retention_seconds(self) -> int:
+        """ROUTER_RETENTION_DAYS in whole seconds (what Redis expiries take)."""
+        return max(1, round(self.retention_days * 86400))
+
+    def kept(self, seconds: float) -> int:
+        """`seconds`, but never past the retention: nothing in Redis outlives it."""
+        return max(1, min(int(seconds), self.retention_seconds))
 
     def first_response_seconds(self, account: str = "") -> float:
         """The first-response target for a thread of `account`, in working seconds."""

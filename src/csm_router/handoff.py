@@ -57,7 +57,7 @@ def hand_to_support(msgkey: str, ref: int, cause: str = "", tell: bool = False) 
     )
     handler = load_handler(settings.support_handler)
     _jobs()._once(rt, handoff.message_id, lambda: handler(handoff, settings), writes=[
-        ["SET", key("msgid", handoff.message_id), ref, "EX", KEEP_SECONDS],
+        ["SET", key("msgid", handoff.message_id), ref, "EX", settings.kept(KEEP_SECONDS)],
         ["HSET", key("msg", msgkey), "state", "delivered"],
     ], finish=not tell)
     log.info("%s %s handed to Support (%s)", handoff.ref, msg.message_id, why)
@@ -96,7 +96,8 @@ def support_note(msgkey: str, ref: int, cause: str = "", handoff: str = "", *,
     )
     note.replace_header("Auto-Submitted", "auto-replied")
     _jobs()._send_once(rt, note, [msg.sender], writes=[
-        ["SET", key("msgid", message_id), ref, "EX", KEEP_SECONDS]], finish=finish)
+        ["SET", key("msgid", message_id), ref, "EX", rt.settings.kept(KEEP_SECONDS)]],
+        finish=finish)
     return f"told {msg.sender} that Support has {format_ref(ref)}"
 
 

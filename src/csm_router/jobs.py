@@ -244,10 +244,10 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     waited = time.time() - msg.received_at if not cause and msg.received_at else None
     previous_key = key("thread", ref, "forwards", owner)
     writes = Writes([
-        ["SET", key("msgid", message_id), ref, "EX", KEEP_SECONDS],
+        ["SET", key("msgid", message_id), ref, "EX", rt.settings.kept(KEEP_SECONDS)],
         ["RPUSH", previous_key, message_id],
         ["LTRIM", previous_key, -100, -1],
-        ["EXPIRE", previous_key, rt.settings.retention_days * 86400],
+        ["EXPIRE", previous_key, rt.settings.retention_seconds],
         ["HSET", key("msg", msgkey), "state", "delivered"],
     ])
     if waited is not None:

@@ -137,6 +137,9 @@ class Outbox:
         self.queues = queues
         self.retry_delays: tuple[float, ...] = tuple(float(x) for x in RETRY_DELAYS)
 
+    def _kept(self, seconds: float) -> int:
+        return self.store.settings.kept(seconds)
+
     def _op(self, op: str, now: float | None = None, **fields: Any) -> Any:
         payload = {"op": op, "now": now if now is not None else time.time(), **fields}
         return self.store.run_script("outbox", payload)
@@ -158,7 +161,7 @@ class Outbox:
             entry_ids = [str(i) for i in job["ids"]]
             self.queues[job["queue"]].enqueue(
                 PERFORM, *entry_ids, job_id=job["job"], result_ttl=60,
-                failure_ttl=KEEP_DEAD_SECONDS, description=" ".join(entry_ids),
+                failure_ttl=self._kept(KEEP_DEAD_SECONDS), description=" ".join(entry_ids),
                 job_timeout=job_timeout(len(entry_ids)),
             )
             offered += len(entry_ids)
@@ -196,11 +199,11 @@ class Outbox:
         and entry `entry_id` done, at once and once; answers whether this call wrote them."""
         out = self._op("sent", message_id=message_id, id=entry_id or "", result=result,
                        writes=[list(w) for w in writes], sent_ttl=sent_ttl,
-                       keep_done=KEEP_DONE_SECONDS)
+                       keep_done=self._kept(KEEP_DONE_SECONDS))
         return bool(out.get("state") == "recorded")
 
     def done(self, entry_id: str, result: str = "") -> None:
-        self._op("done", id=entry_id, result=result, keep_done=KEEP_DONE_SECONDS)
+        self._op("done", id=entry_id, result=result, keep_done=self._kept(KEEP_DONE_SECONDS))
 
     def later(self, entry_id: str, holder: str, delay: float) -> None:
         """Put entry `entry_id`, held by `holder`, back, due in `delay` seconds: a wait, not
@@ -221,7 +224,7 @@ class Outbox:
         return bool(out.get("state") == "allowed")
 
     def dead(self, entry_id: str, error: str) -> None:
-        self._op("dead", id=entry_id, error=error, keep_dead=KEEP_DEAD_SECONDS)
+        self._op("dead", id=entry_id, error=error, keep_dead=self._kept(KEEP_DEAD_SECONDS))
 
     def reclaim(self, *, dead_prefix: str | None = None, keep: str = "") -> list[str]:
         """Make entries held by dead workers due now; answers their ids.

@@ -111,7 +111,7 @@ def record(rt: Runtime, message_id: str, writes: Sequence[Sequence[object]] = ()
 
     def write() -> object:
         return rt.outbox.sent(message_id, entry, result or f"sent {message_id}", writes,
-                              SENT_TTL_SECONDS)
+                              rt.settings.kept(SENT_TTL_SECONDS))
 
     try:
         after_send(write, rt.store.replicated,

@@ -245,7 +245,7 @@ class Store:
         now = payload.setdefault("now", time.time())
         base: dict[str, Any] = {
             "has_lead": settings.overflow_address is not None,
-            "retention": settings.retention_days * 86400,
+            "retention": settings.retention_seconds,
             "wall": time.time(),
         }
         if name not in PLUMBING_SCRIPTS:
@@ -502,7 +502,7 @@ class Store:
             "error": decision.error,
             "why_deliver": why_deliver or decision.why,
             "notice": notice,
-            "raw_ttl": RAW_TTL_SECONDS if raw is not None else 0,
+            "raw_ttl": self.settings.kept(RAW_TTL_SECONDS) if raw is not None else 0,
         }
         extra = [kept_raw(raw, self.settings.alias.address)] if raw is not None else []
         return Outcome.from_json(self.run_script("record", payload, *extra))
@@ -596,7 +596,7 @@ class Store:
         return [text(m) for m in self.redis.lrange(key("thread", ref, "msgs"), 0, -1)]
 
     def link_message_id(self, message_id: str, ref: int) -> None:
-        self.redis.set(key("msgid", message_id), ref, ex=KEEP_SECONDS)
+        self.redis.set(key("msgid", message_id), ref, ex=self.settings.kept(KEEP_SECONDS))
 
     # -- mailbox checkpoint ---------------------------------------------------------
 

@@ -171,7 +171,7 @@ end
 -- A raw message is kept for its forward and for the history a CSM new to the thread gets
 -- (the message forwarded and the five before it): older ones already delivered, or a CSM's
 -- own, are dropped here. Whatever is left ends with RAW_TTL (store.RAW_TTL_SECONDS).
-local RAW_KEPT, RAW_TTL = 6, 14 * 86400
+local RAW_KEPT, RAW_TTL = 6, math.min(14 * 86400, d.retention)
 local RAW_DONE = {delivered = true, done = true, ignored = true}
 
 local function add_message(ref, msgkey)
@@ -238,8 +238,9 @@ local function release_messages(ref, owner)
   return msgs
 end
 
--- How long a message's record and its Message-ID link are kept: long past any reply.
-local KEEP_SECONDS = 400 * 86400
+-- How long a message's record and its Message-ID link are kept: long past any reply
+-- (400 days, or the retention if shorter).
+local KEEP_SECONDS = math.min(400 * 86400, d.retention)
 
 -- Inbound mail links its Message-ID only where no link exists: a message that merely
 -- claims an id already linked (a forward's, a customer's) re-points nothing. The product's
