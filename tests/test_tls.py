@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from csm_router import config
+from csm_router import config, configvalues
 from csm_router.config import is_loopback, parse_server_url
 from csm_router.connect import (
     cleartext_passwords,
@@ -91,7 +91,7 @@ def test_a_relay_on_this_machine_may_go_without_starttls(relay: RecordingSmtp) -
 def test_a_remote_relay_without_starttls_is_refused_before_anything_is_sent(
     relay: RecordingSmtp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config, "is_loopback", lambda host: False)  # as if it were remote
+    monkeypatch.setattr(configvalues, "is_loopback", lambda host: False)  # as if it were remote
     url = parse_server_url(relay.url, ("smtp",))
     with pytest.raises(PermanentError, match=r"SMTP server 127\.0\.0\.1:\d+ offers no STARTTLS"):
         asyncio.run(send(mail(), url, ["alice@acme.com"], sender="success@acme.com"))

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, replace
-from email.utils import formataddr, parseaddr
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from csm_router.configvalues import ENV_PREFIX as ENV_PREFIX
+from csm_router.configvalues import Address as Address
+from csm_router.configvalues import PoolMember as PoolMember
+from csm_router.configvalues import ServerUrl as ServerUrl
+from csm_router.configvalues import format_duration as format_duration
+from csm_router.configvalues import is_loopback as is_loopback
+from csm_router.configvalues import parse_address as parse_address
+from csm_router.configvalues import parse_bind as parse_bind
+from csm_router.configvalues import parse_duration as parse_duration
+from csm_router.configvalues import parse_pool as parse_pool
+from csm_router.configvalues import parse_server_url as parse_server_url
+from csm_router.configvalues import redact_url as redact_url
+from csm_router.configvalues import split_list as split_list
 from csm_router.connect import SENTINEL_SCHEME, parse_sentinel_url
 from csm_router.hours import HoursError, Schedule, Shift, parse_hours
-
-ENV_PREFIX = "ROUTER_"
-
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -32,214 +39,6 @@ class ConfigError(Exception):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
-
-
-@dataclass(frozen=True)
-class Address:
-    """A mailbox: optional display name and a lower-cased addr-spec."""
-
-    address: str
-    name: str = ""
-
-    def __str__(self) -> str:
-        return formataddr((self.name, self.address)) if self.name else self.address
-
-    @property
-    def domain(self) -> str:
-        return self.address.rpartition("@")[2]
-
-
-@dataclass(frozen=True)
-class PoolMember:
-    """One CSM in the pool with their round-robin weight."""
-
-    address: str
-    name: str = ""
-    weight: int = 1
-
-    @property
-    def display(self) -> str:
-        return str(Address(self.address, self.name))
-
-
-@dataclass(frozen=True)
-class ServerUrl:
-    """A parsed imap(s):// or smtp(s):// URL. `str()` never shows the password."""
-
-    scheme: str
-    host: str
-    port: int
-    username: str = ""
-    password: str = field(default="", repr=False)
-    path: str = ""
-    allow_plaintext: bool = False
-
-    @property
-    def tls(self) -> bool:
-        """Implicit TLS (imaps://, smtps://); otherwise STARTTLS."""
-        return self.scheme.endswith("s")
-
-    @property
-    def starttls_required(self) -> bool:
-        """Whether a plain connection must upgrade with STARTTLS before the password goes.
-
-        Always, unless the server is on this machine or ROUTER_ALLOW_PLAINTEXT says so: a
-        man in the middle can strip STARTTLS from the server's answer and read the login.
-        """
-        return not self.tls and not self.allow_plaintext and not is_loopback(self.host)
-
-    def plaintext_refused(self, protocol: str) -> str:
-        """Why we will not log in to a server that offers no STARTTLS."""
-        return (f"{protocol} server {self.host}:{self.port} offers no STARTTLS: refusing to "
-                f"send the password in the clear (set {ENV_PREFIX}ALLOW_PLAINTEXT=true to "
-                f"allow, or use {self.scheme}s://)")
-
-    def __str__(self) -> str:
-        user = f"{self.username}:***@" if self.username else ""
-        path = f"/{self.path}" if self.path else ""
-        return f"{self.scheme}://{user}{self.host}:{self.port}{path}"
-
-
-_DEFAULT_PORTS = {"imap": 143, "imaps": 993, "smtp": 587, "smtps": 465}
-
-
-def is_loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-_ADDR_RE = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$|^[^@\s]+@localhost$")
-
-
-def _quoted_part(text: str) -> str:
-    """The display name between double quotes, if any (it may hold an "@")."""
-    rest = text.partition('"')[2]
-    return rest.partition('"')[0] if rest else ""
-
-
-def parse_address(text: str) -> Address:
-    """Parse `Name <addr>` or a bare address; raise ValueError when it is not one."""
-    if text.replace(f'"{_quoted_part(text)}"', "").count("@") > 1:
-        raise ValueError(f"{text.strip()!r} holds more than one address: separate them with "
-                         "commas")
-    name, addr = parseaddr(text.strip())
-    addr = addr.strip().lower()
-    if not addr or not _ADDR_RE.match(addr):
-        raise ValueError(f"{text.strip()!r} is not an email address")
-    return Address(addr, name.strip())
-
-
-def split_list(text: str) -> list[str]:
-    """Split on commas that are not inside quotes or angle brackets."""
-    items: list[str] = []
-    current: list[str] = []
-    quoted = angle = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        elif ch == "<" and not quoted:
-            if angle:  # an earlier "<" never closed: it would swallow the next entries
-                raise ValueError(f"a '<' is not closed with '>' in {text.strip()!r}")
-            angle = True
-        elif ch == ">" and not quoted:
-            if not angle:
-                raise ValueError(f"a '>' has no '<' before it in {text.strip()!r}")
-            angle = False
-        if ch == "," and not quoted and not angle:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    if angle:
-        raise ValueError(f"a '<' is not closed with '>' in {text.strip()!r}")
-    items.append("".join(current))
-    return [item.strip() for item in items if item.strip()]
-
-
-_WEIGHT_RE = re.compile(r"\*\s*(\d+)\s*$")
-
-
-def parse_pool(text: str) -> tuple[PoolMember, ...]:
-    """Parse `Alice <alice@acme.com>*2, bob@acme.com` into pool members."""
-    members: list[PoolMember] = []
-    for item in split_list(text):
-        weight = 1
-        if match := _WEIGHT_RE.search(item):
-            weight = int(match.group(1))
-            item = item[: match.start()]
-            if weight < 1:
-                raise ValueError(f"weight of {item.strip()!r} must be at least 1")
-        elif "*" in item:
-            raise ValueError(f"{item.strip()!r}: a weight is a whole number, as in bob@acme.com*2")
-        address = parse_address(item)
-        if any(m.address == address.address for m in members):
-            raise ValueError(f"{address.address} is listed twice")
-        members.append(PoolMember(address.address, address.name, weight))
-    if not members:
-        raise ValueError("the pool is empty; list at least one CSM")
-    return tuple(members)
-
-
-def parse_server_url(text: str, schemes: tuple[str, ...]) -> ServerUrl:
-    """Parse a mail server URL; raise ValueError naming what is wrong, never echoing secrets."""
-    try:
-        parts = urlsplit(text.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"not a valid URL ({exc})") from None
-    if parts.scheme not in schemes:
-        raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
-    if not parts.hostname:
-        raise ValueError("the URL has no host")
-    return ServerUrl(
-        scheme=parts.scheme,
-        host=parts.hostname,
-        port=port or _DEFAULT_PORTS[parts.scheme],
-        username=unquote(parts.username or ""),
-        password=unquote(parts.password or ""),
-        path=unquote(parts.path.lstrip("/")),
-    )
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and `check` output."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """`14d`, `36h`, `30m`, `90s` (or bare seconds) as seconds; ValueError says what is wrong."""
-    match = _DURATION_RE.match(text)
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"{text.strip()!r} is not a duration like 14d, 36h, 30m or 90s")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds in the largest whole unit: 1209600 -> `14d`, 129600 -> `36h`, 90 -> `90s`."""
-    whole = int(seconds)
-    for unit in ("d", "h", "m"):
-        if whole % _UNITS[unit] == 0:
-            return f"{whole // _UNITS[unit]}{unit}"
-    return f"{whole}s"
-
-
-def parse_bind(value: str) -> tuple[str, int]:
-    """`host:port` (`[::1]:8025` for IPv6) to listen on; ValueError says what is wrong."""
-    host, sep, port = value.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:8025 or 0.0.0.0:8025")
-    return host, int(port)
 
 
 class Settings(BaseSettings):

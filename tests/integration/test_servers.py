@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from csm_router import config
+from csm_router import configvalues
 from csm_router.config import parse_server_url
 from csm_router.errors import PermanentError
 from csm_router.mailbox import Mailbox as RouterMailbox
@@ -122,7 +122,7 @@ def test_router_logs_in_to_dovecot_on_loopback_without_starttls(mailbox: Mailbox
 def test_router_refuses_a_remote_imap_server_without_starttls(
     mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config, "is_loopback", lambda host: False)  # as if it were remote
+    monkeypatch.setattr(configvalues, "is_loopback", lambda host: False)  # as if it were remote
     url = parse_server_url(mailbox.imap_url, ("imap",))
     with pytest.raises(PermanentError, match=r"^IMAP server 127\.0\.0\.1:\d+ offers no STARTTLS: "
                        r"refusing to send the password in the clear \(set ROUTER_ALLOW_PLAINTEXT"):
