@@ -6,19 +6,21 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any
 
 import redis
 
-from csm_router import digest, durability, handoff, report, sending
+from csm_router import durability, handoff, sending
 from csm_router.auth import reply_address
 from csm_router.classify import classify
 from csm_router.config import PoolMember, format_duration, load_settings
 from csm_router.dispatch import Runtime, release_held
 from csm_router.errors import PermanentError, TransientError, UnsendableError
 from csm_router.keyed import id_secret, verp_address
+from csm_router.leadnotices import escalate, remind, send_digest, tell_lead
+from csm_router.leadnotices import notify_overflow as notify_overflow
+from csm_router.leadnotices import owe_digest as owe_digest
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.metrics import observe_forward
 from csm_router.outbound import (
@@ -29,7 +31,6 @@ from csm_router.outbound import (
     message_id_for,
     render_forward,
     render_notice,
-    when,
 )
 from csm_router.outbox import (
     AFTER_SEND_PATIENCE,
@@ -335,95 +336,6 @@ def send_notice(msgkey: str) -> str:
     )
     _send_once(rt, reply, [notice["to"]])
     return f"told {notice['to']}"
-
-
-def _to_lead(ref: int, template: str, subject: str, id_parts: tuple[object, ...],
-             **context: Any) -> str:
-    """A notice about thread `ref` to the lead (ROUTER_OVERFLOW_ADDRESS), sent once."""
-    rt = runtime()
-    settings = rt.settings
-    lead = settings.overflow_address
-    if lead is None:
-        log.warning("%s: %s, and ROUTER_OVERFLOW_ADDRESS is not set: nobody told",
-                    format_ref(ref), subject)
-        return "no lead to tell"
-    thread = rt.store.thread(ref)
-    notice = render_notice(
-        template, sender=settings.alias, to=[str(lead)],
-        subject=subject.format(ref=f"[{format_ref(ref)}]", subject=thread.get("subject", "")),
-        message_id=message_id_for(template.split(".")[0], ref, *id_parts,
-                                  domain=settings.alias.domain),
-        ref=format_ref(ref), customer=thread.get("customer", ""),
-        subject_line=thread.get("subject", ""), **context,
-    )
-    _send_once(rt, notice, [lead.address])
-    log.info("%s: told %s (%s)", format_ref(ref), lead.address, template.split(".")[0])
-    return f"told {lead.address}"
-
-
-def notify_overflow(ref: int) -> str:
-    """Tell the lead that a thread is held because nobody can take it."""
-    created = runtime().store.thread(ref).get("created")
-    return _to_lead(ref, "overflow.txt.j2", "{ref} held: nobody in the pool can take it",
-                    (created,))
-
-
-def remind(ref: int, owner: str, due: float) -> str:
-    """Remind a CSM that a thread's first answer is nearly due."""
-    rt = runtime()
-    settings = rt.settings
-    thread = rt.store.thread(ref)
-    lead = settings.overflow_address
-    notice = render_notice(
-        "reminder.txt.j2", sender=settings.alias, to=[owner],
-        subject=f"Reminder: [{format_ref(ref)}] is due at {when(due)}",
-        message_id=message_id_for("remind", ref, due, domain=settings.alias.domain),
-        ref=format_ref(ref), customer=thread.get("customer", ""), due=when(due),
-        subject_line=thread.get("subject", ""), alias=settings.alias.address,
-        lead=lead.address if lead else "the CS lead",
-    )
-    _send_once(rt, notice, [owner])
-    return f"reminded {owner}"
-
-
-def escalate(ref: int, previous: str, owner: str, due: float) -> str:
-    """Tell the lead that a thread missed its first-response target (once per due time)."""
-    return _to_lead(ref, "escalation.txt.j2", "Overdue: {ref} {subject}", (due,),
-                    previous=previous or "nobody", owner=owner, due=when(due))
-
-
-def tell_lead(ref: int, kind: str, failed: str, error: str, moved_to: str = "") -> str:
-    """Tell the lead that a forward or a Support handoff failed for good, and where the
-    thread went."""
-    return _to_lead(ref, "trouble.txt.j2", "Undeliverable: {ref} {subject}",
-                    (kind, failed, error), what=kind, failed=failed, error=error,
-                    moved_to=moved_to)
-
-
-def send_digest(week: str, since: str, until: str) -> str:
-    """The weekly digest to the lead: the report of [since, until), as HTML and text."""
-    rt = runtime()
-    to = rt.settings.lead
-    if to is None:
-        return "no lead to send the digest to"
-    figures = report.build(rt.store, date.fromisoformat(since), date.fromisoformat(until))
-    _send_once(rt, digest.render_digest(rt.settings, figures, week), [to.address])
-    log.info("weekly digest %s sent to %s", week, to.address)
-    return f"digest {week} sent to {to.address}"
-
-
-def owe_digest(rt: Runtime, now: float) -> bool:
-    """Owe this week's digest once it is due (Monday morning, the lead's time)."""
-    due = digest.due_week(rt.settings, now)
-    if due is None:
-        return False
-    week, since, until = due
-    ends = datetime.combine(until, datetime.min.time(), rt.settings.report_zone)
-    out = rt.store.run_script("digest", {"week": week, "since": since.isoformat(),
-                                         "until": until.isoformat(), "now": now,
-                                         "until_ts": ends.timestamp()})
-    rt.outbox.offer(owed_ids(out.get("owed")))
-    return True
 
 
 KINDS: dict[str, Callable[..., str]] = {
