@@ -183,7 +183,7 @@ def plot(month: Month, path: Path, warm: float) -> None:
         return (pad + (width - 2 * pad) * t / end,
                 height - pad - (height - 2 * pad) * value / top)
 
-    draw.rectangle([pad, pad, xy(warm, 0, 1)[0], height - pad], fill=(238, 238, 238))
+    draw.rectangle([pad, pad, xy(min(warm, end), 0, 1)[0], height - pad], fill=(238, 238, 238))
     draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
     for t, _ in month.faults:
         x = xy(t, 0, 1)[0]
@@ -195,7 +195,8 @@ def plot(month: Month, path: Path, warm: float) -> None:
     draw.text((pad, 10), f"Redis used_memory (blue, max {top_mem / 1.1 / 1e6:.1f} MB), open "
               f"threads (green; line = capacity {len(CSMS) * MAX_OPEN}); red ticks: faults; "
               "grey: warm-up", fill="black")
-    draw.text((pad, height - pad + 12), f"0 s{' ' * 150}{end:.0f} s", fill="black")
+    draw.text((pad, height - pad + 12), "0 s", fill="black")
+    draw.text((width - pad - 40, height - pad + 12), f"{end:.0f} s", fill="black")
     image.save(path)
 
 

@@ -177,8 +177,10 @@ def test_a_worker_acts_only_on_what_a_replica_has_confirmed(
                                        raw=raw).owed
             with replica.paused():  # a replica that cannot confirm: the master might die
                 outcome = jobs.perform_one(entry)
-            assert outcome == "will retry: Redis: no replica confirmed this entry yet"
+            # A wait, not a failed attempt: nothing counted against the entry's retries.
+            assert outcome == "waiting: Redis: no replica confirmed this entry yet"
             assert smtp.messages == []
+            assert master.client().hget(f"csm:outbox:e:{entry}", "attempts") == b"0"
             master.client().zadd("csm:outbox", {entry: 0})  # its retry is due now
             assert jobs.perform_one(entry).startswith("sent ")
             assert [m.rcpt_tos for m in smtp.messages] == [["alice@acme.com"]]
