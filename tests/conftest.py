@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -48,6 +49,9 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotServer]
     """A Dovecot IMAP + LMTP server for the whole session; any user logs in with .password."""
     root = tmp_path_factory.mktemp("dovecot")
     basetemp = tmp_path_factory.getbasetemp()
+    # Under pytest-xdist each worker's basetemp is a folder of the run's (<basetemp>/gw0).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        basetemp = basetemp.parent
     # pytest-of-<user> is 0700 too; pytest itself resets it to 0700 at the next session start.
     up_to = basetemp.parent if basetemp.parent.name.startswith("pytest-of-") else basetemp
     grant_traverse(root, up_to=up_to)
