@@ -45,7 +45,7 @@ from support.servers import DovecotServer, RedisServer
 
 USER = "success@acme.com"
 CSMS = ("alice@acme.com", "bob@acme.com", "carol@acme.com", "dan@acme.com", "erin@acme.com")
-MAX_OPEN = 25
+MAX_OPEN = 40
 FREE_MAIL = ("gmail.com", "yahoo.co.jp", "t-online.de", "rediffmail.com", "qq.com")
 
 
@@ -81,7 +81,7 @@ def customers(dovecot: DovecotServer, month: Month, stop: threading.Event, day: 
             with month.lock:
                 month.customers.append(message_id)
             n += 1
-        stop.wait(rng.uniform(0.2, 0.6))
+        stop.wait(rng.uniform(0.4, 1.0))
 
 
 def csms_and_replies(dovecot: DovecotServer, smtp: RecordingSmtp, month: Month,
