@@ -231,6 +231,25 @@ def test_a_script_refusing_a_messages_data_quarantines_it_at_the_third_try_acros
     assert [str(r.message["Subject"]) for r in smtp.messages] == ["[CS-1001] Next customer"]
 
 
+
+def test_only_failing_messages_keep_a_tries_counter(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counters are for messages routing fails on: a routed one leaves none behind, so
+    Redis does not hold a key for every message of the day."""
+    imap, _ = servers
+    hostile, _ = hostile_and_next(imap)
+    refuse(rt, monkeypatch, hostile, redis.ResponseError(CJSON_REFUSES))
+    router = connected(rt)
+    with pytest.raises(TransientError):
+        router.poll_once()
+    (counter,) = rt.redis.scan_iter("csm:tries:*")  # the failing message's, and only it
+    assert b"Redis refused its data" in rt.redis.hget(counter, "why")
+    monkeypatch.undo()  # its next try succeeds
+    assert router.poll_once() == 2
+    assert list(rt.redis.scan_iter("csm:tries:*")) == []
+
+
 def test_a_message_the_router_dies_on_is_quarantined_after_three_deaths(
     rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch,
 ) -> None:

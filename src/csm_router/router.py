@@ -51,6 +51,7 @@ class Router:
         self.stop = stop or threading.Event()
         self._connected = False
         self._owed: list[str] = []
+        self._settled: list[str] = []  # tries counters of messages routed this pass
         self.beat = ProcessBeat(rt.redis, "router", mailbox.name, rt.settings.poll_seconds)
         self.epoch = EpochWatch(rt.redis, f"router {mailbox.name}")
 
@@ -193,7 +194,11 @@ class Router:
                                  text(last) or "the router stopped while routing it",
                                  parsed=False)
         try:
-            return self._handle(uid, raw)
+            outcome = self._handle(uid, raw)
+            # Routed: its count goes with the pass's offer (one round trip for the lot), so
+            # Redis holds counters only for messages that are failing.
+            self._settled.append(tries_key)
+            return outcome
         except (TransientError, PermanentError, redis.RedisError) as exc:
             if not isinstance(exc, redis.RedisError) or server_fault(exc):
                 with contextlib.suppress(redis.RedisError):
@@ -282,6 +287,9 @@ class Router:
 
     def _offer(self) -> None:
         owed, self._owed = self._owed, []
+        settled, self._settled = self._settled, []
+        if settled:
+            self.rt.redis.delete(*settled)
         self.rt.outbox.offer(owed)
         self.beat.keep_alive(self.clock())  # alive through a long pass, too
 
