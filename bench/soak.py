@@ -266,11 +266,11 @@ def run(days: int, day: float, seed: int, dovecot: DovecotServer, redis_server: 
     time.sleep(15)  # anything sent twice would arrive in this time
     drivers[1].join()
     codes = fleet.stop_all()
-    return report(month, smtp, client, codes, workdir, fleet, day)
+    return report(month, smtp, client, codes, workdir, fleet, length)
 
 
 def report(month: Month, smtp: RecordingSmtp, client: redis_lib.Redis, codes: dict[str, int],
-           workdir: Path, fleet: Fleet, day: float) -> int:
+           workdir: Path, fleet: Fleet, length: float) -> int:
     forwards = [m for m in smtp.messages if m.rcpt_tos[0] in CSMS]
     carried = {str(m.message["In-Reply-To"]) for m in forwards}
     missing = [c for c in month.customers if c not in carried]
@@ -278,7 +278,9 @@ def report(month: Month, smtp: RecordingSmtp, client: redis_lib.Redis, codes: di
                                           for m in smtp.messages).items() if n > 1}
     held = int(client.zcard("csm:held"))
     samples = month.samples
-    warm = 10 * day  # retention is seven days: by day ten everything kept is in its cycle
+    # A thread lives until it closes (days after its last mail, and customers come back)
+    # and then for the seven days of retention: by mid-month everything kept is in its cycle.
+    warm = length / 2
     after = [s for s in samples if s["t"] >= warm]
     half = len(after) // 2
     first = sum(s["memory"] for s in after[:half]) / max(half, 1)
