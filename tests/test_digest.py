@@ -152,7 +152,7 @@ def parts(mail: EmailMessage) -> tuple[str, str]:
 
 
 def test_the_digest_shows_the_figures_as_text_and_html_with_a_chart(seeded: Runtime) -> None:
-    mail = render_digest(seeded.settings, figures(seeded), "2026-W48")
+    mail = render_digest(seeded.settings, figures(seeded), "2026-W47")
     assert mail["To"] == "cs-lead@acme.com"
     assert mail["Subject"] == ("Customer Success weekly digest 16 Nov - 22 Nov 2026: "
                                "5 threads taken, 1 account(s) flagged")
@@ -182,9 +182,19 @@ def test_the_digest_is_due_monday_morning_in_the_leads_time_zone(rt: Runtime) ->
     sunday_night = datetime(2026, 11, 22, 23, 30, tzinfo=UTC).timestamp()  # Mon 00:30 Berlin
     assert due_week(rt.settings, sunday_night) is None  # Monday, but before eight
     monday = datetime(2026, 11, 23, 7, 0, tzinfo=UTC).timestamp()  # 08:00 in Berlin
-    assert due_week(rt.settings, monday) == ("2026-W48", date(2026, 11, 16), DIGEST_MONDAY)
+    assert due_week(rt.settings, monday) == ("2026-W47", date(2026, 11, 16), DIGEST_MONDAY)
     thursday = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
-    assert due_week(rt.settings, thursday) == ("2026-W48", date(2026, 11, 16), DIGEST_MONDAY)
+    assert due_week(rt.settings, thursday) == ("2026-W47", date(2026, 11, 16), DIGEST_MONDAY)
+
+
+
+def test_the_digest_is_named_by_the_iso_week_it_covers(rt: Runtime) -> None:
+    """Mon 30 Nov to Sun 6 Dec 2026 is 2026-W49, whatever Monday the digest goes out on;
+    so is a week that spans a new year (Mon 28 Dec 2026 to Sun 3 Jan 2027 is 2026-W53)."""
+    monday = datetime(2026, 12, 7, 9, 0, tzinfo=UTC).timestamp()
+    assert due_week(rt.settings, monday) == ("2026-W49", date(2026, 11, 30), date(2026, 12, 7))
+    new_year = datetime(2027, 1, 4, 9, 0, tzinfo=UTC).timestamp()
+    assert due_week(rt.settings, new_year) == ("2026-W53", date(2026, 12, 28), date(2027, 1, 4))
 
 
 def digests(rt: Runtime) -> list[str]:
@@ -208,7 +218,7 @@ def test_the_sweep_sends_the_digest_once(seeded: Runtime, smtp: RecordingSmtp) -
         for later in (0, 30, 3600):  # every sweep of the week asks again
             jobs.owe_digest(seeded, monday + later)
         (entry,) = digests(seeded)
-        assert jobs.perform_one(entry).startswith("digest 2026-W48 sent")
+        assert jobs.perform_one(entry).startswith("digest 2026-W47 sent")
         jobs.owe_digest(seeded, monday + 7200)
         assert digests(seeded) == []  # done: the same week is not owed again
     finally:

@@ -33,8 +33,11 @@ def due_week(settings: Settings, now: float) -> tuple[str, date, date] | None:
     monday = local.date() - timedelta(days=local.weekday())
     if local.date() == monday and local.hour < SEND_FROM_HOUR:
         return None
-    year, week, _ = monday.isocalendar()
-    return f"{year}-W{week:02d}", monday - timedelta(days=7), monday
+    since = monday - timedelta(days=7)
+    # Named by the week it covers (Mon 30 Nov - Sun 6 Dec 2026 is 2026-W49), not by the
+    # Monday it goes out on.
+    year, week, _ = since.isocalendar()
+    return f"{year}-W{week:02d}", since, monday
 
 
 @dataclass(frozen=True)
