@@ -211,7 +211,7 @@ class Router:
         if tries >= MAX_TRIES:
             return self._give_up(uid, raw, tries, error)
         self.rt.redis.hset(tries_key, "why", error)
-        message_id = self._message_id(raw)
+        message_id = _message_id_line(raw) or "(no id)"  # not parsed again
         log.warning("UID %s %s: %s (try %d of %d)", uid, message_id, error, tries, MAX_TRIES,
                     extra={"message_id": message_id})
         # Retried after a backoff, like a server's trouble, until its tries are used up.
@@ -235,13 +235,6 @@ class Router:
             # Even the record of its quarantine was refused its data: keep it by its bytes.
             return self._quarantine(uid, raw, "", reason, message_key(None, raw),
                                     rule="failed-routing")
-
-    def _message_id(self, raw: bytes) -> str:
-        """The message's Message-ID for a log line, "(no id)" if it has none to read."""
-        try:
-            return parse(raw, max_bytes=self.rt.settings.max_message_bytes).message_id
-        except MalformedMessageError:
-            return "(no id)"
 
     def _handle(self, uid: int, raw: bytes) -> str:
         store, settings = self.rt.store, self.rt.settings
