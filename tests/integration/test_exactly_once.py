@@ -16,7 +16,7 @@ from test_processes import kill, start
 
 from csm_router.embedded import Received
 from support.product import ALICE, BOB, CAROL, Product
-from support.servers import RedisServer, wait_until
+from support.servers import RedisServer, master_and_replica, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -138,10 +138,7 @@ def forwards(product: Product, ref: str = "[CS-1001]") -> list[Received]:
 def test_a_replica_lagging_before_a_send_is_a_wait_not_a_failed_attempt(
     product: Product, tmp_path: Path
 ) -> None:
-    with RedisServer(tmp_path / "master") as master, \
-            RedisServer(tmp_path / "replica", replica_of=master) as replica:
-        wait_until(lambda: replica.replication()["master_link_status"] == "up",
-                   "the replica in sync with the master")
+    with master_and_replica(tmp_path) as (master, replica):
         product.env["ROUTER_REDIS_URL"] = master.url
         product.env["ROUTER_RETRY_DELAYS"] = "0.2"  # two counted attempts would dead-letter it
         redis = product.redis()

@@ -29,7 +29,13 @@ from csm_router.embedded import RecordingSmtp
 from csm_router.message import parse
 from csm_router.store import message_key
 from support.product import Product
-from support.servers import RedisServer, SentinelServer, sentinel_url, wait_until
+from support.servers import (
+    RedisServer,
+    SentinelServer,
+    master_and_replica,
+    sentinel_url,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +65,7 @@ class Replicated:
 @pytest.fixture
 def replicated(tmp_path: Path) -> Iterator[Replicated]:
     with ExitStack() as stack:
-        master = stack.enter_context(RedisServer(tmp_path / "master", persistent=True))
-        replica = stack.enter_context(
-            RedisServer(tmp_path / "replica", persistent=True, replica_of=master))
-        wait_until(lambda: replica.replication()["master_link_status"] == "up",
-                   "the replica in sync with the master")
+        master, replica = stack.enter_context(master_and_replica(tmp_path, persistent=True))
         # Started once the replica is attached, so each sentinel's first look at the master
         # lists it (the next look would be ten seconds later).
         sentinels = [stack.enter_context(SentinelServer(tmp_path / f"sentinel{n}", master,
@@ -158,10 +160,7 @@ def test_redis_failing_over_under_a_stream_of_mail_loses_and_doubles_nothing(
 def test_a_worker_acts_only_on_what_a_replica_has_confirmed(
     tmp_path: Path, smtp: RecordingSmtp
 ) -> None:
-    with RedisServer(tmp_path / "master") as master, \
-            RedisServer(tmp_path / "replica", replica_of=master) as replica:
-        wait_until(lambda: replica.replication()["master_link_status"] == "up",
-                   "the replica in sync with the master")
+    with master_and_replica(tmp_path) as (master, replica):
         settings = load_settings(alias="success@acme.com", pool="alice@acme.com",
                                  smtp_url=smtp.url, away="", overflow_address="")
         rt = Runtime.from_settings(settings, master.client())

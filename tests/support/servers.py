@@ -207,6 +207,18 @@ class RedisServer(Service):
             self._proc = None
 
 
+
+@contextmanager
+def master_and_replica(
+    root: Path, *, persistent: bool = False
+) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A redis-server and a replica of it, yielded once the replica is in sync."""
+    with RedisServer(root / "master", persistent=persistent) as master, \
+            RedisServer(root / "replica", persistent=persistent, replica_of=master) as replica:
+        wait_until(lambda: replica.replication()["master_link_status"] == "up",
+                   "the replica in sync with the master")
+        yield master, replica
+
 class SentinelServer(Service):
     """A Redis Sentinel (redis-server in sentinel mode) watching `master` as `name`.
 
