@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from email.message import EmailMessage
 from email.utils import format_datetime
 from importlib import resources
@@ -104,11 +104,12 @@ def render(template: str, **context: object) -> str:
     return _templates.get_template(template).render(**context)
 
 
-def when(epoch: float | str | None) -> str:
-    """An epoch time as people read it in mail and on the command line; "-" for none."""
+def when(epoch: float | str | None, zone: tzinfo | None = None) -> str:
+    """An epoch time as people read it in mail and on the command line, in `zone` (UTC
+    unless given) and named by it: `2026-12-02 17:05 CET`; "-" for none."""
     if not epoch:
         return "-"
-    return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(float(epoch), zone or UTC).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def event_line(event: dict[str, Any]) -> str:
