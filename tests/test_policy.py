@@ -385,3 +385,53 @@ def test_a_technical_request_from_an_onboarding_account_stays_with_its_owner() -
 def test_without_a_support_address_technical_requests_stay_with_cs() -> None:
     decision = decide(parse(BUG_REPORT), replace(WITH_SUPPORT, support_address=None))
     assert decision.rule == "round-robin"
+
+
+# -- an onboarding account its owner cannot take says so ------------------------------------
+
+
+def test_onboarding_owner_away_until_a_time_is_the_reason_for_the_round_robin() -> None:
+    back = NOW + 2 * DAY  # Thu 5 Mar 2026 09:00 UTC
+    snap = replace(SNAP, onboarding=ONBOARDING, away=frozenset({"carol@acme.com"}),
+                   away_until={"carol@acme.com": back})
+    decision = decide(parse(NEW_MAIL), snap)
+    assert (decision.action, decision.target, decision.rule) == (
+        Action.FORWARD, None, "round-robin")
+    assert decision.why == ("onboarding owner carol@acme.com is away (until Thu 5 Mar 09:00 "
+                            "UTC); next in the round-robin")
+
+
+def test_onboarding_owner_away_without_an_end_is_named_too() -> None:
+    snap = replace(SNAP, onboarding=ONBOARDING, away=frozenset({"carol@acme.com"}))
+    decision = decide(parse(NEW_MAIL), snap)
+    assert decision.why == "onboarding owner carol@acme.com is away; next in the round-robin"
+
+
+def test_onboarding_owner_off_shift_is_the_reason_for_the_round_robin() -> None:
+    snap = replace(SNAP, onboarding=ONBOARDING, off_shift=frozenset({"carol@acme.com"}),
+                   back_at={"carol@acme.com": NOW + 8 * 3600})
+    decision = decide(parse(NEW_MAIL), snap)
+    assert decision.rule == "round-robin"
+    assert decision.why == ("onboarding owner carol@acme.com is off shift (until Tue 3 Mar "
+                            "17:00 UTC); next in the round-robin")
+
+
+def test_onboarding_owner_who_left_the_pool_is_the_reason_for_the_round_robin() -> None:
+    snap = replace(SNAP, onboarding=Onboarding("dave@acme.com", NOW - DAY, 90))
+    decision = decide(parse(NEW_MAIL), snap)
+    assert decision.why == ("onboarding owner dave@acme.com has left the pool; next in the "
+                            "round-robin")
+
+
+def test_a_technical_request_of_an_away_onboarding_owner_names_the_absence() -> None:
+    snap = replace(WITH_SUPPORT, onboarding=ONBOARDING, away=frozenset({"carol@acme.com"}))
+    decision = decide(parse(BUG_REPORT), snap)
+    assert (decision.action, decision.rule) == (Action.SUPPORT, "technical")
+    assert "500 error" in decision.why
+    assert decision.why.endswith("; onboarding owner carol@acme.com is away")
+
+
+def test_ordinary_round_robin_and_expired_onboarding_say_nothing_of_an_owner() -> None:
+    expired = Onboarding("carol@acme.com", NOW - 91 * DAY, 90)
+    for snap in (SNAP, replace(SNAP, onboarding=expired, away=frozenset({"carol@acme.com"}))):
+        assert decide(parse(NEW_MAIL), snap).why == "new thread, next in the round-robin"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,8 @@ class Snapshot:
     alias: str
     pool: tuple[PoolMember, ...]
     away: frozenset[str]
+    # When each of `away` is back, for those marked away until a time (epoch seconds).
+    away_until: Mapping[str, float] = field(default_factory=dict)
     thread: ThreadInfo | None = None  # the known thread this message belongs to
     matched_by: str = ""  # how `thread` was recognised, for the reason
     tag_owner: str | None = None  # CSM whose signature tag the message quotes
@@ -100,6 +103,25 @@ class Snapshot:
         if address not in self.full:
             return None
         return f"{address} is full ({self.max_open} open threads)"
+
+    def unavailable_why(self, address: str) -> str | None:
+        """Why `address` takes no new thread now (left, away, off shift or full), or None."""
+        if not self.in_pool(address):
+            return f"{address} has left the pool"
+        if address in self.away:
+            until = self.away_until.get(address)
+            return f"{address} is away" + (f" (until {day_and_time(until)})" if until else "")
+        if address in self.off_shift:
+            back = self.back_at.get(address)
+            return f"{address} is off shift" + (f" (until {day_and_time(back)})" if back
+                                                 else "")
+        return self.full_why(address)
+
+
+def day_and_time(at: float) -> str:
+    """`Thu 3 Dec 09:00 UTC`: a reason names the day too, as an absence may last weeks."""
+    moment = datetime.fromtimestamp(at, UTC)
+    return f"{moment:%a} {moment.day} {moment:%b %H:%M} UTC"
 
 
 @dataclass(frozen=True)

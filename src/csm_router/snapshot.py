@@ -127,6 +127,7 @@ class SnapshotReader:
             alias=self.settings.alias.address,
             pool=self.settings.pool,
             away=self.away_now(away_raw, now),
+            away_until={a: float(u) for a, u in text_hash(away_raw).items() if u},
             thread=thread,
             matched_by=matched_by,
             tag_owner=tag_owner,
