@@ -332,7 +332,7 @@ def test_the_thread_page_shows_who_had_it_why_each_move_and_the_subjects(rt: Run
         assert "reassigned bob@acme.com alice@acme.com - reassigned by an admin" in history
         messages = text.partition("Customer messages")[2]
         assert (f"{when(now - 3600)} 1 h ago Export question alice@acme.com round-robin "
-                "<m1@example.com>") in messages
+                "forward to alice@acme.com: owed <m1@example.com>") in messages
         assert "Re: [CS-1001] Export question alice@acme.com known-thread" in messages
 
 

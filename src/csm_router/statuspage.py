@@ -1,8 +1,9 @@
-"""The lead's status page: what `/` and `/thread/CS-n` of `csm-router web` show, read
-from Redis at request time, and the HTTP Basic check that guards them.
+"""The lead's status page: what `/` of `csm-router web` shows, read from Redis at request
+time, and the HTTP Basic check that guards it (`/thread/CS-n` is threadpage.py's).
 
 Everything here only reads. The views are plain dicts of display strings, so the
 templates (`templates/status.html.j2`, `templates/thread.html.j2`) only lay them out.
+Times are the lead's (ROUTER_HOURS of the lead, else UTC), with UTC on hover.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import base64
 import binascii
 import json
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+
+from markupsafe import Markup
 
 from csm_router import pool
 from csm_router.outbound import when
+from csm_router.pool import CsmStatus
 from csm_router.store import Store, key, text, text_hash
 from csm_router.threads import REF_PREFIX, format_ref
 
@@ -70,6 +74,16 @@ def relative(at: float, now: float) -> str:
     return f"in {span(at - now)}" if at > now else f"{span(now - at)} ago"
 
 
+def moment(epoch: float | str | None, zone: tzinfo | None) -> Markup:
+    """An epoch time in the lead's `zone`, marked up with its UTC time for a hover and
+    for machines: `<time datetime="2026-12-02T16:05:00Z" title="2026-12-02 16:05 UTC">`."""
+    if not epoch:
+        return Markup("-")
+    utc = datetime.fromtimestamp(float(epoch), UTC)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        utc.strftime("%Y-%m-%dT%H:%M:%SZ"), when(epoch), when(epoch, zone))
+
+
 def _epoch(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso).timestamp() if iso else None
 
@@ -103,20 +117,88 @@ def _threads(store: Store, refs: list[int]) -> list[dict[str, str]]:
     return [text_hash(raw) for raw in pipe.execute()]
 
 
+
+def _weekday_time(at: float, zone: tzinfo | None, now: float) -> str:
+    """`Mon 09:00 CET` within the week ahead, else with its date."""
+    local = datetime.fromtimestamp(at, zone or UTC)
+    if at - now < 6 * 86400:
+        return local.strftime("%a %H:%M %Z")
+    return local.strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+def _names(rows: list[CsmStatus]) -> str:
+    names = [r.name or r.address for r in rows]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def held_reason(rows: list[CsmStatus], capacity: int, zone: tzinfo | None,
+                now: float) -> str:
+    """Why held threads wait, from the pool's state now: who is away, off shift or full.
+
+    A CSM counts once, by what keeps them longest: away, then off shift, then full.
+    """
+    away = [r for r in rows if r.away]
+    off = [r for r in rows if not r.away and not r.on_shift]
+    full = [r for r in rows if r.on_shift and not r.away and capacity and r.open >= capacity]
+    if len(away) + len(off) + len(full) < len(rows):
+        return "a CSM can take one now: they go out at the next pass"
+    backs = [b for r in off if (b := _epoch(r.back_on_shift)) is not None]
+    shift = (f"until {_weekday_time(min(backs), zone, now)}" if backs
+             else "with no shift ahead")
+    if len(away) == len(rows):
+        returns = [u for r in away if (u := _epoch(r.away_until)) is not None]
+        first = (f" (the first back {_weekday_time(min(returns), zone, now)})"
+                 if len(returns) == len(away) else "")
+        return f"everyone is away{first}"
+    if len(off) == len(rows):
+        return f"nobody on shift {shift}"
+    if len(full) == len(rows):
+        return f"everyone at capacity ({capacity} open each)"
+    parts = []
+    if away:
+        parts.append(f"{_names(away)} away")
+    if off:
+        parts.append(f"{_names(off)} off shift {shift}")
+    if full:
+        parts.append(f"{_names(full)} at capacity ({capacity} open each)")
+    return "; ".join(parts)
+
+
+def _decision(entry: dict[str, Any], now: float, zone: tzinfo | None) -> dict[str, Any]:
+    """One line of csm:recent as the page shows it."""
+    at = _number(entry.get("at"))
+    number = entry.get("ref")
+    state, action = str(entry.get("state") or ""), str(entry.get("action") or "")
+    outcome = {"held": "held", "quarantined": "quarantined"}.get(state, action)
+    return {
+        "at": moment(at, zone), "ago": relative(at, now) if at is not None else "",
+        "link": _link(number if isinstance(number, int) else None),
+        "subject": str(entry.get("subject") or ""),
+        "outcome": outcome, "bad": outcome in ("held", "quarantined", "escalate"),
+        "owner": str(entry.get("owner") or ""),
+        "rule": str(entry.get("rule") or ""), "why": str(entry.get("why") or ""),
+        "message_id": str(entry.get("message_id") or ""),
+    }
+
+
 def overview(store: Store, now: float) -> dict[str, Any]:
     """Everything `/` shows: the pool, held and overdue threads, the latest decisions."""
-    capacity = store.settings.max_open_per_csm
+    settings = store.settings
+    capacity, zone = settings.max_open_per_csm, settings.report_zone
+    rows = pool.status(store, now)
     members: list[dict[str, Any]] = []
-    for row in pool.status(store, now):
+    for row in rows:
         back = _epoch(row.back_on_shift)
         away_until = _epoch(row.away_until)
         members.append({
             "name": row.name or row.address,
             "address": row.address if row.name else "",
             "on_shift": "yes" if row.on_shift else (
-                f"back {when(back)} ({relative(back, now)})" if back is not None else "no"),
+                Markup("back {} ({})").format(moment(back, zone), relative(back, now))
+                if back is not None else "no"),
             "off_shift": not row.on_shift,
-            "away": (f"until {when(away_until)} ({relative(away_until, now)})"
+            "away": (Markup("until {} ({})").format(moment(away_until, zone),
+                                                     relative(away_until, now))
                      if away_until is not None else "yes") if row.away else "",
             "weight": row.weight,
             "open": row.open,
@@ -137,15 +219,20 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     # Both lists' threads in one round trip: (ref, when held or due, the thread).
     held_rows, due_rows = _scored(held_raw), _scored(due_raw)
     threads = _threads(store, [ref for ref, _ in held_rows + due_rows])
-    held = [{
-        "link": _link(ref), "subject": thread.get("subject", ""),
-        "customer": _customer(thread), "account": thread.get("account", ""),
-        "since": when(since), "waiting": span(now - since),
-    } for (ref, since), thread in zip(held_rows, threads, strict=False)]
+    held = []
+    for (ref, since), thread in zip(held_rows, threads, strict=False):
+        # Held past its first-response target: as late as an overdue thread, and first out.
+        target = settings.first_response_seconds(thread.get("account", ""))
+        held.append({
+            "link": _link(ref), "subject": thread.get("subject", ""),
+            "customer": _customer(thread), "account": thread.get("account", ""),
+            "since": moment(since, zone), "waiting": span(now - since),
+            "late": now - since > target,
+        })
     overdue = [{
         "link": _link(ref), "subject": thread.get("subject", ""),
         "customer": _customer(thread), "owner": thread.get("owner", ""),
-        "due": when(due), "late": f"{span(now - due)} late",
+        "due": moment(due, zone), "late": f"{span(now - due)} late",
     } for (ref, due), thread in zip(due_rows, threads[len(held_rows):], strict=True)]
 
     recent = []
@@ -154,79 +241,20 @@ def overview(store: Store, now: float) -> dict[str, Any]:
             entry = json.loads(raw)
         except ValueError:
             continue
-        if not isinstance(entry, dict):
-            continue
-        at = _number(entry.get("at"))
-        number = entry.get("ref")
-        state, action = str(entry.get("state") or ""), str(entry.get("action") or "")
-        recent.append({
-            "at": when(at), "ago": relative(at, now) if at is not None else "",
-            "link": _link(number if isinstance(number, int) else None),
-            "subject": str(entry.get("subject") or ""),
-            "outcome": "held" if state == "held" else action,
-            "owner": str(entry.get("owner") or ""),
-            "rule": str(entry.get("rule") or ""), "why": str(entry.get("why") or ""),
-            "message_id": str(entry.get("message_id") or ""),
-        })
+        if isinstance(entry, dict):
+            recent.append(_decision(entry, now, zone))
 
     return {
-        "now": when(now),
+        "now": moment(now, zone),
         "pool": members,
         "capacity": capacity,
         "available": sum(1 for m in members
                          if not m["off_shift"] and not m["away"] and not m["full"]),
         "open": sum(int(m["open"]) for m in members),
         "held": held, "held_total": int(held_total), "held_more": int(held_total) - len(held),
+        "held_reason": held_reason(rows, capacity, zone, now) if int(held_total) else "",
+        "held_late": sum(1 for t in held if t["late"]),
         "overdue": overdue, "overdue_total": int(due_total),
         "overdue_more": int(due_total) - len(overdue),
         "recent": recent,
-    }
-
-
-def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
-    """Everything `/thread/CS-n` shows, or None when there is no such thread."""
-    thread = store.thread(ref)
-    if not thread:
-        return None
-    events = []
-    for event in store.events(ref):
-        at = _number(event.get("at"))
-        owner, previous = str(event.get("owner") or ""), str(event.get("previous") or "")
-        events.append({
-            "at": when(at), "ago": relative(at, now) if at is not None else "",
-            "event": str(event.get("event") or ""),
-            "owner": owner,
-            "previous": previous if previous != owner else "",  # a move, not a stay
-            "rule": str(event.get("rule") or ""), "why": str(event.get("why") or ""),
-            "message_id": str(event.get("msg") or ""),
-        })
-    messages = []
-    for record in store.messages(store.thread_messages(ref)):
-        if not record:
-            continue  # its record outlived by the thread (kept 400 days)
-        at = _number(record.get("at"))
-        messages.append({
-            "at": when(at), "ago": relative(at, now) if at is not None else "",
-            "subject": record.get("subject", ""), "owner": record.get("owner", ""),
-            "rule": record.get("rule", ""), "message_id": record.get("message_id", ""),
-        })
-    due = _number(thread.get("due"))
-    facts = [
-        ("customer", _customer(thread)),
-        ("account", thread.get("account", "")),
-        ("owner", thread.get("owner", "")),
-        ("state", thread.get("state", "")),
-        ("created", when(thread.get("created"))),
-        ("due", f"{when(due)} ({relative(due, now)})" if due is not None else ""),
-        ("first response", when(thread.get("first_response"))
-         if thread.get("first_response") else ""),
-    ]
-    return {
-        "now": when(now),
-        "ref": format_ref(ref),
-        "subject": thread.get("subject", ""),
-        "facts": [(name, value or "-") for name, value in facts],
-        "late": due is not None and due <= now,
-        "events": events,
-        "messages": messages,
     }

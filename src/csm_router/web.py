@@ -30,16 +30,12 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from csm_router.config import ConfigError, Settings, is_loopback
-from csm_router.durability import (
-    PERSISTENCE_RECHECK_SECONDS,
-    EpochWatch,
-    Loss,
-    persistence_problem,
-)
-from csm_router.metrics import RedisCollector, check_routers
+from csm_router.health import Health
+from csm_router.metrics import RedisCollector
 from csm_router.outbound import template_environment
-from csm_router.statuspage import overview, parse_ref, thread_view
+from csm_router.statuspage import overview, parse_ref
 from csm_router.store import Store
+from csm_router.threadpage import thread_view
 from csm_router.threads import format_ref
 from csm_router.webguard import Gate, HostCheck, LoginThrottle, allowed_hosts
 
@@ -86,7 +82,7 @@ def create_app(settings: Settings, redis: Redis,
         registry.register(RedisCollector(redis, settings, detailed=detailed))
     gate = Gate(settings.web_user, password, throttle or LoginThrottle())
     authorised, refused = gate.check, gate.refused
-    health = Health(redis)
+    health = Health(redis, zone=settings.report_zone)
 
     # Plain functions: Starlette runs them in its thread pool, off the event loop, which
     # is what the blocking Redis client needs.
@@ -106,7 +102,7 @@ def create_app(settings: Settings, redis: Redis,
         detailed = authorised(request)
         if isinstance(detailed, Response):
             return detailed
-        healthy, lines = health.report(time.time(), detailed=detailed)
+        healthy, lines = health.report(clock(), detailed=detailed)
         return PlainTextResponse(("ok\n" if healthy else "unhealthy\n") + "".join(
             f"- {line}\n" for line in lines), status_code=200 if healthy else 503)
 
@@ -131,7 +127,10 @@ def create_app(settings: Settings, redis: Redis,
         return HTMLResponse(pages.get_template(template).render(**context))
 
     def status_page(request: Request) -> Response:
-        return render("status.html.j2", **overview(store, clock()))
+        now = clock()
+        # The verdict /healthz gives, so the page never says otherwise.
+        verdict = health.verdict(now, detailed=True)
+        return render("status.html.j2", **overview(store, now), health=verdict.banners())
 
     def thread_page(request: Request) -> Response:
         ref = parse_ref(request.path_params["ref"])
@@ -154,51 +153,6 @@ def _said(exc: Exception, detailed: bool) -> str:
     """An error as told to a caller: its kind only, unless they logged in (a Redis
     error names hosts and ports)."""
     return str(exc) if detailed else f"{type(exc).__name__} (details with credentials)"
-
-
-class Health:
-    """What /healthz says, and the watch on Redis losing its data, shared by requests."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self.epoch = EpochWatch(redis, "web")
-        self._persistence: tuple[bool, str | None] = (False, None)
-        self._persistence_at = float("-inf")
-
-    def look(self) -> None:
-        """Notice a loss of Redis's data at once (logged once); never raises."""
-        with contextlib.suppress(RedisError):
-            self.epoch.intact()
-
-    def report(self, now: float, *, detailed: bool) -> tuple[bool, list[str]]:
-        """(healthy, lines); the lines name processes by login, host and pid only when
-        `detailed` (the caller gave the status page's credentials)."""
-        problems, routers = check_routers(self.redis, now, detailed=detailed)
-        if problems and problems[0].startswith("Redis unreachable"):
-            return False, [problems[0] if detailed else "Redis unreachable"]
-        notes: list[str] = []
-        try:
-            self.epoch.intact()
-            if self.epoch.lost:
-                problems.append("Redis lost its data: a router numbers new threads above "
-                                "every earlier reference at its next pass")
-            elif (loss := Loss.read(self.redis)) is not None:
-                notes.append(loss.describe())
-            fatal, persistence = self._persistence_problem(now)
-        except RedisError as exc:
-            return False, [f"Redis unreachable: {_said(exc, detailed)}"]
-        if persistence:
-            (problems if fatal else notes).append(persistence)
-        if problems:
-            return False, problems
-        return True, [f"router {p.label(detailed)} beat {p.silent_for(now):.0f}s ago"
-                      for p in routers] + notes
-
-    def _persistence_problem(self, now: float) -> tuple[bool, str | None]:
-        if now >= self._persistence_at + PERSISTENCE_RECHECK_SECONDS:
-            self._persistence = persistence_problem(self.redis)
-            self._persistence_at = now
-        return self._persistence
 
 
 class _Server(uvicorn.Server):

@@ -1,0 +1,192 @@
+"""`/thread/CS-n` of `csm-router web`: who had a thread and why each move, the customer's
+messages with whether each one's forward went out, and the replies, read at request time.
+
+A message's sends are found without scanning: the outbox names each entry by what makes
+it unique (lua/common.lua `owe`: kind, then a digest of the message key, the CSM and the
+cause), and the message's record says which sends its decision implied (`followup`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import Any
+
+from markupsafe import Markup
+
+from csm_router.outbound import when
+from csm_router.statuspage import _customer, _number, moment, relative
+from csm_router.store import Store, key, text
+from csm_router.threads import format_ref
+
+GENERATIONS = 3  # a dead letter owed afresh is `<id>-g2`, `<id>-g3`: the newest is shown
+
+
+def digest(value: str) -> str:
+    """lua/common.lua's `digest`: two 31-bit polynomial hashes of the bytes, in hex."""
+    a, b = 7, 11
+    for byte in value.encode():
+        a = (a * 131 + byte) % 2147483629
+        b = (b * 257 + byte) % 2147483587
+    return f"{a:08x}{b:08x}"
+
+
+def entry_id(kind: str, *parts: str) -> str:
+    """The outbox id of the send of `kind` owed for `parts` (first generation)."""
+    return f"{kind}-{digest('|'.join(parts))}"
+
+
+@dataclass(frozen=True)
+class Send:
+    """One send owed for a message, as the page shows it."""
+
+    what: str  # "forward to alice@acme.com", "handoff to Support"
+    state: str  # "sent", "owed", "failed", "unknown"
+    detail: str = ""
+
+    def describe(self) -> str:
+        return f"{self.what}: {self.state}" + (f" ({self.detail})" if self.detail else "")
+
+
+def _wanted(msgkey: str, record: dict[str, str]) -> list[tuple[str, str]]:
+    """(what, first-generation entry id) of each send `record`'s decision implied."""
+    try:
+        followup = json.loads(record.get("followup") or "{}")
+    except ValueError:
+        followup = {}
+    followup = followup if isinstance(followup, dict) else {}
+    wanted = []
+    owner = str(followup.get("owner") or "")
+    if owner and msgkey in (followup.get("deliver") or []):
+        wanted.append((f"forward to {owner}", entry_id("deliver", msgkey, owner, "")))
+    elif record.get("owner") and record.get("action") == "forward":
+        # Held when it came, handed to its owner later: the release owed its forward.
+        owner = record["owner"]
+        wanted.append((f"forward to {owner}", entry_id("deliver", msgkey, owner, "")))
+    if followup.get("support") == msgkey:
+        wanted.append(("handoff to Support", entry_id("support", msgkey, "")))
+    return wanted
+
+
+def deliveries(store: Store, records: list[tuple[str, dict[str, str]]],
+               now: float) -> list[list[Send]]:
+    """For each (message key, record): its sends and how each stands, in one round trip."""
+    wanted = [_wanted(msgkey, record) for msgkey, record in records]
+    pipe = store.redis.pipeline(transaction=False)
+    for sends in wanted:
+        for _, base in sends:
+            for generation in range(1, GENERATIONS + 1):
+                entry = base if generation == 1 else f"{base}-g{generation}"
+                pipe.hmget(key("outbox", "e", entry), "state", "done", "error", "attempts")
+    answers = iter(pipe.execute() if any(wanted) else [])
+    zone = store.settings.report_zone
+    found = []
+    for (_, record), sends in zip(records, wanted, strict=True):
+        shown = []
+        for what, _ in sends:
+            newest = None
+            for _ in range(GENERATIONS):
+                fields = [text(x) for x in next(answers)]
+                if fields[0]:
+                    newest = fields
+            shown.append(_send(what, newest, record, zone))
+        if not sends and record.get("state") == "held":
+            shown.append(Send("forward", "held", "owed to whoever can take the thread"))
+        found.append(shown)
+    return found
+
+
+def _send(what: str, fields: list[str] | None, record: dict[str, str],
+          zone: tzinfo | None) -> Send:
+    if fields is None:
+        # Finished entries are kept a week; the record still says the forward went out.
+        if record.get("state") == "delivered":
+            return Send(what, "sent")
+        return Send(what, "unknown", "no outbox entry kept")
+    state, done, error, attempts = fields
+    if state == "done":
+        return Send(what, "sent", when(done, zone) if done else "")
+    if state == "dead":
+        return Send(what, "failed", error or "see csm-router failed")
+    tries = int(attempts or 0)
+    detail = f"{tries} failed attempt{'s' if tries != 1 else ''}: {error}" if tries else ""
+    return Send(what, "owed", detail)
+
+
+def _who(record: dict[str, str]) -> str:
+    """Who wrote a message: the customer, a CSM (their reply copied to the alias), Support."""
+    if record.get("rule") == "from-support":
+        return "support"
+    if record.get("action") in ("reply", "command"):
+        return "csm"
+    return "customer"
+
+
+def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
+    """Everything `/thread/CS-n` shows, or None when there is no such thread."""
+    thread = store.thread(ref)
+    if not thread:
+        return None
+    zone = store.settings.report_zone
+    events = []
+    for event in store.events(ref):
+        at = _number(event.get("at"))
+        owner, previous = str(event.get("owner") or ""), str(event.get("previous") or "")
+        events.append({
+            "at": moment(at, zone), "ago": relative(at, now) if at is not None else "",
+            "event": str(event.get("event") or ""),
+            "owner": owner,
+            "previous": previous if previous != owner else "",  # a move, not a stay
+            "rule": str(event.get("rule") or ""), "why": str(event.get("why") or ""),
+            "message_id": str(event.get("msg") or ""),
+        })
+    msgkeys = store.thread_messages(ref)
+    # A record outlived by its thread (kept 400 days) is left out.
+    records = [(m, r) for m, r in zip(msgkeys, store.messages(msgkeys), strict=True) if r]
+    sends = deliveries(store, [(m, r) for m, r in records if _who(r) == "customer"], now)
+    owed = iter(sends)
+    by_who: dict[str, list[dict[str, Any]]] = {"customer": [], "csm": [], "support": []}
+    for _, record in records:
+        at = _number(record.get("at"))
+        who = _who(record)
+        by_who[who].append({
+            "at": moment(at, zone), "ago": relative(at, now) if at is not None else "",
+            "subject": record.get("subject", ""), "owner": record.get("owner", ""),
+            "rule": record.get("rule", ""), "message_id": record.get("message_id", ""),
+            "sends": [{"text": s.describe(), "state": s.state}
+                      for s in (next(owed) if who == "customer" else [])],
+        })
+    due = _number(thread.get("due"))
+    facts = [
+        ("customer", _customer(thread)),
+        ("account", thread.get("account", "")),
+        ("owner", _owner(store, thread)),
+        ("state", thread.get("state", "")),
+        ("created", moment(thread.get("created"), zone)),
+        ("due", Markup("{} ({})").format(moment(due, zone), relative(due, now))
+         if due is not None else ""),
+        ("first response", moment(thread.get("first_response"), zone)
+         if thread.get("first_response") else ""),
+    ]
+    return {
+        "now": moment(now, zone),
+        "ref": format_ref(ref),
+        "subject": thread.get("subject", ""),
+        "facts": [(name, value or "-") for name, value in facts],
+        "late": due is not None and due <= now,
+        "events": events,
+        "messages": by_who["customer"],
+        "replies": by_who["csm"],
+        "support_messages": by_who["support"],
+    }
+
+
+def _owner(store: Store, thread: dict[str, str]) -> str:
+    """The owner as the lead reads it: Support, and the last CSM, for a thread with Support."""
+    owner = thread.get("owner", "")
+    if thread.get("state") != "support":
+        return owner
+    support = store.settings.support_address
+    who = f"Support ({support.address})" if support else "Support"
+    return f"{who}; last CSM {owner}" if owner else who
