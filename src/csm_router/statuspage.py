@@ -169,12 +169,12 @@ def _decision(entry: dict[str, Any], now: float, zone: tzinfo | None) -> dict[st
     at = _number(entry.get("at"))
     number = entry.get("ref")
     state, action = str(entry.get("state") or ""), str(entry.get("action") or "")
-    outcome = {"held": "held", "quarantined": "quarantined"}.get(state, action)
+    outcome = state if state in ("held", "quarantined", "escalated") else action
     return {
         "at": moment(at, zone), "ago": relative(at, now) if at is not None else "",
         "link": _link(number if isinstance(number, int) else None),
         "subject": str(entry.get("subject") or ""),
-        "outcome": outcome, "bad": outcome in ("held", "quarantined", "escalate"),
+        "outcome": outcome, "bad": outcome in ("held", "quarantined", "escalated"),
         "owner": str(entry.get("owner") or ""),
         "rule": str(entry.get("rule") or ""), "why": str(entry.get("why") or ""),
         "message_id": str(entry.get("message_id") or ""),

@@ -5,6 +5,16 @@
 -- Each due time is reminded and escalated once.
 local out = {reminders = {}, escalations = {}, held = {}, closed = {}}
 
+-- The lead's "Latest decisions" (csm:recent, as lua/record.lua writes it, newest first,
+-- 50 kept): a move the clock made is a decision too.
+local function recent(ref, state, owner, why)
+  redis.call('LPUSH', P .. 'recent', cjson.encode({at = d.now, ref = tonumber(ref),
+    message_id = '', subject = redis.call('HGET', P .. 'thread:' .. ref, 'subject') or '',
+    state = state, action = 'escalate', owner = owner, rule = 'first-response',
+    why = why}))
+  redis.call('LTRIM', P .. 'recent', 0, 49)
+end
+
 local function escalate(ref, tkey, t, owner, due)
   redis.call('ZREM', P .. 'due', ref)
   d.exclude = owner
@@ -30,6 +40,8 @@ local function escalate(ref, tkey, t, owner, due)
   event(ref, 'escalated', {owner = next_owner or '', previous = owner,
     why = next_owner and 'first response overdue'
       or 'first response overdue, nobody available: held'})
+  recent(ref, next_owner and 'escalated' or 'held', next_owner or '',
+    next_owner and why .. ': escalated' or why .. ': nobody available, held')
   table.insert(out.escalations, {ref = tonumber(ref), previous = owner,
     owner = next_owner or '', due = due, msg = t[6] or ''})
 end
