@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 from PIL import Image
 
-from csm_router import cli, jobs, report
+from csm_router import cli, cli_figures, jobs, report
 from csm_router.config import load_settings
 from csm_router.decide import decide
 from csm_router.digest import BAR_WIDTH, LABEL, ROW, bars, drawable, due_week, render_digest
@@ -121,7 +121,7 @@ def test_accounts_touched_by_three_or_more_csms_are_flagged(seeded: Runtime) -> 
 def test_report_json_gives_the_same_figures(
     seeded: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "_runtime", lambda: seeded)
+    monkeypatch.setattr(cli_figures, "_runtime", lambda: seeded)
     assert cli.main(["report", "--since", "2026-11-16", "--until", "2026-11-23",
                      "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -139,7 +139,7 @@ def test_report_json_gives_the_same_figures(
 def test_report_refuses_a_period_that_ends_before_it_starts(
     seeded: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "_runtime", lambda: seeded)
+    monkeypatch.setattr(cli_figures, "_runtime", lambda: seeded)
     assert cli.main(["report", "--since", "2026-11-23", "--until", "2026-11-16"]) == 1
     assert "--until must be after --since" in capsys.readouterr().err
 
@@ -154,11 +154,11 @@ def parts(mail: EmailMessage) -> tuple[str, str]:
 def test_the_digest_shows_the_figures_as_text_and_html_with_a_chart(seeded: Runtime) -> None:
     mail = render_digest(seeded.settings, figures(seeded), "2026-W47")
     assert mail["To"] == "cs-lead@acme.com"
-    assert mail["Subject"] == ("Customer Success weekly digest 16 Nov - 22 Nov 2026: "
-                               "5 threads taken, 1 account(s) flagged")
+    assert mail["Subject"] == ("Customer Success weekly digest 2026-W47 (16 Nov - 22 Nov 2026): "
+                               "4 new threads, 5 taken, 1 account(s) flagged")
     text, html = parts(mail)
     assert "threads taken 2, replies 3, first response median 20 min / p90 30 min" in text
-    assert "overdue 1, reassigned in 0 / out 1, handed to Support 0" in text
+    assert "went overdue 1, reassigned in 0 / out 1, handed to Support 0" in text
     assert "! globex.com: 3 CSMs (alice@acme.com, bob@acme.com, carol@acme.com)" in text
     assert "globex.com</strong>: 3 CSMs" in html
     # The chart: a PNG beside the HTML, which names it by Content-ID.

@@ -376,7 +376,7 @@ def test_a_closed_thread_ends_after_the_retention_and_a_reopened_one_is_kept() -
     route(store, mail(subject=f"Re: [CS-{ref}] Question"), now=NOW + 120)  # reopened
     assert all(store.redis.ttl(k) == -1 for k in thread_keys)
     assert 0 < store.redis.ttl(key("customer", "jane@globex.com")) <= 30 * 86400
-    assert 0 < store.redis.ttl(key("stats", "assigned", "2027-01-15")) <= 30 * 86400
+    assert 0 < store.redis.ttl(key("daily", "2027-01-15")) <= 30 * 86400
 
 
 

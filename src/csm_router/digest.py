@@ -4,18 +4,26 @@ Monday morning in the lead's time zone by whichever worker runs the sweep."""
 
 from __future__ import annotations
 
+import base64
 import io
+import re
+import time
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from csm_router import report
 from csm_router.config import Settings
-from csm_router.outbound import message_id_for, render, stamp
+from csm_router.outbound import message_id_for, render, stamp, when
+from csm_router.pool import PoolError
 from csm_router.report import Report
+from csm_router.statuspage import span
+from csm_router.store import Store
 
 SEND_FROM_HOUR = 8  # Monday, in the lead's time zone
 BAR_WIDTH = 240  # pixels for the longest bar
@@ -30,14 +38,39 @@ def due_week(settings: Settings, now: float) -> tuple[str, date, date] | None:
     if settings.lead is None:
         return None
     local = datetime.fromtimestamp(now, settings.report_zone)
-    monday = local.date() - timedelta(days=local.weekday())
-    if local.date() == monday and local.hour < SEND_FROM_HOUR:
+    if local.weekday() == 0 and local.hour < SEND_FROM_HOUR:
         return None
-    since = monday - timedelta(days=7)
+    return last_complete_week(settings, now)
+
+
+def last_complete_week(settings: Settings, now: float) -> tuple[str, date, date]:
+    """The last ISO week that has ended at `now` in the lead's zone, as (label, since,
+    until): the one this or next Monday's digest covers."""
+    local = datetime.fromtimestamp(now, settings.report_zone).date()
+    since = local - timedelta(days=local.weekday() + 7)
     # Named by the week it covers (Mon 30 Nov - Sun 6 Dec 2026 is 2026-W49), not by the
     # Monday it goes out on.
-    year, week, _ = since.isocalendar()
-    return f"{year}-W{week:02d}", since, monday
+    return week_label(since), since, since + timedelta(days=7)
+
+
+def week_label(monday: date) -> str:
+    year, week, _ = monday.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+_WEEK = re.compile(r"(\d{4})-W(\d{2})")
+
+
+def parse_week(label: str) -> tuple[date, date]:
+    """The days [since, until) of an ISO week such as 2026-W49; PoolError if it is none."""
+    found = _WEEK.fullmatch(label.strip())
+    try:
+        if found is None:
+            raise ValueError(label)
+        since = date.fromisocalendar(int(found[1]), int(found[2]), 1)
+    except ValueError:
+        raise PoolError(f"--week {label!r}: give an ISO week such as 2026-W49") from None
+    return since, since + timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -105,8 +138,9 @@ def render_digest(settings: Settings, report: Report, week: str) -> EmailMessage
     to = settings.lead
     assert to is not None
     last = report.until - timedelta(days=1)
-    subject = (f"Customer Success weekly digest {report.since:%d %b} - {last:%d %b %Y}: "
-               f"{sum(c.taken for c in report.csms)} threads taken, "
+    subject = (f"Customer Success weekly digest {week} ({report.since:%d %b} - "
+               f"{last:%d %b %Y}): {report.threads.came_in} new threads, "
+               f"{sum(c.taken for c in report.csms)} taken, "
                f"{len(report.flagged)} account(s) flagged")
     out = stamp(sender=settings.alias.name or settings.alias.address, alias=settings.alias,
                 to=str(to), subject=subject, kind="digest",
@@ -114,13 +148,60 @@ def render_digest(settings: Settings, report: Report, week: str) -> EmailMessage
     out["Auto-Submitted"] = "auto-generated"
     rows = bars(report)
     chart = make_msgid("chart", domain=settings.alias.domain)
+    zone = settings.report_zone
     context = {"report": report, "last": last, "bars": rows, "week": week,
-               "zone": settings.report_zone.key,
+               "zone": zone.key, "span": span, "duration": duration,
                "chart_cid": chart[1:-1], "chart_width": LABEL + BAR_WIDTH + 50,
-               "chart_height": len(rows) * ROW + 4, "generated": datetime.now(UTC)}
+               "chart_height": len(rows) * ROW + 4, "generated": when(time.time(), zone)}
     out.set_content(render("digest.txt.j2", **context))
     out.add_alternative(render("digest.html.j2", **context), subtype="html")
     html = next(p for p in out.iter_parts() if p.get_content_type() == "text/html")
     assert isinstance(html, EmailMessage)
     html.add_related(chart_png(rows), "image", "png", cid=chart, filename="chart.png")
     return out
+
+
+def duration(seconds: float | None) -> str:
+    """A first response as the tables show it: `13 s`, `12 min`; "-" for none."""
+    return "-" if seconds is None else span(seconds)
+
+
+def compose(store: Store, week: str, since: date, until: date) -> EmailMessage:
+    """The digest of [since, until) as the worker sends it."""
+    return render_digest(store.settings, report.build(store, since, until), week)
+
+
+def write_preview(store: Store, week: str | None, folder: Path) -> list[Path]:
+    """Write the digest of `week` (default: the last complete ISO week in the lead's zone)
+    to `folder`, as it would go out: `csm-digest-<week>.eml`, the whole message, and
+    `csm-digest-<week>.html`, its HTML with the chart inlined for a browser. Answers the
+    paths. PoolError for a malformed week or no lead to address it to."""
+    if store.settings.lead is None:
+        raise PoolError("no lead to address the digest to: set ROUTER_DIGEST_ADDRESS or "
+                        "ROUTER_OVERFLOW_ADDRESS")
+    if week is None:
+        week, since, until = last_complete_week(store.settings, time.time())
+    else:
+        since, until = parse_week(week)
+        week = week_label(since)
+    mail = compose(store, week, since, until)
+    folder.mkdir(parents=True, exist_ok=True)
+    eml = folder / f"csm-digest-{week}.eml"
+    eml.write_bytes(mail.as_bytes(policy=mail.policy.clone(linesep="\r\n")))
+    page = folder / f"csm-digest-{week}.html"
+    page.write_text(inline_chart(mail), encoding="utf-8")
+    return [eml, page]
+
+
+def inline_chart(mail: EmailMessage) -> str:
+    """The digest's HTML with its chart as a data: URI instead of a cid: reference."""
+    html = mail.get_body(("html",))
+    assert isinstance(html, EmailMessage)
+    page = str(html.get_content())
+    for part in mail.walk():
+        if part.get_content_type() == "image/png" and part["Content-ID"]:
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            uri = "data:image/png;base64," + base64.b64encode(payload).decode("ascii")
+            page = page.replace(f"cid:{str(part['Content-ID']).strip('<>')}", uri)
+    return page

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import re
-import statistics
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
+from csm_router.report import describe_waits
 from csm_router.store import Store, key, text, text_hash
 from csm_router.threads import account_of, format_tag, is_free_mail, new_tag
 
@@ -107,33 +106,54 @@ class CsmStatus:
     away: bool
     away_until: str | None
     open: int
-    overdue: int
-    assigned_today: int
+    overdue: int  # threads past their first-response target right now (overdue_now)
+    assigned_today: int  # threads taken today (taken_today): kept for older readers
     on_shift: bool  # within their ROUTER_HOURS now (always, without hours)
     shift: str | None  # their hours, e.g. "09:00-17:00 Mon, ... (Europe/Berlin)"
     back_on_shift: str | None  # when off shift: when the next shift starts (ISO, UTC)
     median_first_response_minutes: float | None
     p90_first_response_minutes: float | None
+    median_first_response_seconds: float | None
+    p90_first_response_seconds: float | None
+
+    @property
+    def overdue_now(self) -> int:
+        return self.overdue
+
+    @property
+    def taken_today(self) -> int:
+        """The report's `taken` for today, the lead's day: one counter (lua/common.lua's
+        `took`) for both."""
+        return self.assigned_today
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"overdue_now": self.overdue_now,
+                               "taken_today": self.taken_today}
+
+
+def today(store: Store, now: float) -> date:
+    """The lead's day at `now` (Settings.report_zone): the day `taken_today` counts."""
+    return datetime.fromtimestamp(now, store.settings.report_zone).date()
 
 
 def status(store: Store, now: float) -> list[CsmStatus]:
-    """The pool with live figures, in ROUTER_POOL order."""
-    today = datetime.fromtimestamp(now, store.settings.report_zone).date().isoformat()
+    """The pool with live figures, in ROUTER_POOL order.
+
+    First responses are the latest (up to 1,000) of each CSM, whenever they were.
+    """
     pipe = store.redis.pipeline(transaction=False)
     pipe.hgetall(key("away"))
-    pipe.hgetall(key("stats", "assigned", today))
+    pipe.hgetall(key("daily", today(store, now).isoformat()))
     pipe.zrangebyscore(key("due"), "-inf", now)
     for member in store.settings.pool:
         pipe.scard(key("open", member.address))
         pipe.lrange(key("stats", "first-response", member.address), 0, -1)
-    away_raw, assigned_raw, overdue_refs, *per_csm = pipe.execute()
+    away_raw, daily_raw, overdue_refs, *per_csm = pipe.execute()
     overdue = _owners(store, [int(text(r)) for r in overdue_refs])
     away = text_hash(away_raw)
     away_now = store.away_now(away_raw, now)
-    assigned = {k: int(v) for k, v in text_hash(assigned_raw).items()}
+    taken = {field.partition("\t")[2]: int(value) for field, value in text_hash(daily_raw).items()
+             if field.startswith("taken\t")}
     schedule = store.settings.schedule
     rows = []
     for i, member in enumerate(store.settings.pool):
@@ -145,7 +165,7 @@ def status(store: Store, now: float) -> list[CsmStatus]:
             if until
             else None
         )
-        minutes = sorted(schedule.response_seconds(text(d)) / 60 for d in durations)
+        waits = describe_waits([schedule.response_seconds(text(d)) for d in durations])
         on_shift = schedule.on_shift(member.address, now)
         back = None if on_shift else schedule.back_at(member.address, now)
         shift = schedule.shifts.get(member.address)
@@ -158,26 +178,18 @@ def status(store: Store, now: float) -> list[CsmStatus]:
                 away_until=until_text if is_away else None,
                 open=int(open_count),
                 overdue=overdue.get(member.address, 0),
-                assigned_today=assigned.get(member.address, 0),
+                assigned_today=taken.get(member.address, 0),
                 on_shift=on_shift,
                 shift=shift.describe() if shift else None,
                 back_on_shift=(datetime.fromtimestamp(back, UTC).isoformat(timespec="minutes")
                                if back is not None else None),
-                median_first_response_minutes=_percentile(minutes, 50),
-                p90_first_response_minutes=_percentile(minutes, 90),
+                median_first_response_seconds=waits[0],
+                p90_first_response_seconds=waits[1],
+                median_first_response_minutes=waits[2],
+                p90_first_response_minutes=waits[3],
             )
         )
     return rows
-
-
-def _percentile(ordered: list[float], pct: int) -> float | None:
-    """Nearest-rank percentile (50 = median of odd counts, upper median of even ones)."""
-    if not ordered:
-        return None
-    if pct == 50:
-        return round(statistics.median(ordered), 1)
-    rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
-    return round(ordered[rank], 1)
 
 
 def _owners(store: Store, refs: list[int]) -> dict[str, int]:

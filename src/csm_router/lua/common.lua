@@ -89,36 +89,65 @@ local function count(...)
   redis.call('HINCRBY', P .. 'metrics', table.concat({...}, '\t'), 1)
 end
 
--- What the lead's figures are made of (report.py reads them): per UTC day, counts per
--- CSM in `csm:daily:<day>` (fields `what\tcsm`), first responses per CSM, and which
--- CSMs touched which account. Small whatever the mail volume; kept `retention` seconds.
-local TAKES = {new = true, routed = true, released = true, reassigned = true,
-  escalated = true, ['from-support'] = true, undeliverable = true}
+-- What the lead's figures are made of (report.py, pool.status and metrics.py read them): per
+-- day of the lead's (`d.day`, in Settings.report_zone), counts in `csm:daily:<day>`: fields
+-- `what\tcsm` per CSM and `what` alone for the pool's (threads that came in and where they
+-- went), first responses per CSM, and which CSMs touched which account (the customer as
+-- threads.account_of has it, from the thread's `account`). Small whatever the mail volume;
+-- kept `retention` seconds.
 local MOVES = {reassigned = true, escalated = true, undeliverable = true}
+
+local function daily(what, csm)
+  local day = P .. 'daily:' .. d.day
+  if csm == nil then
+    redis.call('HINCRBY', day, what, 1)
+  elseif csm ~= '' then
+    redis.call('HINCRBY', day, what .. '\t' .. csm, 1)
+  end
+  redis.call('EXPIRE', day, d.retention)
+end
+
+-- A thread became `owner`'s, who did not hold it: routed new, released from held,
+-- reassigned, escalated to them, taken over by replying, back from Support to someone new.
+-- Counted here alone, so `status` (today) and `report` (a period) read one figure.
+local function took(owner, old)
+  if owner and owner ~= '' and owner ~= (old or '') then daily('taken', owner) end
+end
 
 local function tally(ref, kind, fields)
   local t = redis.call('HMGET', P .. 'thread:' .. ref, 'account', 'owner')
   local account, holder = t[1] or '', t[2] or ''
   local owner, previous = fields.owner or '', fields.previous or ''
   local day = P .. 'daily:' .. d.day
-  local function add(what, csm)
-    if csm ~= '' then redis.call('HINCRBY', day, what .. '\t' .. csm, 1) end
-  end
-  if TAKES[kind] and owner ~= previous then add('taken', owner) end
   if MOVES[kind] and owner ~= previous then
-    add('moved-in', owner)
-    add('moved-out', previous)
+    daily('moved-in', owner)
+    daily('moved-out', previous)
   end
-  if kind == 'escalated' then add('overdue', previous) end
+  if kind == 'escalated' then
+    -- Went overdue in the period: not the same as overdue now (pool.status).
+    daily('overdue', previous)
+    daily('went-overdue')
+    if owner == '' then daily('went-overdue:held') end
+  end
+  -- Every thread that came in: to a CSM at once, held, or straight to Support.
+  if kind == 'new' or kind == 'new-support' or (kind == 'held' and fields.new) then
+    daily('came-in')
+  end
+  if kind == 'held' and fields.new then daily('came-in:held') end
   if kind == 'reply' then
-    add('replies', owner)
+    daily('replies', owner)
     if fields.first_response then
       redis.call('RPUSH', day .. ':first-response:' .. owner,
         fields.answered or fields.first_response)
       redis.call('EXPIRE', day .. ':first-response:' .. owner, d.retention)
     end
   end
-  if kind == 'to-support' or kind == 'new-support' then add('to-support', holder) end
+  -- A customer's later message in a thread already with Support moves nothing.
+  if (kind == 'to-support' or kind == 'new-support') and fields.moved ~= false then
+    daily('to-support', holder)
+    daily('to-support')
+    if kind == 'new-support' then daily('came-in:support') end
+  end
   if account ~= '' then
     for _, csm in ipairs({owner, holder}) do
       if csm ~= '' then redis.call('HSET', day .. ':touched', account .. '\t' .. csm, 1) end
@@ -186,7 +215,7 @@ local function add_message(ref, msgkey)
   end
 end
 
--- Make `owner` the thread's owner: open-thread sets and the day's assignment count follow.
+-- Make `owner` the thread's owner: open-thread sets and the day's `taken` follow.
 local function set_owner(ref, owner)
   local tkey = P .. 'thread:' .. ref
   local old = redis.call('HGET', tkey, 'owner')
@@ -197,11 +226,7 @@ local function set_owner(ref, owner)
   redis.call('HSET', tkey, 'owner', owner, 'state', 'open')
   keep_thread(ref)
   redis.call('ZREM', P .. 'held', ref)
-  if old ~= owner then
-    local skey = P .. 'stats:assigned:' .. d.day
-    redis.call('HINCRBY', skey, owner, 1)
-    redis.call('EXPIRE', skey, d.retention)
-  end
+  took(owner, old)
   return old
 end
 

@@ -92,6 +92,7 @@ if d.action == 'reply' or d.action == 'command' then
     if tstate == 'closed' or tstate == 'support' then
       -- A CSM writing in a parked thread takes it, but does not reopen or recall it.
       redis.call('HSET', tkey, 'owner', d.target)
+      took(d.target, old)
     else
       set_owner(ref, d.target)
       quiet_from(ref, d.now)  -- answered: it closes by itself if nobody writes again
@@ -185,7 +186,7 @@ if d.action == 'support' then
   end
   followup.support = d.msgkey
   event(ref, new and 'new-support' or 'to-support', {msg = d.message_id, rule = d.rule,
-    why = d.why})
+    why = d.why, moved = followup.tell == true})
   return finish('decided', ref, owner ~= '' and owner or nil, {new_thread = new})
 end
 
@@ -214,7 +215,7 @@ if not owner then
   local held_new = hold(ref, d.msgkey, d.now)
   -- Nobody on shift is the schedule, not an overflow: it waits for the next shift.
   if held_new and not d.all_off_shift then followup.overflow = ref end
-  event(ref, 'held', {msg = d.message_id, rule = d.rule, why = d.why})
+  event(ref, 'held', {msg = d.message_id, rule = d.rule, why = d.why, new = new or nil})
   return finish('held', ref, nil, {new_thread = new, held_new = held_new})
 end
 
