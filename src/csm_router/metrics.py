@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prometheus_client.core import (
@@ -274,9 +275,10 @@ class RedisCollector(Collector):
             for address in pool:
                 pipe.scard(key("open", address))
             pipe.zrangebyscore(key("due"), "-inf", now)
+            pipe.hgetall(key("daily", self._today(now)))
             pending, running, dead, held, *rest = pipe.execute()
         queues, rest = rest[:3], rest[3:]
-        open_counts, overdue_refs = rest[:len(pool)], rest[len(pool)]
+        open_counts, overdue_refs, today = rest[:len(pool)], rest[len(pool)], rest[-1]
         outbox = GaugeMetricFamily("csm_router_outbox_entries",
                                    "Owed sends: pending (due or awaiting a retry), running",
                                    labels=["state"])
@@ -291,14 +293,16 @@ class RedisCollector(Collector):
             rq.add_metric([name], length)
         yield rq
         yield GaugeMetricFamily("csm_router_held_threads",
-                                "Threads waiting for a CSM with room", value=held)
+                                "Threads held right now, waiting for a CSM with room "
+                                "(status: held)", value=held)
         yield from self._per_csm(pool, open_counts, overdue_refs)
+        yield self._taken_today(pool, today)
         yield from self._process_gauges(now)
 
     def _per_csm(self, pool: list[str], open_counts: list[int],
                  overdue_refs: Iterable[Any]) -> tuple[Metric, Metric]:
-        opened = GaugeMetricFamily("csm_router_open_threads", "Open threads per CSM",
-                                   labels=["csm"])
+        opened = GaugeMetricFamily("csm_router_open_threads",
+                                   "Open threads per CSM now (status: open)", labels=["csm"])
         for address, n in zip(pool, open_counts, strict=True):
             opened.add_metric([address], n)
         refs = [text(ref) for ref in overdue_refs]
@@ -311,11 +315,31 @@ class RedisCollector(Collector):
             if owner:
                 late[owner] = late.get(owner, 0) + 1
         overdue = GaugeMetricFamily("csm_router_overdue_threads",
-                                    "Threads past their first-response target, per CSM",
+                                    "Threads overdue now: past their first-response target "
+                                    "and not yet answered or escalated, per CSM (status: "
+                                    "overdue now; not the report's went overdue)",
                                     labels=["csm"])
         for address, n in late.items():
             overdue.add_metric([address], n)
         return opened, overdue
+
+    def _today(self, now: float) -> str:
+        return datetime.fromtimestamp(now, self.settings.report_zone).date().isoformat()
+
+    def _taken_today(self, pool: list[str], tallies: dict[Any, Any]) -> Metric:
+        """The one count of threads taken (lua/common.lua's `took`), for the lead's day."""
+        taken = dict.fromkeys(pool, 0)
+        for field, value in tallies.items():
+            what, _, csm = text(field).partition("\t")
+            if what == "taken" and csm in taken:
+                taken[csm] = int(value)
+        metric = GaugeMetricFamily(
+            "csm_router_threads_taken_today",
+            "Threads that became each CSM's today, in the lead's time zone (status: taken "
+            "today; report: taken)", labels=["csm"])
+        for address, n in taken.items():
+            metric.add_metric([address], n)
+        return metric
 
     def _process_gauges(self, now: float) -> Iterator[Metric]:
         procs = processes(self.redis, now)
