@@ -240,3 +240,71 @@ def test_a_bad_close_after_names_the_variable(env: pytest.MonkeyPatch, given: st
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert str(err.value).startswith("ROUTER_CLOSE_AFTER") and "duration" in str(err.value)
+
+
+def test_every_missing_and_invalid_variable_is_named_at_once(env: pytest.MonkeyPatch) -> None:
+    env.delenv("ROUTER_ALIAS")
+    env.delenv("ROUTER_POOL")
+    env.setenv("ROUTER_POLL_SECONDS", "soon")
+    env.setenv("ROUTER_IMAPURL", "imaps://u:hunter2@imap.acme.com")
+    env.setenv("ROUTER_RETRY_DELAYS", "5, later")
+    with pytest.raises(ConfigError) as info:
+        load_settings("imap_url", "smtp_url")
+    lines = str(info.value).splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "ROUTER_ALIAS", "ROUTER_IMAPURL", "ROUTER_IMAP_URL", "ROUTER_POLL_SECONDS",
+        "ROUTER_POOL", "ROUTER_RETRY_DELAYS", "ROUTER_SMTP_URL"]
+    assert "ROUTER_ALIAS: is required but not set" in lines
+    assert "hunter2" not in str(info.value)
+
+
+def test_several_problems_are_one_message_one_line_each_and_exit_2(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.delenv("ROUTER_ALIAS")
+    env.setenv("ROUTER_LOG_LEVEL", "loud")
+    done = subprocess.run([sys.executable, "-m", "csm_router.cli", "run"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "csm-router: configuration error: 3 problems",
+        "  ROUTER_ALIAS: is required but not set",
+        "  ROUTER_LOG_LEVEL: 'loud' is not a log level; use one of DEBUG, INFO, WARNING, "
+        "ERROR, CRITICAL",
+        "  ROUTER_IMAP_URL: is required but not set",
+    ]
+
+
+def test_a_setting_a_command_needs_is_found_with_a_valid_configuration(
+    env: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^ROUTER_SMTP_URL: is required but not set$"):
+        load_settings("smtp_url")
+    env.setenv("ROUTER_SMTP_URL", "smtp://mailer:pw@smtp.acme.com")
+    assert load_settings("smtp_url").smtp_url is not None
+
+
+def test_the_digest_address_and_the_overflow_address_may_give_hours_for_their_zone(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv("ROUTER_DIGEST_ADDRESS", "boss@acme.com")
+    env.setenv("ROUTER_OVERFLOW_ADDRESS", "cs-lead@acme.com")
+    env.setenv("ROUTER_HOURS", "boss@acme.com=Asia/Tokyo 09-17; "
+               "cs-lead@acme.com=Europe/Berlin 09-17")
+    settings = load_settings()
+    assert settings.report_zone.key == "Asia/Tokyo"  # the digest's recipient first
+    assert "ROUTER_DIGEST_ADDRESS" in settings.report_zone_reason()[1]
+    assert settings.schedule.off_shift(0) == frozenset()  # never part of routing
+    env.setenv("ROUTER_HOURS", "cs-lead@acme.com=Europe/Berlin 09-17")
+    settings = load_settings()
+    assert settings.report_zone.key == "Europe/Berlin"
+    assert "cs-lead@acme.com (ROUTER_OVERFLOW_ADDRESS)" in settings.report_zone_reason()[1]
+    env.delenv("ROUTER_HOURS")
+    assert load_settings().report_zone_reason()[0].key == "UTC"
+
+
+def test_hours_for_anyone_else_outside_the_pool_are_refused(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_DIGEST_ADDRESS", "boss@acme.com")
+    env.setenv("ROUTER_HOURS", "boss@acme.com=Asia/Tokyo 09-17; dave@acme.com=UTC 09-17")
+    with pytest.raises(ConfigError, match=r"^ROUTER_HOURS: dave@acme.com not in ROUTER_POOL"):
+        load_settings()

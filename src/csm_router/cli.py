@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import redis
 import shtab
@@ -18,7 +19,7 @@ from csm_router.cli_shared import _parse_until, _runtime, out
 from csm_router.cli_threads import cmd_failed, cmd_reassign, cmd_thread, cmd_threads
 from csm_router.config import ConfigError
 from csm_router.dispatch import release_held
-from csm_router.errors import PermanentError, TransientError
+from csm_router.errors import PermanentError, RefusedError, TransientError
 from csm_router.outbound import render
 
 # -- admin ------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def cmd_signature(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="csm-router", description="Route a pooled Customer Success inbox to each CSM."
     )
     parser.add_argument("--version", action="version", version=f"csm-router {__version__}")
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(exit 0) or not (exit 1, with the reason): for container health checks")
     p.add_argument("--url", help="default: /healthz at ROUTER_WEB_ADDRESS")
     add("check", cmd_check, "validate configuration and log in to Redis, IMAP and SMTP")
-    add("demo", cmd_demo, "run the whole product on embedded servers and show what happens")
+    p = add("demo", cmd_demo, "run the whole product on embedded servers and show what happens")
+    p.add_argument("--keep-running", action="store_true",
+                   help="at the end, keep the status page open until Enter or Ctrl-C")
     p = add("sweep", cmd_sweep, "run one first-response sweep now (the worker runs one every 30s)")
     p.add_argument("--at", help="as if it were this time (UTC unless given), e.g. 2026-12-01T09:00")
     p = add("away", cmd_away, "mark a CSM away: they get no new threads")
@@ -127,26 +130,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit codes: 0 fine, 2 configuration (a setting, a template, a
+    login or folder a server refuses), 1 anything else (a server unreachable, a usage
+    error, a thread not found). Every failure is said in one line per problem."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"csm-router: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except pool.PoolError as exc:
-        print(f"csm-router: {exc}", file=sys.stderr)
-        return 1
-    except (PermanentError, TransientError) as exc:
-        print(f"csm-router: {exc}", file=sys.stderr)
-        return 1
+        lines = str(exc).splitlines()
+        if len(lines) == 1:
+            return _fail(f"configuration error: {lines[0]}", 2)
+        return _fail("\n".join([f"configuration error: {len(lines)} problems",
+                                 *(f"  {line}" for line in lines)]), 2)
+    except RefusedError as exc:
+        return _fail(str(exc), 2)
     except redis.AuthenticationError as exc:
-        print(f"csm-router: Redis refused the login ({exc}): fix the password in "
-              "ROUTER_REDIS_URL", file=sys.stderr)
-        return 2
+        return _fail(f"Redis refused the login ({exc}): fix the password in ROUTER_REDIS_URL",
+                     2)
+    except (pool.PoolError, PermanentError, TransientError) as exc:
+        return _fail(str(exc), 1)
     except redis.ConnectionError as exc:
-        print(f"csm-router: Redis unreachable ({exc}): check ROUTER_REDIS_URL and that Redis "
-              "is running", file=sys.stderr)
-        return 1
+        return _fail(f"Redis unreachable ({exc}): check ROUTER_REDIS_URL and that Redis is "
+                     "running", 1)
+
+
+def _fail(said: str, code: int) -> int:
+    print(f"csm-router: {said}", file=sys.stderr)
+    return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 1: 2 means a configuration to fix."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
 
 
 if __name__ == "__main__":

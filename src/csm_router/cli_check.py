@@ -11,31 +11,41 @@ import redis
 
 from csm_router.auth import authserv_note, steering_note
 from csm_router.cli_shared import out
-from csm_router.config import Settings, load_settings, redact_url
+from csm_router.config import ConfigError, Settings, load_settings, redact_url
 from csm_router.connect import cleartext_passwords, redis_client
+from csm_router.errors import RefusedError
 from csm_router.mailbox import Mailbox
-from csm_router.outbound import check_templates, smtp_error, smtp_session
+from csm_router.outbound import require_templates, smtp_error, smtp_session
 from csm_router.store import text
 from csm_router.support import load_handler
 
 
+def _exit_code(exc: Exception) -> int:
+    """2 for what only a corrected setting fixes (as the processes exit), else 1."""
+    configuration = (ConfigError, RefusedError, redis.AuthenticationError,
+                     aiosmtplib.SMTPAuthenticationError)
+    return 2 if isinstance(exc, configuration) else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    ok = True
+    settings = load_settings("imap_url", "smtp_url")
+    code = 0
 
     def say(line: str) -> None:
         out.print(line, soft_wrap=True)  # one line per finding, however long
 
     def step(name: str, target: str, action: Callable[[], object]) -> None:
-        nonlocal ok
+        nonlocal code
         try:
             action()
             say(f"[green]ok[/]    {name:<6} {target}")
         except Exception as exc:  # every failure is reported, none is fatal to the check
-            ok = False
+            code = max(code, _exit_code(exc))
             say(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
 
     say(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
+    zone, why = settings.report_zone_reason()
+    say(f"ok    zone   the lead's figures and digest count days in {zone.key}: {why}")
     trust = steering_note(settings.trusted_authserv_id, settings.reply_secret is not None)
     say(f"{'ok  ' if settings.trusted_authserv_id else '[yellow]warn[/]'}  auth   {trust}")
     for clear in cleartext_passwords(settings):
@@ -85,16 +95,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if settings.support_address is not None:
         step("support", settings.support_handler,
              lambda: load_handler(settings.support_handler))
-    if settings.templates_dir is not None:
-        override = settings.templates_dir
-
-        def templates() -> None:
-            problems = check_templates(override)
-            if problems:
-                raise ValueError("; ".join(problems))
-
-        step("templates", str(override), templates)
-    return 0 if ok else 1
+    override = settings.templates_dir
+    step("templates", str(override or "shipped"), lambda: require_templates(override))
+    return code
 
 
 async def _smtp_login(settings: Settings) -> tuple[bool, str, str]:
@@ -103,7 +106,7 @@ async def _smtp_login(settings: Settings) -> tuple[bool, str, str]:
         async with smtp_session(smtp, timeout=20) as client:
             cipher = client.get_transport_info("cipher")
     except aiosmtplib.SMTPAuthenticationError as exc:
-        raise smtp_error(exc, smtp) from None
+        raise RefusedError(str(smtp_error(exc, smtp))) from None
     if cipher:
         how = "implicit TLS" if smtp.tls else "STARTTLS"
         return True, "smtp", f"{how}, {cipher[1]} {cipher[0]}"

@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import threading
 import time
+
+import aiosmtplib
 
 from csm_router import jobs
 from csm_router.auth import authserv_note, steering_note
 from csm_router.cli_shared import _parse_until, _runtime, _setup_logging, out
 from csm_router.config import Settings, load_settings
 from csm_router.connect import redis_client
-from csm_router.dispatch import stop_on_signals
-from csm_router.errors import PermanentError, TransientError
+from csm_router.dispatch import Runtime, stop_on_signals
+from csm_router.errors import PermanentError, RefusedError, TransientError
 from csm_router.mailbox import Mailbox
+from csm_router.outbound import require_templates
 from csm_router.router import Router
+from csm_router.smtp import smtp_session
 
 log = logging.getLogger("csm_router")
 
 
+def _start(*needs: str) -> Settings:
+    """A process's settings, all checked before it does anything: every variable, and
+    every template it may render (a broken one stops it now, named by file and line)."""
+    settings = load_settings(*needs)
+    require_templates(settings.templates_dir)
+    return settings
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    rt = _runtime()
+    rt = Runtime.from_settings(_start("imap_url"))
     _setup_logging(rt.settings)
     stop = threading.Event()
     stop_on_signals(stop, "the current message")
@@ -45,6 +58,8 @@ def _log_steering(settings: Settings) -> None:
             box.connect()
             seen = ("the alias has no mail yet" if box.empty() else
                     authserv_note(box.latest_header("Authentication-Results"), None, False)[1])
+        except RefusedError:
+            raise  # only a corrected setting helps: stop now, with that one line
         except (TransientError, PermanentError) as exc:
             seen = f"the latest mail in the alias could not be read ({exc})"
         finally:
@@ -56,9 +71,9 @@ def _log_steering(settings: Settings) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from csm_router.worker import run_worker
 
-    rt = _runtime()
+    rt = Runtime.from_settings(_start("smtp_url"))
     _setup_logging(rt.settings)
-    rt.settings.required_smtp()
+    _smtp_login(rt.settings)
     stop = threading.Event()
     run_worker(rt, name=args.name, burst=args.burst, stop=stop)
     return 0
@@ -67,7 +82,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     from csm_router.web import serve
 
-    settings = load_settings()
+    settings = _start()
     _setup_logging(settings)
     serve(settings, redis_client(settings.redis_url))
     return 0
@@ -82,11 +97,32 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def _smtp_login(settings: Settings) -> None:
+    """Log in to the relay once at start: a refused login stops the worker (exit code 2)
+    instead of failing every send; a relay that is down now is waited out by the sends."""
+    smtp = settings.required_smtp()
+
+    async def login() -> None:
+        async with smtp_session(smtp, timeout=10):
+            pass
+
+    try:
+        asyncio.run(login())
+    except aiosmtplib.SMTPAuthenticationError:
+        raise RefusedError(f"the SMTP relay refused the login for {smtp.username}: check the "
+                           "user and password in ROUTER_SMTP_URL") from None
+    except PermanentError as exc:  # e.g. no STARTTLS where it is required
+        raise RefusedError(str(exc)) from None
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        log.warning("SMTP %s:%s cannot be reached now (%s): sends wait for it",
+                    smtp.host, smtp.port, exc)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
+    now = _parse_until(args.at, "--at") if args.at else time.time()
     rt = _runtime()
     _setup_logging(rt.settings)
     jobs.configure(rt)
-    now = _parse_until(args.at) if args.at else time.time()
     out.print(jobs.sla_sweep(now))
     return 0
 
@@ -94,4 +130,4 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from csm_router.demo import run_demo
 
-    return run_demo()
+    return run_demo(keep_running=args.keep_running)

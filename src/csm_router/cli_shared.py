@@ -28,12 +28,13 @@ def _runtime() -> Runtime:
     return Runtime.from_settings(load_settings())
 
 
-def _parse_until(text: str) -> float:
+def _parse_until(text: str, option: str = "--until") -> float:
+    """A command line's date or time (UTC unless given); a bad one is named by `option`."""
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise pool.PoolError(
-            f"--until {text!r}: use a date or time like 2026-12-01 or 2026-12-01T09:00"
+            f"{option} {text!r}: use a date or time like 2026-12-01 or 2026-12-01T09:00"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

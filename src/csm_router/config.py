@@ -34,11 +34,19 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(Exception):
-    """A configuration value is missing or wrong; the message names the variable."""
+    """Configuration values are missing or wrong; the message names each variable, one a
+    line, so an operator fixes them all in one go rather than one per start."""
 
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
+    def __init__(self, variable: str, problem: str,
+                 more: list[tuple[str, str]] | None = None) -> None:
+        self.problems = [(variable, problem), *(more or [])]
+        super().__init__("\n".join(f"{name}: {what}" for name, what in self.problems))
         self.variable = variable
+
+    @classmethod
+    def of(cls, problems: list[tuple[str, str]]) -> ConfigError:
+        """One error for every (variable, problem) found; `problems` is not empty."""
+        return cls(*problems[0], problems[1:])
 
 
 class Settings(BaseSettings):
@@ -132,9 +140,19 @@ class Settings(BaseSettings):
 
     @property
     def report_zone(self) -> ZoneInfo:
-        """Whose days the figures count in: the lead's ROUTER_HOURS time zone, else UTC."""
-        shift = self.hours.get(self.lead.address) if self.lead else None
-        return shift.zone if shift else ZoneInfo("UTC")
+        """Whose days the figures count in (see `report_zone_reason`)."""
+        return self.report_zone_reason()[0]
+
+    def report_zone_reason(self) -> tuple[ZoneInfo, str]:
+        """The lead's time zone and why: the ROUTER_HOURS zone of ROUTER_DIGEST_ADDRESS,
+        else of ROUTER_OVERFLOW_ADDRESS, else UTC."""
+        for variable, address in (("ROUTER_DIGEST_ADDRESS", self.digest_address),
+                                  ("ROUTER_OVERFLOW_ADDRESS", self.overflow_address)):
+            shift = self.hours.get(address.address) if address else None
+            if address and shift:
+                return shift.zone, f"the ROUTER_HOURS of {address.address} ({variable})"
+        return ZoneInfo("UTC"), ("UTC: neither ROUTER_DIGEST_ADDRESS nor "
+                                 "ROUTER_OVERFLOW_ADDRESS has ROUTER_HOURS")
 
     @property
     def schedule(self) -> Schedule:
@@ -184,6 +202,14 @@ class Settings(BaseSettings):
     def _templates_dir(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_dir():
             raise ValueError(f"{str(value)!r} is not a folder")
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _retry_delays(cls, value: str) -> str:
+        parts = [x.strip() for x in value.split(",")] if value.strip() else []
+        if not all(re.fullmatch(r"\d+(\.\d+)?", x) for x in parts):
+            raise ValueError(f"expected seconds like 5,15,30, got {value!r}")
         return value
 
     @field_validator("log_level", mode="before")
@@ -283,30 +309,60 @@ class Settings(BaseSettings):
         return self.smtp_url
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings, turning validation errors into one ConfigError naming the variable."""
+def load_settings(*needs: str, **overrides: Any) -> Settings:
+    """Build Settings; every missing or invalid value is named in one ConfigError, with
+    the optional settings this command `needs` (e.g. "imap_url") among the required."""
+    problems = unknown_names([*os.environ, *_dotenv_names()])
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        variable = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "configuration"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "is required but not set"
-        raise ConfigError(variable, message) from None
+        named = {name for name, _ in problems}
+        for error in exc.errors():
+            variable = (ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"]
+                        else "configuration")
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "missing":
+                message = "is required but not set"
+            if variable not in named:  # one line a variable, its first problem
+                named.add(variable)
+                problems.append((variable, message))
+        for field in needs:
+            variable = ENV_PREFIX + field.upper()
+            if variable not in named and not _given(field, overrides):
+                problems.append((variable, "is required but not set"))
+        raise ConfigError.of(problems) from None
+    problems += [(ENV_PREFIX + field.upper(), "is required but not set")
+                 for field in needs if getattr(settings, field) is None]
+    problems += _cross_checks(settings)
+    if problems:
+        raise ConfigError.of(problems)
+    return settings
+
+
+def _given(field: str, overrides: dict[str, Any]) -> bool:
+    """Whether a setting has a value somewhere (when the others failed validation)."""
+    variable = ENV_PREFIX + field.upper()
+    dotenv = dotenv_values(".env") if Path(".env").is_file() else {}
+    found = overrides.get(field) or os.environ.get(variable) or dotenv.get(variable)
+    return bool(str(found or "").strip())
+
+
+def _cross_checks(settings: Settings) -> list[tuple[str, str]]:
+    """What single values cannot show: addresses that must be in the pool, and so on."""
+    problems = []
     members = {m.address for m in settings.pool}
     for variable, named in (("ROUTER_AWAY", settings.away),
                             ("ROUTER_PREMIUM_POOL", set(settings.premium_pool))):
         if unknown := set(named) - members:
-            raise ConfigError(variable, f"{', '.join(sorted(unknown))} not in ROUTER_POOL")
-    # The lead may give their hours too: the digest goes out in their time zone.
-    leads = {a.address for a in (settings.overflow_address,) if a is not None}
+            problems.append((variable, f"{', '.join(sorted(unknown))} not in ROUTER_POOL"))
+    # The lead's hours give only the time zone of the digest and the figures, never routing.
+    leads = {a.address for a in (settings.digest_address, settings.overflow_address) if a}
     if unknown := set(settings.hours) - members - leads:
-        raise ConfigError("ROUTER_HOURS", f"{', '.join(sorted(unknown))} not in ROUTER_POOL")
+        problems.append(("ROUTER_HOURS", f"{', '.join(sorted(unknown))} not in ROUTER_POOL "
+                         "(nor ROUTER_DIGEST_ADDRESS or ROUTER_OVERFLOW_ADDRESS)"))
     if settings.premium_pool and not settings.premium:
-        raise ConfigError("ROUTER_PREMIUM_POOL", "is set but ROUTER_PREMIUM names no account")
-    check_names([*os.environ, *_dotenv_names()])
-    return settings
+        problems.append(("ROUTER_PREMIUM_POOL", "is set but ROUTER_PREMIUM names no account"))
+    return problems
 
 
 def _dotenv_names() -> list[str]:
@@ -316,12 +372,20 @@ def _dotenv_names() -> list[str]:
     return [str(k) for k in dotenv_values(path)]
 
 
-def check_names(names: list[str]) -> None:
-    """Refuse a ROUTER_* variable that is no setting: a typo would be ignored in silence."""
+def unknown_names(names: list[str]) -> list[tuple[str, str]]:
+    """Every ROUTER_* variable that is no setting: a typo would be ignored in silence."""
     known = {name.upper() for name in Settings.model_fields}
-    for name in names:
+    problems = []
+    for name in dict.fromkeys(names):
         if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in known:
             continue
         close = difflib.get_close_matches(name[len(ENV_PREFIX):], sorted(known), n=1)
         hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
-        raise ConfigError(name, f"is not a setting{hint} (see deploy/.env.example)")
+        problems.append((name, f"is not a setting{hint} (see deploy/.env.example)"))
+    return problems
+
+
+def check_names(names: list[str]) -> None:
+    """Refuse ROUTER_* variables that are no setting, all named at once."""
+    if problems := unknown_names(names):
+        raise ConfigError.of(problems)

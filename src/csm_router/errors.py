@@ -13,6 +13,12 @@ class PermanentError(Exception):
     """Retrying will not help: quarantine the message or dead-letter the job."""
 
 
+class RefusedError(PermanentError):
+    """A server refused what the configuration gives it (a login, a folder): waiting will
+    not help, only a corrected setting will, so a process stops (exit code 2) and says
+    which variable to fix."""
+
+
 class UnsendableError(PermanentError):
     """A mail cannot go out because of its own content: rendering it failed, or the relay
     refused its text. Sending it again, or to someone else, fails the same way."""

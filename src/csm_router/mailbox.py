@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import logging
 import socket
@@ -15,7 +16,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from csm_router.config import ServerUrl
-from csm_router.errors import PermanentError, TransientError
+from csm_router.errors import RefusedError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ QUARANTINED_FLAG = b"$CsmQuarantined"
 ROUTED_FLAG = b"$CsmRouted"
 
 _NETWORK_ERRORS = (OSError, socket.timeout, ssl.SSLError, imaplib.IMAP4.abort, IMAPClientError)
+
+
+# RFC 5530 codes (and BYE) for a server's own trouble: worth waiting out, whatever the verb.
+_SERVER_TROUBLE = ("UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT", "BYE")
+
+
+def _server_trouble(exc: Exception) -> bool:
+    said = str(exc).upper()
+    return any(code in said for code in _SERVER_TROUBLE)
 
 
 class Mailbox:
@@ -60,7 +70,8 @@ class Mailbox:
         return self._client
 
     def connect(self) -> None:
-        """Log in and select the folder; raises TransientError or PermanentError."""
+        """Log in and select the folder; raises TransientError, or RefusedError for what
+        only a corrected ROUTER_IMAP_URL fixes."""
         try:
             client = IMAPClient(
                 self.url.host,
@@ -76,14 +87,15 @@ class Mailbox:
                     client.starttls(ssl.create_default_context())
                 elif self.url.starttls_required:
                     client.shutdown()
-                    raise PermanentError(self.url.plaintext_refused("IMAP"))
-            client.login(self.url.username, self.url.password)
-            selected = client.select_folder(self.folder)
+                    raise RefusedError(self.url.plaintext_refused("IMAP"))
+            self._login(client)
+            selected = self._select(client)
             if not client.folder_exists(self.quarantine_folder):
                 client.create_folder(self.quarantine_folder)
-        except LoginError:
-            raise PermanentError(f"IMAP login to {self.url} refused: check the user and "
-                                 "password in ROUTER_IMAP_URL") from None
+        except RefusedError:
+            with contextlib.suppress(*_NETWORK_ERRORS):
+                client.logout()
+            raise
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"IMAP {self.url.host}:{self.url.port}: {exc}") from None
         self._client = client
@@ -91,6 +103,30 @@ class Mailbox:
         self.uidnext = int(selected.get(b"UIDNEXT") or 0)
         self.exists = int(selected.get(b"EXISTS") or 0)
         log.info("connected to %s (UIDVALIDITY %s)", self.name, self.uidvalidity)
+
+    def _login(self, client: IMAPClient) -> None:
+        try:
+            client.login(self.url.username, self.url.password)
+        except LoginError as exc:
+            if _server_trouble(exc):
+                raise TransientError(f"IMAP {self.url.host}:{self.url.port} cannot log in "
+                                     f"now: {exc}") from None
+            raise RefusedError(f"the IMAP server refused the login for {self.url.username}: "
+                               "check the user and password in ROUTER_IMAP_URL") from None
+
+    def _select(self, client: IMAPClient) -> dict[bytes, Any]:
+        try:
+            selected: dict[bytes, Any] = client.select_folder(self.folder)
+        except imaplib.IMAP4.abort:
+            raise
+        except IMAPClientError as exc:
+            # A NO: asked once more, by name, whether the folder is there at all; a server
+            # in trouble (or a folder it cannot open just now) is waited out like a drop.
+            if not _server_trouble(exc) and not client.folder_exists(self.folder):
+                raise RefusedError(f"ROUTER_IMAP_URL names folder {self.folder}, which does "
+                                   f"not exist on {self.url.host}") from None
+            raise
+        return selected
 
     def has_idle(self) -> bool:
         return bool(self.client.has_capability("IDLE"))

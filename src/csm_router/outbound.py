@@ -22,7 +22,8 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
-from csm_router.config import Address, PoolMember
+from csm_router.config import Address, ConfigError, PoolMember
+from csm_router.errors import UnsendableError
 from csm_router.headers import (
     MAX_NAME,
     MAX_SUBJECT,
@@ -74,21 +75,38 @@ def use_templates(override: Path | None) -> None:
     _templates = template_environment(override)
 
 
-def check_templates(override: Path) -> list[str]:
-    """Every problem with the templates in `override`, one line each (name, line, what)."""
+def check_templates(override: Path | None) -> list[str]:
+    """Every problem with the templates a process may render (the shipped ones and the
+    overrides in `override`), one line each: the file, its line, what is wrong."""
     environment = template_environment(override)
     shipped = set(template_environment().list_templates())
     problems = []
-    for path in sorted(override.glob("*.j2")):
-        if path.name not in shipped:
-            problems.append(f"{path.name}: no such template (the shipped ones: "
-                            f"{', '.join(sorted(shipped))})")
-            continue
+    if override is not None:
+        problems += [f"{path.name}: no such template (the shipped ones: "
+                     f"{', '.join(sorted(shipped))})"
+                     for path in sorted(override.glob("*.j2")) if path.name not in shipped]
+    for name in sorted(shipped):
         try:
-            environment.get_template(path.name)
+            environment.get_template(name)
         except TemplateSyntaxError as exc:
-            problems.append(f"{path.name} line {exc.lineno}: {exc.message}")
+            where = _shown_path(exc.filename or name, override)
+            problems.append(f"{where} line {exc.lineno}: {exc.message}")
     return problems
+
+
+def require_templates(override: Path | None) -> None:
+    """Compile every template now: a broken one stops the process at start, named in one
+    line, rather than fail each mail that needs it."""
+    if problems := check_templates(override):
+        raise ConfigError("ROUTER_TEMPLATES_DIR" if override else "templates",
+                          "; ".join(problems))
+
+
+def _shown_path(filename: str, override: Path | None) -> str:
+    """An override by its path (the admin's file), a shipped template by its name."""
+    if override is not None and Path(filename).parent == override:
+        return filename
+    return Path(filename).name
 
 
 def warm_up() -> None:
@@ -100,8 +118,31 @@ def warm_up() -> None:
 
 
 def render(template: str, **context: object) -> str:
-    """Render one of `templates/` with `context`."""
-    return _templates.get_template(template).render(**context)
+    """Render one of `templates/` with `context`.
+
+    A template that compiled but fails on these values (an undefined name or filter in
+    a branch not compiled before, the sandbox refusing) makes the mail unsendable: one
+    line naming the file and line, and the send is dead-lettered, never retried.
+    """
+    compiled = _templates.get_template(template)
+    try:
+        return compiled.render(**context)
+    except Exception as exc:
+        raise UnsendableError(f"template {_failing_line(exc, template)} cannot be rendered "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def _failing_line(exc: BaseException, template: str) -> str:
+    """`file line N` of the innermost template frame of `exc`'s traceback (Jinja maps its
+    frames to template lines), else the template's name."""
+    found = template
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            found = f"{filename} line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
 
 
 def when(epoch: float | str | None, zone: tzinfo | None = None) -> str:

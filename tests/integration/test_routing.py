@@ -278,7 +278,7 @@ def test_check_names_a_broken_template_override_and_its_line(
     (overrides / "forward_context.txt.j2").write_text("[{{ ref }}]\n{% if why %}\n")
     product.env["ROUTER_TEMPLATES_DIR"] = str(overrides)
     done = product.cli("check", check=False)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "FAIL  templates" in done.stdout and "forward_context.txt.j2 line" in done.stdout
     (overrides / "forward_context.txt.j2").write_text("Ours: {{ ref }} {{ why }}\n")
     product.cli("check")
