@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_processes import start, stop
-from test_web import get, until
+from test_processes import kill, start, stop
+from test_web import get, owed_since, until
 
 from support.product import ALICE, BOB, CAROL, Product
 from support.servers import free_ports
@@ -217,3 +218,49 @@ def test_a_wrong_password_gets_401_in_chromium_and_metrics_stay_open(
     assert get(web.base + "/metrics")[0] == 200
     assert get(web.base + "/healthz")[0] in (200, 503)  # answered, without a password
     assert get(web.base + "/thread/CS-1001")[0] == 401
+
+
+def test_the_page_tells_a_dead_router_no_worker_and_a_stranded_thread_in_chromium(
+    product: Product, web: Web, chromium_binary: str, tmp_path: Path
+) -> None:
+    for address in (ALICE, BOB, CAROL):
+        product.cli("away", address)
+    router = start(product, "run", log="router.log")  # and no worker at all
+    try:
+        product.write("Ann Poe <ann@hooli.com>", "Nobody is free for this")
+        redis = product.redis()
+        until(lambda: redis.zcard("csm:held") == 1 and redis.zcard("csm:outbox") == 1,
+              "the thread held and the lead's notice owed",
+              (product.workdir / "router.log").read_text)
+        # Two hours stranded and the notice owed for two and a half minutes, as if that
+        # long had passed: past the first-response target and the minute's grace.
+        (held,) = redis.zrange("csm:held", 0, -1)
+        redis.zadd("csm:held", {held: time.time() - 7200})
+        assert owed_since(redis, 150) == 1
+        kill(router)
+        health = web.base + "/healthz"
+        until(lambda: "silent for" in get(health)[1], "the router to be late",
+              lambda: get(health)[1])
+        status, said = get(health)
+        assert status == 503
+        assert "- no worker: 1 send owed for 2 min" in said
+        assert " pid " not in said and product.alias not in said  # not logged in
+
+        seen = visit(chromium_binary, tmp_path, web.url(), "--dump-dom")
+        assert seen.statuses == [401, 200], seen
+        text = visible(seen.stdout)
+        top = text.partition("taking threads")[0]
+        assert re.search(r"Router silent for \d+ s: nothing new is being routed", top), top
+        assert "No worker: 1 send owed for 2 min: nothing is being sent" in top
+        assert "Redis keeps no data on disk" in top  # the shared test Redis keeps nothing
+        held_part = text.partition("Held (")[2].partition("Overdue")[0]
+        assert held_part.startswith(
+            "1) Waiting because everyone is away. 1 past the first-response target: they go "
+            "out first, oldest first."), held_part
+        assert re.search(r"CS-\d+ 2 h overdue Nobody is free for this "
+                         r"Ann Poe <ann@hooli\.com>", held_part), held_part
+        # The banners are the markup's first paragraphs, above the figures.
+        assert seen.stdout.index('class="banner"') < seen.stdout.index('class="figures"')
+    finally:
+        if router.poll() is None:
+            stop(router)

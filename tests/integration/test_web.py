@@ -12,6 +12,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 from test_processes import kill, start, stop
 
@@ -195,3 +196,58 @@ def test_web_refuses_other_hosts_and_throttles_password_guessing(product: Produc
         assert "guess" not in log and "right-horse" not in log
     finally:
         assert stop(proc) == 0
+
+
+def owed_since(redis: redis_lib.Redis, seconds: float) -> int:
+    """Make every owed send look owed `seconds` ago, as if that long had passed with no
+    worker; answers how many there are. The grace is a minute: waiting it out for real
+    would only slow the suite."""
+    entries = redis.zrange("csm:outbox", 0, -1)
+    then = time.time() - seconds
+    for entry in entries:
+        redis.zadd("csm:outbox", {entry: then})
+        redis.hset(f"csm:outbox:e:{entry.decode()}", "created", then)
+    return len(entries)
+
+
+def test_healthz_fails_while_mail_is_owed_with_no_worker_and_recovers_when_one_sends(
+    product: Product, tmp_path: Path
+) -> None:
+    with RedisServer(tmp_path / "own-redis", persistent=True) as own:
+        product.env["ROUTER_REDIS_URL"] = own.url
+        (port,) = free_ports(1)
+        product.env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
+        health = f"http://127.0.0.1:{port}/healthz"
+        web = start(product, "web", log="web.log")
+        router = start(product, "run", log="router.log")
+        worker = None
+        try:
+            until(lambda: get(health)[0] == 200, "a healthy deployment without a worker",
+                  lambda: get(health)[1])
+            product.write("Jane Doe <jane@globex.com>", "Renewal terms")
+            redis = product.redis()
+            until(lambda: redis.zcard("csm:outbox") == 1, "the forward to be owed")
+            # Within the grace a send is not late: a worker may be restarting.
+            assert get(health)[0] == 200
+            assert owed_since(redis, 130) == 1
+
+            until(lambda: get(health)[0] == 503, "the owed mail to fail /healthz",
+                  lambda: get(health)[1])
+            said = get(health)[1]
+            assert said.splitlines() == [
+                "unhealthy",
+                "- no worker: 1 send owed for 2 min, none taken: is `csm-router worker` "
+                "running?"], said
+            failed = product.cli("health", "--url", health, check=False)
+            assert failed.returncode == 1 and "no worker: 1 send owed" in failed.stderr
+
+            worker = start(product, "worker", log="worker.log")
+            (sent,) = product.smtp.wait_for(1, timeout=30)
+            assert "Renewal terms" in str(sent.message["Subject"])
+            until(lambda: get(health)[0] == 200, "healthy once the worker sent it",
+                  lambda: get(health)[1])
+            assert "no worker" not in get(health)[1]
+        finally:
+            for proc in (router, worker, web):
+                if proc is not None and proc.poll() is None:
+                    assert stop(proc) == 0
