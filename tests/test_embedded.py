@@ -1,18 +1,27 @@
-"""Tests for the embedded IMAP server and recording SMTP relay used by `csm-router demo`."""
+"""The embedded IMAP server and recording SMTP relay, and `csm-router demo` told on them."""
 
 from __future__ import annotations
 
 import gc
+import io
 import logging
+import re
 import smtplib
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
+from rich.console import Console
 
+from csm_router import pool, report
+from csm_router.demo import Demo, tell
 from csm_router.embedded import EmbeddedImap, Received, RecordingSmtp
 
 USER = "success@acme.com"
@@ -308,3 +317,133 @@ def test_smtp_hold_keeps_data_waiting_then_fails_it_unrecorded(smtp: RecordingSm
     with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
         client.sendmail("a@acme.com", ["b@acme.com"], b"Subject: next\r\n\r\nx\r\n")
     assert [str(r.message["Subject"]) for r in smtp.wait_for(1)] == ["next"]
+
+
+# --- the demo's story, told at 80 columns ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Told:
+    demo: Demo
+    text: str
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def told(tmp_path_factory: pytest.TempPathFactory) -> Told:
+    buffer = io.StringIO()
+    folder = tmp_path_factory.mktemp("digest")
+    out = Console(file=buffer, width=80, highlight=False, color_system=None)
+    demo = tell(out, preview_folder=folder)
+    return Told(demo, buffer.getvalue(), folder)
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text[text.index(start) : text.index(end, text.index(start))]
+
+
+def _rows(block: str) -> list[list[str]]:
+    """A rich table's rows as cell texts, its wrapped lines joined back together."""
+    rows: list[list[str]] = []
+    for line in block.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if rows and not cells[0]:  # the first column of a wrapped row is blank
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells, strict=True)]
+        else:
+            rows.append(cells)
+    return rows
+
+
+def test_demo_fits_80_columns_with_the_whole_intro_box(told: Told) -> None:
+    lines = told.text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    box = lines[: next(i for i, line in enumerate(lines) if line.startswith("╰")) + 1]
+    assert box[0].startswith("╭") and all(line.endswith(("│", "╮", "╯")) for line in box)
+    assert "nothing leaves this machine." in " ".join(box)
+
+
+def test_demo_signature_step_prints_the_block_with_its_tag(told: Told) -> None:
+    tag = pool.signature_tag(told.demo.store, "carol@acme.com")
+    block = _section(told.text, "1. The pool", "2. Nine customers")
+    inside = [line.strip("│ ") for line in block.splitlines() if line.startswith("│")]
+    assert inside == ["--", "Carol Diaz", "Customer Success · Acme Customer Success",
+                      f"success@acme.com · {tag}"]
+
+
+def test_demo_support_rows_say_why_it_went_to_support(told: Told) -> None:
+    rows = _rows(_section(told.text, "2. Nine customers", "3. Alice answers"))
+    (support,) = [r for r in rows if r[0] == "support@acme.com"]
+    assert support[2].startswith("technical (score")
+    assert "'returns a 500'" in support[2]
+    (note,) = [r for r in rows if r[0] == "lea@cyberdyne.ai"]
+    assert note[2] == "tells the customer that Support has it"
+    assert all(r[2] not in ("", "-") for r in rows)
+
+
+def test_demo_shows_ignored_and_quarantined_messages_with_reasons(told: Told) -> None:
+    rows = _rows(_section(told.text, "6. newco.io", "7. Alice is back"))
+    by_outcome = {r[0]: r for r in rows}
+    assert by_outcome["(ignored)"][1:] == ["Out of office",
+                                           "automatic: Auto-Submitted: auto-replied"]
+    assert by_outcome["(quarantined)"][2].endswith(": no parsable From address")
+
+
+def test_demo_onboarding_owner_away_is_the_reason_in_the_table_and_the_forward(
+    told: Told,
+) -> None:
+    rows = _rows(_section(told.text, "6. newco.io", "7. Alice is back"))
+    (nia,) = [r for r in rows if "Kick-off call" in r[1]]
+    assert re.fullmatch(r"onboarding owner alice@acme\.com is away \(until \w{3} \d+ \w{3} "
+                        r"\d\d:\d\d UTC\); next in the round-robin", nia[2])
+    forward = next(r for r in told.demo.smtp.messages  # later, step 8 escalates it
+                   if str(r.message["Subject"]).endswith("] Kick-off call"))
+    body = forward.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert f"Why you: {nia[2]}" in body.splitlines()
+
+
+def test_demo_says_when_someone_is_marked_away_and_back(told: Told) -> None:
+    text = " ".join(told.text.split())
+    away = text.index("alice@acme.com is marked away until")
+    back = text.index("alice@acme.com is marked back (`csm-router back alice@acme.com`)")
+    assert text.index("4. Alice is away") < away < text.index("5. Eli") < back
+    assert back < text.index("8. An hour passes")
+
+
+def test_demo_status_and_report_figures_agree_with_the_commands(told: Told) -> None:
+    store, now = told.demo.store, told.demo.now()
+    status = _rows(_section(told.text, "9. The pool now", "10. The lead's figures"))
+    expected = [[r.name, "no", str(r.open), str(r.overdue), str(r.assigned_today)]
+                for r in pool.status(store, now)]
+    assert [r[:5] for r in status] == expected
+
+    day = datetime.fromtimestamp(now, store.settings.report_zone).date()
+    since = datetime.fromtimestamp(time.time(), store.settings.report_zone).date()
+    figures = report.build(store, since, day + timedelta(days=1))
+    period = _rows(_section(told.text, "10. The lead's figures", "CSMs per account"))
+    assert [r[:5] for r in period if r[0]] == [
+        [c.name, str(c.taken), str(c.replies), r[3], str(c.overdue)]
+        for c, r in zip(figures.csms, [r for r in period if r[0]], strict=True)]
+    if since == day:  # one day: what status counts today is what the report counts
+        assert [r[4] for r in status] == [r[1] for r in period if r[0]]
+    assert sum(c.overdue for c in figures.csms) > 0  # the sweep escalated some
+    said = " ".join(told.text.split())
+    assert "`overdue now` counts threads late at this moment" in said
+    assert f"went overdue in the period ({sum(c.overdue for c in figures.csms)} today)" in said
+
+
+def test_demo_prints_the_status_page_as_text(told: Told) -> None:
+    page = _section(told.text, "11. The lead's status page", "12. The weekly digest")
+    assert "Customer Success pool" in page
+    opens = {r.name: r.open for r in pool.status(told.demo.store, told.demo.now())}
+    assert f"Alice Smith alice@acme.com | {opens['Alice Smith']} |" in page
+    assert re.search(r"http://127\.0\.0\.1:\d+/", page)
+
+
+def test_demo_names_the_digest_preview_files_and_they_exist(told: Told) -> None:
+    block = _section(told.text, "12. The weekly digest", "Next: run it")
+    named = [Path(line.strip()) for line in block.splitlines() if line.strip().startswith("/")]
+    assert [p.suffix for p in named] == [".eml", ".html"]
+    assert all(p.parent == told.folder and p.stat().st_size > 0 for p in named)
+    assert "cp deploy/.env.example" in told.text and "csm-router check" in told.text

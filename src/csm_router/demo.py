@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
 
 import fakeredis
 from rich.console import Console
@@ -14,13 +18,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rq import SimpleWorker
 
-from csm_router import jobs, pool, report
+from csm_router import jobs, pool
 from csm_router.config import Settings, load_settings
 from csm_router.dispatch import Runtime
 from csm_router.embedded import EmbeddedImap, Received, RecordingSmtp
 from csm_router.mailbox import Mailbox
+from csm_router.outbound import render
 from csm_router.outbox import QUEUES
 from csm_router.router import Router
+from csm_router.rules.automatic import OWN_HEADER
+from csm_router.store import key
 
 ALIAS = "success@acme.com"
 PASSWORD = "demo-password"
@@ -29,7 +36,21 @@ AUTHSERV = "mx.acme.com"
 # without it a CSM's reply would be quarantined as a claim nobody proved.
 GENUINE = {"Authentication-Results": f"{AUTHSERV}; spf=pass smtp.mailfrom=acme.com; "
            "dkim=pass header.d=acme.com; dmarc=pass header.from=acme.com"}
-console = Console(highlight=False)
+WIDTH = 80  # the intro box and the tables are written for a terminal this wide
+INTRO = (
+    "csm-router demo. An embedded IMAP server holds the pooled mailbox success@acme.com, "
+    "an embedded SMTP relay records everything the worker sends, and Redis is in memory. "
+    "The router and the worker are the real ones; nothing leaves this machine."
+)
+# What the mail that is not a forward is for, by its X-CSM-Router kind.
+NOTICES = {
+    "support_customer_note": "tells the customer that Support has it",
+    "support_csm_copy": "a copy of the handoff for the thread's CSM",
+    "escalation": "tells the lead, once per thread",
+    "reminder": "reminds the owner before the target",
+    "overflow": "tells the lead that nobody could take it",
+    "trouble": "tells the lead a forward cannot be delivered",
+}
 
 
 def compose(
@@ -62,11 +83,24 @@ def compose(
     return message_id, msg.as_bytes()
 
 
+@dataclass
+class Step:
+    """What one pass of the router and worker did: the mail sent, and the decisions
+    recorded for messages that sent nothing (ignored, quarantined)."""
+
+    sent: list[Received] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def unsent(self) -> list[dict[str, Any]]:
+        return [d for d in self.decisions if d.get("action") in ("ignore", "quarantine")]
+
+
 class Demo:
     """Embedded IMAP, SMTP and Redis, and the product's own router and worker."""
 
-    def __init__(self, imap: EmbeddedImap, smtp: RecordingSmtp) -> None:
-        self.imap, self.smtp = imap, smtp
+    def __init__(self, imap: EmbeddedImap, smtp: RecordingSmtp, out: Console) -> None:
+        self.imap, self.smtp, self.out = imap, smtp, out
         self.settings: Settings = load_settings(
             imap_url=imap.url,
             smtp_url=smtp.url,
@@ -86,171 +120,145 @@ class Demo:
         jobs.configure(self.rt)
         self.router = Router(self.rt, Mailbox(self.settings.required_imap()))
         self.seen = 0
+        self.later = 0.0  # how far the story's clock runs ahead of the real one
+        self.kai_forward: Received | None = None  # the forward shown whole at the end
+
+    def now(self) -> float:
+        return time.time() + self.later
+
+    def table(self, *columns: str) -> Table:
+        table = Table(width=min(WIDTH, self.out.width))
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("CSM", "away") else "right")
+        return table
+
+    @property
+    def store(self) -> Any:
+        return self.rt.store
 
     def send(self, raw: bytes) -> None:
         self.imap.append(raw)
 
-    def route(self) -> list[Received]:
-        """Run the router until idle, then a burst worker; answer the new forwards."""
+    def route(self) -> Step:
+        """Run the router until idle, then a burst worker; answer what they did."""
+        newest = self.rt.redis.lindex(key("recent"), 0)
         self.router.run(exit_when_idle=True)
         worker = SimpleWorker([self.rt.queues[q] for q in QUEUES], connection=self.rt.redis)
         worker.work(burst=True, logging_level="WARNING")
-        new = self.smtp.messages[self.seen :]
+        sent = self.smtp.messages[self.seen :]
         self.seen = len(self.smtp.messages)
-        return new
+        decisions = []
+        for raw in self.rt.redis.lrange(key("recent"), 0, -1):
+            if raw == newest:
+                break
+            decisions.append(json.loads(raw))
+        return Step(sent, decisions[::-1])
 
-    def show(self, title: str, forwards: list[Received], limit: int = 12) -> None:
-        table = Table(title=title, title_justify="left", show_lines=False)
-        table.add_column("to")
-        table.add_column("subject")
-        table.add_column("why")
-        for r in forwards[:limit]:
-            why = next(
-                (line.removeprefix("Why you: ") for line in _body(r).splitlines()
-                 if line.startswith("Why you: ")),
-                "-",
-            )
-            table.add_row(", ".join(r.rcpt_tos), str(r.message["Subject"]), why)
-        if not forwards:
+    def away(self, address: str, until: float | None = None) -> None:
+        pool.set_away(self.store, address, until)
+        end = datetime.fromtimestamp(until, UTC) if until else None
+        shown = f" until {end:%H:%M} UTC" if end else ""
+        option = f" --until {end:%Y-%m-%dT%H:%M}" if end else ""
+        self.out.print(f"[yellow]{address} is marked away{shown}[/] "
+                       f"(`csm-router away {address}{option}`): no new threads for them.")
+
+    def back(self, address: str) -> None:
+        pool.set_back(self.store, address)
+        self.out.print(f"[green]{address} is marked back[/] (`csm-router back {address}`): "
+                       "new threads and escalations may go to them again.")
+
+    def signature_block(self, address: str) -> str:
+        """What `csm-router signature` prints for `address`."""
+        member = self.settings.member(address)
+        assert member is not None
+        return render(
+            "signature.txt.j2",
+            name=member.name or member.address,
+            alias_name=self.settings.alias.name or self.settings.alias.address,
+            alias=self.settings.alias.address,
+            tag=pool.signature_tag(self.store, address),
+        )
+
+    def show(self, title: str, step: Step, limit: int = 12) -> None:
+        """The step's mail and the messages it sent nothing for, each with its reason."""
+        table = Table(title=title, title_justify="left", width=min(WIDTH, self.out.width))
+        table.add_column("to", ratio=3)
+        table.add_column("subject", ratio=4)
+        table.add_column("why", ratio=5)
+        rows = sent_rows(step.sent)
+        for row in rows[:limit]:
+            table.add_row(*row)
+        if len(rows) > limit:
+            table.add_row("...", f"and {len(rows) - limit} more", "")
+        for d in step.unsent:
+            outcome = "ignored" if d["action"] == "ignore" else "quarantined"
+            table.add_row(f"({outcome})", d.get("subject") or "-",
+                          f"{d.get('rule')}: {d.get('why')}")
+        if not rows and not step.unsent:
             table.add_row("-", "(nothing sent)", "")
-        if len(forwards) > limit:
-            table.add_row("...", f"and {len(forwards) - limit} more", "")
-        console.print(table)
+        self.out.print(table)
 
 
-def _body(r: Received) -> str:
+def body_text(r: Received) -> str:
     part = r.message.get_body(("plain",))
     return str(part.get_content()) if part is not None else ""
 
 
-def run_demo() -> int:
-    """Tell the story; answers the exit code."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console.print(Panel.fit(
-        "csm-router demo: an embedded IMAP server holds success@acme.com, an embedded SMTP\n"
-        "relay records what the worker sends, Redis is in memory. The router and worker\n"
-        "are the real ones.",
-        title="csm-router",
-    ))
-    with EmbeddedImap(ALIAS, PASSWORD) as imap, RecordingSmtp() as smtp:
-        demo = Demo(imap, smtp)
-        _story(demo)
+def reason(r: Received) -> str:
+    """Why a mail went out: the forward's own reason line, or what the notice is for."""
+    body = body_text(r)
+    for line in body.splitlines():
+        for prefix in ("Why you: ", "Handed to Support because: "):
+            if line.startswith(prefix):
+                return line.removeprefix(prefix)
+    kind = str(r.message.get(OWN_HEADER, "")).partition(" ")[0]
+    if kind in ("command_reply", "notice"):  # a command's confirmation says what was done
+        return body.strip().partition("\n")[0]
+    return NOTICES.get(kind, kind or "-")
+
+
+def sent_rows(sent: list[Received]) -> list[list[str]]:
+    """One row per forward; notices of one kind to one recipient folded into one row."""
+    rows: list[list[str]] = []
+    folded: dict[tuple[str, str], tuple[int, int]] = {}  # -> (row, how many)
+    for r in sent:
+        to = ", ".join(r.rcpt_tos)
+        kind = str(r.message.get(OWN_HEADER, "")).partition(" ")[0]
+        if kind in NOTICES:
+            if (to, kind) in folded:
+                row, count = folded[(to, kind)]
+                folded[(to, kind)] = (row, count + 1)
+                continue
+            folded[(to, kind)] = (len(rows), 1)
+        rows.append([to, str(r.message["Subject"]), reason(r)])
+    for row, count in folded.values():
+        if count > 1:
+            rows[row][1] += f" (and {count - 1} more like it)"
+    return rows
+
+
+def intro(out: Console) -> None:
+    out.print(Panel(INTRO, title="csm-router", width=min(WIDTH, out.width)))
+
+
+def run_demo(*, keep_running: bool = False) -> int:
+    """Tell the story on the terminal; answers the exit code."""
+    tell(Console(highlight=False), keep_running=keep_running)
     return 0
 
 
-def _story(demo: Demo) -> None:
-    store = demo.rt.store
-    console.print("\n[bold]1. The pool[/] Alice*2, Bob, Carol. Carol's signature block:")
-    console.print(pool.signature_tag(store, "carol@acme.com"), style="cyan")
-    carol_tag = pool.signature_tag(store, "carol@acme.com")
+def tell(out: Console, *, keep_running: bool = False, preview_folder: Path | None = None) -> Demo:
+    """The whole story, told on `out`; answers the demo, its servers stopped."""
+    from csm_router.demo_finale import finale
+    from csm_router.demo_story import figures, story
 
-    console.print("\n[bold]2. Nine customers write in.[/]")
-    customers = [
-        ("Dana Lee <dana@globex.com>", "How do I add teammates?"),
-        ("Eli Park <eli@initech.io>", "Renewal options for next year"),
-        ("Fay Wong <fay@umbrella.org>", "Best practice for dashboards"),
-        ("Gus Hale <gus@hooli.com>", "Training session for new staff"),
-        ("Hana Ito <hana@vehement.co>", "Export to CSV question"),
-        ("Ivan Roy <ivan@massive.dyn>", "Can we change our plan?"),
-        ("Jo King <jo@soylent.com>", "Quarterly business review"),
-        ("Kai Moss <kai@wonka.biz>", "Where are the API docs?"),
-    ]
-    first_ids = {}
-    for sender, subject in customers:
-        mid, raw = compose(sender, subject, f"Hello,\n\n{subject}\n\nThanks!\n")
-        first_ids[sender] = mid
-        demo.send(raw)
-    _, raw = compose("Lea Hart <lea@cyberdyne.ai>", "CSV export fails",
-                   "Hi, since this morning every export returns a 500 error:\n\n"
-                   "Traceback (most recent call last):\n  File \"export.py\", line 88\n"
-                   "ExportError: upstream timeout\n")
-    demo.send(raw)
-    forwards = demo.route()
-    demo.show("Smooth weighted round-robin (A B C A A B C A); the technical one goes to "
-              "Support, and its customer gets a note", forwards)
-    by_customer = {str(r.message["Reply-To"]).split(",")[0]: r for r in forwards}
-
-    console.print("\n[bold]3. Alice answers Dana from her own mail client (alias copied).[/]")
-    dana_fwd = next(r for r in forwards if "dana@globex.com" in str(r.message["Reply-To"]))
-    owner = dana_fwd.rcpt_tos[0]
-    reply_id, raw = compose(
-        f"Alice Smith <{owner}>", f"Re: {dana_fwd.message['Subject']}",
-        "Hi Dana, Settings > Team > Invite. Alice\n", to="dana@globex.com", cc=ALIAS,
-        in_reply_to=str(dana_fwd.message["Message-ID"]), headers=GENUINE,
-    )
-    demo.send(raw)
-    demo.show("Nothing is forwarded back to the pool", demo.route())
-
-    console.print("\n[bold]4. Dana replies to Alice; Alice is away today.[/]")
-    pool.set_away(store, owner)
-    _, raw = compose("Dana Lee <dana@globex.com>", f"Re: {dana_fwd.message['Subject']}",
-                   "Thanks! And how do I remove someone?\n", in_reply_to=reply_id)
-    demo.send(raw)
-    demo.show("The thread goes to the next available CSM, with the reason", demo.route())
-    pool.set_back(store, owner)
-
-    console.print("\n[bold]5. Eli writes a fresh email quoting Carol's signature.[/]")
-    _, raw = compose("Eli Park <eli@initech.io>", "One more thing",
-                   f"Quick follow-up.\n\n> Best,\n> Carol Diaz\n> {carol_tag}\n")
-    demo.send(raw)
-    demo.show("Quoted signature -> Carol", demo.route())
-
-    console.print("\n[bold]6. newco.io is onboarding with Bob; an auto-reply and a broken "
-                  "message arrive too.[/]")
-    pool.assign_onboarding(store, "newco.io", "bob@acme.com", 90, time.time())
-    _, raw = compose("Nia Cole <nia@newco.io>", "Kick-off call", "When can we start?\n")
-    demo.send(raw)
-    _, raw = compose("Kai Moss <kai@wonka.biz>", "Out of office", "I am away.\n",
-                   headers={"Auto-Submitted": "auto-replied"})
-    demo.send(raw)
-    demo.send(b"From: nobody\r\nSubject: no message id, no sender\r\n\r\nbroken\r\n")
-    demo.show("Onboarding owner gets it; the auto-reply is ignored; the broken one is "
-              "quarantined", demo.route())
-
-    console.print("\n[bold]7. Carol closes Eli's new thread with a line `#close`.[/]")
-    carols = [r for r in demo.smtp.messages if r.rcpt_tos == ["carol@acme.com"]]
-    last = carols[-1]
-    _, raw = compose("Carol Diaz <carol@acme.com>", f"Re: {last.message['Subject']}",
-                   "Hi Eli, done: see Settings > Export.\n\n#close\n", to="eli@initech.io",
-                   cc=ALIAS, in_reply_to=str(last.message["Message-ID"]), headers=GENUINE)
-    demo.send(raw)
-    demo.show("Carol gets a confirmation", demo.route())
-
-    console.print("\n[bold]8. An hour passes without answers[/] (`csm-router sweep --at ...`)")
-    logging.getLogger("csm_router.jobs").setLevel(logging.ERROR)  # one line per thread
-    print(jobs.sla_sweep(time.time() + 61 * 60))
-    demo.show("Overdue threads move to the next CSM; the lead is told once per thread",
-              demo.route(), limit=4)
-
-    console.print("\n[bold]9. The pool now[/] (`csm-router status`)")
-    table = Table()
-    for column in ("CSM", "weight", "open", "overdue", "assigned today", "median 1st resp."):
-        table.add_column(column)
-    for row in pool.status(store, time.time()):
-        median = row.median_first_response_minutes
-        table.add_row(row.name, str(row.weight), str(row.open), str(row.overdue),
-                      str(row.assigned_today), "-" if median is None else f"{median:.1f} min")
-    console.print(table)
-
-    console.print("\n[bold]10. The lead's figures[/] (`csm-router report --since TODAY`; "
-                  "the same go out in Monday's digest)")
-    today = datetime.now(store.settings.report_zone).date()
-    figures = report.build(store, today, today + timedelta(days=2))  # the sweep was an hour on
-    table = Table()
-    for column in ("CSM", "taken", "replies", "1st resp. median", "overdue", "moved in / out"):
-        table.add_column(column)
-    for c in figures.csms:
-        median = c.median_first_response_minutes
-        table.add_row(c.name or c.address, str(c.taken), str(c.replies),
-                      "-" if median is None else f"{median:.1f} min", str(c.overdue),
-                      f"{c.reassigned_in} / {c.reassigned_out}")
-    console.print(table)
-    touched = ", ".join(f"{a.account} ({a.touched_by})" for a in figures.accounts)
-    console.print(f"CSMs per account: {touched}")
-    sample = by_customer.get("Kai Moss <kai@wonka.biz>") or forwards[-1]
-    console.print("\n[bold]A forward as the CSM sees it:[/]")
-    console.print(Panel(
-        "\n".join(f"{h}: {sample.message[h]}" for h in ("From", "To", "Reply-To", "Subject"))
-        + "\n\n" + _body(sample).strip(),
-        expand=False,
-    ))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # fakeredis has no CONFIG GET: the warning about Redis's persistence says nothing here.
+    logging.getLogger("csm_router.durability").setLevel(logging.ERROR)
+    intro(out)
+    with EmbeddedImap(ALIAS, PASSWORD) as imap, RecordingSmtp() as smtp:
+        demo = Demo(imap, smtp, out)
+        story(demo)
+        figures(demo)
+        finale(demo, keep_running=keep_running, preview_folder=preview_folder)
+    return demo
