@@ -1,0 +1,85 @@
+"""What only a corrected setting fixes stops a process at once, in one line, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from support.product import Product
+from support.servers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def run_briefly(product: Product, *args: str) -> subprocess.CompletedProcess[str]:
+    """A long-running command that must stop by itself, promptly, on its own."""
+    return subprocess.run([sys.executable, "-m", "csm_router.cli", *args], env=product.env,
+                          cwd=product.workdir, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", [("run",), ("worker",), ("web",)])
+def test_a_broken_template_override_stops_each_process_in_one_line(
+    product: Product, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    (overrides / "forward_context.txt.j2").write_text("Account {{ account }}\n\n{% if why %}\n")
+    product.env["ROUTER_TEMPLATES_DIR"] = str(overrides)
+    done = run_briefly(product, *command)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()  # no traceback, no log around it
+    assert line.startswith("csm-router: configuration error: ROUTER_TEMPLATES_DIR: "
+                           f"{overrides / 'forward_context.txt.j2'} line 3")
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_folder_that_does_not_exist_stops_the_router_and_check_says_the_same(
+    product: Product,
+) -> None:
+    product.env["ROUTER_IMAP_URL"] = product.mailbox.imap_url.replace("/INBOX", "/INBOX%2FNope")
+    said = ("ROUTER_IMAP_URL names folder INBOX/Nope, which does not exist on "
+            f"{product.mailbox.server.host}")
+    done = run_briefly(product, "run")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == f"csm-router: {said}"
+    assert "retrying" not in done.stderr and "Traceback" not in done.stderr
+    check = product.cli("check", check=False)
+    assert check.returncode == 2
+    assert said in check.stdout
+
+
+def test_a_password_the_imap_server_refuses_stops_the_router(product: Product) -> None:
+    good = quote(product.mailbox.password, safe="")
+    product.env["ROUTER_IMAP_URL"] = product.mailbox.imap_url.replace(f":{good}@", ":wrong@")
+    done = run_briefly(product, "run")
+    assert done.returncode == 2, done.stderr
+    said = (f"the IMAP server refused the login for {product.alias}: check the user and "
+            "password in ROUTER_IMAP_URL")
+    assert done.stderr.splitlines()[-1] == f"csm-router: {said}"
+    assert "Traceback" not in done.stderr and "wrong" not in done.stderr
+    check = product.cli("check", check=False)
+    assert check.returncode == 2 and said in check.stdout
+
+
+def test_a_password_redis_refuses_stops_router_and_worker_with_exit_2(
+    product: Product, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis", persistent=True)
+    server.start()
+    try:
+        with server.client() as client:
+            client.config_set("requirepass", "right-password")
+        product.env["ROUTER_REDIS_URL"] = f"redis://:wrong-password@{server.host}:{server.port}/0"
+        for command in ("run", "worker"):
+            done = run_briefly(product, command)
+            assert done.returncode == 2, done.stderr
+            line = done.stderr.splitlines()[-1]
+            assert line.startswith("csm-router: Redis refused the login")
+            assert line.endswith("fix the password in ROUTER_REDIS_URL")
+            assert "Traceback" not in done.stderr and "wrong-password" not in done.stderr
+    finally:
+        server.stop()
