@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from imapclient.exceptions import LoginError
 from rich.console import Console
 
 from csm_router import pool, report
+from csm_router.cli_figures import duration
 from csm_router.demo import Demo, tell
 from csm_router.embedded import EmbeddedImap, Received, RecordingSmtp
 
@@ -414,23 +415,23 @@ def test_demo_says_when_someone_is_marked_away_and_back(told: Told) -> None:
 def test_demo_status_and_report_figures_agree_with_the_commands(told: Told) -> None:
     store, now = told.demo.store, told.demo.now()
     status = _rows(_section(told.text, "9. The pool now", "10. The lead's figures"))
-    expected = [[r.name, "no", str(r.open), str(r.overdue), str(r.assigned_today)]
-                for r in pool.status(store, now)]
-    assert [r[:5] for r in status] == expected
+    expected = [[r.name, "no", str(r.open), str(r.overdue_now), str(r.taken_today),
+                 duration(r.median_first_response_seconds)] for r in pool.status(store, now)]
+    assert [r for r in status if r[0]] == expected
 
-    day = datetime.fromtimestamp(now, store.settings.report_zone).date()
-    since = datetime.fromtimestamp(time.time(), store.settings.report_zone).date()
+    day, since = pool.today(store, now), pool.today(store, time.time())
     figures = report.build(store, since, day + timedelta(days=1))
-    period = _rows(_section(told.text, "10. The lead's figures", "CSMs per account"))
-    assert [r[:5] for r in period if r[0]] == [
-        [c.name, str(c.taken), str(c.replies), r[3], str(c.overdue)]
-        for c, r in zip(figures.csms, [r for r in period if r[0]], strict=True)]
+    period = [r for r in _rows(_section(told.text, "10. The lead's figures", "CSMs per account"))
+              if r[0]]
+    assert [r[:5] for r in period] == [
+        [c.name, str(c.taken), str(c.replies), duration(c.median_first_response_seconds),
+         str(c.went_overdue)] for c in figures.csms]
     if since == day:  # one day: what status counts today is what the report counts
-        assert [r[4] for r in status] == [r[1] for r in period if r[0]]
-    assert sum(c.overdue for c in figures.csms) > 0  # the sweep escalated some
+        assert [r[4] for r in status if r[0]] == [r[1] for r in period]
+    assert figures.threads.went_overdue > 0  # the sweep escalated some
     said = " ".join(told.text.split())
     assert "`overdue now` counts threads late at this moment" in said
-    assert f"went overdue in the period ({sum(c.overdue for c in figures.csms)} today)" in said
+    assert f"went overdue in the period ({figures.threads.went_overdue} today)" in said
 
 
 def test_demo_prints_the_status_page_as_text(told: Told) -> None:

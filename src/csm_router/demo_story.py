@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from rich.panel import Panel
 
 from csm_router import jobs, pool
+from csm_router.cli_figures import duration
 from csm_router.demo import ALIAS, GENUINE, Demo, body_text, compose
 
 CUSTOMERS = [
@@ -102,7 +103,7 @@ def story(demo: Demo) -> None:
 
 
 def lead_day(demo: Demo) -> date:
-    return datetime.fromtimestamp(demo.now(), demo.settings.report_zone).date()
+    return pool.today(demo.store, demo.now())
 
 
 def figures(demo: Demo) -> None:
@@ -113,31 +114,31 @@ def figures(demo: Demo) -> None:
     day = lead_day(demo)
     at = datetime.fromtimestamp(now, UTC)
     out.print(f"\n[bold]9. The pool now[/] (`csm-router status`, at {at:%H:%M} UTC)")
-    table = demo.table("CSM", "away", "open", "overdue now", "taken today", "median 1st resp.")
+    table = demo.table("CSM", "away", "open", "overdue now", "taken today",
+                       "median 1st response")
     for row in pool.status(store, now):
         table.add_row(row.name, f"until {row.away_until[11:16]}" if row.away_until else
-                      ("yes" if row.away else "no"), str(row.open), str(row.overdue),
-                      str(row.assigned_today), minutes(row.median_first_response_minutes))
+                      ("yes" if row.away else "no"), str(row.open), str(row.overdue_now),
+                      str(row.taken_today), duration(row.median_first_response_seconds))
     out.print(table)
 
-    since = datetime.fromtimestamp(time.time(), store.settings.report_zone).date()
+    since = pool.today(store, time.time())
     command = f"csm-router report --since {since}"
     if since != day:
         command += f" --until {day + timedelta(days=1)}"
     out.print(f"\n[bold]10. The lead's figures[/] (`{command}`; the weekly digest carries "
               "the same)")
     period = report.build(store, since, day + timedelta(days=1))
-    table = demo.table("CSM", "taken", "replies", "1st resp. median", "went overdue",
-                       "moved in / out")
+    table = demo.table("CSM", "taken", "replies", "1st response median", "went overdue",
+                       "reassigned in / out")
     for c in period.csms:
         table.add_row(c.name or c.address, str(c.taken), str(c.replies),
-                      minutes(c.median_first_response_minutes), str(c.overdue),
+                      duration(c.median_first_response_seconds), str(c.went_overdue),
                       f"{c.reassigned_in} / {c.reassigned_out}")
     out.print(table)
-    late = sum(c.overdue for c in period.csms)
     out.print(f"`overdue now` counts threads late at this moment (each escalated one has a "
               f"fresh target with its new CSM); `went overdue` counts first responses that "
-              f"went overdue in the period ({late} today).")
+              f"went overdue in the period ({period.threads.went_overdue} today).")
     touched = ", ".join(f"{a.account} ({a.touched_by})" for a in period.accounts)
     out.print(f"CSMs per account: {touched}")
 
@@ -149,7 +150,3 @@ def figures(demo: Demo) -> None:
         + "\n\n" + body_text(sample).strip(),
         expand=False,
     ))
-
-
-def minutes(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} min"
