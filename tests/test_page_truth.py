@@ -293,3 +293,35 @@ def test_times_are_the_leads_with_utc_on_hover() -> None:
         assert ('<time datetime="2026-11-25T11:00:00Z" title="2026-11-25 11:00 UTC">'
                 "2026-11-25 12:00 CET</time>") in markup, path
         assert "11:00 UTC</time>" not in markup
+
+
+def test_a_held_message_says_so_and_its_forward_shows_once_a_reply_released_it(
+    rt: Runtime
+) -> None:
+    for address in (ALICE, BOB, CAROL):
+        pool.set_away(rt.store, address, now=NOW - 7200)
+    held = write(rt, 1, "Export question", NOW - 3600)
+    customer = visible(page(client_of(rt), "/thread/CS-1001")).partition(
+        "Customer messages")[2].partition("CSM replies")[0]
+    assert "forward: held (owed to whoever can take the thread)" in customer
+    # Alice answers from her own mail: the held message is owed to her, caused by her reply.
+    reply = write(rt, 2, "Re: [CS-1001] Export question", NOW - 1800,
+                  sender="Alice Smith <alice@acme.com>", headers=GENUINE, body="On it.")
+    rt.outbox.done(entry_id("deliver", held, ALICE, reply), "sent")
+    customer = visible(page(client_of(rt), "/thread/CS-1001")).partition(
+        "Customer messages")[2].partition("CSM replies")[0]
+    assert "forward to alice@acme.com: sent" in customer
+    assert "held" not in customer
+
+
+def test_redis_losing_its_data_is_a_banner_with_when(rt: Runtime) -> None:
+    beat(rt, "router", NOW - 1)
+    beat(rt, "worker", NOW - 1)
+    client = client_of(rt)
+    assert not [b for b in banners(page(client)) if "lost" in b]  # the marker is seen
+    rt.redis.delete(key("epoch"))  # a restart without persistence, a FLUSHALL
+    status, said = healthz(client)
+    assert status == 503
+    assert "- Redis lost its data: a router numbers new threads above" in said
+    assert banners(page(client))[0].startswith(
+        "Redis lost its data at 2026-11-25 12:00 UTC: what was routed before is unknown")

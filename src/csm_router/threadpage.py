@@ -49,51 +49,74 @@ class Send:
         return f"{self.what}: {self.state}" + (f" ({self.detail})" if self.detail else "")
 
 
-def _wanted(msgkey: str, record: dict[str, str]) -> list[tuple[str, str]]:
-    """(what, first-generation entry id) of each send `record`'s decision implied."""
+def _followup(record: dict[str, str]) -> dict[str, Any]:
     try:
         followup = json.loads(record.get("followup") or "{}")
     except ValueError:
-        followup = {}
-    followup = followup if isinstance(followup, dict) else {}
-    wanted = []
-    owner = str(followup.get("owner") or "")
-    if owner and msgkey in (followup.get("deliver") or []):
-        wanted.append((f"forward to {owner}", entry_id("deliver", msgkey, owner, "")))
-    elif record.get("owner") and record.get("action") == "forward":
-        # Held when it came, handed to its owner later: the release owed its forward.
-        owner = record["owner"]
-        wanted.append((f"forward to {owner}", entry_id("deliver", msgkey, owner, "")))
-    if followup.get("support") == msgkey:
-        wanted.append(("handoff to Support", entry_id("support", msgkey, "")))
-    return wanted
+        return {}
+    return followup if isinstance(followup, dict) else {}
+
+
+def owed_sends(records: list[tuple[str, dict[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+    """(what, first-generation entry id) of the sends owed for each message of a thread.
+
+    A record's `followup` names what its decision owed: its own forward (no cause), and
+    the held messages a CSM's reply released to them (caused by that reply). A message
+    released by the sweep or a CSM freeing up went to its record's owner, with no cause
+    when it was held as it came. Forwards a later escalation, reassignment or failed
+    delivery owed are keyed by causes kept nowhere else, so they are not shown.
+    """
+    owed: dict[str, list[tuple[str, str]]] = {msgkey: [] for msgkey, _ in records}
+    for msgkey, record in records:
+        followup = _followup(record)
+        owner = str(followup.get("owner") or "")
+        for other in followup.get("deliver") or [] if owner else []:
+            cause = "" if other == msgkey else msgkey
+            if other in owed:
+                owed[other].append((f"forward to {owner}",
+                                    entry_id("deliver", other, owner, cause)))
+        if followup.get("support") == msgkey:
+            owed[msgkey].append(("handoff to Support", entry_id("support", msgkey, "")))
+    for msgkey, record in records:
+        owner = record.get("owner", "")
+        released = entry_id("deliver", msgkey, owner, "")
+        if owner and record.get("action") == "forward" and \
+                released not in (i for _, i in owed[msgkey]):
+            owed[msgkey].append((f"forward to {owner}", released))
+    return owed
 
 
 def deliveries(store: Store, records: list[tuple[str, dict[str, str]]],
-               now: float) -> list[list[Send]]:
-    """For each (message key, record): its sends and how each stands, in one round trip."""
-    wanted = [_wanted(msgkey, record) for msgkey, record in records]
+               customer: list[str]) -> dict[str, list[Send]]:
+    """For each message key in `customer`: its sends and how each stands (one round trip).
+
+    `records` are the whole thread's: a reply's record says what it released."""
+    wanted = owed_sends(records)
     pipe = store.redis.pipeline(transaction=False)
-    for sends in wanted:
-        for _, base in sends:
+    for msgkey in customer:
+        for _, base in wanted[msgkey]:
             for generation in range(1, GENERATIONS + 1):
                 entry = base if generation == 1 else f"{base}-g{generation}"
                 pipe.hmget(key("outbox", "e", entry), "state", "done", "error", "attempts")
-    answers = iter(pipe.execute() if any(wanted) else [])
+    answers = iter(pipe.execute() if any(wanted[m] for m in customer) else [])
     zone = store.settings.report_zone
-    found = []
-    for (_, record), sends in zip(records, wanted, strict=True):
-        shown = []
-        for what, _ in sends:
+    by_key = dict(records)
+    found: dict[str, list[Send]] = {}
+    for msgkey in customer:
+        record = by_key[msgkey]
+        shown: list[Send] = []
+        missing: list[Send] = []
+        for what, _ in wanted[msgkey]:
             newest = None
             for _ in range(GENERATIONS):
                 fields = [text(x) for x in next(answers)]
                 if fields[0]:
                     newest = fields
-            shown.append(_send(what, newest, record, zone))
-        if not sends and record.get("state") == "held":
+            (shown if newest else missing).append(_send(what, newest, record, zone))
+        if record.get("state") == "held":
             shown.append(Send("forward", "held", "owed to whoever can take the thread"))
-        found.append(shown)
+        # An entry not (or no longer) kept is worth a line only when nothing else says.
+        found[msgkey] = shown or missing[-1:]
     return found
 
 
@@ -144,10 +167,9 @@ def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
     msgkeys = store.thread_messages(ref)
     # A record outlived by its thread (kept 400 days) is left out.
     records = [(m, r) for m, r in zip(msgkeys, store.messages(msgkeys), strict=True) if r]
-    sends = deliveries(store, [(m, r) for m, r in records if _who(r) == "customer"], now)
-    owed = iter(sends)
+    sends = deliveries(store, records, [m for m, r in records if _who(r) == "customer"])
     by_who: dict[str, list[dict[str, Any]]] = {"customer": [], "csm": [], "support": []}
-    for _, record in records:
+    for msgkey, record in records:
         at = _number(record.get("at"))
         who = _who(record)
         by_who[who].append({
@@ -155,7 +177,7 @@ def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
             "subject": record.get("subject", ""), "owner": record.get("owner", ""),
             "rule": record.get("rule", ""), "message_id": record.get("message_id", ""),
             "sends": [{"text": s.describe(), "state": s.state}
-                      for s in (next(owed) if who == "customer" else [])],
+                      for s in sends.get(msgkey, [])],
         })
     due = _number(thread.get("due"))
     facts = [
