@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import os
 import re
 import shlex
 import shutil
@@ -24,7 +25,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from csm_router.config import check_names, load_settings
+from csm_router.config import Settings, check_names, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -492,3 +493,64 @@ def test_docker_builds_an_image_that_runs_as_non_root_with_templates(tmp_path: P
         assert "8025/tcp" in config["ExposedPorts"]
     finally:
         subprocess.run([docker, "image", "rm", "-f", tag], capture_output=True, timeout=120)
+
+
+# -- .env.example and the Procfile, the honcho way -----------------------------------------
+
+
+def uncommented_example() -> str:
+    """The example with every documented `# ROUTER_X=...` line switched on."""
+    return "\n".join(line.removeprefix("# ") if re.match(r"# ROUTER_\w+=", line) else line
+                     for line in ENV_EXAMPLE.read_text().splitlines()) + "\n"
+
+
+def test_env_example_quotes_every_value_with_a_space() -> None:
+    for line in uncommented_example().splitlines():
+        name, sep, value = line.partition("=")
+        if not sep or not name.startswith("ROUTER_"):
+            continue
+        if " " in value:
+            assert value[0] == value[-1] == '"' and len(value) > 1, line
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = uncommented_example()
+    missing = [name for name in Settings.model_fields
+               if not re.search(rf"^ROUTER_{name.upper()}=", text, re.MULTILINE)]
+    assert missing == []
+
+
+def test_honcho_and_csm_router_read_the_env_example_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    honcho = pytest.importorskip("honcho.environ")
+    text = uncommented_example()
+    theirs = honcho.parse(text)
+    ours = {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v}
+    assert theirs == ours
+    assert ours["ROUTER_ALIAS"] == "Acme Customer Success <success@acme.com>"
+    # What csm-router makes of it, reading .env itself (pydantic-settings, python-dotenv).
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("ROUTER_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text())
+    settings = load_settings()
+    assert str(settings.alias) == "Acme Customer Success <success@acme.com>"
+    assert [m.display for m in settings.pool][:2] == [
+        "Alice Smith <alice@acme.com>", "Bob Jones <bob@acme.com>"]
+
+
+def test_procfile_runs_router_web_and_workers_each_under_a_stable_name_of_its_own() -> None:
+    procfile = dict(line.split(":", 1) for line in PROCFILE.read_text().splitlines() if line)
+    assert sorted(procfile) == ["router", "web", "worker"]
+    worker = shlex.split(procfile["worker"])
+    assert worker[:3] == ["csm-router", "worker", "--name"]
+    # honcho's process name (worker.1, worker.2) or Heroku's dyno: one per instance.
+    assert "HONCHO_PROCESS_NAME" in worker[3] and "DYNO" in worker[3]
+    names = {
+        subprocess.run(["sh", "-c", f'echo "{worker[3]}"'], capture_output=True, text=True,
+                       env={"PATH": os.environ["PATH"], "HONCHO_PROCESS_NAME": f"worker.{n}"},
+                       check=True).stdout.strip()
+        for n in (1, 2)
+    }
+    assert len(names) == 2
