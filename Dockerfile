@@ -5,6 +5,10 @@
 #   docker run IMAGE status     any other command of the CLI
 # Configuration comes from the environment (`--env-file .env`), or from a `.env` mounted
 # at /etc/csm-router/.env, the working directory. compose.yaml runs the whole set.
+#
+# Needs BuildKit (the run stage mounts the wheel with `RUN --mount`): the default builder of
+# Docker 23 and later and of `docker compose`; with an older engine build with
+# `DOCKER_BUILDKIT=1 docker build .` or `docker buildx build .`.
 
 # -- build: the project's wheel, from the sources -----------------------------------------
 FROM python:3.11-slim AS builder
