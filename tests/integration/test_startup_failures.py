@@ -83,3 +83,27 @@ def test_a_password_redis_refuses_stops_router_and_worker_with_exit_2(
             assert "Traceback" not in done.stderr and "wrong-password" not in done.stderr
     finally:
         server.stop()
+
+
+def test_a_template_failing_at_render_time_fails_that_send_in_one_line_not_a_loop(
+    product: Product, tmp_path: Path
+) -> None:
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    # Compiles (a filter in a branch is looked up only when the branch runs), then fails.
+    (overrides / "forward_context.txt.j2").write_text(
+        "Account {{ account }}\n{% if ref %}{{ ref | no_such_filter }}{% endif %}\n")
+    product.env["ROUTER_TEMPLATES_DIR"] = str(overrides)
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    product.cli("run", "--exit-when-idle")
+    worker = product.cli("worker", "--burst")
+    said = worker.stdout + worker.stderr
+    assert "Traceback" not in said
+    failed = [line for line in said.splitlines() if "failed for good" in line]
+    assert len(failed) == 1, said  # one try, one line: not retried
+    assert f"template {overrides / 'forward_context.txt.j2'} line 2 cannot be rendered" in failed[0]
+    assert "no_such_filter" in failed[0]
+    assert not [r for r in product.smtp.messages if "Dashboard export" in
+                str(r.message["Subject"]) and r.rcpt_tos != ["cs-lead@acme.com"]]
+    listed = product.cli("failed", "list")
+    assert "cannot be rendered" in listed.stdout
