@@ -44,3 +44,31 @@ def test_the_demo_runs_the_whole_story_on_embedded_servers(tmp_path: Path) -> No
     # Three CSMs touched one account (a customer's moved thread): the digest's flag.
     assert re.search(r"CSMs per account: [a-z.]+ \(3\)", shown)
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def cli_alone(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command with no configuration at all: what it says before it needs any."""
+    return subprocess.run([sys.executable, "-m", "csm_router.cli", *args], cwd=cwd,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_bad_sweep_time_is_named_by_its_option(tmp_path: Path) -> None:
+    done = cli_alone("sweep", "--at", "next monday", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "csm-router: --at 'next monday': use a date or time like 2026-12-01 or 2026-12-01T09:00"]
+
+
+def test_a_usage_error_exits_1_and_a_configuration_error_2(tmp_path: Path) -> None:
+    usage = cli_alone("worker", "--nme", "x", cwd=tmp_path)
+    assert usage.returncode == 1
+    assert "unrecognized arguments: --nme" in usage.stderr
+    missing = cli_alone("worker", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == [
+        "csm-router: configuration error: 3 problems",
+        "  ROUTER_ALIAS: is required but not set",
+        "  ROUTER_POOL: is required but not set",
+        "  ROUTER_SMTP_URL: is required but not set",
+    ]

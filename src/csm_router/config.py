@@ -151,8 +151,8 @@ class Settings(BaseSettings):
             shift = self.hours.get(address.address) if address else None
             if address and shift:
                 return shift.zone, f"the ROUTER_HOURS of {address.address} ({variable})"
-        return ZoneInfo("UTC"), ("UTC: neither ROUTER_DIGEST_ADDRESS nor "
-                                 "ROUTER_OVERFLOW_ADDRESS has ROUTER_HOURS")
+        return ZoneInfo("UTC"), ("neither ROUTER_DIGEST_ADDRESS nor ROUTER_OVERFLOW_ADDRESS "
+                                 "has ROUTER_HOURS")
 
     @property
     def schedule(self) -> Schedule:

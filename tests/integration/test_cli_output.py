@@ -51,3 +51,15 @@ def test_threads_and_thread_print_customer_markup_and_escapes_inert(product: Pro
     # Routing goes on for the next customer.
     product.write("Next <next@initech.com>", "Export question")
     assert len(product.route()) == 1
+
+
+def test_check_says_which_zone_the_lead_s_figures_use_and_why(product: Product) -> None:
+    product.env["ROUTER_DIGEST_ADDRESS"] = "boss@acme.com"
+    product.env["ROUTER_HOURS"] = ("boss@acme.com=Asia/Tokyo 09-17; "
+                                   "cs-lead@acme.com=Europe/Berlin 09-17")
+    done = product.cli("check")
+    assert ("zone   the lead's figures and digest count days in Asia/Tokyo: the ROUTER_HOURS "
+            "of boss@acme.com (ROUTER_DIGEST_ADDRESS)") in done.stdout
+    del product.env["ROUTER_HOURS"]
+    done = product.cli("check")
+    assert "count days in UTC: neither ROUTER_DIGEST_ADDRESS nor" in done.stdout
