@@ -8,9 +8,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from support.product import Product
-from support.servers import RedisServer
+from support.servers import RedisServer, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +109,31 @@ def test_a_template_failing_at_render_time_fails_that_send_in_one_line_not_a_loo
                 str(r.message["Subject"]) and r.rcpt_tos != ["cs-lead@acme.com"]]
     listed = product.cli("failed", "list")
     assert "cannot be rendered" in listed.stdout
+
+
+def test_a_login_the_relay_refuses_stops_the_worker_and_check_says_so(
+    product: Product,
+) -> None:
+    def refuse(*args: object) -> AuthResult:
+        return AuthResult(success=False, handled=False)
+
+    relay = Controller(Sink(), hostname="127.0.0.1", port=free_ports(1)[0],
+                       authenticator=refuse, auth_require_tls=False)
+    relay.start()
+    try:
+        product.env["ROUTER_SMTP_URL"] = f"smtp://mailer:wrong@127.0.0.1:{relay.port}"
+        done = run_briefly(product, "worker")
+        said = ("the SMTP relay refused the login for mailer: check the user and password "
+                "in ROUTER_SMTP_URL")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[-1] == f"csm-router: {said}"
+        assert "Traceback" not in done.stderr and "wrong" not in done.stderr
+        check = product.cli("check", check=False)
+        assert check.returncode == 2
+        assert "FAIL  smtp" in check.stdout and "ROUTER_SMTP_URL" in check.stdout
+    finally:
+        relay.stop()
+
+
+class Sink:
+    """Takes nothing: no mail gets past the login."""
