@@ -63,6 +63,8 @@ def test_honcho_runs_the_procfile_from_the_example_env_with_names_and_spaces_int
         "ROUTER_POOL": "Alice Smith <alice@acme.com>*2, Bob Jones <bob@acme.com>",
         "ROUTER_WEB_ADDRESS": f"127.0.0.1:{web_port}",
         "ROUTER_WEB_PASSWORD": PASSWORD,
+        # Spaces and a ';' in one value; the lead's zone only, so routing is unaffected.
+        "ROUTER_HOURS": "cs-lead@acme.com=Europe/Berlin 09-17 Mon-Fri",
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the Procfile runs csm-router
