@@ -202,6 +202,21 @@ def test_three_gmail_customers_are_three_accounts(rt: Runtime) -> None:
     assert all(a.touched_by == 1 and not a.flagged for a in accounts.values())
 
 
+def test_a_thread_recorded_with_its_provider_as_account_counts_its_person(rt: Runtime) -> None:
+    """Threads recorded before free-mail customers were people carry `gmail.com` as their
+    account: the figures name the person all the same."""
+    mail = Mail(rt)
+    threads = [mail(f"{n} <{n}@gmail.com>", f"Question {n}", NOW + i)
+               for i, n in enumerate(("ann", "ben", "cid"))]
+    for t in threads:
+        rt.redis.hset(f"csm:thread:{t.ref}", "account", "gmail.com")
+    rt.redis.delete(f"csm:daily:{TODAY.isoformat()}:touched")
+    for t, csm in zip(threads, (BOB, CAROL, ALICE), strict=True):  # each taken over
+        mail(csm, f"Re: [CS-{t.ref}] Question", NOW + 60, staff=True)
+    accounts = {a.account: a.touched_by for a in week_figures(rt).accounts}
+    assert accounts == {"ann@gmail.com": 1, "ben@gmail.com": 1, "cid@gmail.com": 1}
+
+
 def test_a_13_second_first_response_reads_13_s_and_stays_a_number_in_json(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

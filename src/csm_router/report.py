@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from csm_router.store import Store, key, text
+from csm_router.threads import account_of
 
 TOUCHED_FLAG = 3  # an account this many CSMs touched in the period is flagged
 FIGURES = ("taken", "replies", "overdue", "moved-in", "moved-out", "to-support")
@@ -193,8 +194,9 @@ def build(store: Store, since: date, until: date) -> Report:
             if attribute in FIGURE_ATTRIBUTES:
                 setattr(row, attribute, getattr(row, attribute) + int(value))
         for pair in pairs:
-            account, _, csm = text(pair).partition("\t")
-            touched.setdefault(account, set()).add(csm)
+            # A customer's address (or, tallied before, an account): its account either way.
+            customer, _, csm = text(pair).partition("\t")
+            touched.setdefault(account_of(customer), set()).add(csm)
     _first_responses(store, period, figures)
     accounts = sorted((AccountFigures(a, sorted(c), len(c) >= TOUCHED_FLAG)
                        for a, c in touched.items()),

@@ -92,9 +92,8 @@ end
 -- What the lead's figures are made of (report.py, pool.status and metrics.py read them): per
 -- day of the lead's (`d.day`, in Settings.report_zone), counts in `csm:daily:<day>`: fields
 -- `what\tcsm` per CSM and `what` alone for the pool's (threads that came in and where they
--- went), first responses per CSM, and which CSMs touched which account (the customer as
--- threads.account_of has it, from the thread's `account`). Small whatever the mail volume;
--- kept `retention` seconds.
+-- went), first responses per CSM, and which CSMs touched which customer. Small whatever
+-- the mail volume; kept `retention` seconds.
 local MOVES = {reassigned = true, escalated = true, undeliverable = true}
 
 local function daily(what, csm)
@@ -115,8 +114,12 @@ local function took(owner, old)
 end
 
 local function tally(ref, kind, fields)
-  local t = redis.call('HMGET', P .. 'thread:' .. ref, 'account', 'owner')
-  local account, holder = t[1] or '', t[2] or ''
+  -- Who touched the customer: named by the thread's customer, whose account report.py
+  -- derives (threads.account_of), so a thread recorded before free-mail customers were
+  -- people still counts its own person, not gmail.com.
+  local t = redis.call('HMGET', P .. 'thread:' .. ref, 'customer', 'owner', 'account')
+  local customer, holder = t[1] or '', t[2] or ''
+  if customer == '' then customer = t[3] or '' end
   local owner, previous = fields.owner or '', fields.previous or ''
   local day = P .. 'daily:' .. d.day
   if MOVES[kind] and owner ~= previous then
@@ -148,9 +151,9 @@ local function tally(ref, kind, fields)
     daily('to-support')
     if kind == 'new-support' then daily('came-in:support') end
   end
-  if account ~= '' then
+  if customer ~= '' then
     for _, csm in ipairs({owner, holder}) do
-      if csm ~= '' then redis.call('HSET', day .. ':touched', account .. '\t' .. csm, 1) end
+      if csm ~= '' then redis.call('HSET', day .. ':touched', customer .. '\t' .. csm, 1) end
     end
     redis.call('EXPIRE', day .. ':touched', d.retention)
   end
