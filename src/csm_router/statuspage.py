@@ -220,14 +220,16 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     held_rows, due_rows = _scored(held_raw), _scored(due_raw)
     threads = _threads(store, [ref for ref, _ in held_rows + due_rows])
     held = []
+    schedule = settings.schedule
     for (ref, since), thread in zip(held_rows, threads, strict=False):
-        # Held past its first-response target: as late as an overdue thread, and first out.
-        target = settings.first_response_seconds(thread.get("account", ""))
+        # Held past its first-response target (in the pool's working time): as late as an
+        # overdue thread, and first out.
+        target = settings.first_response_seconds(thread.get("account", "")) / 60
         held.append({
             "link": _link(ref), "subject": thread.get("subject", ""),
             "customer": _customer(thread), "account": thread.get("account", ""),
             "since": moment(since, zone), "waiting": span(now - since),
-            "late": now - since > target,
+            "late": now > schedule.deadline(since, target),
         })
     overdue = [{
         "link": _link(ref), "subject": thread.get("subject", ""),
