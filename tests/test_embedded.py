@@ -5,11 +5,15 @@ from __future__ import annotations
 import gc
 import io
 import logging
+import os
 import re
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -448,3 +452,30 @@ def test_demo_names_the_digest_preview_files_and_they_exist(told: Told) -> None:
     assert [p.suffix for p in named] == [".eml", ".html"]
     assert all(p.parent == told.folder and p.stat().st_size > 0 for p in named)
     assert "cp deploy/.env.example" in told.text and "csm-router check" in told.text
+
+
+def test_demo_keep_running_serves_the_status_page_until_enter(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    proc = subprocess.Popen([sys.executable, "-m", "csm_router.cli", "demo", "--keep-running"],
+                            cwd=tmp_path, env=env | {"PYTHONUNBUFFERED": "1"},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # a hang fails the test instead of the run
+    watchdog.start()
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        said = ""
+        while "Press Enter" not in said and (line := proc.stdout.readline()):
+            said += line
+        found = re.search(r"The status page is at (http://127\.0\.0\.1:\d+/)", said)
+        assert found, said[-2000:]
+        with urllib.request.urlopen(found[1], timeout=10) as page:
+            assert "Customer Success pool" in page.read().decode()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(found[1], timeout=5)
