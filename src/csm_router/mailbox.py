@@ -91,7 +91,7 @@ class Mailbox:
             self._login(client)
             selected = self._select(client)
             if not client.folder_exists(self.quarantine_folder):
-                client.create_folder(self.quarantine_folder)
+                self._create_quarantine(client)
         except RefusedError:
             with contextlib.suppress(*_NETWORK_ERRORS):
                 client.logout()
@@ -127,6 +127,20 @@ class Mailbox:
                                    f"not exist on {self.url.host}") from None
             raise
         return selected
+
+    def _create_quarantine(self, client: IMAPClient) -> None:
+        try:
+            client.create_folder(self.quarantine_folder)
+        except imaplib.IMAP4.abort:
+            raise
+        except IMAPClientError as exc:
+            # Another router may have made it meanwhile; otherwise the name is refused.
+            if _server_trouble(exc):
+                raise
+            if client.folder_exists(self.quarantine_folder):
+                return
+            raise RefusedError(f"ROUTER_QUARANTINE_FOLDER {self.quarantine_folder} cannot be "
+                               f"created on {self.url.host} ({exc})") from None
 
     def has_idle(self) -> bool:
         return bool(self.client.has_capability("IDLE"))

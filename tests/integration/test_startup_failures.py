@@ -137,3 +137,13 @@ def test_a_login_the_relay_refuses_stops_the_worker_and_check_says_so(
 
 class Sink:
     """Takes nothing: no mail gets past the login."""
+
+
+def test_a_quarantine_folder_the_server_will_not_create_stops_the_router(
+    product: Product,
+) -> None:
+    product.env["ROUTER_QUARANTINE_FOLDER"] = "Bad//Name"
+    done = run_briefly(product, "run")
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.splitlines()[-1]
+    assert line.startswith("csm-router: ROUTER_QUARANTINE_FOLDER Bad//Name cannot be created on ")
