@@ -255,6 +255,8 @@ def tell(out: Console, *, keep_running: bool = False, preview_folder: Path | Non
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # fakeredis has no CONFIG GET: the warning about Redis's persistence says nothing here.
     logging.getLogger("csm_router.durability").setLevel(logging.ERROR)
+    # Each quarantined message is a row of its step's table, with the reason.
+    logging.getLogger("csm_router.router").setLevel(logging.ERROR)
     intro(out)
     with EmbeddedImap(ALIAS, PASSWORD) as imap, RecordingSmtp() as smtp:
         demo = Demo(imap, smtp, out)
