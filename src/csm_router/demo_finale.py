@@ -25,7 +25,8 @@ NEXT = (
     "  1. cp deploy/.env.example .env; set the IMAP, SMTP and Redis URLs, the alias",
     "     and the pool in it.",
     "  2. csm-router check: it logs in to each server and says what is wrong.",
-    "  3. Run the processes of deploy/Procfile (router, worker, web).",
+    "  3. Run the Procfile's processes (router, worker, web), e.g. with honcho, or",
+    "     deploy/systemd's units.",
     "  4. Each CSM pastes `csm-router signature their@address` into their mail.",
     "  `csm-router demo --keep-running` keeps this status page open to look around.",
 )
