@@ -27,7 +27,7 @@ from csm_router.outbound import render
 from csm_router.outbox import QUEUES
 from csm_router.router import Router
 from csm_router.rules.automatic import OWN_HEADER
-from csm_router.store import key
+from csm_router.store import Store, key
 
 ALIAS = "success@acme.com"
 PASSWORD = "demo-password"
@@ -133,7 +133,7 @@ class Demo:
         return table
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self.rt.store
 
     def send(self, raw: bytes) -> None:
