@@ -198,7 +198,7 @@ def test_check_reports_a_refused_login_without_the_password(product: Product) ->
     product.env["ROUTER_IMAP_URL"] = product.mailbox.imap_url.replace(
         f":{product.mailbox.password}@", ":Wr0ng-Pa55@")
     done = product.cli("check", check=False)
-    assert done.returncode == 1
+    assert done.returncode == 2  # the configuration's
     assert "FAIL  imap" in done.stdout and "login" in done.stdout
     assert "Wr0ng-Pa55" not in done.stdout + done.stderr
 
