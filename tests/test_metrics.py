@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import time
@@ -127,6 +128,19 @@ def test_gauges_read_held_overdue_and_dead_letters_from_the_state(rt: Runtime) -
     assert got["csm_router_held_threads"] == {(): 1.0}
     assert got["csm_router_dead_letters"] == {(): 1.0}
     assert got["csm_router_queue_length"][(("queue", "deliver"),)] == 0.0
+
+
+def test_overdue_and_taken_gauges_say_which_figure_they_are(rt: Runtime) -> None:
+    """Overdue now (status), not the report's went overdue; taken today is the status's
+    and the report's one count, for the lead's day."""
+    route(rt, mail(0))
+    answer = TestClient(create_app(rt.settings, rt.redis), base_url=LOCAL).get("/metrics")
+    helps = dict(re.findall(r"^# HELP (\S+) (.*)$", answer.text, re.M))
+    assert "overdue now" in helps["csm_router_overdue_threads"]
+    assert "went overdue" in helps["csm_router_overdue_threads"]  # says it is not that
+    assert "taken today" in helps["csm_router_threads_taken_today"]
+    taken = scrape(rt)["csm_router_threads_taken_today"]
+    assert taken == {(("csm", ALICE),): 1.0, (("csm", BOB),): 0.0}
 
 
 def test_processes_report_their_heartbeat_and_imap_state(rt: Runtime) -> None:

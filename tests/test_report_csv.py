@@ -59,3 +59,21 @@ def test_inert_prefixes_only_text_that_begins_like_a_formula(cell: object, shown
 def test_an_empty_report_still_has_its_header_row() -> None:
     empty = report.Report(date(2026, 11, 16), date(2026, 11, 23), [], [])
     assert empty.csv().splitlines()[0].startswith("kind,")
+
+
+def test_the_csv_carries_the_pools_figures_and_who_left_the_pool() -> None:
+    figures = report.Report(
+        date(2026, 11, 30), date(2026, 12, 7),
+        [report.CsmFigures("alice@acme.com", taken=2, overdue=1),
+         report.CsmFigures("carol@acme.com", taken=1, in_pool=False,
+                           median_first_response_seconds=13.0,
+                           median_first_response_minutes=0.22)],
+        [], report.Intake(came_in=4, came_in_held=1, straight_to_support=1, to_support=2))
+    rows = list(csv.DictReader(io.StringIO(figures.csv())))
+    csms = {r["address"]: r for r in rows if r["kind"] == "csm"}
+    assert (csms["alice@acme.com"]["in_pool"], csms["carol@acme.com"]["in_pool"]) == ("yes", "no")
+    assert csms["alice@acme.com"]["went_overdue"] == csms["alice@acme.com"]["overdue"] == "1"
+    assert csms["carol@acme.com"]["median_first_response_seconds"] == "13.0"
+    pool = {r["figure"]: int(r["value"]) for r in rows if r["kind"] == "threads"}
+    assert pool["came_in"] == 4 and pool["came_in_to_csm"] == 2
+    assert pool["straight_to_support"] == 1 and pool["to_support"] == 2
