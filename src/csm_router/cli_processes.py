@@ -10,6 +10,7 @@ import threading
 import time
 
 import aiosmtplib
+import redis
 
 from csm_router import jobs
 from csm_router.auth import authserv_note, steering_note
@@ -84,7 +85,14 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = _start()
     _setup_logging(settings)
-    serve(settings, redis_client(settings.redis_url))
+    client = redis_client(settings.redis_url)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise  # a password to fix, not an outage for /healthz to report
+    except redis.RedisError:
+        pass  # Redis down: web serves anyway and /healthz says so
+    serve(settings, client)
     return 0
 
 

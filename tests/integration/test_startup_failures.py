@@ -67,7 +67,7 @@ def test_a_password_the_imap_server_refuses_stops_the_router(product: Product) -
     assert check.returncode == 2 and said in check.stdout
 
 
-def test_a_password_redis_refuses_stops_router_and_worker_with_exit_2(
+def test_a_password_redis_refuses_stops_router_worker_and_web_with_exit_2(
     product: Product, tmp_path: Path
 ) -> None:
     server = RedisServer(tmp_path / "redis", persistent=True)
@@ -76,7 +76,7 @@ def test_a_password_redis_refuses_stops_router_and_worker_with_exit_2(
         with server.client() as client:
             client.config_set("requirepass", "right-password")
         product.env["ROUTER_REDIS_URL"] = f"redis://:wrong-password@{server.host}:{server.port}/0"
-        for command in ("run", "worker"):
+        for command in ("run", "worker", "web"):
             done = run_briefly(product, command)
             assert done.returncode == 2, done.stderr
             line = done.stderr.splitlines()[-1]
