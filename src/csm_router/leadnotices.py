@@ -8,7 +8,7 @@ from datetime import date, datetime
 from types import ModuleType
 from typing import Any
 
-from csm_router import digest, report
+from csm_router import digest
 from csm_router.dispatch import Runtime
 from csm_router.outbound import message_id_for, render_notice, when
 from csm_router.store import owed_ids
@@ -92,8 +92,9 @@ def send_digest(week: str, since: str, until: str) -> str:
     to = rt.settings.lead
     if to is None:
         return "no lead to send the digest to"
-    figures = report.build(rt.store, date.fromisoformat(since), date.fromisoformat(until))
-    _jobs()._send_once(rt, digest.render_digest(rt.settings, figures, week), [to.address])
+    # The same composition `csm-router digest --preview` writes to a file.
+    mail = digest.compose(rt.store, week, date.fromisoformat(since), date.fromisoformat(until))
+    _jobs()._send_once(rt, mail, [to.address])
     log.info("weekly digest %s sent to %s", week, to.address)
     return f"digest {week} sent to {to.address}"
 
