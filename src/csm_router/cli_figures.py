@@ -33,12 +33,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     rows = pool.status(rt.store, now)
     held = pool.held_count(rt.store)
+    owners = pool.late_owners(rt.store.redis, pool.late(rt.store.redis, rt.settings, now))
+    held_overdue = sum(1 for owner in owners.values() if not owner)
     failed = len(rt.outbox.dead_letters())
     pending = rt.outbox.pending()
     zone = rt.settings.report_zone
     today = pool.today(rt.store, now)
     if args.json:
         print(json.dumps({"pool": [for_json(r.as_dict()) for r in rows], "held": held,
+                          "held_overdue": held_overdue, "overdue_now": len(owners),
                           "outbox": pending, "failed": failed, "zone": zone.key,
                           "today": today.isoformat(),
                           "now_utc": datetime.fromtimestamp(now, UTC).isoformat(
@@ -62,7 +65,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                       duration(r.median_first_response_seconds),
                       duration(r.p90_first_response_seconds))
     out.print(table)
-    out.print(f"held, waiting for a free CSM: {held}")
+    out.print(f"held, waiting for a free CSM: {held}"
+              + (f", {held_overdue} of them past the first-response target" if held_overdue
+                 else ""))
+    out.print(f"overdue now (past the first-response target, not answered): {len(owners)}")
     out.print(f"owed sends not yet out: {pending}")
     if failed:
         out.print(f"[red]sends that failed for good: {failed}[/] (see `csm-router failed`)")

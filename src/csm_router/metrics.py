@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from redis import Redis
 
 from csm_router import __version__
 from csm_router.config import Settings
+from csm_router.pool import late, late_owners
 from csm_router.store import key, text
 
 log = logging.getLogger(__name__)
@@ -274,11 +275,10 @@ class RedisCollector(Collector):
                 pipe.llen(f"rq:queue:{queue}")
             for address in pool:
                 pipe.scard(key("open", address))
-            pipe.zrangebyscore(key("due"), "-inf", now)
             pipe.hgetall(key("daily", self._today(now)))
             pending, running, dead, held, *rest = pipe.execute()
         queues, rest = rest[:3], rest[3:]
-        open_counts, overdue_refs, today = rest[:len(pool)], rest[len(pool)], rest[-1]
+        open_counts, today = rest[:len(pool)], rest[-1]
         outbox = GaugeMetricFamily("csm_router_outbox_entries",
                                    "Owed sends: pending (due or awaiting a retry), running",
                                    labels=["state"])
@@ -295,33 +295,32 @@ class RedisCollector(Collector):
         yield GaugeMetricFamily("csm_router_held_threads",
                                 "Threads held right now, waiting for a CSM with room "
                                 "(status: held)", value=held)
-        yield from self._per_csm(pool, open_counts, overdue_refs)
+        yield from self._per_csm(pool, open_counts, now)
         yield self._taken_today(pool, today)
         yield from self._process_gauges(now)
 
     def _per_csm(self, pool: list[str], open_counts: list[int],
-                 overdue_refs: Iterable[Any]) -> tuple[Metric, Metric]:
+                 now: float) -> tuple[Metric, Metric, Metric]:
         opened = GaugeMetricFamily("csm_router_open_threads",
                                    "Open threads per CSM now (status: open)", labels=["csm"])
         for address, n in zip(pool, open_counts, strict=True):
             opened.add_metric([address], n)
-        refs = [text(ref) for ref in overdue_refs]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for ref in refs:
-                pipe.hget(key("thread", ref), "owner")
-            owners = [text(o) for o in pipe.execute()] if refs else []
-        late = dict.fromkeys(pool, 0)
+        owners = late_owners(self.redis, late(self.redis, self.settings, now)).values()
+        counts = dict.fromkeys(pool, 0)
         for owner in owners:
             if owner:
-                late[owner] = late.get(owner, 0) + 1
+                counts[owner] = counts.get(owner, 0) + 1
         overdue = GaugeMetricFamily("csm_router_overdue_threads",
                                     "Threads overdue now: past their first-response target "
-                                    "and not yet answered or escalated, per CSM (status: "
+                                    "and not yet answered, per CSM who holds them (status: "
                                     "overdue now; not the report's went overdue)",
                                     labels=["csm"])
-        for address, n in late.items():
+        for address, n in counts.items():
             overdue.add_metric([address], n)
-        return opened, overdue
+        held = GaugeMetricFamily("csm_router_held_overdue_threads",
+                                 "Held threads past their first-response target (status: "
+                                 "held overdue)", value=sum(1 for o in owners if not o))
+        return opened, overdue, held
 
     def _today(self, now: float) -> str:
         return datetime.fromtimestamp(now, self.settings.report_zone).date().isoformat()

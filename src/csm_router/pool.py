@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from csm_router.config import Settings
 from csm_router.report import describe_waits
 from csm_router.store import Store, key, text, text_hash
 from csm_router.threads import account_of, format_tag, is_free_mail, new_tag
@@ -144,12 +146,11 @@ def status(store: Store, now: float) -> list[CsmStatus]:
     pipe = store.redis.pipeline(transaction=False)
     pipe.hgetall(key("away"))
     pipe.hgetall(key("daily", today(store, now).isoformat()))
-    pipe.zrangebyscore(key("due"), "-inf", now)
     for member in store.settings.pool:
         pipe.scard(key("open", member.address))
         pipe.lrange(key("stats", "first-response", member.address), 0, -1)
-    away_raw, daily_raw, overdue_refs, *per_csm = pipe.execute()
-    overdue = _owners(store, [int(text(r)) for r in overdue_refs])
+    away_raw, daily_raw, *per_csm = pipe.execute()
+    overdue = _owners(store, late(store.redis, store.settings, now))
     away = text_hash(away_raw)
     away_now = store.away_now(away_raw, now)
     taken = {field.partition("\t")[2]: int(value) for field, value in text_hash(daily_raw).items()
@@ -192,12 +193,57 @@ def status(store: Store, now: float) -> list[CsmStatus]:
     return rows
 
 
-def _owners(store: Store, refs: list[int]) -> dict[str, int]:
-    """How many of `refs` each CSM owns."""
+def late(redis: Any, settings: Settings, now: float) -> dict[int, float]:
+    """Every thread overdue now, with the due time it missed: past its first-response
+    target and not answered yet. Status, the page and /metrics all count from this.
+
+    That is `csm:due` past `now` (the sweep has not reached them yet), `csm:late` (the
+    sweep escalated them: with a colleague on a fresh clock, or held with nobody to take
+    them; they leave it only when answered, closed or with Support), and held threads
+    that have waited longer than the target in the pool's working time (held when they
+    came in, they never had a clock).
+    """
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(key("due"), "-inf", now, withscores=True)
+        pipe.zrange(key("late"), 0, -1, withscores=True)
+        pipe.zrange(key("held"), 0, -1, withscores=True)
+        due, missed, held = pipe.execute()
+    found: dict[int, float] = {}
+    for ref, score in [*due, *missed]:
+        number = int(text(ref))
+        found[number] = min(float(score), found.get(number, float(score)))
+    waiting = [(int(text(ref)), float(since)) for ref, since in held]
+    waiting = [(ref, since) for ref, since in waiting if ref not in found]
+    if waiting:
+        schedule = settings.schedule
+        with redis.pipeline(transaction=False) as pipe:
+            for ref, _ in waiting:
+                pipe.hget(key("thread", ref), "account")
+            accounts = pipe.execute()
+        for (ref, since), account in zip(waiting, accounts, strict=True):
+            target = settings.first_response_seconds(text(account or b"")) / 60
+            due_at = schedule.deadline(since, target)
+            if due_at <= now:
+                found[ref] = due_at
+    return found
+
+
+def late_owners(redis: Any, refs: Iterable[int]) -> dict[int, str]:
+    """Who holds each of `refs` now ('' for a held thread)."""
+    refs = list(refs)
+    with redis.pipeline(transaction=False) as pipe:
+        for ref in refs:
+            pipe.hget(key("thread", ref), "owner")
+        owners = pipe.execute() if refs else []
+    return {ref: text(owner or b"") for ref, owner in zip(refs, owners, strict=True)}
+
+
+def _owners(store: Store, refs: Iterable[int]) -> dict[str, int]:
+    """How many of `refs` each CSM holds."""
     counts: dict[str, int] = {}
-    for info in store.threads_info(refs).values():
-        if info.owner:
-            counts[info.owner] = counts.get(info.owner, 0) + 1
+    for owner in late_owners(store.redis, refs).values():
+        if owner:
+            counts[owner] = counts.get(owner, 0) + 1
     return counts
 
 

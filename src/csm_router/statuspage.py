@@ -211,26 +211,25 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     pipe = redis.pipeline(transaction=False)
     pipe.zrange(key("held"), 0, LISTED - 1, withscores=True)
     pipe.zcard(key("held"))
-    pipe.zrangebyscore(key("due"), "-inf", now, start=0, num=LISTED, withscores=True)
-    pipe.zcount(key("due"), "-inf", now)
     pipe.lrange(key("recent"), 0, RECENT - 1)
-    held_raw, held_total, due_raw, due_total, recent_raw = pipe.execute()
+    held_raw, held_total, recent_raw = pipe.execute()
 
+    # Overdue now, as status and /metrics count it: held ones are listed under Held.
+    missed = pool.late(redis, settings, now)
+    owners = pool.late_owners(redis, missed)
+    owned = sorted((due, ref) for ref, due in missed.items() if owners[ref])
+    due_total = len(owned)
     # Both lists' threads in one round trip: (ref, when held or due, the thread).
-    held_rows, due_rows = _scored(held_raw), _scored(due_raw)
+    held_rows = _scored(held_raw)
+    due_rows = [(ref, due) for due, ref in owned[:LISTED]]
     threads = _threads(store, [ref for ref, _ in held_rows + due_rows])
-    held = []
-    schedule = settings.schedule
-    for (ref, since), thread in zip(held_rows, threads, strict=False):
-        # Held past its first-response target (in the pool's working time): as late as an
-        # overdue thread, and first out.
-        target = settings.first_response_seconds(thread.get("account", "")) / 60
-        held.append({
-            "link": _link(ref), "subject": thread.get("subject", ""),
-            "customer": _customer(thread), "account": thread.get("account", ""),
-            "since": moment(since, zone), "waiting": span(now - since),
-            "late": now > schedule.deadline(since, target),
-        })
+    # Held past its first-response target: as late as an overdue thread, and first out.
+    held = [{
+        "link": _link(ref), "subject": thread.get("subject", ""),
+        "customer": _customer(thread), "account": thread.get("account", ""),
+        "since": moment(since, zone), "waiting": span(now - since),
+        "late": ref in missed,
+    } for (ref, since), thread in zip(held_rows, threads, strict=False)]
     overdue = [{
         "link": _link(ref), "subject": thread.get("subject", ""),
         "customer": _customer(thread), "owner": thread.get("owner", ""),
@@ -255,8 +254,8 @@ def overview(store: Store, now: float) -> dict[str, Any]:
         "open": sum(int(m["open"]) for m in members),
         "held": held, "held_total": int(held_total), "held_more": int(held_total) - len(held),
         "held_reason": held_reason(rows, capacity, zone, now) if int(held_total) else "",
-        "held_late": sum(1 for t in held if t["late"]),
-        "overdue": overdue, "overdue_total": int(due_total),
+        "held_late": len(missed) - due_total,
+        "overdue": overdue, "overdue_total": int(due_total), "overdue_now": len(missed),
         "overdue_more": int(due_total) - len(overdue),
         "recent": recent,
     }

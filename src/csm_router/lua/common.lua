@@ -286,9 +286,18 @@ local function start_clock(ref, at)
   not_quiet(ref)
 end
 
+-- `csm:late` holds every thread whose first answer is overdue and still unanswered, scored
+-- by the due time it missed: escalated to a colleague with a fresh clock, or held with
+-- nobody to take it, it is still late for its customer and stays in the lead's "overdue
+-- now" until someone answers, it closes or Support takes it (stop_clock).
+local function mark_late(ref, due)
+  redis.call('ZADD', P .. 'late', 'NX', due, ref)
+end
+
 local function stop_clock(ref)
   redis.call('HSET', P .. 'thread:' .. ref, 'due', '')
   redis.call('ZREM', P .. 'due', ref)
+  redis.call('ZREM', P .. 'late', ref)
 end
 
 -- The thread leaves its owner's open set (closed, or with Support); the owner is kept.

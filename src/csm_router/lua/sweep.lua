@@ -17,6 +17,7 @@ end
 
 local function escalate(ref, tkey, t, owner, due)
   redis.call('ZREM', P .. 'due', ref)
+  mark_late(ref, due)
   d.exclude = owner
   local next_owner = pick(account_of(ref))
   redis.call('HSET', tkey, 'escalated', (tonumber(t[4]) or 0) + 1, 'overdue_at', d.now)
