@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 from typing import NoReturn
@@ -75,3 +76,20 @@ def smtp() -> Iterator[RecordingSmtp]:
     """A recording SMTP relay for this test."""
     with RecordingSmtp() as recorder:
         yield recorder
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """A test that sets logging up as a process does (the demo, `main`) changes the root
+    logger's level and handlers; later tests in the same process would then capture
+    nothing."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)

@@ -254,13 +254,20 @@ def tell(out: Console, *, keep_running: bool = False, preview_folder: Path | Non
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # fakeredis has no CONFIG GET: the warning about Redis's persistence says nothing here.
-    logging.getLogger("csm_router.durability").setLevel(logging.ERROR)
-    # Each quarantined message is a row of its step's table, with the reason.
-    logging.getLogger("csm_router.router").setLevel(logging.ERROR)
-    intro(out)
-    with EmbeddedImap(ALIAS, PASSWORD) as imap, RecordingSmtp() as smtp:
-        demo = Demo(imap, smtp, out)
-        story(demo)
-        figures(demo)
-        finale(demo, keep_running=keep_running, preview_folder=preview_folder)
+    # Each quarantined message is a row of its step's table, with the reason. Both are
+    # quietened for the story only (it also runs inside other programs' processes).
+    quiet = [logging.getLogger(f"csm_router.{name}") for name in ("durability", "router")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        intro(out)
+        with EmbeddedImap(ALIAS, PASSWORD) as imap, RecordingSmtp() as smtp:
+            demo = Demo(imap, smtp, out)
+            story(demo)
+            figures(demo)
+            finale(demo, keep_running=keep_running, preview_folder=preview_folder)
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     return demo
