@@ -191,6 +191,7 @@ def overview(store: Store, now: float) -> dict[str, Any]:
         back = _epoch(row.back_on_shift)
         away_until = _epoch(row.away_until)
         members.append({
+            "csm": row.address,
             "name": row.name or row.address,
             "address": row.address if row.name else "",
             "on_shift": "yes" if row.on_shift else (

@@ -47,7 +47,8 @@ def duration(seconds: float | None) -> str:
 
 def from_status(product: Product) -> Figures:
     shown = json.loads(product.cli("status", "--json").stdout)
-    found: Figures = {("held", ""): shown["held"]}
+    found: Figures = {("held", ""): shown["held"], ("overdue_now", ""): shown["overdue_now"],
+                      ("held_overdue", ""): shown["held_overdue"]}
     for r in shown["pool"]:
         csm = r["address"]
         found |= {("taken", csm): r["taken_today"], ("open", csm): r["open"],
@@ -115,11 +116,28 @@ def from_digest(product: Product, week: str, folder: Path) -> Figures:
 
 def from_metrics(base: str) -> Figures:
     got = scrape(base)
-    found: Figures = {("held", ""): got["csm_router_held_threads"][()]}
+    found: Figures = {("held", ""): got["csm_router_held_threads"][()],
+                      ("held_overdue", ""): got["csm_router_held_overdue_threads"][()]}
     for name, what in (("csm_router_threads_taken_today", "taken"),
                        ("csm_router_open_threads", "open"),
                        ("csm_router_overdue_threads", "overdue_now")):
         found |= {(what, dict(labels)["csm"]): int(v) for labels, v in got[name].items()}
+    return found
+
+
+_ROW = re.compile(r'<tr data-csm="(?P<csm>[^"]+)">(?P<cells>.*?)</tr>', re.S)
+_FIGURE = re.compile(r'data-figure="(?P<what>\w+)">(?P<value>\d+)<')
+
+
+def from_page(base: str) -> Figures:
+    """The status page's figures, as the lead's browser gets them."""
+    status, html = get(base + "/")
+    assert status == 200, html
+    top = html.partition("<h2>")[0]
+    found: Figures = {(m["what"], ""): int(m["value"]) for m in _FIGURE.finditer(top)}
+    for row in _ROW.finditer(html):
+        found |= {(m["what"], row["csm"]): int(m["value"])
+                  for m in _FIGURE.finditer(row["cells"])}
     return found
 
 
@@ -179,7 +197,7 @@ def web(lead: Product) -> Iterator[Callable[[], str]]:
         assert stop(proc) == 0
 
 
-def test_status_report_digest_and_metrics_agree_on_a_real_day(
+def test_page_status_report_digest_and_metrics_agree_on_a_real_day(
     lead: Product, web: Callable[[], str], tmp_path: Path
 ) -> None:
     day = datetime.now(ZONE).date()
@@ -222,6 +240,7 @@ def test_status_report_digest_and_metrics_agree_on_a_real_day(
         "report": lambda: from_report(lead, day),
         "digest": lambda: from_digest(lead, week, tmp_path / "digest"),
         "metrics": lambda: from_metrics(base),
+        "page": lambda: from_page(base),
     })
     assert disagreements(places) == []
 
@@ -239,6 +258,10 @@ def test_status_report_digest_and_metrics_agree_on_a_real_day(
     assert {a: n for (what, a), n in report.items() if what == "touched_by"} == {
         "ann@gmail.com": 2, "ben@gmail.com": 1, "cid@gmail.com": 1, "globex.com": 1}
     assert places["status"][("held", "")] == 2
+    # Dan's thread, held past its target, stays overdue now until someone answers it.
+    assert places["status"][("held_overdue", "")] == 1
+    assert places["page"][("overdue_now", "")] == places["status"][("overdue_now", "")] == 1
+    assert ("taken", BOB) in places["page"] and ("open", ALICE) in places["page"]
     # Everything a figure was compared on was really there in more than one place.
     assert ("taken", BOB) in places["metrics"] and ("taken", BOB) in places["digest"]
     assert ("threads:came_in", "") in places["digest"]
