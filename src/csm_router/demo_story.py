@@ -136,9 +136,10 @@ def figures(demo: Demo) -> None:
                       duration(c.median_first_response_seconds), str(c.went_overdue),
                       f"{c.reassigned_in} / {c.reassigned_out}")
     out.print(table)
-    out.print(f"`overdue now` counts threads late at this moment (each escalated one has a "
-              f"fresh target with its new CSM); `went overdue` counts first responses that "
-              f"went overdue in the period ({period.threads.went_overdue} today).")
+    out.print(f"`overdue now` counts threads past their first-response target and not "
+              f"answered yet, with whoever holds them now (an escalated thread stays late for "
+              f"its customer); `went overdue` counts targets missed in the period "
+              f"({period.threads.went_overdue} today).")
     touched = ", ".join(f"{a.account} ({a.touched_by})" for a in period.accounts)
     out.print(f"CSMs per account: {touched}")
 
