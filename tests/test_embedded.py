@@ -434,7 +434,7 @@ def test_demo_status_and_report_figures_agree_with_the_commands(told: Told) -> N
         assert [r[4] for r in status if r[0]] == [r[1] for r in period]
     assert figures.threads.went_overdue > 0  # the sweep escalated some
     said = " ".join(told.text.split())
-    assert "`overdue now` counts threads late at this moment" in said
+    assert "`overdue now` counts threads past their first-response target and not answered" in said
     assert f"went overdue in the period ({figures.threads.went_overdue} today)" in said
 
 
