@@ -435,7 +435,7 @@ def test_demo_status_and_report_figures_agree_with_the_commands(told: Told) -> N
     assert figures.threads.went_overdue > 0  # the sweep escalated some
     said = " ".join(told.text.split())
     assert "`overdue now` counts threads past their first-response target and not answered" in said
-    assert f"went overdue in the period ({figures.threads.went_overdue} today)" in said
+    assert f"targets missed in the period ({figures.threads.went_overdue} today)" in said
 
 
 def test_demo_prints_the_status_page_as_text(told: Told) -> None:
