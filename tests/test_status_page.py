@@ -372,3 +372,18 @@ def test_references_and_spans_read_as_people_write_them() -> None:
         1042, 1042, 1042, None, None]
     assert [span(s) for s in (45, 12 * 60 + 5, 3 * 3600 + 300, 3 * 3600, 2 * 86400 + 4 * 3600)] \
         == ["45 s", "12 min", "3 h 5 min", "3 h", "2 d 4 h"]
+
+
+def test_a_page_template_override_that_fails_on_its_values_answers_one_line_naming_it(
+    rt: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "status.html.j2").write_text("<h1>Pool</h1>\n{{ nothing_here.attribute }}\n")
+    broken = settings(templates_dir=str(tmp_path))
+    client = TestClient(create_app(broken, rt.redis, clock=lambda: NOW), base_url=LOCAL)
+    answer = client.get("/", auth=("admin", PASSWORD))
+    assert answer.status_code == 500
+    body = answer.text
+    assert body.count("\n") == 1
+    assert f"{tmp_path / 'status.html.j2'} line 2 cannot be rendered (UndefinedError" in body
+    assert "ROUTER_TEMPLATES_DIR" in body
+    assert "status page: template" in caplog.text

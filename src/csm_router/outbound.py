@@ -128,11 +128,11 @@ def render(template: str, **context: object) -> str:
     try:
         return compiled.render(**context)
     except Exception as exc:
-        raise UnsendableError(f"template {_failing_line(exc, template)} cannot be rendered "
+        raise UnsendableError(f"template {failing_line(exc, template)} cannot be rendered "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
-def _failing_line(exc: BaseException, template: str) -> str:
+def failing_line(exc: BaseException, template: str) -> str:
     """`file line N` of the innermost template frame of `exc`'s traceback (Jinja maps its
     frames to template lines), else the template's name."""
     found = template

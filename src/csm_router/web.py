@@ -32,7 +32,7 @@ from starlette.routing import Route
 from csm_router.config import ConfigError, Settings, is_loopback
 from csm_router.health import Health
 from csm_router.metrics import RedisCollector
-from csm_router.outbound import template_environment
+from csm_router.outbound import failing_line, template_environment
 from csm_router.statuspage import overview, parse_ref
 from csm_router.store import Store
 from csm_router.threadpage import thread_view
@@ -124,7 +124,14 @@ def create_app(settings: Settings, redis: Redis,
         return answer
 
     def render(template: str, **context: object) -> Response:
-        return HTMLResponse(pages.get_template(template).render(**context))
+        try:
+            return HTMLResponse(pages.get_template(template).render(**context))
+        except Exception as exc:  # an override that compiled but fails on these values
+            said = f"template {failing_line(exc, template)} cannot be rendered " \
+                   f"({type(exc).__name__}: {str(exc)[:200]})"
+            log.error("status page: %s", said)
+            return PlainTextResponse(f"500 Internal Server Error: {said}; fix it in "
+                                     "ROUTER_TEMPLATES_DIR\n", status_code=500)
 
     def status_page(request: Request) -> Response:
         now = clock()
