@@ -325,3 +325,22 @@ def test_redis_losing_its_data_is_a_banner_with_when(rt: Runtime) -> None:
     assert "- Redis lost its data: a router numbers new threads above" in said
     assert banners(page(client))[0].startswith(
         "Redis lost its data at 2026-11-25 12:00 UTC: what was routed before is unknown")
+
+
+def test_the_forwards_an_escalation_and_a_reassignment_owed_show_on_the_thread_page(
+    rt: Runtime
+) -> None:
+    first = write(rt, 1, "Export question", NOW - 7200)  # Alice's, due an hour later
+    rt.store.sweep(NOW - 3500)  # overdue: escalated to Bob, who gets a forward of it
+    escalated = [i.decode() for i in rt.redis.zrange(key("outbox"), 0, -1)
+                 if rt.redis.hget(key("outbox", "e", i.decode()), "kind") == b"deliver"]
+    rt.outbox.done(entry_id("deliver", first, ALICE, ""), "sent")
+    for entry in escalated:
+        if entry != entry_id("deliver", first, ALICE, ""):
+            rt.outbox.dead(entry, "550 no such user")
+    rt.store.reassign(1001, CAROL, "reassigned by an admin")
+    customer = visible(page(client_of(rt), "/thread/CS-1001")).partition(
+        "Customer messages")[2].partition("CSM replies")[0]
+    assert "forward to alice@acme.com: sent" in customer
+    assert "forward to bob@acme.com: failed (550 no such user)" in customer
+    assert "forward to carol@acme.com: owed" in customer

@@ -9,6 +9,8 @@ cause), and the message's record says which sends its decision implied (`followu
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
@@ -21,6 +23,7 @@ from csm_router.store import Store, key, text
 from csm_router.threads import format_ref
 
 GENERATIONS = 3  # a dead letter owed afresh is `<id>-g2`, `<id>-g3`: the newest is shown
+GENERATION = re.compile(r"-g\d+$")
 
 
 def digest(value: str) -> str:
@@ -57,16 +60,24 @@ def _followup(record: dict[str, str]) -> dict[str, Any]:
     return followup if isinstance(followup, dict) else {}
 
 
-def owed_sends(records: list[tuple[str, dict[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+def owed_sends(records: list[tuple[str, dict[str, str]]],
+               events: Sequence[dict[str, Any]] = ()) -> dict[str, list[tuple[str, str]]]:
     """(what, first-generation entry id) of the sends owed for each message of a thread.
 
     A record's `followup` names what its decision owed: its own forward (no cause), and
     the held messages a CSM's reply released to them (caused by that reply). A message
     released by the sweep or a CSM freeing up went to its record's owner, with no cause
-    when it was held as it came. Forwards a later escalation, reassignment or failed
-    delivery owed are keyed by causes kept nowhere else, so they are not shown.
+    when it was held as it came. The forwards an escalation, a release, a reassignment or
+    a failed delivery owed are named by their event (`sends`: message key and entry id).
     """
     owed: dict[str, list[tuple[str, str]]] = {msgkey: [] for msgkey, _ in records}
+    for event in events:
+        owner, sends = str(event.get("owner") or ""), event.get("sends")
+        for pair in sends if owner and isinstance(sends, list) else []:
+            if isinstance(pair, list) and len(pair) == 2 and str(pair[0]) in owed:
+                base = GENERATION.sub("", str(pair[1]))
+                if base not in (i for _, i in owed[str(pair[0])]):
+                    owed[str(pair[0])].append((f"forward to {owner}", base))
     for msgkey, record in records:
         followup = _followup(record)
         owner = str(followup.get("owner") or "")
@@ -87,11 +98,12 @@ def owed_sends(records: list[tuple[str, dict[str, str]]]) -> dict[str, list[tupl
 
 
 def deliveries(store: Store, records: list[tuple[str, dict[str, str]]],
-               customer: list[str]) -> dict[str, list[Send]]:
+               customer: list[str], events: list[dict[str, Any]]) -> dict[str, list[Send]]:
     """For each message key in `customer`: its sends and how each stands (one round trip).
 
-    `records` are the whole thread's: a reply's record says what it released."""
-    wanted = owed_sends(records)
+    `records` are the whole thread's: a reply's record says what it released; `events`
+    its history, which names what escalations and the like owed."""
+    wanted = owed_sends(records, events)
     pipe = store.redis.pipeline(transaction=False)
     for msgkey in customer:
         for _, base in wanted[msgkey]:
@@ -153,7 +165,8 @@ def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
         return None
     zone = store.settings.report_zone
     events = []
-    for event in store.events(ref):
+    history = store.events(ref)
+    for event in history:
         at = _number(event.get("at"))
         owner, previous = str(event.get("owner") or ""), str(event.get("previous") or "")
         events.append({
@@ -167,7 +180,8 @@ def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
     msgkeys = store.thread_messages(ref)
     # A record outlived by its thread (kept 400 days) is left out.
     records = [(m, r) for m, r in zip(msgkeys, store.messages(msgkeys), strict=True) if r]
-    sends = deliveries(store, records, [m for m, r in records if _who(r) == "customer"])
+    sends = deliveries(store, records, [m for m, r in records if _who(r) == "customer"],
+                       history)
     by_who: dict[str, list[dict[str, Any]]] = {"customer": [], "csm": [], "support": []}
     for msgkey, record in records:
         at = _number(record.get("at"))

@@ -353,14 +353,24 @@ local function owe(kind, args, ...)
   return id
 end
 
+-- A forward of `msg` to `owner`. Answers {msg, entry id}: the event that caused it keeps
+-- that pair (`sends`), so the thread page finds the forward's entry without a scan.
 local function owe_delivery(msg, owner, why, cause)
-  if not msg or msg == '' then return end
-  owe('deliver', {msgkey = msg, owner = owner, why = why or '', cause = cause or ''},
-    msg, owner, cause or '')
+  if not msg or msg == '' then return nil end
+  return {msg, owe('deliver', {msgkey = msg, owner = owner, why = why or '',
+    cause = cause or ''}, msg, owner, cause or '')}
 end
 
 local function owe_deliveries(msgs, owner, why, cause)
-  for _, m in ipairs(msgs) do owe_delivery(m, owner, why, cause) end
+  local sends = {}
+  for _, m in ipairs(msgs) do table.insert(sends, owe_delivery(m, owner, why, cause)) end
+  return sends
+end
+
+-- An event's `sends`: nil when none (cjson would write an empty table as an object).
+local function sends_of(list)
+  if list and #list > 0 then return list end
+  return nil
 end
 
 -- A Support handoff, and with `tell` the customer's note and the CSM's copy: each a send of

@@ -13,8 +13,9 @@ if (redis.call('HGET', tkey, 'first_response') or '') == '' then
 end
 local released = release_messages(d.ref, d.target)
 local why = 'reassigned to you by an admin (was ' .. ((old and old ~= '') and old or 'nobody') .. ')'
-owe_deliveries(released, d.target, why, 'admin-' .. d.now)
+local sent = owe_deliveries(released, d.target, why, 'admin-' .. d.now)
 local last = t[3]
-if last then owe_delivery(last, d.target, why, 'admin-' .. d.now) end
-event(d.ref, 'reassigned', {owner = d.target, previous = old or '', why = d.why})
+if last then table.insert(sent, owe_delivery(last, d.target, why, 'admin-' .. d.now)) end
+event(d.ref, 'reassigned', {owner = d.target, previous = old or '', why = d.why,
+  sends = sends_of(sent)})
 return with_owed({previous = old or '', last_msg = last or '', released = released})

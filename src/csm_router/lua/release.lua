@@ -12,8 +12,9 @@ for _, ref in ipairs(refs) do
   set_owner(ref, owner)
   start_clock(ref, due_for(ref))
   local msgs = release_messages(ref, owner)
-  owe_deliveries(msgs, owner, 'held until a CSM could take it', cause)
-  event(ref, 'released', {owner = owner, why = 'a CSM became available'})
+  local sent = owe_deliveries(msgs, owner, 'held until a CSM could take it', cause)
+  event(ref, 'released', {owner = owner, why = 'a CSM became available',
+    sends = sends_of(sent)})
   table.insert(out, {ref = tonumber(ref), owner = owner, msgs = msgs})
 end
 return with_owed({released = out})

@@ -22,10 +22,11 @@ local function escalate(ref, tkey, t, owner, due)
   local next_owner = pick(account_of(ref))
   redis.call('HSET', tkey, 'escalated', (tonumber(t[4]) or 0) + 1, 'overdue_at', d.now)
   local why = 'first response overdue with ' .. (owner ~= '' and owner or 'nobody')
+  local sent = nil
   if next_owner then
     set_owner(ref, next_owner)
     start_clock(ref, due_for(ref))
-    owe_delivery(t[6], next_owner, why .. ': escalated to you', 'escalated-' .. due)
+    sent = owe_delivery(t[6], next_owner, why .. ': escalated to you', 'escalated-' .. due)
   else
     -- Nobody to move it to: held, its last message owed to whoever frees up first. Scored
     -- by when it opened, it goes out before threads that came after it.
@@ -40,7 +41,7 @@ local function escalate(ref, tkey, t, owner, due)
   end
   event(ref, 'escalated', {owner = next_owner or '', previous = owner,
     why = next_owner and 'first response overdue'
-      or 'first response overdue, nobody available: held'})
+      or 'first response overdue, nobody available: held', sends = sends_of({sent})})
   recent(ref, next_owner and 'escalated' or 'held', next_owner or '',
     next_owner and why .. ': escalated' or why .. ': nobody available, held')
   table.insert(out.escalations, {ref = tonumber(ref), previous = owner,

@@ -6,7 +6,7 @@ local tkey = P .. 'thread:' .. ref
 if redis.call('EXISTS', tkey) == 0 then return with_owed({moved = false}) end
 local t = redis.call('HMGET', tkey, 'owner', 'state')
 local owner, state = t[1] or '', t[2] or ''
-local moved_to = ''
+local moved_to, sent = '', nil
 local applies = (d.kind == 'deliver' and owner == d.failed and state == 'open')
   or (d.kind == 'support' and state == 'support')
 if applies then
@@ -26,7 +26,7 @@ if applies then
   if next_owner then
     set_owner(ref, next_owner)
     start_clock(ref, due_for(ref))
-    owe_delivery(d.msgkey, next_owner, why, 'undeliverable-' .. d.kind .. '-' .. d.failed)
+    sent = owe_delivery(d.msgkey, next_owner, why, 'undeliverable-' .. d.kind .. '-' .. d.failed)
     moved_to = next_owner
   else
     if owner ~= '' then redis.call('SREM', P .. 'open:' .. owner, ref) end
@@ -35,7 +35,8 @@ if applies then
     redis.call('RPUSH', tkey .. ':held', d.msgkey)
     owe_overflow(ref)
   end
-  event(ref, 'undeliverable', {owner = moved_to, previous = d.failed, why = why})
+  event(ref, 'undeliverable', {owner = moved_to, previous = d.failed, why = why,
+    sends = sends_of({sent})})
 end
 if d.has_lead then
   owe('trouble', {ref = tonumber(ref), kind = d.kind, failed = d.failed, error = d.error,
