@@ -17,11 +17,9 @@ import pytest
 
 from csm_router import cli, cli_figures, digest, pool, report
 from csm_router.config import load_settings
-from csm_router.decide import decide
 from csm_router.dispatch import Runtime
-from csm_router.message import parse
 from csm_router.metrics import RedisCollector
-from csm_router.store import message_key
+from test_digest import Week
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 AUTHSERV = "mx.acme.test"
@@ -40,23 +38,10 @@ def settings(pool_: str = f"{ALICE}, {BOB}, {CAROL}", **kw: Any) -> Any:
         hours="cs-lead@acme.com=Europe/Berlin 08-17 Mon-Fri", **({"max_open_per_csm": 0} | kw))
 
 
-class Mail:
-    """Mail through the real record script, at chosen times."""
+class Mail(Week):
+    """Mail through the real record script, at chosen times: `mail(sender, subject, at)`."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt, self.n = rt, 0
-
-    def __call__(self, sender: str, subject: str, at: float, body: str = "Hello\r\n",
-                 staff: bool = False) -> Any:
-        self.n += 1
-        proof = (f"Authentication-Results: {AUTHSERV}; dmarc=pass header.from=acme.com\r\n"
-                 if staff else "")
-        raw = (f"{proof}From: {sender}\r\nTo: success@acme.com\r\nSubject: {subject}\r\n"
-               f"Message-ID: <f{self.n}@example.com>\r\n\r\n{body}\r\n").encode()
-        msg = parse(raw)
-        store = self.rt.store
-        snap = store.snapshot(msg, at, support_rules=self.rt.support_rules)
-        return store.record(message_key(msg, raw), msg, decide(msg, snap), at, raw=raw)
+    __call__ = Week.mail
 
 
 @pytest.fixture

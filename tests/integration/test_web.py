@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import urllib.error
 import urllib.request
@@ -101,15 +102,21 @@ def test_metrics_count_what_real_mail_did(product: Product, web: str) -> None:
     assert got["csm_router_held_threads"][()] == 0
 
 
-def test_healthz_follows_the_routers_and_redis(
-    product: Product, tmp_path: Path
-) -> None:
-    # Persistent, as production runs it: a Redis that keeps nothing fails /healthz itself.
+@contextlib.contextmanager
+def own_redis(product: Product, tmp_path: Path) -> Iterator[tuple[RedisServer, str]]:
+    """The product on a Redis of its own, persistent as production runs it (a Redis that
+    keeps nothing fails /healthz itself), and where `web` will listen: (Redis, /healthz)."""
     with RedisServer(tmp_path / "own-redis", persistent=True) as own:
         product.env["ROUTER_REDIS_URL"] = own.url
         (port,) = free_ports(1)
         product.env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
-        health = f"http://127.0.0.1:{port}/healthz"
+        yield own, f"http://127.0.0.1:{port}/healthz"
+
+
+def test_healthz_follows_the_routers_and_redis(
+    product: Product, tmp_path: Path
+) -> None:
+    with own_redis(product, tmp_path) as (own, health):
         web = start(product, "web", log="web.log")
         router = start(product, "run", log="router.log")
         worker = start(product, "worker", log="worker.log")
@@ -140,7 +147,7 @@ def test_healthz_follows_the_routers_and_redis(
             status, said = get(health)
             assert status == 503
             assert "Redis unreachable" in said
-            assert get(f"http://127.0.0.1:{port}/metrics")[0] == 503
+            assert get(health.replace("/healthz", "/metrics"))[0] == 503
             # Each process still stops when asked, with Redis gone.
             assert [stop(proc) for proc in (router, worker, web)] == [0, 0, 0]
         finally:
@@ -213,11 +220,7 @@ def owed_since(redis: redis_lib.Redis, seconds: float) -> int:
 def test_healthz_fails_while_mail_is_owed_with_no_worker_and_recovers_when_one_sends(
     product: Product, tmp_path: Path
 ) -> None:
-    with RedisServer(tmp_path / "own-redis", persistent=True) as own:
-        product.env["ROUTER_REDIS_URL"] = own.url
-        (port,) = free_ports(1)
-        product.env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
-        health = f"http://127.0.0.1:{port}/healthz"
+    with own_redis(product, tmp_path) as (_, health):
         web = start(product, "web", log="web.log")
         router = start(product, "run", log="router.log")
         worker = None
