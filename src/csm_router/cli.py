@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "watch the alias mailbox and route each new message")
     p.add_argument("--exit-when-idle", action="store_true",
                    help="stop once nothing new is left (for batch runs and tests)")
-    p = add("worker", cmd_worker, "RQ worker for the deliver, support and maintenance queues")
+    p = add("worker", cmd_worker, "RQ worker for the deliver and support queues")
     p.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     p.add_argument("--name", help="a stable name, unique among live workers (e.g. host-1): "
                    "on restart, what the previous worker of that name had in hand is taken "

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 METRICS = key("metrics")
 PROCS = key("procs")
+RQ_QUEUES = ("deliver", "support")  # outbox.QUEUES, which imports this module
 # The mail server stamps its receipt to the second, so finer buckets would be noise.
 FORWARD_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 # A process silent this long left for good (a host gone, a container replaced): forget
@@ -271,13 +272,13 @@ class RedisCollector(Collector):
             pipe.hlen(key("outbox", "running"))
             pipe.zcard(key("dead"))
             pipe.zcard(key("held"))
-            for queue in ("deliver", "support", "maintenance"):
+            for queue in RQ_QUEUES:
                 pipe.llen(f"rq:queue:{queue}")
             for address in pool:
                 pipe.scard(key("open", address))
             pipe.hgetall(key("daily", self._today(now)))
             pending, running, dead, held, *rest = pipe.execute()
-        queues, rest = rest[:3], rest[3:]
+        queues, rest = rest[:len(RQ_QUEUES)], rest[len(RQ_QUEUES):]
         open_counts, today = rest[:len(pool)], rest[-1]
         outbox = GaugeMetricFamily("csm_router_outbox_entries",
                                    "Owed sends: pending (due or awaiting a retry), running",
@@ -289,7 +290,7 @@ class RedisCollector(Collector):
                                 "Sends that failed for good (csm-router failed)", value=dead)
         rq = GaugeMetricFamily("csm_router_queue_length", "Jobs waiting in each RQ queue",
                                labels=["queue"])
-        for name, length in zip(("deliver", "support", "maintenance"), queues, strict=True):
+        for name, length in zip(RQ_QUEUES, queues, strict=True):
             rq.add_metric([name], length)
         yield rq
         yield GaugeMetricFamily("csm_router_held_threads",

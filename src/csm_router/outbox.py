@@ -38,8 +38,8 @@ from csm_router.store import Store, key, text_hash
 
 log = logging.getLogger(__name__)
 
-DELIVER, SUPPORT, MAINTENANCE = "deliver", "support", "maintenance"
-QUEUES = (DELIVER, SUPPORT, MAINTENANCE)
+DELIVER, SUPPORT = "deliver", "support"
+QUEUES = (DELIVER, SUPPORT)
 PERFORM = "csm_router.jobs.perform"
 
 # Transient trouble (SMTP 4xx, a relay or mailbox down) is retried for about an hour and
