@@ -58,7 +58,6 @@ NOTES_PER_SENDER_PER_DAY = 3
 # waiting in its queue: so a job lost between a worker's pop and its start waits this long.
 OFFER_LEASE = 10
 OFFER_BATCH = 10  # entries per job at most
-HEARTBEAT_SECONDS = 2
 ALIVE_SECONDS = 10  # a worker silent this long is dead: its entries are taken up again
 KEEP_DONE_SECONDS = 7 * 86400
 KEEP_DEAD_SECONDS = 30 * 86400
