@@ -22,7 +22,7 @@ from csm_router.decide import decide
 from csm_router.dispatch import Runtime
 from csm_router.embedded import RecordingSmtp
 from csm_router.message import parse
-from csm_router.metrics import ProcessBeat, bucket_of, forget_stale, health, processes
+from csm_router.metrics import ProcessBeat, bucket_of, check_routers, forget_stale, processes
 from csm_router.outbox import Heartbeat
 from csm_router.store import key, message_key
 from csm_router.web import create_app, health_url, serve
@@ -219,7 +219,9 @@ def test_processes_gone_for_good_are_forgotten(rt: Runtime) -> None:
     old = ProcessBeat(rt.redis, "router", "gone")
     old.beat(time.time() - 2 * 3600)
     assert processes(rt.redis) == []
-    assert health(rt.redis) == ["no router has reported itself: is `csm-router run` running?"]
+    problems, routers = check_routers(rt.redis, detailed=True)
+    assert problems == ["no router has reported itself: is `csm-router run` running?"]
+    assert routers == []
 
 
 def test_received_at_is_the_topmost_received_header() -> None:

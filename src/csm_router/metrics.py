@@ -191,11 +191,6 @@ def _running(pid: int) -> bool:
     return True
 
 
-def health(redis: Redis, now: float | None = None) -> list[str]:
-    """What is wrong with the deployment, in words; empty when healthy."""
-    return check_routers(redis, now, detailed=True)[0]
-
-
 def check_routers(redis: Redis, now: float | None = None,
                   *, detailed: bool = False) -> tuple[list[str], list[Proc]]:
     """What is wrong with the deployment (empty when healthy), and its routers, from one
