@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import redis
 
 from csm_router import config, configvalues
-from csm_router.config import is_loopback, parse_server_url
+from csm_router.config import ServerUrl, is_loopback, parse_server_url
 from csm_router.connect import (
     cleartext_passwords,
     parse_sentinel_url,
@@ -26,7 +25,7 @@ from csm_router.connect import (
 )
 from csm_router.embedded import RecordingSmtp
 from csm_router.errors import PermanentError
-from csm_router.outbound import send
+from csm_router.outbound import Mailer
 from support.servers import free_ports
 
 
@@ -82,9 +81,17 @@ def mail() -> EmailMessage:
     return out
 
 
+def send_one(url: ServerUrl) -> None:
+    mailer = Mailer(url)
+    try:
+        mailer.send(mail(), ["alice@acme.com"], sender="success@acme.com")
+    finally:
+        mailer.close()
+
+
 def test_a_relay_on_this_machine_may_go_without_starttls(relay: RecordingSmtp) -> None:
     url = parse_server_url(relay.url, ("smtp",))
-    asyncio.run(send(mail(), url, ["alice@acme.com"], sender="success@acme.com"))
+    send_one(url)
     assert [m.rcpt_tos for m in relay.messages] == [["alice@acme.com"]]
 
 
@@ -94,11 +101,11 @@ def test_a_remote_relay_without_starttls_is_refused_before_anything_is_sent(
     monkeypatch.setattr(configvalues, "is_loopback", lambda host: False)  # as if it were remote
     url = parse_server_url(relay.url, ("smtp",))
     with pytest.raises(PermanentError, match=r"SMTP server 127\.0\.0\.1:\d+ offers no STARTTLS"):
-        asyncio.run(send(mail(), url, ["alice@acme.com"], sender="success@acme.com"))
+        send_one(url)
     assert relay.messages == []
 
     allowed = replace(url, allow_plaintext=True)
-    asyncio.run(send(mail(), allowed, ["alice@acme.com"], sender="success@acme.com"))
+    send_one(allowed)
     assert len(relay.messages) == 1
 
 

@@ -41,7 +41,6 @@ from csm_router.rules.automatic import OWN_HEADER
 from csm_router.safehtml import safe_html
 from csm_router.smtp import Mailer as Mailer
 from csm_router.smtp import mailer as mailer
-from csm_router.smtp import send as send
 from csm_router.smtp import smtp_error as smtp_error
 from csm_router.smtp import smtp_session as smtp_session
 from csm_router.smtp import tls_context

@@ -91,24 +91,6 @@ def _content_refused(code: int, text: str) -> bool:
     return subject not in ("1", "2") or (subject, detail) == ("2", "3")  # 5.2.3: too long
 
 
-async def send(
-    message: EmailMessage,
-    smtp: ServerUrl,
-    recipients: Sequence[str],
-    *,
-    sender: str,
-    timeout: float = 60,
-) -> None:
-    """Send one message on a connection of its own; raise TransientError or PermanentError."""
-    try:
-        async with smtp_session(smtp, timeout) as client:
-            await client.send_message(message, sender=sender, recipients=list(recipients))
-    except _SMTP_FAILURES as exc:
-        raise smtp_error(exc, smtp) from None
-    except _WRITING_FAILURES as exc:
-        raise _unwritable(exc) from None
-
-
 class Mailer:
     """One SMTP connection kept open across sends, on an event loop of its own.
 
