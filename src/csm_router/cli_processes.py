@@ -135,7 +135,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from csm_router.demo import run_demo
+# The packages of the `demo` extra: a production install does without them.
+DEMO_PACKAGES = ("aiosmtpd", "pymap", "fakeredis")
+DEMO_MISSING = ("the demo needs its embedded servers: pip install 'csm-router[demo]' "
+                "(./scripts/demo does this)")
 
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: only the demo needs its embedded servers.
+    try:
+        from csm_router.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in DEMO_PACKAGES:
+            raise
+        print(f"csm-router: {DEMO_MISSING}", file=sys.stderr)
+        return 1
     return run_demo(keep_running=args.keep_running)
