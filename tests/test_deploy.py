@@ -40,6 +40,7 @@ APP_SERVICES = ("router", "worker", "web")
 UNIT_FILES = ("csm-router-router@.service", "csm-router-worker@.service", "csm-router-web.service")
 INSTALLED = "/opt/csm-router/.venv/bin/csm-router"  # where deploy/README.md installs it
 WEB_PORT = 8025
+DEMO_PACKAGES = ("aiosmtpd", "pymap", "fakeredis")  # the `demo` extra
 # A value that python-dotenv and Compose must read alike: quoted, with `$` and `#` in it.
 TRICKY_LINES = "ROUTER_WEB_USER=admin\nROUTER_WEB_PASSWORD='pa$s #1'\n"
 
@@ -302,6 +303,17 @@ def test_dockerfile_final_stage_installs_the_wheel_and_no_sources_or_build_tools
     assert not any(re.search(r"apt-get install|gcc|build-essential", r) for r in runs), runs
 
 
+def test_dockerfile_installs_the_wheel_without_the_demo_extra() -> None:
+    (install,) = [i.args for i in final_stage()
+                  if i.keyword == "RUN" and re.search(r"pip (--\S+ \S+ )*install", i.args)]
+    # Any extra (`...whl[demo]`) or a package named beside the wheel would put the demo's
+    # embedded servers into the production image.
+    wheel_words = [w for w in install.split() if ".whl" in w]
+    assert wheel_words and all(w.endswith(".whl") for w in wheel_words), install
+    for package in DEMO_PACKAGES:
+        assert package not in install, install
+
+
 def test_dockerfile_runs_as_a_fixed_non_root_user() -> None:
     stage = final_stage()
     user = only(stage, "USER").args.split(":")[0]
@@ -486,6 +498,14 @@ def test_docker_builds_an_image_that_runs_as_non_root_with_templates(tmp_path: P
                     "import importlib.resources as r; "
                     "print(len(list(r.files('csm_router').joinpath('templates').iterdir())))")
         assert int(count) == len(list((ROOT / "templates").iterdir()))
+        carried = run("--entrypoint", "python", tag, "-c",
+                      "import importlib.util as u; "
+                      f"print([p for p in {DEMO_PACKAGES!r} if u.find_spec(p)])")
+        assert carried == "[]"
+        demo = subprocess.run([docker, "run", "--rm", tag, "demo"], capture_output=True,
+                              text=True, timeout=120)
+        assert demo.returncode == 1, demo.stderr
+        assert "pip install 'csm-router[demo]'" in demo.stderr
         inspect = subprocess.run([docker, "image", "inspect", tag], capture_output=True,
                                  text=True, timeout=60)
         config = json.loads(inspect.stdout)[0]["Config"]
