@@ -30,11 +30,11 @@ KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.l
 # Threads the sweep handles per kind and run (it runs every 30 s): one script never holds
 # Redis for long, whatever the backlog.
 SWEEP_BATCH = 200
-# How long a worker waits for a replica to confirm a write it is about to act on, and how
-# often it asks Redis whether there are replicas at all.
 # Scripts that move outbox entries and never pick, time or tally: they need none of the
 # pool's routing context (hot on every send).
 PLUMBING_SCRIPTS = frozenset({"outbox", "digest"})
+# How long a worker waits for a replica to confirm a write it is about to act on, and how
+# often it asks Redis whether there are replicas at all.
 REPLICA_WAIT_MS = 2000
 REPLICAS_RECHECK_SECONDS = 10.0
 
