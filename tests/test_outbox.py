@@ -232,7 +232,7 @@ def test_a_replica_not_confirming_is_a_wait_not_a_failed_attempt(
     rt: Runtime, smtp: RecordingSmtp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, (entry_id,) = record(rt)
-    monkeypatch.setattr(rt.store, "replicated", lambda: False)
+    monkeypatch.setattr(rt.store, "replicas_caught_up", lambda: False)
     for _ in range(len(RETRY_DELAYS) + 2):
         assert jobs.perform(entry_id).startswith("waiting")
         rt.redis.zadd(key("outbox"), {entry_id: 0})  # due again at once

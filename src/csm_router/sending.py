@@ -92,7 +92,7 @@ def mark(rt: Runtime) -> None:
         if not rt.outbox.sending(attempt.entry, attempt.holder, write_by):
             raise NotYetSafeError("another worker took it meanwhile")
         attempt.write_by = write_by
-    if not rt.store.replicated():
+    if not rt.store.replicas_caught_up():
         # What this entry stands on might not survive a failover: acting on it could send
         # what the promoted replica owes anew.
         raise NotYetSafeError("Redis: no replica confirmed this entry yet")
@@ -114,7 +114,7 @@ def record(rt: Runtime, message_id: str, writes: Sequence[Sequence[object]] = ()
                               rt.settings.kept(SENT_TTL_SECONDS))
 
     try:
-        after_send(write, rt.store.replicated,
+        after_send(write, rt.store.replicas_caught_up,
                    until=attempt.write_by if attempt is not None else None)
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
         with _unrecorded_lock:

@@ -167,9 +167,10 @@ class Store(SnapshotReader):
 
     # -- replicas ---------------------------------------------------------------------
 
-    def replicated(self) -> bool:
-        """Whether every write this process has finished so far is on a replica as well
-        (True where Redis has none): what a worker checks before and after a send.
+    def replicas_caught_up(self) -> bool:
+        """Whether a replica has every write this process has finished so far, or Redis
+        has no replica to wait for (then True at once): what a worker checks before and
+        after a send.
 
         Replication is asynchronous: a master that dies right after answering takes its
         last writes with it, and Sentinel promotes a replica without them. A worker that

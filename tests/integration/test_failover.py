@@ -167,7 +167,7 @@ def test_a_worker_acts_only_on_what_a_replica_has_confirmed(
         jobs.configure(rt)
         rt.store.ensure_sequence()  # as the router does before it numbers any thread
         try:
-            assert rt.store.replicated()
+            assert rt.store.replicas_caught_up()
             raw = (b"From: Jane <jane@globex.com>\r\nTo: success@acme.com\r\n"
                    b"Subject: Help\r\nMessage-ID: <q1@globex.com>\r\n\r\nExport?\r\n")
             msg = parse(raw)
