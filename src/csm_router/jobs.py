@@ -135,7 +135,7 @@ def perform_one(entry_id: str) -> str:
             rt.outbox.done(entry.id, result)
         return result
     except BaseException:
-        beat.renew()
+        beat.new_identity()
         raise
     finally:
         sending.end()

@@ -280,7 +280,7 @@ class Heartbeat:
         self.stable = name is not None  # a --name: unique among live workers
         self.holder = ""
         self.proc = ProcessBeat(store.redis, "worker", self.name)
-        self.renew()
+        self.new_identity()
 
     @property
     def same(self) -> str:
@@ -306,8 +306,9 @@ class Heartbeat:
                     f"a worker named {self.name} is running already (its heartbeat advances): "
                     "give each worker its own --name")
 
-    def renew(self) -> None:
-        """Start a new incarnation: whatever the old one held is taken up once it expires.
+    def new_identity(self) -> None:
+        """Give up this worker's holder identity for a fresh one: whatever the old one held
+        is taken up by other workers once its heartbeat expires.
 
         Called at start and whenever the worker lost track of an entry it held (Redis
         failed while recording the outcome), so nothing stays held by a live process.

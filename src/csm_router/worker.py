@@ -121,7 +121,7 @@ def run_worker(
             if not failing:
                 log.warning("worker: Redis unavailable (%s); waiting it out", exc)
             failing = True
-            beat.renew()
+            beat.new_identity()
             if worker is not None:
                 # RQ's worker set its own signal handlers and a pubsub thread: undo both,
                 # so a stop request now reaches this loop and no thread is left retrying.
