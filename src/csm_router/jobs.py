@@ -128,7 +128,9 @@ def perform_one(entry_id: str) -> str:
             else:
                 log.exception("%s %s: unexpected error", entry.kind, entry.id)
             error = str(exc) or type(exc).__name__
-            if not rt.outbox.retry(entry, error):
+            if rt.outbox.retries_left(entry):
+                rt.outbox.retry(entry, error)
+            else:
                 give_up(rt, entry, f"{error} (after {entry.attempts + 1} attempts)")
             return f"will retry: {error}"
         if not attempt.finished:  # a send finishes its entry with its own record

@@ -209,12 +209,14 @@ class Outbox:
         a failed attempt."""
         self._op("later", id=entry_id, holder=holder, delay=delay)
 
-    def retry(self, entry: Entry, error: str) -> bool:
-        """Schedule the next attempt; False when the retries are used up (the caller gives up)."""
-        if entry.attempts >= len(self.retry_delays):
-            return False
+    def retries_left(self, entry: Entry) -> bool:
+        """Whether `entry` may be tried again after this attempt failed; if not, the caller
+        gives up on it."""
+        return entry.attempts < len(self.retry_delays)
+
+    def retry(self, entry: Entry, error: str) -> None:
+        """Schedule the next attempt, unless the entry is no longer pending (then nothing)."""
         self._op("retry", id=entry.id, error=error, delay=self.retry_delays[entry.attempts])
-        return True
 
     def note_allowed(self, entry_id: str, to: str, day: str,
                      limit: int = NOTES_PER_SENDER_PER_DAY) -> bool:
