@@ -162,7 +162,9 @@ def after_send(write: Callable[[], object], confirmed: Callable[[], bool], *,
     past `until` (the marker's `write_by`, less a margin: after it another worker may send).
     The record counts once `confirmed` (a replica has it, where Redis has replicas). The
     job's own timeout, should it strike here, waits until the record is written. `write`
-    must be idempotent.
+    may run again after it took effect (its answer lost, or no replica confirmed it in
+    time): a repeat must write nothing twice. Outbox.sent's writes (pushes, counters) are
+    not idempotent; its sent marker makes a repeat skip them.
     """
     budget = patience if until is None else min(patience, until - WRITE_MARGIN - time.time())
     deadline = time.monotonic() + budget
