@@ -27,6 +27,7 @@ missing = sorted(wanted - shipped); \
 assert wanted and not missing, f'not in {wheel.name}: {missing}'"
 
 # -- run: that wheel and its dependencies, nothing else ------------------------------------
+# The wheel goes in without extras: the demo's embedded servers (the `demo` extra) stay out.
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="csm-router" \
       org.opencontainers.image.description="Routes a pooled Customer Success inbox to the right CSM's own mailbox." \
