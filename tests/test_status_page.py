@@ -25,8 +25,9 @@ from csm_router.decide import decide
 from csm_router.dispatch import Runtime
 from csm_router.message import parse
 from csm_router.outbound import use_templates, when
-from csm_router.statuspage import credentials_match, parse_ref, span
+from csm_router.statuspage import credentials_match, span
 from csm_router.store import message_key
+from csm_router.threads import parse_ref
 from csm_router.web import create_app, serve
 from csm_router.webguard import LoginThrottle
 

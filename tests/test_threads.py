@@ -10,6 +10,7 @@ from csm_router.threads import (
     is_free_mail,
     is_own_message_id,
     new_tag,
+    parse_ref,
     refs_in_subject,
     refs_in_text,
     reply_subject,
@@ -17,6 +18,12 @@ from csm_router.threads import (
     subject_with_ref,
     tags_in_text,
 )
+
+
+def test_a_typed_reference_reads_as_its_thread_number() -> None:
+    typed = ("CS-1042", "cs-1042", " 1042 ", "CS-\u0661\u0660\u0664\u0662", "CS-", "CS-1042x",
+             "CS-" + "9" * 13)
+    assert [parse_ref(t) for t in typed] == [1042, 1042, 1042, None, None, None, None]
 
 
 def test_subject_gets_one_reference() -> None:

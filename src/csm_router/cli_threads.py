@@ -13,7 +13,7 @@ from csm_router.cli_shared import _runtime, for_json, out
 from csm_router.outbound import event_line, when
 from csm_router.store import owed_ids
 from csm_router.terminal import inert
-from csm_router.threads import format_ref
+from csm_router.threads import format_ref, parse_ref
 
 
 def cmd_threads(args: argparse.Namespace) -> int:
@@ -37,10 +37,10 @@ def cmd_threads(args: argparse.Namespace) -> int:
 
 
 def _ref(text: str) -> int:
-    digits = text.strip().strip("[]").upper().removeprefix("CS-")
-    if not digits.isdigit():
+    ref = parse_ref(text.strip().strip("[]"))  # the subject's `[CS-1042]`, pasted whole
+    if ref is None:
         raise pool.PoolError(f"{text!r} is not a thread reference like CS-1042")
-    return int(digits)
+    return ref
 
 
 def cmd_thread(args: argparse.Namespace) -> int:

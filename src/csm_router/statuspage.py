@@ -21,7 +21,7 @@ from csm_router import pool
 from csm_router.outbound import when
 from csm_router.pool import CsmStatus
 from csm_router.store import Store, key, text, text_hash
-from csm_router.threads import REF_PREFIX, format_ref
+from csm_router.threads import format_ref
 
 RECENT = 50  # decisions the routers keep in csm:recent
 LISTED = 100  # held or overdue threads listed; the page says how many more there are
@@ -44,14 +44,6 @@ def credentials_match(header: str | None, user: str, password: str) -> bool:
     user_ok = secrets.compare_digest(given_user, user.encode())
     password_ok = secrets.compare_digest(given_password, password.encode())
     return bool(colon) and user_ok and password_ok
-
-
-def parse_ref(value: str) -> int | None:
-    """`CS-1042`, `cs-1042` or `1042` as a thread number; None for anything else."""
-    digits = value.strip().upper().removeprefix(f"{REF_PREFIX}-")
-    if not digits.isascii() or not digits.isdigit() or len(digits) > 12:
-        return None
-    return int(digits)
 
 
 def span(seconds: float) -> str:

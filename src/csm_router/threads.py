@@ -81,6 +81,14 @@ def format_ref(ref: int) -> str:
     return f"{REF_PREFIX}-{ref}"
 
 
+def parse_ref(value: str) -> int | None:
+    """`CS-1042`, `cs-1042` or `1042` as a thread number; None for anything else."""
+    digits = value.strip().upper().removeprefix(f"{REF_PREFIX}-")
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 12:
+        return None
+    return int(digits)
+
+
 def subject_with_ref(subject: str, ref: int) -> str:
     """The subject the product writes: `[CS-1042] original`, never two references."""
     tag = f"[{format_ref(ref)}]"

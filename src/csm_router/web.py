@@ -33,10 +33,10 @@ from csm_router.config import ConfigError, Settings, is_loopback
 from csm_router.health import Health
 from csm_router.metrics import RedisCollector
 from csm_router.outbound import failing_line, template_environment
-from csm_router.statuspage import overview, parse_ref
+from csm_router.statuspage import overview
 from csm_router.store import Store
 from csm_router.threadpage import thread_view
-from csm_router.threads import format_ref
+from csm_router.threads import format_ref, parse_ref
 from csm_router.webguard import Gate, HostCheck, LoginThrottle, allowed_hosts
 
 log = logging.getLogger(__name__)
