@@ -26,6 +26,15 @@ def test_a_typed_reference_reads_as_its_thread_number() -> None:
     assert [parse_ref(t) for t in typed] == [1042, 1042, 1042, None, None, None, None]
 
 
+def test_every_prefix_language_counts_as_a_reply_and_a_list_tag_ends_the_prefixes() -> None:
+    for subject in ("Antw: Offer", "Res: Offer", "Odp: Offer", "Enc: Offer", "Doorst: Offer",
+                    "Re[2]: Offer", "SV: VS: Offer"):
+        assert reply_subject(subject) == subject
+        assert subject_with_ref(subject, 1042).endswith(": [CS-1042] Offer")
+    assert reply_subject("[EXT] Re: Offer") == "Re: [EXT] Re: Offer"
+    assert subject_with_ref("[EXT] Re: Offer", 1042) == "[CS-1042] [EXT] Re: Offer"
+
+
 def test_subject_gets_one_reference() -> None:
     assert subject_with_ref("Renewal", 1042) == "[CS-1042] Renewal"
     assert subject_with_ref("Re: [CS-1042] Renewal", 1042) == "Re: [CS-1042] Renewal"

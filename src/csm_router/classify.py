@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from csm_router.message import Inbound
+from csm_router.threads import SUBJECT_PREFIX
 
 __all__ = [
     "MAX_CHARS",
@@ -44,17 +45,9 @@ _RULE_KEYS = ("name", "description", "kind", "weight", "patterns", "attachments"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _EXPLAIN_CHARS = 60
 # A reply's subject repeats the earlier mail's ("Re: 500 error on export") and says nothing
-# about what the customer writes now. Prefixes: English, German, Nordic, Dutch, Italian,
-# Portuguese, Finnish, Polish.
-_REPLY_SUBJECT = re.compile(
-    r"\s*(?:\[[^\]\n]{0,40}\]\s*)?(?:re|aw|sv|antw|r|res|vs|odp)\s*(?:\[\d+\])?\s*:", re.I
-)
-# A forward brings new content for us (an alert, a colleague's error report), so it is read
-# whole: by subject prefix, or by the banner that ends the fresh text (quotes.split_reply
-# cuts the body right after it).
-_FORWARD_SUBJECT = re.compile(
-    r"\s*(?:\[[^\]\n]{0,40}\]\s*)?(?:fwd?|wg|tr|rv|enc|doorst)\s*(?:\[\d+\])?\s*:", re.I
-)
+# about what the customer writes now. A forward brings new content for us (an alert, a
+# colleague's error report), so it is read whole: by subject prefix (threads.SUBJECT_PREFIX),
+# or by the banner that ends the fresh text (quotes.split_reply cuts the body right after it).
 _FORWARD_BANNER = re.compile(
     r"(?:-{2,}\s*(?:forwarded message|weitergeleitete nachricht|message transf[ée]r[ée]"
     r"|mensaje reenviado|mensagem encaminhada|doorgestuurd bericht|messaggio inoltrato)\s*-{2,}"
@@ -206,11 +199,12 @@ def examined_text(msg: Inbound) -> str:
     A reply's subject is left out, a forward is read whole, quoted earlier mail never.
     """
     # Quoted earlier mail is not read: a reply must not count last month's error again.
-    forwarded = bool(_FORWARD_SUBJECT.match(msg.subject)) or bool(
+    prefix = SUBJECT_PREFIX.match(msg.subject)
+    forwarded = bool(prefix and prefix["forward"]) or bool(
         _FORWARD_BANNER.search(msg.fresh_text[-200:])
     )
     body = msg.text if forwarded else msg.fresh_text
-    subject = "" if _REPLY_SUBJECT.match(msg.subject) else msg.subject
+    subject = "" if prefix and prefix["reply"] else msg.subject
     return f"{subject}\n{body}"[:MAX_CHARS]
 
 

@@ -19,7 +19,17 @@ TAG_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 TAG_LENGTH = 6
 
 _WHITESPACE = re.compile(r"\s+")
-_REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|fwd?|aw|wg|sv|vs|tr|rv)\s*:\s*)+", re.IGNORECASE)
+# One prefix a mail client puts before the subject it answers or forwards, after a mailing
+# list's `[tag]`, perhaps with a count (`Re[2]:`). Replies: English, German, Nordic, Dutch,
+# Italian, Portuguese, Finnish, Polish; forwards: English, German, French, Spanish,
+# Portuguese, Dutch.
+_REPLY_WORDS = ("re", "aw", "sv", "antw", "r", "res", "vs", "odp")
+_FORWARD_WORDS = ("fwd", "fw", "wg", "tr", "rv", "enc", "doorst")
+SUBJECT_PREFIX = re.compile(
+    rf"\s*(?P<list>\[[^\]\n]{{0,40}}\]\s*)?(?:(?P<reply>{'|'.join(_REPLY_WORDS)})"
+    rf"|(?P<forward>{'|'.join(_FORWARD_WORDS)}))\s*(?:\[\d+\])?\s*:\s*",
+    re.IGNORECASE,
+)
 _SUBJECT_REF_RE = re.compile(rf"\[\s*{REF_PREFIX}-(\d{{4,9}})\s*\]", re.IGNORECASE)
 # In a body a reference is written bare as often as bracketed ("about CS-1042").
 _BODY_REF_RE = re.compile(rf"(?<![\w-]){REF_PREFIX}-(\d{{4,9}})(?![\w-])", re.IGNORECASE)
@@ -98,14 +108,22 @@ def subject_with_ref(subject: str, ref: int) -> str:
     # subject, one thread.
     subject = _WHITESPACE.sub(" ", _SUBJECT_REF_RE.sub("", subject)).strip()
     # After any "Re:"/"Fwd:" so mail clients still see a reply: "Re: [CS-1042] ...".
-    prefix = _REPLY_PREFIX.match(subject)
-    head = prefix.group(0) if prefix else ""
+    head = subject[:_prefixes_end(subject)]
     return f"{head}{tag} {subject[len(head):]}".rstrip()
 
 
 def reply_subject(subject: str) -> str:
     """`Re: subject`, without stacking a second "Re:"."""
-    return subject if _REPLY_PREFIX.match(subject) else f"Re: {subject}".rstrip()
+    return subject if _prefixes_end(subject) else f"Re: {subject}".rstrip()
+
+
+def _prefixes_end(subject: str) -> int:
+    """Where the leading "Re:"/"Fwd:" prefixes end; a list's `[tag]` ends them, as the
+    subject is the list's from there on."""
+    end = 0
+    while (found := SUBJECT_PREFIX.match(subject, end)) and not found["list"]:
+        end = found.end()
+    return end
 
 
 def refs_in_subject(subject: str) -> list[int]:
