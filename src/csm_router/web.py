@@ -72,50 +72,69 @@ def create_app(settings: Settings, redis: Redis,
     """The ASGI application; `redis` is shared by every request (it is thread-safe).
 
     Raises ConfigError when the status page would be open beyond this machine."""
-    password = web_password(settings)
-    store = Store(redis, settings)
-    # Always escaped, whatever the file is called; an admin's versions first, sandboxed.
-    pages = template_environment(settings.templates_dir, autoescape=True, trim_blocks=True,
-                                 lstrip_blocks=True, keep_trailing_newline=False)
-    registries = {detailed: CollectorRegistry(auto_describe=False) for detailed in (False, True)}
-    for detailed, registry in registries.items():
-        registry.register(RedisCollector(redis, settings, detailed=detailed))
-    gate = Gate(settings.web_user, password, throttle or LoginThrottle())
-    authorised, refused = gate.check, gate.refused
-    health = Health(redis, zone=settings.report_zone)
+    site = _Site(settings, redis, clock, throttle or LoginThrottle())
+    return Starlette(routes=[
+        Route("/metrics", site.metrics),  # no auth needed: Prometheus and health checks read these
+        Route("/healthz", site.healthz),
+        Route("/", site.guarded(site.status_page)),
+        Route("/thread/{ref}", site.guarded(site.thread_page)),
+    ], middleware=[Middleware(HostCheck, allowed=allowed_hosts(settings))])
 
-    # Plain functions: Starlette runs them in its thread pool, off the event loop, which
-    # is what the blocking Redis client needs.
-    def metrics(request: Request) -> Response:
-        detailed = authorised(request)
+
+class _Site:
+    """What each address answers.
+
+    Plain methods, not coroutines: Starlette runs them in its thread pool, off the event
+    loop, which is what the blocking Redis client needs.
+    """
+
+    def __init__(self, settings: Settings, redis: Redis, clock: Callable[[], float],
+                 throttle: LoginThrottle) -> None:
+        self.password = web_password(settings)
+        self.clock = clock
+        self.store = Store(redis, settings)
+        # Always escaped, whatever the file is called; an admin's versions first, sandboxed.
+        self.pages = template_environment(settings.templates_dir, autoescape=True,
+                                          trim_blocks=True, lstrip_blocks=True,
+                                          keep_trailing_newline=False)
+        self.registries = {detailed: CollectorRegistry(auto_describe=False)
+                           for detailed in (False, True)}
+        for detailed, registry in self.registries.items():
+            registry.register(RedisCollector(redis, settings, detailed=detailed))
+        self.gate = Gate(settings.web_user, self.password, throttle)
+        self.health = Health(redis, zone=settings.report_zone)
+
+    def metrics(self, request: Request) -> Response:
+        detailed = self.gate.check(request)
         if isinstance(detailed, Response):
             return detailed
-        health.look()
+        self.health.look()
         try:
-            body = generate_latest(registries[detailed])
+            body = generate_latest(self.registries[detailed])
         except Exception as exc:  # Redis down: say so, as an error Prometheus records
             return PlainTextResponse(f"metrics unavailable: {_said(exc, detailed)}\n",
                                      status_code=503)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    def healthz(request: Request) -> Response:
-        detailed = authorised(request)
+    def healthz(self, request: Request) -> Response:
+        detailed = self.gate.check(request)
         if isinstance(detailed, Response):
             return detailed
-        healthy, lines = health.report(clock(), detailed=detailed)
+        healthy, lines = self.health.report(self.clock(), detailed=detailed)
         return PlainTextResponse(("ok\n" if healthy else "unhealthy\n") + "".join(
             f"- {line}\n" for line in lines), status_code=200 if healthy else 503)
 
-    def guarded(page: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    def guarded(self, page: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """`page` behind the login (when a password is set), with the page headers."""
         def answer(request: Request) -> Response:
-            allowed = True if password is None else authorised(request)
+            allowed = True if self.password is None else self.gate.check(request)
             if isinstance(allowed, Response):
                 response = allowed
             elif not allowed:
-                response = refused()
+                response = self.gate.refused()
             else:
                 try:
-                    health.look()
+                    self.health.look()
                     response = page(request)
                 except RedisError as exc:
                     response = PlainTextResponse(f"Redis unreachable: {exc}\n", status_code=503)
@@ -123,9 +142,9 @@ def create_app(settings: Settings, redis: Redis,
             return response
         return answer
 
-    def render(template: str, **context: object) -> Response:
+    def render(self, template: str, **context: object) -> Response:
         try:
-            return HTMLResponse(pages.get_template(template).render(**context))
+            return HTMLResponse(self.pages.get_template(template).render(**context))
         except Exception as exc:  # an override that compiled but fails on these values
             said = f"template {failing_line(exc, template)} cannot be rendered " \
                    f"({type(exc).__name__}: {str(exc)[:200]})"
@@ -133,27 +152,21 @@ def create_app(settings: Settings, redis: Redis,
             return PlainTextResponse(f"500 Internal Server Error: {said}; fix it in "
                                      "ROUTER_TEMPLATES_DIR\n", status_code=500)
 
-    def status_page(request: Request) -> Response:
-        now = clock()
+    def status_page(self, request: Request) -> Response:
+        now = self.clock()
         # The verdict /healthz gives, so the page never says otherwise.
-        verdict = health.verdict(now, detailed=True)
-        return render("status.html.j2", **overview(store, now), health=verdict.banners())
+        verdict = self.health.verdict(now, detailed=True)
+        return self.render("status.html.j2", **overview(self.store, now),
+                           health=verdict.banners())
 
-    def thread_page(request: Request) -> Response:
+    def thread_page(self, request: Request) -> Response:
         ref = parse_ref(request.path_params["ref"])
-        view = thread_view(store, ref, clock()) if ref is not None else None
+        view = thread_view(self.store, ref, self.clock()) if ref is not None else None
         if view is None:
             what = f"no thread {format_ref(ref)}" if ref is not None else (
                 "not a thread reference like CS-1042")
             return PlainTextResponse(f"404 Not Found: {what}\n", status_code=404)
-        return render("thread.html.j2", **view)
-
-    return Starlette(routes=[
-        Route("/metrics", metrics),  # no auth needed: Prometheus and health checks read these
-        Route("/healthz", healthz),
-        Route("/", guarded(status_page)),
-        Route("/thread/{ref}", guarded(thread_page)),
-    ], middleware=[Middleware(HostCheck, allowed=allowed_hosts(settings))])
+        return self.render("thread.html.j2", **view)
 
 
 def _said(exc: Exception, detailed: bool) -> str:
