@@ -178,43 +178,66 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     settings = store.settings
     capacity, zone = settings.max_open_per_csm, settings.report_zone
     rows = pool.status(store, now)
-    members: list[dict[str, Any]] = []
-    for row in rows:
-        back = _epoch(row.back_on_shift)
-        away_until = _epoch(row.away_until)
-        members.append({
-            "csm": row.address,
-            "name": row.name or row.address,
-            "address": row.address if row.name else "",
-            "on_shift": "yes" if row.on_shift else (
-                Markup("back {} ({})").format(moment(back, zone), relative(back, now))
-                if back is not None else "no"),
-            "off_shift": not row.on_shift,
-            "away": (Markup("until {} ({})").format(moment(away_until, zone),
-                                                     relative(away_until, now))
-                     if away_until is not None else "yes") if row.away else "",
-            "weight": row.weight,
-            "open": row.open,
-            "full": bool(capacity) and row.open >= capacity,
-            "overdue": row.overdue,
-            "assigned_today": row.assigned_today,
-        })
-
-    redis = store.redis
-    pipe = redis.pipeline(transaction=False)
+    members = [_member(row, capacity, zone, now) for row in rows]
+    pipe = store.redis.pipeline(transaction=False)
     pipe.zrange(key("held"), 0, LISTED - 1, withscores=True)
     pipe.zcard(key("held"))
     pipe.lrange(key("recent"), 0, RECENT - 1)
     held_raw, held_total, recent_raw = pipe.execute()
-
     # Overdue now, as status and /metrics count it: held ones are listed under Held.
-    missed = pool.late(redis, settings, now)
-    owners = pool.late_owners(redis, missed)
-    owned = sorted((due, ref) for ref, due in missed.items() if owners[ref])
-    due_total = len(owned)
-    # Both lists' threads in one round trip: (ref, when held or due, the thread).
-    held_rows = _scored(held_raw)
-    due_rows = [(ref, due) for due, ref in owned[:LISTED]]
+    missed = pool.late(store.redis, settings, now)
+    owned = _owned(store, missed)
+    held, overdue = _waiting(store, _scored(held_raw), owned[:LISTED], missed, now, zone)
+    return {
+        "now": moment(now, zone),
+        "pool": members,
+        "capacity": capacity,
+        "available": sum(1 for m in members
+                         if not m["off_shift"] and not m["away"] and not m["full"]),
+        "open": sum(int(m["open"]) for m in members),
+        "held": held, "held_total": int(held_total), "held_more": int(held_total) - len(held),
+        "held_reason": held_reason(rows, capacity, zone, now) if int(held_total) else "",
+        "held_late": len(missed) - len(owned),
+        "overdue": overdue, "overdue_total": len(owned), "overdue_now": len(missed),
+        "overdue_more": len(owned) - len(overdue),
+        "recent": _recent(recent_raw, now, zone),
+    }
+
+
+def _member(row: CsmStatus, capacity: int, zone: tzinfo | None, now: float) -> dict[str, Any]:
+    """One CSM's line in the pool table."""
+    back = _epoch(row.back_on_shift)
+    away_until = _epoch(row.away_until)
+    return {
+        "csm": row.address,
+        "name": row.name or row.address,
+        "address": row.address if row.name else "",
+        "on_shift": "yes" if row.on_shift else (
+            Markup("back {} ({})").format(moment(back, zone), relative(back, now))
+            if back is not None else "no"),
+        "off_shift": not row.on_shift,
+        "away": (Markup("until {} ({})").format(moment(away_until, zone),
+                                                 relative(away_until, now))
+                 if away_until is not None else "yes") if row.away else "",
+        "weight": row.weight,
+        "open": row.open,
+        "full": bool(capacity) and row.open >= capacity,
+        "overdue": row.overdue,
+        "assigned_today": row.assigned_today,
+    }
+
+
+def _owned(store: Store, missed: dict[int, float]) -> list[tuple[float, int]]:
+    """The overdue threads a CSM owns, as (due, ref), the longest overdue first."""
+    owners = pool.late_owners(store.redis, missed)
+    return sorted((due, ref) for ref, due in missed.items() if owners[ref])
+
+
+def _waiting(store: Store, held_rows: list[tuple[int, float]], owned: list[tuple[float, int]],
+             missed: dict[int, float], now: float,
+             zone: tzinfo | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Held and Overdue lists, their threads read in one round trip."""
+    due_rows = [(ref, due) for due, ref in owned]
     threads = _threads(store, [ref for ref, _ in held_rows + due_rows])
     # Held past its first-response target: as late as an overdue thread, and first out.
     held = [{
@@ -228,7 +251,11 @@ def overview(store: Store, now: float) -> dict[str, Any]:
         "customer": _customer(thread), "owner": thread.get("owner", ""),
         "due": moment(due, zone), "late": f"{span(now - due)} late",
     } for (ref, due), thread in zip(due_rows, threads[len(held_rows):], strict=True)]
+    return held, overdue
 
+
+def _recent(recent_raw: list[Any], now: float, zone: tzinfo | None) -> list[dict[str, Any]]:
+    """The latest decisions, newest first; an entry that is not a JSON object is skipped."""
     recent = []
     for raw in recent_raw:
         try:
@@ -237,18 +264,4 @@ def overview(store: Store, now: float) -> dict[str, Any]:
             continue
         if isinstance(entry, dict):
             recent.append(_decision(entry, now, zone))
-
-    return {
-        "now": moment(now, zone),
-        "pool": members,
-        "capacity": capacity,
-        "available": sum(1 for m in members
-                         if not m["off_shift"] and not m["away"] and not m["full"]),
-        "open": sum(int(m["open"]) for m in members),
-        "held": held, "held_total": int(held_total), "held_more": int(held_total) - len(held),
-        "held_reason": held_reason(rows, capacity, zone, now) if int(held_total) else "",
-        "held_late": len(missed) - due_total,
-        "overdue": overdue, "overdue_total": int(due_total), "overdue_now": len(missed),
-        "overdue_more": int(due_total) - len(overdue),
-        "recent": recent,
-    }
+    return recent
