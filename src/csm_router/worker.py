@@ -72,20 +72,9 @@ def run_worker(
     entries as a dead predecessor's and could send them again.
     """
     stop = stop or threading.Event()
-    if rt.settings.support_address is not None:
-        load_handler(rt.settings.support_handler)  # a typo stops us now, not a customer later
-    stop_on_signals(stop, "the current job")
-    watch(rt.redis, "worker", stop, warn_only=burst)  # Redis losing its data, seen at once
-    rq_log = logging.getLogger("rq.worker")
-    if not any(isinstance(f, _ServerTroubleInOneLine) for f in rq_log.filters):
-        rq_log.addFilter(_ServerTroubleInOneLine())
-    rt.outbox.retry_delays = retry_delays(rt.settings.retry_delays)
-    beat = Heartbeat(rt.store, name)
-    jobs.configure(rt, beat)
+    beat = _start(rt, name, stop, burst=burst)
+    outage = _Outage()
     named = False
-    warm_up()
-    backoff = Backoff(cap=30)
-    failing = False
     rq_connection = rt.rq_client()  # one for the process: each outage would leak a pool
     while not stop.is_set():
         pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS, each_round=sending.flush)
@@ -94,22 +83,11 @@ def run_worker(
             if not named:
                 beat.refuse_live_twin()
                 named = True
-            beat.beat()
-            forget_stale(rt.redis)
-            # A stable name is unique among live workers: entries its earlier incarnations
-            # held are a dead process's, to take up now rather than once their key expires.
-            rt.outbox.reclaim(dead_prefix=beat.same or None, keep=beat.holder)
-            if failing:
-                log.info("worker: Redis is back")
-                failing = False
+            _rejoin(rt, beat)
+            outage.over()
             worker = _Worker([rt.queues[q] for q in QUEUES], connection=rq_connection,
                              stop=stop)
-            if burst:
-                rt.outbox.offer()
-                worker.work(burst=True, logging_level=rt.settings.log_level.upper())
-                return
-            pump.start()
-            worker.work(with_scheduler=False, logging_level=rt.settings.log_level.upper())
+            _work(rt, worker, pump, burst=burst)
             return
         except redis.AuthenticationError:
             raise  # a wrong password does not heal by waiting: say so and stop
@@ -117,10 +95,7 @@ def run_worker(
             log.error("worker: %s", exc)
             raise SystemExit(2) from None  # the twin's heartbeat and entries stay its own
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            delay = backoff.next()
-            if not failing:
-                log.warning("worker: Redis unavailable (%s); waiting it out", exc)
-            failing = True
+            delay = outage.seen(exc)
             beat.new_identity()
             if worker is not None:
                 # RQ's worker set its own signal handlers and a pubsub thread: undo both,
@@ -132,3 +107,61 @@ def run_worker(
             pump.stopping.set()
     with contextlib.suppress(redis.RedisError):
         beat.stop()  # with Redis down, its key expires by itself
+
+
+def _start(rt: Runtime, name: str | None, stop: threading.Event, *, burst: bool) -> Heartbeat:
+    """Everything checked and set up once per process, before the first job: the heartbeat."""
+    if rt.settings.support_address is not None:
+        load_handler(rt.settings.support_handler)  # a typo stops us now, not a customer later
+    stop_on_signals(stop, "the current job")
+    watch(rt.redis, "worker", stop, warn_only=burst)  # Redis losing its data, seen at once
+    rq_log = logging.getLogger("rq.worker")
+    if not any(isinstance(f, _ServerTroubleInOneLine) for f in rq_log.filters):
+        rq_log.addFilter(_ServerTroubleInOneLine())
+    rt.outbox.retry_delays = retry_delays(rt.settings.retry_delays)
+    beat = Heartbeat(rt.store, name)
+    jobs.configure(rt, beat)
+    warm_up()
+    return beat
+
+
+def _rejoin(rt: Runtime, beat: Heartbeat) -> None:
+    """Announce this worker alive and take up what dead workers held, at start and after
+    each outage."""
+    beat.beat()
+    forget_stale(rt.redis)
+    # A stable name is unique among live workers: entries its earlier incarnations
+    # held are a dead process's, to take up now rather than once their key expires.
+    rt.outbox.reclaim(dead_prefix=beat.same or None, keep=beat.holder)
+
+
+def _work(rt: Runtime, worker: _Worker, pump: Pump, *, burst: bool) -> None:
+    """Run RQ's worker until it stops: in a burst, what is owed now; else with the pump."""
+    if burst:
+        rt.outbox.offer()
+        worker.work(burst=True, logging_level=rt.settings.log_level.upper())
+        return
+    pump.start()
+    worker.work(with_scheduler=False, logging_level=rt.settings.log_level.upper())
+
+
+class _Outage:
+    """Whether Redis is failing, so an outage is logged once as it starts and once as it
+    ends, and how long to wait before the next try."""
+
+    def __init__(self) -> None:
+        self.backoff = Backoff(cap=30)
+        self.failing = False
+
+    def over(self) -> None:
+        if self.failing:
+            log.info("worker: Redis is back")
+            self.failing = False
+
+    def seen(self, exc: Exception) -> float:
+        """The delay before the next try."""
+        delay = self.backoff.next()
+        if not self.failing:
+            log.warning("worker: Redis unavailable (%s); waiting it out", exc)
+        self.failing = True
+        return delay
