@@ -234,18 +234,8 @@ def render_forward(
         message_id=message_id,
         kind=f"forward {format_ref(ref)}",
     )
-    out["Reply-To"] = [
-        header_address(msg.sender, msg.sender_name),
-        header_address(reply_alias or alias.address, alias.name),
-    ]
-    # The forward answers the customer's message: the CSM's plain Reply then threads under
-    # it in the customer's client, the CSM's client keeps the thread's forwards together,
-    # and anyone can tell which mail a forward carries.
-    references = message_ids([*dict.fromkeys([*previous, msg.message_id])])
-    if message_ids([msg.message_id]):
-        out["In-Reply-To"] = msg.message_id
-    if references:
-        out["References"] = " ".join(references)
+    _address_replies(out, msg, alias, reply_alias)
+    _answer_original(out, msg, previous)
     customer = str(Address(msg.sender, msg.sender_name))
     context = render(
         "forward_context.txt.j2",
@@ -260,6 +250,34 @@ def render_forward(
         alias=alias.address,
         attachments=[a.filename for a in msg.attachments if a.filename],
     ).rstrip("\n") + "\n"
+    _carry_original(out, msg, context, customer)
+    check_lines(out)
+    return out
+
+
+def _address_replies(out: EmailMessage, msg: Inbound, alias: Address,
+                     reply_alias: str | None) -> None:
+    """A reply to the forward goes to the customer and to the alias (or to the CSM's reply
+    address for the thread)."""
+    out["Reply-To"] = [
+        header_address(msg.sender, msg.sender_name),
+        header_address(reply_alias or alias.address, alias.name),
+    ]
+
+
+def _answer_original(out: EmailMessage, msg: Inbound, previous: Sequence[str]) -> None:
+    # The forward answers the customer's message: the CSM's plain Reply then threads under
+    # it in the customer's client, the CSM's client keeps the thread's forwards together,
+    # and anyone can tell which mail a forward carries.
+    references = message_ids([*dict.fromkeys([*previous, msg.message_id])])
+    if message_ids([msg.message_id]):
+        out["In-Reply-To"] = msg.message_id
+    if references:
+        out["References"] = " ".join(references)
+
+
+def _carry_original(out: EmailMessage, msg: Inbound, context: str, customer: str) -> None:
+    """The body: the context block above the customer's text, their HTML and attachments."""
     original = {
         "context": context,
         "customer": customer,
@@ -275,8 +293,6 @@ def render_forward(
                             subtype="html", cte="quoted-printable")
         html_part = cast(EmailMessage, out.get_payload()[1])  # type: ignore[index]
     attach_originals(out, msg.attachments, html_part)
-    check_lines(out)
-    return out
 
 
 def attach_originals(
