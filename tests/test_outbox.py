@@ -350,3 +350,21 @@ def test_staff_get_every_automatic_note_and_strangers_a_few(rt: Runtime) -> None
     allowed = [handoff.note_allowed(rt, f"<n{n}@acme.com>", "forged@example.org")
                for n in range(5)]
     assert allowed == [True, True, True, False, False]
+
+
+def test_a_forward_that_fails_with_nobody_to_move_to_holds_the_thread_and_its_mail(
+    rt: Runtime,
+) -> None:
+    msgkey, (first,) = record(rt)
+    owner = rt.store.thread(1001)["owner"]
+    rt.redis.hset(key("away"), BOB if owner == ALICE else ALICE, "")
+    rt.outbox.dead(first, "mailbox gone")
+    out = rt.store.undeliverable("deliver", 1001, owner, msgkey, "mailbox gone")
+    assert (out["moved"], out["owner"]) == (True, "")
+    thread = rt.store.thread(1001)
+    assert (thread["state"], thread["owner"]) == ("held", "")
+    assert rt.redis.zscore(key("held"), "1001") is not None
+    assert rt.redis.lrange(key("thread", 1001, "held"), 0, -1) == [msgkey.encode()]
+    assert not rt.redis.sismember(key("open", owner), "1001")
+    # Owed to whoever frees up, however long that takes: its raw message does not expire.
+    assert rt.redis.ttl(key("raw", msgkey)) == -1

@@ -29,10 +29,7 @@ if applies then
     sent = owe_delivery(d.msgkey, next_owner, why, 'undeliverable-' .. d.kind .. '-' .. d.failed)
     moved_to = next_owner
   else
-    if owner ~= '' then redis.call('SREM', P .. 'open:' .. owner, ref) end
-    redis.call('HSET', tkey, 'state', 'held', 'owner', '')
-    redis.call('ZADD', P .. 'held', d.now, ref)
-    redis.call('RPUSH', tkey .. ':held', d.msgkey)
+    hold(ref, d.msgkey, d.now)
     owe_overflow(ref)
   end
   event(ref, 'undeliverable', {owner = moved_to, previous = d.failed, why = why,
