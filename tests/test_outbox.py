@@ -352,6 +352,21 @@ def test_staff_get_every_automatic_note_and_strangers_a_few(rt: Runtime) -> None
     assert allowed == [True, True, True, False, False]
 
 
+def test_an_entry_ends_counted_once_however_it_is_finished(rt: Runtime) -> None:
+    # A send finishes its entry with its record (`sent`), anything else with `done`: both
+    # are lua/outbox.lua `finish`, which counts the attempt and the end once.
+    record(rt)
+    second = RAW.replace(b"<q1@globex.com>", b"<q2@globex.com>").replace(b"jane@", b"joe@")
+    _, (other,) = record(rt, second)
+    (first,) = [i for i in rt.redis.zrange(key("outbox"), 0, -1) if i.decode() != other]
+    rt.outbox.sent("<m@acme.com>", first.decode(), "sent")
+    rt.outbox.done(first.decode(), "again")
+    rt.outbox.done(other, "done")
+    rt.outbox.sent("<n@acme.com>", other, "sent")
+    counts = {f.decode(): int(n) for f, n in rt.redis.hgetall(key("metrics")).items()}
+    assert counts["done\tdeliver"] == 2 and counts["attempt\tdeliver"] == 2
+
+
 def test_a_forward_that_fails_with_nobody_to_move_to_holds_the_thread_and_its_mail(
     rt: Runtime,
 ) -> None:

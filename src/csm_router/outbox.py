@@ -202,6 +202,8 @@ class Outbox:
         return bool(out.get("state") == "recorded")
 
     def done(self, entry_id: str, result: str = "") -> None:
+        """Finish entry `entry_id` that needed no send of its own: the same end as `sent`
+        writes (lua/outbox.lua `finish`), counted once however often either runs."""
         self._op("done", id=entry_id, result=result, keep_done=self._kept(KEEP_DONE_SECONDS))
 
     def later(self, entry_id: str, holder: str, delay: float) -> None:
