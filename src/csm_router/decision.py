@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -93,10 +93,13 @@ class Snapshot:
     def in_pool(self, address: str | None) -> bool:
         return address is not None and any(m.address == address for m in self.pool)
 
+    def is_away(self, address: str) -> bool:
+        """Away or off shift: what lua/common.lua `is_away` answers for the same state."""
+        return address in self.away or address in self.off_shift
+
     def available(self, address: str | None) -> bool:
         """In the pool, not away and on shift (capacity is checked when recording)."""
-        return (self.in_pool(address) and address not in self.away
-                and address not in self.off_shift)
+        return address is not None and self.in_pool(address) and not self.is_away(address)
 
     def full_why(self, address: str) -> str | None:
         """Why `address` takes no new thread for capacity, or None while they have room."""
@@ -116,6 +119,17 @@ class Snapshot:
             return f"{address} is off shift" + (f" (until {day_and_time(back)})" if back
                                                  else "")
         return self.full_why(address)
+
+
+def away_at(marks: Mapping[str, str], now: float, always: Iterable[str] = ()) -> frozenset[str]:
+    """Who is away at `now`: `always` (ROUTER_AWAY), and each CSM `csm:away` (`marks`) lists
+    with no end ('') or an end after `now`; an end already past means back.
+
+    The one reading of `csm:away` in Python; lua/common.lua `is_away` reads it the same way
+    (tests/test_away.py holds them to it).
+    """
+    return frozenset(always) | frozenset(
+        a for a, until in marks.items() if not until or float(until) > now)
 
 
 def day_and_time(at: float) -> str:

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from csm_router.config import Settings
+from csm_router.decision import away_at
 from csm_router.report import describe_waits
 from csm_router.store import Store, key, text, text_hash
 from csm_router.threads import account_of, format_tag, is_free_mail, new_tag
@@ -152,7 +153,7 @@ def status(store: Store, now: float) -> list[CsmStatus]:
     away_raw, daily_raw, *per_csm = pipe.execute()
     overdue = _owners(store, late(store.redis, store.settings, now))
     away = text_hash(away_raw)
-    away_now = store.away_now(away_raw, now)
+    away_now = away_at(away, now, store.settings.away)
     taken = {field.partition("\t")[2]: int(value) for field, value in text_hash(daily_raw).items()
              if field.startswith("taken\t")}
     schedule = store.settings.schedule

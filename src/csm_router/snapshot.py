@@ -11,7 +11,7 @@ from csm_router.auth import Verdict, verify_reply_address, verify_sender
 from csm_router.classify import RuleSet
 from csm_router.commands import command_lines, find_command
 from csm_router.config import Settings
-from csm_router.decision import Onboarding, Snapshot, ThreadInfo, ThreadState
+from csm_router.decision import Onboarding, Snapshot, ThreadInfo, ThreadState, away_at
 from csm_router.message import Inbound, MalformedMessageError, parse
 from csm_router.quotes import html_to_text
 from csm_router.rediskeys import key, text, text_hash
@@ -275,7 +275,4 @@ class SnapshotReader:
 
     def away_now(self, away: Any, now: float) -> frozenset[str]:
         """Who is away at `now`: ROUTER_AWAY plus the CLI's `csm:away` hash (read by caller)."""
-        marked = text_hash(away)
-        return self.settings.away | frozenset(
-            a for a, until in marked.items() if not until or float(until) > now
-        )
+        return away_at(text_hash(away), now, self.settings.away)
