@@ -459,3 +459,23 @@ def test_a_command_repeating_the_customers_mail_is_answered_not_obeyed() -> None
     assert store.thread(ref)["owner"] == ALICE
     assert csm_reply(store, ALICE, ref, "#close").state == "decided"
     assert store.thread(ref)["state"] == "closed"
+
+
+def test_a_threads_history_is_what_came_before_the_message_newest_last() -> None:
+    store = make_store()
+    first = mail()
+    one = record_decision(store, message_key(first, first.raw), first,
+                          decide(first, store.snapshot(first, NOW)), NOW, raw=first.raw)
+    ref = one.ref or 0
+    for n in (2, 3):
+        later = mail(subject=f"Re: [CS-{ref}] Question")
+        record_decision(store, message_key(later, later.raw), later,
+                        decide(later, store.snapshot(later, NOW + n)), NOW + n, raw=later.raw)
+    keys = store.thread_messages(ref)
+    raws = [store.load_raw(k) for k in keys]
+    assert len(keys) == 3 and all(raws)
+    assert store.thread_history(keys[2]) == raws[:2]
+    assert store.thread_history(keys[2], limit=1) == raws[1:2]
+    assert store.thread_history(keys[0]) == []
+    store.redis.delete(key("raw", keys[0]))  # expired: skipped, the rest still told
+    assert store.thread_history(keys[2]) == raws[1:2]

@@ -312,13 +312,12 @@ def _earlier_messages(
 
 
 def _thread_history(rt: Runtime, ref: int, current: str, limit: int = 5) -> list[EarlierMessage]:
-    """The thread's messages before `current` (customer's and CSMs'), newest `limit`."""
-    keys = rt.store.thread_messages(ref)
-    if current in keys:
-        keys = keys[: keys.index(current)]
-    # An expired one is skipped: the events in `csm-router thread` still tell the story.
-    raws = [raw for other in keys[-limit:] if (raw := rt.store.load_raw(other)) is not None]
-    return _earlier_messages(rt, raws)
+    """The messages of thread `ref` before `current` (customer's and CSMs'), newest `limit`.
+
+    Read as a forward reads them (Store.thread_history): `current` is a message of `ref`.
+    An expired one is skipped: the events in `csm-router thread` still tell the story.
+    """
+    return _earlier_messages(rt, rt.store.thread_history(current, limit))
 
 
 def send_notice(msgkey: str) -> str:

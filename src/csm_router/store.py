@@ -372,6 +372,11 @@ class Store(SnapshotReader):
             history=[bytes(r) for r in earlier_raws],
         )
 
+    def thread_history(self, msgkey: str, limit: int = 5) -> list[bytes]:
+        """The raw messages of `msgkey`'s thread before it, newest `limit` (an expired one
+        skipped): what a forward shows someone new to the thread (lua/delivery.lua)."""
+        return self.delivery_context(msgkey, "", "", history=limit, earlier=0).history
+
     # -- messages in flight ----------------------------------------------------------
 
     def load_raw(self, msgkey: str) -> bytes | None:

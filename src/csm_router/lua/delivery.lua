@@ -3,6 +3,8 @@
 -- the account's other threads (a free-mail customer's account is the person alone: see
 -- threads.account_of), and (for someone new to the thread) the messages so far.
 -- ARGV: msgkey, owner, forward Message-ID, how many earlier messages, how many threads.
+-- The one reader of a thread's history: the Support handoff asks with no owner (nobody's
+-- forwards) and no threads (Store.thread_history).
 -- Standalone (raw bytes cannot pass through cjson): answers a flat array.
 local P = 'csm:'
 local msgkey, owner, message_id = ARGV[1], ARGV[2], ARGV[3]
@@ -15,10 +17,11 @@ if not ref or ref == '' then return {record, sent, '', {}, {}, {}, {}} end
 local tkey = P .. 'thread:' .. ref
 local raw = redis.call('GET', P .. 'raw:' .. msgkey) or ''
 local thread = redis.call('HGETALL', tkey)
-local previous = redis.call('LRANGE', tkey .. ':forwards:' .. owner, -10, -1)
+local previous = {}
+if owner ~= '' then previous = redis.call('LRANGE', tkey .. ':forwards:' .. owner, -10, -1) end
 local earlier = {}
 local account = redis.call('HGET', tkey, 'account')
-if account and account ~= '' then
+if earlier_n > 0 and account and account ~= '' then
   for _, other in ipairs(redis.call('ZREVRANGE', P .. 'account:' .. account, 0, earlier_n)) do
     if other ~= ref and #earlier < earlier_n then
       local t = redis.call('HMGET', P .. 'thread:' .. other, 'subject', 'owner', 'state')
