@@ -11,7 +11,7 @@ import redis
 
 from csm_router.auth import authserv_note, steering_note
 from csm_router.cli_shared import out
-from csm_router.config import ConfigError, Settings, load_settings, redact_url
+from csm_router.config import ConfigError, ServerUrl, Settings, load_settings, redact_url
 from csm_router.connect import cleartext_passwords, redis_client
 from csm_router.errors import RefusedError
 from csm_router.mailbox import Mailbox
@@ -29,75 +29,93 @@ def _exit_code(exc: Exception) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings("imap_url", "smtp_url")
-    code = 0
+    report = _Report()
+    _settings_notes(report, settings)
+    warnings: list[str] = []
+    report.step("redis", redact_url(settings.redis_url),
+                lambda: warnings.extend(_redis_login(settings)))
+    for warning in warnings:
+        report.note(False, "redis", warning)
+    imap = settings.required_imap()
+    notes: list[tuple[bool, str, str]] = []  # (fine, server, what), printed after its step
+    report.step("imap", str(imap), lambda: _imap_login(settings, imap, notes))
+    report.notes(notes)
+    smtp = settings.required_smtp()
+    report.step("smtp", str(smtp), lambda: notes.append(asyncio.run(_smtp_login(settings))))
+    report.notes(notes)
+    if settings.support_address is not None:
+        report.step("support", settings.support_handler,
+                    lambda: load_handler(settings.support_handler))
+    override = settings.templates_dir
+    report.step("templates", str(override or "shipped"), lambda: require_templates(override))
+    return report.code
 
-    def say(line: str) -> None:
+
+class _Report:
+    """The check's findings, one line each, and the exit code the worst failure sets."""
+
+    def __init__(self) -> None:
+        self.code = 0
+
+    def say(self, line: str) -> None:
         out.print(line, soft_wrap=True)  # one line per finding, however long
 
-    def step(name: str, target: str, action: Callable[[], object]) -> None:
-        nonlocal code
-        try:
-            action()
-            say(f"[green]ok[/]    {name:<6} {target}")
-        except Exception as exc:  # every failure is reported, none is fatal to the check
-            code = max(code, _exit_code(exc))
-            say(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
+    def note(self, fine: bool, server: str, what: str) -> None:
+        self.say(f"{'ok  ' if fine else '[yellow]warn[/]'}  {server:<6} {what}")
 
-    say(f"ok    config pool of {len(settings.pool)}, alias {settings.alias}")
-    zone, why = settings.report_zone_reason()
-    say(f"ok    zone   the lead's figures and digest count days in {zone.key}: {why}")
-    trust = steering_note(settings.trusted_authserv_id, settings.reply_secret is not None)
-    say(f"{'ok  ' if settings.trusted_authserv_id else '[yellow]warn[/]'}  auth   {trust}")
-    for clear in cleartext_passwords(settings):
-        say(f"[yellow]warn[/]  tls    {clear}")
-    warnings: list[str] = []
-
-    def redis_check() -> None:
-        client = redis_client(settings.redis_url, socket_timeout=10)
-        client.ping()
-        warnings.extend(redis_warnings(client))
-
-    step("redis", redact_url(settings.redis_url), redis_check)
-    for warning in warnings:
-        say(f"[yellow]warn[/]  redis  {warning}")
-    imap = settings.required_imap()
-
-    notes: list[tuple[bool, str, str]] = []  # (fine, server, what), printed after its step
-
-    def imap_login() -> None:
-        box = Mailbox(imap, settings.quarantine_folder, timeout=20)
-        box.connect()
-        try:
-            idle = box.has_idle()
-            notes.append((idle, "imap", "IDLE: new mail is routed as it arrives" if idle else
-                          f"no IDLE: polling every {settings.poll_seconds:g} s"))
-            if box.empty():
-                notes.append((True, "auth", "the alias has no mail yet: nothing to show whose "
-                              "Authentication-Results the server writes"))
-            else:
-                fine, what = authserv_note(box.latest_header("Authentication-Results"),
-                                           settings.trusted_authserv_id,
-                                           settings.reply_secret is not None)
-                notes.append((fine, "auth", what))
-        finally:
-            box.close()
-
-    def show_notes() -> None:
+    def notes(self, notes: list[tuple[bool, str, str]]) -> None:
+        """Print what a step found beside its verdict, and forget it."""
         for fine, server, what in notes:
-            say(f"{'ok  ' if fine else '[yellow]warn[/]'}  {server:<6} {what}")
+            self.note(fine, server, what)
         notes.clear()
 
-    step("imap", str(imap), imap_login)
-    show_notes()
-    smtp = settings.required_smtp()
-    step("smtp", str(smtp), lambda: notes.append(asyncio.run(_smtp_login(settings))))
-    show_notes()
-    if settings.support_address is not None:
-        step("support", settings.support_handler,
-             lambda: load_handler(settings.support_handler))
-    override = settings.templates_dir
-    step("templates", str(override or "shipped"), lambda: require_templates(override))
-    return code
+    def step(self, name: str, target: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+            self.say(f"[green]ok[/]    {name:<6} {target}")
+        except Exception as exc:  # every failure is reported, none is fatal to the check
+            self.code = max(self.code, _exit_code(exc))
+            self.say(f"[red]FAIL[/]  {name:<6} {target}: {exc}")
+
+
+def _settings_notes(report: _Report, settings: Settings) -> None:
+    """What the settings alone tell: the pool, the lead's zone, whom replies trust, TLS."""
+    report.note(True, "config", f"pool of {len(settings.pool)}, alias {settings.alias}")
+    zone, why = settings.report_zone_reason()
+    report.note(True, "zone", f"the lead's figures and digest count days in {zone.key}: {why}")
+    trust = steering_note(settings.trusted_authserv_id, settings.reply_secret is not None)
+    report.note(bool(settings.trusted_authserv_id), "auth", trust)
+    for clear in cleartext_passwords(settings):
+        report.note(False, "tls", clear)
+
+
+def _redis_login(settings: Settings) -> list[str]:
+    """Reach Redis; what in its settings would lose routing state."""
+    client = redis_client(settings.redis_url, socket_timeout=10)
+    client.ping()
+    return redis_warnings(client)
+
+
+def _imap_login(settings: Settings, imap: ServerUrl,
+                notes: list[tuple[bool, str, str]]) -> None:
+    """Log in to the alias's mailbox, noting whether it pushes new mail and who signs the
+    Authentication-Results in it (noted as found, so a later failure keeps what came before)."""
+    box = Mailbox(imap, settings.quarantine_folder, timeout=20)
+    box.connect()
+    try:
+        idle = box.has_idle()
+        notes.append((idle, "imap", "IDLE: new mail is routed as it arrives" if idle else
+                      f"no IDLE: polling every {settings.poll_seconds:g} s"))
+        if box.empty():
+            notes.append((True, "auth", "the alias has no mail yet: nothing to show whose "
+                          "Authentication-Results the server writes"))
+        else:
+            fine, what = authserv_note(box.latest_header("Authentication-Results"),
+                                       settings.trusted_authserv_id,
+                                       settings.reply_secret is not None)
+            notes.append((fine, "auth", what))
+    finally:
+        box.close()
 
 
 async def _smtp_login(settings: Settings) -> tuple[bool, str, str]:
