@@ -122,7 +122,7 @@ def _smtp_login(settings: Settings) -> None:
     except PermanentError as exc:  # e.g. no STARTTLS where it is required
         raise RefusedError(str(exc)) from None
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        log.warning("SMTP %s:%s cannot be reached now (%s): sends wait for it",
+        log.warning("SMTP %s:%s is unreachable now (%s): sends wait for it",
                     smtp.host, smtp.port, exc)
 
 
