@@ -146,7 +146,7 @@ def test_every_default_rule_has_an_example_and_a_description() -> None:
 # --- verdicts on whole emails -----------------------------------------------------------------
 
 TECHNICAL = [
-    # the brief's polite bug report without jargon
+    # a polite bug report without jargon
     "Hi team,\n\nsince this morning nothing happens when I click save. Could you check?\n\nThanks",
     "Hello, the API returns 500 for GET /v2/projects since 10:00 UTC.",
     "Our SSO stopped working: users see 'SAML response invalid' and can't log in.",
@@ -181,9 +181,9 @@ TECHNICAL = [
 ]
 
 CS = [
-    # the brief's how-to question that mentions the API
+    # a how-to question that mentions the API
     "Hi, is there an API endpoint to export projects?",
-    # the brief's invoice "error"
+    # an invoice "error"
     "Hello, there is an error on our latest invoice: we were billed for 60 seats, not 50.",
     "How do I set up recurring tasks for my team?",
     "Could you share best practices for rolling out the tool to 200 people?",
