@@ -93,6 +93,8 @@ def _tag_thread(
     recent: list[int], threads: dict[int, ThreadInfo], tag_owner: str | None
 ) -> ThreadInfo | None:
     """The sender's latest open thread owned by the CSM whose signature tag they quote."""
+    if tag_owner is None:  # no tag quoted: an unowned (held) thread is not the tag's
+        return None
     return next(
         (
             threads[r]
