@@ -31,10 +31,10 @@ def _runtime() -> Runtime:
 def cmd_status(args: argparse.Namespace) -> int:
     rt = _runtime()
     now = time.time()
-    rows = pool.status(rt.store, now)
+    owners = pool.late(rt.store.redis, rt.settings, now)
+    rows = pool.status(rt.store, now, owners)
     held = pool.held_count(rt.store)
-    owners = pool.late_owners(rt.store.redis, pool.late(rt.store.redis, rt.settings, now))
-    held_overdue = sum(1 for owner in owners.values() if not owner)
+    held_overdue = sum(1 for t in owners.values() if not t.owner)
     failed = len(rt.outbox.dead_letters())
     pending = rt.outbox.pending()
     zone = rt.settings.report_zone

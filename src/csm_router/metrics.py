@@ -35,7 +35,7 @@ from redis import Redis
 
 from csm_router import __version__
 from csm_router.config import Settings
-from csm_router.pool import late, late_owners
+from csm_router.pool import late
 from csm_router.store import key, text
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ class RedisCollector(Collector):
                                    "Open threads per CSM now (status: open)", labels=["csm"])
         for address, n in zip(pool, open_counts, strict=True):
             opened.add_metric([address], n)
-        owners = late_owners(self.redis, late(self.redis, self.settings, now)).values()
+        owners = [t.owner for t in late(self.redis, self.settings, now).values()]
         counts = dict.fromkeys(pool, 0)
         for owner in owners:
             if owner:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from csm_router.config import Settings
 from csm_router.decision import away_at
@@ -139,8 +139,10 @@ def today(store: Store, now: float) -> date:
     return datetime.fromtimestamp(now, store.settings.report_zone).date()
 
 
-def status(store: Store, now: float) -> list[CsmStatus]:
-    """The pool with live figures, in ROUTER_POOL order.
+def status(store: Store, now: float,
+           overdue: dict[int, Late] | None = None) -> list[CsmStatus]:
+    """The pool with live figures, in ROUTER_POOL order; `overdue` is `late`'s reading
+    when the caller already has it.
 
     First responses are the latest (up to 1,000) of each CSM, whenever they were.
     """
@@ -151,7 +153,8 @@ def status(store: Store, now: float) -> list[CsmStatus]:
         pipe.scard(key("open", member.address))
         pipe.lrange(key("stats", "first-response", member.address), 0, -1)
     away_raw, daily_raw, *per_csm = pipe.execute()
-    overdue = _owners(store, late(store.redis, store.settings, now))
+    held_by = Counter(t.owner for t in (overdue if overdue is not None
+                                        else late(store.redis, store.settings, now)).values())
     away = text_hash(away_raw)
     away_now = away_at(away, now, store.settings.away)
     taken = {field.partition("\t")[2]: int(value) for field, value in text_hash(daily_raw).items()
@@ -179,7 +182,7 @@ def status(store: Store, now: float) -> list[CsmStatus]:
                 away=is_away,
                 away_until=until_text if is_away else None,
                 open=int(open_count),
-                overdue=overdue.get(member.address, 0),
+                overdue=held_by[member.address],
                 assigned_today=taken.get(member.address, 0),
                 on_shift=on_shift,
                 shift=shift.describe() if shift else None,
@@ -194,9 +197,16 @@ def status(store: Store, now: float) -> list[CsmStatus]:
     return rows
 
 
-def late(redis: Any, settings: Settings, now: float) -> dict[int, float]:
-    """Every thread overdue now, with the due time it missed: past its first-response
-    target and not answered yet. Status, the page and /metrics all count from this.
+class Late(NamedTuple):
+    """One thread overdue now: the due time it missed, and who holds it ('' while held)."""
+
+    due: float
+    owner: str
+
+
+def late(redis: Any, settings: Settings, now: float) -> dict[int, Late]:
+    """Every thread overdue now: past its first-response target and not answered yet.
+    Status, the page and /metrics all count from this one reading.
 
     That is `csm:due` past `now` (the sweep has not reached them yet), `csm:late` (the
     sweep escalated them: with a colleague on a fresh clock, or held with nobody to take
@@ -215,37 +225,22 @@ def late(redis: Any, settings: Settings, now: float) -> dict[int, float]:
         found[number] = min(float(score), found.get(number, float(score)))
     waiting = [(int(text(ref)), float(since)) for ref, since in held]
     waiting = [(ref, since) for ref, since in waiting if ref not in found]
-    if waiting:
-        schedule = settings.schedule
-        with redis.pipeline(transaction=False) as pipe:
-            for ref, _ in waiting:
-                pipe.hget(key("thread", ref), "account")
-            accounts = pipe.execute()
-        for (ref, since), account in zip(waiting, accounts, strict=True):
-            target = settings.first_response_seconds(text(account or b"")) / 60
-            due_at = schedule.deadline(since, target)
-            if due_at <= now:
-                found[ref] = due_at
-    return found
-
-
-def late_owners(redis: Any, refs: Iterable[int]) -> dict[int, str]:
-    """Who holds each of `refs` now ('' for a held thread)."""
-    refs = list(refs)
+    # One round trip: the owner of each thread found, the account of each held one.
     with redis.pipeline(transaction=False) as pipe:
-        for ref in refs:
+        for ref in found:
             pipe.hget(key("thread", ref), "owner")
-        owners = pipe.execute() if refs else []
-    return {ref: text(owner or b"") for ref, owner in zip(refs, owners, strict=True)}
-
-
-def _owners(store: Store, refs: Iterable[int]) -> dict[str, int]:
-    """How many of `refs` each CSM holds."""
-    counts: dict[str, int] = {}
-    for owner in late_owners(store.redis, refs).values():
-        if owner:
-            counts[owner] = counts.get(owner, 0) + 1
-    return counts
+        for ref, _ in waiting:
+            pipe.hget(key("thread", ref), "account")
+        answers = pipe.execute() if found or waiting else []
+    owners, accounts = answers[:len(found)], answers[len(found):]
+    out = {ref: Late(due, text(owner or b"")) for (ref, due), owner
+           in zip(found.items(), owners, strict=True)}
+    for (ref, since), account in zip(waiting, accounts, strict=True):
+        target = settings.first_response_seconds(text(account or b"")) / 60
+        due_at = settings.schedule.deadline(since, target)
+        if due_at <= now:
+            out[ref] = Late(due_at, "")
+    return out
 
 
 def held_count(store: Store) -> int:

@@ -177,7 +177,8 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     """Everything `/` shows: the pool, held and overdue threads, the latest decisions."""
     settings = store.settings
     capacity, zone = settings.max_open_per_csm, settings.report_zone
-    rows = pool.status(store, now)
+    missed = pool.late(store.redis, settings, now)
+    rows = pool.status(store, now, missed)
     members = [_member(row, capacity, zone, now) for row in rows]
     pipe = store.redis.pipeline(transaction=False)
     pipe.zrange(key("held"), 0, LISTED - 1, withscores=True)
@@ -185,8 +186,7 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     pipe.lrange(key("recent"), 0, RECENT - 1)
     held_raw, held_total, recent_raw = pipe.execute()
     # Overdue now, as status and /metrics count it: held ones are listed under Held.
-    missed = pool.late(store.redis, settings, now)
-    owned = _owned(store, missed)
+    owned = sorted((t.due, ref) for ref, t in missed.items() if t.owner)
     held, overdue = _waiting(store, _scored(held_raw), owned[:LISTED], missed, now, zone)
     return {
         "now": moment(now, zone),
@@ -227,14 +227,8 @@ def _member(row: CsmStatus, capacity: int, zone: tzinfo | None, now: float) -> d
     }
 
 
-def _owned(store: Store, missed: dict[int, float]) -> list[tuple[float, int]]:
-    """The overdue threads a CSM owns, as (due, ref), the longest overdue first."""
-    owners = pool.late_owners(store.redis, missed)
-    return sorted((due, ref) for ref, due in missed.items() if owners[ref])
-
-
 def _waiting(store: Store, held_rows: list[tuple[int, float]], owned: list[tuple[float, int]],
-             missed: dict[int, float], now: float,
+             missed: dict[int, pool.Late], now: float,
              zone: tzinfo | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The Held and Overdue lists, their threads read in one round trip."""
     due_rows = [(ref, due) for due, ref in owned]
