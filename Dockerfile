@@ -15,14 +15,14 @@ FROM python:3.11-slim AS builder
 WORKDIR /src
 COPY . .
 # templates/ lives at the top of the repository and reaches the package through the
-# src/csm_router/templates symlink; make sure the wheel really carries it, and the Lua
+# src/csm_router/mail/templates symlink; make sure the wheel really carries it, and the Lua
 # scripts, rather than find out from the first mail a worker renders.
 RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /wheels . \
  && python -c "import pathlib, zipfile; \
 wheel, = pathlib.Path('/wheels').glob('csm_router-*.whl'); \
 shipped = set(zipfile.ZipFile(wheel).namelist()); \
-wanted = {'csm_router/templates/' + p.name for p in pathlib.Path('templates').iterdir()} \
-  | {'csm_router/lua/' + p.name for p in pathlib.Path('src/csm_router/lua').glob('*.lua')}; \
+wanted = {'csm_router/mail/templates/' + p.name for p in pathlib.Path('templates').iterdir()} \
+  | {'csm_router/state/lua/' + p.name for p in pathlib.Path('src/csm_router/state/lua').glob('*.lua')}; \
 missing = sorted(wanted - shipped); \
 assert wanted and not missing, f'not in {wheel.name}: {missing}'"
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import harness  # puts tests/ on the path for what follows
 
-from csm_router.demo import compose
-from csm_router.embedded import RecordingSmtp
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.run import compose
 from support.servers import DovecotServer, RedisServer
 
 USER = "success@acme.com"

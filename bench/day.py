@@ -40,8 +40,8 @@ import harness  # puts tests/ on the path for what follows
 from harness import pct
 from prometheus_client.parser import text_string_to_metric_families
 
-from csm_router.demo import compose
-from csm_router.embedded import Received, RecordingSmtp
+from csm_router.demo.embedded import Received, RecordingSmtp
+from csm_router.demo.run import compose
 from support.servers import DovecotServer, RedisServer, free_ports
 
 ALIAS = "success@acme.com"
@@ -186,9 +186,10 @@ def run(count: int, speedup: float, dovecot: DovecotServer, redis: RedisServer,
 DIGEST = """
 import sys
 from datetime import date, timedelta
-from csm_router import digest, report
+from csm_router.lead import digest
+from csm_router.lead import report
 from csm_router.config import load_settings
-from csm_router.dispatch import Runtime
+from csm_router.runtime import Runtime
 rt = Runtime.from_settings(load_settings())
 today = date.today()
 figures = report.build(rt.store, today, today + timedelta(days=1))

@@ -33,8 +33,8 @@ from typing import Any
 import harness  # puts tests/ on the path for what follows
 from harness import pct
 
-from csm_router.demo import compose
-from csm_router.embedded import RecordingSmtp
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.run import compose
 from support.servers import DovecotServer, RedisServer
 
 POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"

@@ -38,8 +38,8 @@ import harness  # puts tests/ on the path for what follows
 import redis as redis_lib
 from chaos import Fleet
 
-from csm_router.demo import compose
-from csm_router.embedded import RecordingSmtp
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.run import compose
 from support.product import GENUINE
 from support.servers import DovecotServer, RedisServer
 

@@ -27,15 +27,15 @@ import harness  # puts tests/ on the path for what follows
 from redis.connection import AbstractConnection
 from rq import SimpleWorker
 
-from csm_router import jobs
+from csm_router.app.router import Router
 from csm_router.config import load_settings
-from csm_router.demo import compose
-from csm_router.dispatch import Runtime
-from csm_router.embedded import RecordingSmtp
-from csm_router.mailbox import Mailbox
-from csm_router.outbox import QUEUES
-from csm_router.router import Router
-from csm_router.store import key
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.run import compose
+from csm_router.mail.mailbox import Mailbox
+from csm_router.runtime import Runtime
+from csm_router.sends import jobs
+from csm_router.state.outbox import QUEUES
+from csm_router.state.store import key
 from support.servers import DovecotServer, RedisServer
 
 USER = "success@acme.com"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from csm_router.auth import (
+from csm_router.core.auth import (
     authserv_note,
     raw_headers,
     reply_address,
@@ -14,7 +14,7 @@ from csm_router.auth import (
     verify_reply_address,
     verify_sender,
 )
-from csm_router.message import Inbound, parse
+from csm_router.core.message import Inbound, parse
 
 NOT_SET = "ROUTER_TRUSTED_AUTHSERV_ID is not set"
 ENCODED_SENDER = "=?utf-8?q?x=3Bdmarc=3Dpass=20header.from=3Dacme.com=20=28?=@attacker.example"

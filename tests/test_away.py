@@ -9,10 +9,10 @@ from importlib import resources
 import fakeredis
 import pytest
 
-from csm_router import pool
 from csm_router.config import load_settings
-from csm_router.decision import Snapshot, away_at
-from csm_router.store import Store, key, text_hash
+from csm_router.core.decision import Snapshot, away_at
+from csm_router.state import pool
+from csm_router.state.store import Store, key, text_hash
 
 ALICE, BOB = "alice@acme.com", "bob@acme.com"
 NOW = 1_800_000_000.0
@@ -26,7 +26,7 @@ def make_store(away: str = "") -> Store:
 
 def lua_is_away(store: Store, address: str, now: float) -> bool:
     """lua/common.lua `is_away`, asked directly, with the context the scripts get."""
-    lua = resources.files("csm_router") / "lua"
+    lua = resources.files("csm_router.state") / "lua"
     probe = store.redis.register_script(
         (lua / "common.lua").read_text() + "\nreturn cjson.encode({is_away(d.addr)})")
     payload = {"has_lead": False, "retention": 86400, "wall": now,

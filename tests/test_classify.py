@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.classify import (
+from csm_router.core.classify import (
     MAX_CHARS,
     Classification,
     Match,
@@ -17,7 +17,7 @@ from csm_router.classify import (
     classify,
     load_rules,
 )
-from csm_router.message import Inbound, parse
+from csm_router.core.message import Inbound, parse
 
 RULES = load_rules(None)
 

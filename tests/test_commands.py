@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from csm_router.commands import Command, find_command
+from csm_router.core.commands import Command, find_command
 
 
 def test_command_on_a_line_of_its_own_any_case() -> None:

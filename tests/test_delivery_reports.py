@@ -8,21 +8,22 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from csm_router import bounces, jobs
+from csm_router.app import bounces
 from csm_router.config import Address
-from csm_router.decide import decide
-from csm_router.decision import Action
-from csm_router.dispatch import Runtime, record_decision
-from csm_router.embedded import RecordingSmtp
-from csm_router.keyed import (
+from csm_router.core.decide import decide
+from csm_router.core.decision import Action
+from csm_router.core.message import parse
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.mail.keyed import (
     SECRET_KEY,
     forward_token,
     id_secret,
     verp_address,
     verp_token,
 )
-from csm_router.message import parse
-from csm_router.store import message_key
+from csm_router.runtime import Runtime, record_decision
+from csm_router.sends import jobs
+from csm_router.state.store import message_key
 from support.runtime import worker_runtime
 
 CORPUS = Path("/work/shared/corpus/bounces/sisimai/bsd-lf")

@@ -260,10 +260,10 @@ def test_compose_router_and_worker_do_not_run_the_web_health_check_on_themselves
 def test_health_check_in_web_container_asks_healthz_on_the_published_port(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    web_module = pytest.importorskip("csm_router.web")
+    web_module = pytest.importorskip("csm_router.app.web")
     health_url = getattr(web_module, "health_url", None)
     if health_url is None:
-        pytest.skip("csm_router.web has no health_url yet")
+        pytest.skip("csm_router.app.web has no health_url yet")
     monkeypatch.chdir(tmp_path)  # no stray .env from the working directory
     env = {k: v for k, v in dotenv_values(stream=io.StringIO(sample_text())).items() if v}
     env.update(environment(service("web")))
@@ -283,8 +283,8 @@ def test_dockerfile_builds_a_wheel_on_python_slim_and_runs_it_on_python_slim() -
     builder = " ".join(i.args for i in stages[0] if i.keyword == "RUN")
     assert re.search(r"pip wheel .*--no-deps", builder), builder
     # The templates reach the package through a symlink: the build checks they came along.
-    assert "csm_router/templates/" in builder
-    assert "csm_router/lua/" in builder
+    assert "csm_router/mail/templates/" in builder
+    assert "csm_router/state/lua/" in builder
 
 
 def test_dockerfile_final_stage_installs_the_wheel_and_no_sources_or_build_tools() -> None:
@@ -359,9 +359,9 @@ def test_dockerignore_keeps_secrets_and_caches_out_but_not_what_the_wheel_needs(
 
     for path in (".env", ".git", ".venv", "build", "bench/results", "src/csm_router.egg-info"):
         assert ignored(path), path
-    for path in ("pyproject.toml", "README.md", "LICENSE", "src/csm_router/cli.py",
-                 "src/csm_router/templates", "templates/forward.txt.j2",
-                 "src/csm_router/lua/record.lua"):
+    for path in ("pyproject.toml", "README.md", "LICENSE", "src/csm_router/cli/main.py",
+                 "src/csm_router/mail/templates", "templates/forward.txt.j2",
+                 "src/csm_router/state/lua/record.lua"):
         assert not ignored(path), path
 
 

@@ -14,14 +14,17 @@ import fakeredis
 import pytest
 from PIL import Image
 
-from csm_router import cli, cli_figures, jobs, report
+from csm_router.cli import figures as cli_figures
+from csm_router.cli import main as cli
 from csm_router.config import load_settings
-from csm_router.decide import decide
-from csm_router.digest import BAR_WIDTH, LABEL, ROW, bars, drawable, due_week, render_digest
-from csm_router.dispatch import Runtime
-from csm_router.embedded import RecordingSmtp
-from csm_router.message import parse
-from csm_router.store import message_key
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.lead import report
+from csm_router.lead.digest import BAR_WIDTH, LABEL, ROW, bars, drawable, due_week, render_digest
+from csm_router.runtime import Runtime
+from csm_router.sends import jobs
+from csm_router.state.store import message_key
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 AUTHSERV = "mx.acme.test"

@@ -24,10 +24,11 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 from rich.console import Console
 
-from csm_router import pool, report
-from csm_router.cli_figures import duration
-from csm_router.demo import Demo, tell
-from csm_router.embedded import EmbeddedImap, Received, RecordingSmtp
+from csm_router.cli.figures import duration
+from csm_router.demo.embedded import EmbeddedImap, Received, RecordingSmtp
+from csm_router.demo.run import Demo, tell
+from csm_router.lead import report
+from csm_router.state import pool
 
 USER = "success@acme.com"
 PASSWORD = "pa:ss/w@rd"

@@ -15,10 +15,13 @@ from typing import Any
 import fakeredis
 import pytest
 
-from csm_router import cli, cli_figures, digest, pool, report
+from csm_router.cli import figures as cli_figures
+from csm_router.cli import main as cli
 from csm_router.config import load_settings
-from csm_router.dispatch import Runtime
-from csm_router.metrics import RedisCollector
+from csm_router.lead import digest, report
+from csm_router.lead.metrics import RedisCollector
+from csm_router.runtime import Runtime
+from csm_router.state import pool
 from test_digest import Week
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"

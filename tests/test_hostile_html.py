@@ -11,9 +11,9 @@ from email.message import EmailMessage
 import pytest
 
 from csm_router.config import Address, PoolMember
-from csm_router.message import parse
-from csm_router.outbound import render_forward, safe_html
-from csm_router.quotes import html_to_text, split_reply
+from csm_router.core.message import parse
+from csm_router.core.quotes import html_to_text, split_reply
+from csm_router.mail.outbound import render_forward, safe_html
 
 MB = 1024 * 1024
 # A guard against super-linear blow-up, not a benchmark: quadratic on 1 MB takes minutes.

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from csm_router.config import ConfigError, load_settings
-from csm_router.hours import HoursError, Schedule, parse_days, parse_hours, parse_shift
+from csm_router.core.hours import HoursError, Schedule, parse_days, parse_hours, parse_shift
 
 ALICE, BOB = "alice@acme.com", "bob@acme.com"
 BERLIN = f"{ALICE}=Europe/Berlin 09-17 Mon-Fri"

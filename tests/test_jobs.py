@@ -7,16 +7,16 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from csm_router import jobs
+from csm_router.app.worker import run_worker
 from csm_router.config import Settings, load_settings
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime, record_decision
-from csm_router.embedded import RecordingSmtp
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.demo.embedded import RecordingSmtp
 from csm_router.errors import PermanentError, TransientError
-from csm_router.message import parse
-from csm_router.store import Outcome, message_key
+from csm_router.runtime import Runtime, record_decision
+from csm_router.sends import jobs
+from csm_router.state.store import Outcome, message_key
 from csm_router.support import SupportHandoff
-from csm_router.worker import run_worker
 from support.runtime import worker_runtime
 
 RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Help\r\n"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 
-from csm_router import pool
-from csm_router.decide import decide
-from csm_router.dispatch import record_decision
-from csm_router.keeping import kept_raw
-from csm_router.message import Inbound, parse
-from csm_router.store import Outcome, Store, key, message_key
+from csm_router.core.decide import decide
+from csm_router.core.keeping import kept_raw
+from csm_router.core.message import Inbound, parse
+from csm_router.runtime import record_decision
+from csm_router.state import pool
+from csm_router.state.store import Outcome, Store, key, message_key
 from test_store import ALICE, BOB, CAROL, NOW, mail, make_store
 
 ALIAS = "success@acme.com"

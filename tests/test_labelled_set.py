@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from csm_router.message import parse
+from csm_router.core.message import parse
 from support.labelled import DATA_DIR, LABELS, Labelled, labelled_set
 
 _REQUIRED_HEADERS = ("from", "to", "subject", "date", "message-id", "mime-version", "content-type")

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from csm_router import pool, statuspage
-from csm_router.metrics import RedisCollector
-from csm_router.store import Store, key
+from csm_router.lead import statuspage
+from csm_router.lead.metrics import RedisCollector
+from csm_router.state import pool
+from csm_router.state.store import Store, key
 from test_store import ALICE, BOB, CAROL, NOW, csm_reply, mail, make_store, route
 
 MINUTE = 60.0

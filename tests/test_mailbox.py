@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from csm_router.config import parse_server_url
-from csm_router.demo import compose
-from csm_router.embedded import EmbeddedImap
-from csm_router.mailbox import FETCH_BATCH, FETCH_BATCH_BYTES, Mailbox
+from csm_router.demo.embedded import EmbeddedImap
+from csm_router.demo.run import compose
+from csm_router.mail.mailbox import FETCH_BATCH, FETCH_BATCH_BYTES, Mailbox
 from support.servers import fetch_with_limit
 
 MB = 1024 * 1024

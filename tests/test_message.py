@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from csm_router import message
-from csm_router.message import Attachment, Inbound, MalformedMessageError, parse
+from csm_router.core import message
+from csm_router.core.message import Attachment, Inbound, MalformedMessageError, parse
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 NO_CORPUS = f"shared corpus not found at {CORPUS}"

@@ -16,16 +16,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from csm_router import jobs
+from csm_router.app.web import create_app, health_url, serve
 from csm_router.config import ConfigError, load_settings, parse_bind
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime
-from csm_router.embedded import RecordingSmtp
-from csm_router.message import parse
-from csm_router.metrics import ProcessBeat, bucket_of, check_routers, forget_stale, processes
-from csm_router.outbox import Heartbeat
-from csm_router.store import key, message_key
-from csm_router.web import create_app, health_url, serve
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.lead.metrics import ProcessBeat, bucket_of, check_routers, forget_stale, processes
+from csm_router.runtime import Runtime
+from csm_router.sends import jobs
+from csm_router.state.outbox import Heartbeat
+from csm_router.state.store import key, message_key
 from support.runtime import worker_runtime
 
 ALICE, BOB = "alice@acme.com", "bob@acme.com"

@@ -12,10 +12,10 @@ import aiosmtplib
 import pytest
 
 from csm_router.config import Address, PoolMember, parse_server_url
-from csm_router.embedded import RecordingSmtp
+from csm_router.core.message import parse
+from csm_router.demo.embedded import RecordingSmtp
 from csm_router.errors import PermanentError
-from csm_router.message import parse
-from csm_router.outbound import (
+from csm_router.mail.outbound import (
     EarlierThread,
     Mailer,
     forward_message_id,

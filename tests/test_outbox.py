@@ -13,13 +13,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from csm_router import handoff, jobs, sending
+from csm_router.app.worker import run_worker
 from csm_router.config import ConfigError
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime
-from csm_router.embedded import RecordingSmtp
-from csm_router.message import parse
-from csm_router.outbox import (
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.runtime import Runtime
+from csm_router.sends import handoff, jobs
+from csm_router.sends import once as sending
+from csm_router.state.outbox import (
     RETRY_DELAYS,
     Heartbeat,
     Pump,
@@ -28,8 +30,7 @@ from csm_router.outbox import (
     job_timeout,
     retry_delays,
 )
-from csm_router.store import key, message_key
-from csm_router.worker import run_worker
+from csm_router.state.store import key, message_key
 from support.runtime import worker_runtime
 
 RAW = (b"From: Jane Doe <jane@globex.com>\r\nTo: success@acme.com\r\nSubject: Help\r\n"

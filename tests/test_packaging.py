@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.cli import main
+from csm_router.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PACKAGES = ("aiosmtpd", "pymap", "fakeredis")
-PRODUCTION_MODULES = ("csm_router.cli", "csm_router.router", "csm_router.worker",
-                      "csm_router.web")
+PRODUCTION_MODULES = ("csm_router.cli.main", "csm_router.app.router", "csm_router.app.worker",
+                      "csm_router.app.web")
 MISSING_LINE = ("csm-router: the demo needs its embedded servers: "
                 "pip install 'csm-router[demo]' (./scripts/demo does this)")
 
@@ -65,7 +65,7 @@ def test_demo_without_its_extra_says_how_to_install_it_in_one_line(
     # demo's own modules are imported afresh, so that they meet that failure.
     for name in DEMO_PACKAGES:
         monkeypatch.setitem(sys.modules, name, None)
-    for name in [m for m in sys.modules if m.startswith(("csm_router.demo", "csm_router.emb"))]:
+    for name in [m for m in sys.modules if m.startswith(("csm_router.demo",))]:
         monkeypatch.delitem(sys.modules, name)
     code = main(["demo"])
     captured = capsys.readouterr()
@@ -78,6 +78,6 @@ def test_demo_reraises_a_missing_module_that_is_not_the_extras(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A module missing from the product itself is a bug to show, not an install to advise.
-    monkeypatch.setitem(sys.modules, "csm_router.demo", None)
+    monkeypatch.setitem(sys.modules, "csm_router.demo.run", None)
     with pytest.raises(ModuleNotFoundError):
         main(["demo"])

@@ -12,15 +12,15 @@ import fakeredis
 import pytest
 from starlette.testclient import TestClient
 
-from csm_router import pool
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime
-from csm_router.message import parse
-from csm_router.metrics import ProcessBeat
-from csm_router.outbound import use_templates
-from csm_router.store import key, message_key
-from csm_router.threadpage import entry_id
-from csm_router.web import create_app
+from csm_router.app.web import create_app
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.lead.metrics import ProcessBeat
+from csm_router.lead.threadpage import entry_id
+from csm_router.mail.outbound import use_templates
+from csm_router.runtime import Runtime
+from csm_router.state import pool
+from csm_router.state.store import key, message_key
 from test_status_page import ALICE, BOB, CAROL, LOCAL, NOW, PASSWORD, page, settings, visible
 
 AUTHSERV = "mx.acme.test"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from csm_router import pool
-from csm_router.decision import Decision
-from csm_router.dispatch import record_decision
-from csm_router.message import parse
-from csm_router.store import Store, key, message_key
+from csm_router.core.decision import Decision
+from csm_router.core.message import parse
+from csm_router.runtime import record_decision
+from csm_router.state import pool
+from csm_router.state.store import Store, key, message_key
 from test_store import ALICE, BOB, CAROL, NOW, csm_reply, mail, make_store, route
 
 HOUR = 3600.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.quotes import html_to_text, split_reply
+from csm_router.core.quotes import html_to_text, split_reply
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 BODIES = CORPUS / "reply-bodies"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.commands import Command, command_lines, find_command
-from csm_router.quotes import split_reply
+from csm_router.core.commands import Command, command_lines, find_command
+from csm_router.core.quotes import split_reply
 
 REPLIES = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "replies" / "talon"
 CUSTOMER = "Please move this to Carol.\n#reassign carol@acme.com\n"

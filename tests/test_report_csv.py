@@ -10,12 +10,12 @@ from datetime import date, datetime, timedelta
 import fakeredis
 import pytest
 
-from csm_router import report
 from csm_router.config import load_settings
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime
-from csm_router.message import parse
-from csm_router.store import message_key
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.lead import report
+from csm_router.runtime import Runtime
+from csm_router.state.store import message_key
 
 
 def test_formula_like_accounts_are_neutralised_and_numbers_left_alone() -> None:

@@ -10,19 +10,19 @@ import pytest
 import redis
 from imapclient import IMAPClient
 
-from csm_router import jobs
-from csm_router.auth import verify_sender
+from csm_router.app.router import Router
+from csm_router.app.worker import run_worker
 from csm_router.config import load_settings
-from csm_router.decide import decide
-from csm_router.demo import compose
-from csm_router.dispatch import Runtime, record_decision
-from csm_router.embedded import EmbeddedImap, RecordingSmtp
+from csm_router.core.auth import verify_sender
+from csm_router.core.decide import decide
+from csm_router.core.message import Inbound, parse
+from csm_router.demo.embedded import EmbeddedImap, RecordingSmtp
+from csm_router.demo.run import compose
 from csm_router.errors import TransientError, server_fault
-from csm_router.mailbox import Mailbox
-from csm_router.message import Inbound, parse
-from csm_router.router import Router
-from csm_router.store import key, message_key
-from csm_router.worker import run_worker
+from csm_router.mail.mailbox import Mailbox
+from csm_router.runtime import Runtime, record_decision
+from csm_router.sends import jobs
+from csm_router.state.store import key, message_key
 
 ALIAS = "success@acme.com"
 

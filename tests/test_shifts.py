@@ -10,13 +10,13 @@ from typing import Any
 import fakeredis
 import pytest
 
-from csm_router import report
 from csm_router.config import load_settings
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime
-from csm_router.message import parse
-from csm_router.pool import set_away, status
-from csm_router.store import Outcome, Store, key, message_key
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.lead import report
+from csm_router.runtime import Runtime
+from csm_router.state.pool import set_away, status
+from csm_router.state.store import Outcome, Store, key, message_key
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 HOURS = f"{ALICE}=Europe/Berlin 09-17 Mon-Fri; {BOB}=America/New_York 09-18 Mon-Fri"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.message import Inbound, parse
-from csm_router.outbound import render
-from csm_router.threads import format_tag, new_tag, tags_in_text
+from csm_router.core.message import Inbound, parse
+from csm_router.core.threads import format_tag, new_tag, tags_in_text
+from csm_router.mail.outbound import render
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 

@@ -19,17 +19,17 @@ import fakeredis
 import pytest
 from starlette.testclient import TestClient
 
-from csm_router import pool
+from csm_router.app.web import create_app, serve
+from csm_router.app.webguard import LoginThrottle
 from csm_router.config import ConfigError, Settings, load_settings
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime
-from csm_router.message import parse
-from csm_router.outbound import use_templates, when
-from csm_router.statuspage import credentials_match, span
-from csm_router.store import message_key
-from csm_router.threads import parse_ref
-from csm_router.web import create_app, serve
-from csm_router.webguard import LoginThrottle
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.core.threads import parse_ref
+from csm_router.lead.statuspage import credentials_match, span
+from csm_router.mail.outbound import use_templates, when
+from csm_router.runtime import Runtime
+from csm_router.state import pool
+from csm_router.state.store import message_key
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 PASSWORD = "correct horse"

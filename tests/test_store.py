@@ -8,13 +8,13 @@ from collections import Counter
 import fakeredis
 import pytest
 
-from csm_router import pool
-from csm_router.auth import reply_address, verify_sender
 from csm_router.config import Settings, load_settings
-from csm_router.decide import decide
-from csm_router.dispatch import record_decision
-from csm_router.message import Inbound, parse
-from csm_router.store import Outcome, Store, key, message_key
+from csm_router.core.auth import reply_address, verify_sender
+from csm_router.core.decide import decide
+from csm_router.core.message import Inbound, parse
+from csm_router.runtime import record_decision
+from csm_router.state import pool
+from csm_router.state.store import Outcome, Store, key, message_key
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 NOW = 1_800_000_000.0

@@ -10,7 +10,7 @@ from jinja2.exceptions import SecurityError, UndefinedError
 
 from csm_router.config import ConfigError
 from csm_router.errors import UnsendableError
-from csm_router.outbound import check_templates, render, require_templates, use_templates
+from csm_router.mail.outbound import check_templates, render, require_templates, use_templates
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csm_router.threads import (
+from csm_router.core.threads import (
     account_of,
     format_tag,
     is_free_mail,

@@ -17,15 +17,15 @@ import redis
 
 from csm_router import config, configvalues
 from csm_router.config import ServerUrl, is_loopback, parse_server_url
-from csm_router.connect import (
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.errors import PermanentError
+from csm_router.mail.outbound import Mailer
+from csm_router.state.connect import (
     cleartext_passwords,
     parse_sentinel_url,
     redis_cleartext_password,
     redis_client,
 )
-from csm_router.embedded import RecordingSmtp
-from csm_router.errors import PermanentError
-from csm_router.outbound import Mailer
 from support.servers import free_ports
 
 

@@ -27,8 +27,8 @@ from csm_router.configvalues import parse_pool as parse_pool
 from csm_router.configvalues import parse_server_url as parse_server_url
 from csm_router.configvalues import redact_url as redact_url
 from csm_router.configvalues import split_list as split_list
-from csm_router.connect import SENTINEL_SCHEME, parse_sentinel_url
-from csm_router.hours import HoursError, Schedule, Shift, parse_hours
+from csm_router.core.hours import HoursError, Schedule, Shift, parse_hours
+from csm_router.state.connect import SENTINEL_SCHEME, parse_sentinel_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -12,17 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from csm_router.config import Address, Settings
+from csm_router.core.message import Inbound
+from csm_router.core.rules.automatic import OWN_HEADER
 from csm_router.errors import PermanentError
-from csm_router.headers import header_address
-from csm_router.message import Inbound
-from csm_router.outbound import (
+from csm_router.mail.headers import header_address
+from csm_router.mail.outbound import (
     EarlierMessage,
     attach_originals,
     mailer,
     render,
     stamp,
 )
-from csm_router.rules.automatic import OWN_HEADER
 
 Handler = Callable[["SupportHandoff", Settings], None]
 

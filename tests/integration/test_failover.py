@@ -21,13 +21,13 @@ import pytest
 from test_faults import assert_each_once
 from test_processes import kill, start
 
-from csm_router import jobs
 from csm_router.config import load_settings
-from csm_router.decide import decide
-from csm_router.dispatch import Runtime
-from csm_router.embedded import RecordingSmtp
-from csm_router.message import parse
-from csm_router.store import message_key
+from csm_router.core.decide import decide
+from csm_router.core.message import parse
+from csm_router.demo.embedded import RecordingSmtp
+from csm_router.runtime import Runtime
+from csm_router.sends import jobs
+from csm_router.state.store import message_key
 from support.product import Product
 from support.servers import (
     RedisServer,

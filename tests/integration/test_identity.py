@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from csm_router.embedded import Received
-from csm_router.message import parse
-from csm_router.store import message_key
+from csm_router.core.message import parse
+from csm_router.demo.embedded import Received
+from csm_router.state.store import message_key
 from support.product import ALICE, BOB, CAROL, Product, body_of, customer_mail
 
 pytestmark = pytest.mark.integration

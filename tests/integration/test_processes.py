@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from csm_router.message import MalformedMessageError, parse
-from csm_router.store import key, message_key
+from csm_router.core.message import MalformedMessageError, parse
+from csm_router.state.store import key, message_key
 from support.product import ALICE, BOB, CAROL, Product, customer_mail
 from support.servers import DovecotServer, grant_traverse
 

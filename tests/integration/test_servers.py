@@ -13,7 +13,7 @@ import redis
 from csm_router import configvalues
 from csm_router.config import parse_server_url
 from csm_router.errors import PermanentError
-from csm_router.mailbox import Mailbox as RouterMailbox
+from csm_router.mail.mailbox import Mailbox as RouterMailbox
 from support.servers import (
     DovecotServer,
     Mailbox,

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.decision import Action, ThreadInfo, ThreadState
-from csm_router.message import Inbound, parse
-from csm_router.rules import automatic
+from csm_router.core.decision import Action, ThreadInfo, ThreadState
+from csm_router.core.message import Inbound, parse
+from csm_router.core.rules import automatic
 from support.snapshots import SNAP
 
 CUSTOMER = "Dana Customer <dana@customer.example>"

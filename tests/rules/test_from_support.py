@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from csm_router.decision import Action, ThreadInfo, ThreadState
-from csm_router.message import Inbound, parse
-from csm_router.rules import from_support
+from csm_router.core.decision import Action, ThreadInfo, ThreadState
+from csm_router.core.message import Inbound, parse
+from csm_router.core.rules import from_support
 from support.snapshots import SNAP
 
 THREAD = ThreadInfo(1042, "alice@acme.com", ThreadState.SUPPORT, "dana@customer.example")

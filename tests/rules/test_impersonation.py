@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.auth import verify_sender
-from csm_router.decide import decide
-from csm_router.decision import Action, Snapshot, ThreadInfo, ThreadState
-from csm_router.message import Inbound, parse
-from csm_router.rules import impersonation
+from csm_router.core.auth import verify_sender
+from csm_router.core.decide import decide
+from csm_router.core.decision import Action, Snapshot, ThreadInfo, ThreadState
+from csm_router.core.message import Inbound, parse
+from csm_router.core.rules import impersonation
 from support.snapshots import SNAP
 
 THREAD = ThreadInfo(1042, "alice@acme.com", ThreadState.SUPPORT, "dana@customer.example")

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.decide import decide
-from csm_router.decision import Action, Decision, Snapshot, ThreadInfo, ThreadState
-from csm_router.dispatch import Runtime, record_decision
-from csm_router.message import Inbound, parse
-from csm_router.rules import known_thread
-from csm_router.store import key, message_key
+from csm_router.core.decide import decide
+from csm_router.core.decision import Action, Decision, Snapshot, ThreadInfo, ThreadState
+from csm_router.core.message import Inbound, parse
+from csm_router.core.rules import known_thread
+from csm_router.runtime import Runtime, record_decision
+from csm_router.state.store import key, message_key
 from support.runtime import worker_runtime
 from support.snapshots import SNAP
 

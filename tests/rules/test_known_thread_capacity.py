@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from test_known_thread import FRESH_WITH_SIGNATURE, REPLY, check, in_thread
 
-from csm_router.decision import ThreadState
+from csm_router.core.decision import ThreadState
 from support.snapshots import SNAP
 
 FULL_BOB = frozenset({"bob@acme.com"})

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.decision import Action, Onboarding
-from csm_router.message import parse
-from csm_router.rules import onboarding_owner
+from csm_router.core.decision import Action, Onboarding
+from csm_router.core.message import parse
+from csm_router.core.rules import onboarding_owner
 from support.snapshots import NOW, SNAP
 
 DAY = 86_400

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from csm_router.decision import Action, Onboarding, Snapshot, ThreadInfo, ThreadState
-from csm_router.message import parse
-from csm_router.rules import round_robin
+from csm_router.core.decision import Action, Onboarding, Snapshot, ThreadInfo, ThreadState
+from csm_router.core.message import parse
+from csm_router.core.rules import round_robin
 from support.snapshots import NOW, POOL, SNAP
 
 NEW_MAIL = parse(

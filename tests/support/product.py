@@ -10,8 +10,8 @@ from typing import Any
 
 import redis as redis_lib
 
-from csm_router.demo import compose
-from csm_router.embedded import Received, RecordingSmtp
+from csm_router.demo.embedded import Received, RecordingSmtp
+from csm_router.demo.run import compose
 from support.servers import Mailbox
 
 POOL = "Alice Smith <alice@acme.com>*2, Bob Jones <bob@acme.com>, Carol Diaz <carol@acme.com>"

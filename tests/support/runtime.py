@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import fakeredis
 
-from csm_router import jobs
 from csm_router.config import load_settings
-from csm_router.dispatch import Runtime
+from csm_router.runtime import Runtime
+from csm_router.sends import jobs
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import redis
 from imapclient import IMAPClient
 
-from csm_router.embedded import Service
+from csm_router.demo.embedded import Service
 
 HOST = "127.0.0.1"
 TEST_COMMAND_HINT = (
@@ -469,7 +469,7 @@ class Mailbox:
 def fetch_with_limit(imap_url: str, max_bytes: int) -> tuple[list[int], list[Any]]:
     """The product's Mailbox on `imap_url`: every UID, and what `fetch` gives for them."""
     from csm_router.config import parse_server_url
-    from csm_router.mailbox import Mailbox as ProductMailbox
+    from csm_router.mail.mailbox import Mailbox as ProductMailbox
 
     box = ProductMailbox(parse_server_url(imap_url, ("imap", "imaps")))
     box.connect()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from csm_router.config import PoolMember
-from csm_router.decision import Snapshot
+from csm_router.core.decision import Snapshot
 
 NOW = 1_772_528_400.0  # 2026-03-03 09:00 UTC
 POOL = (

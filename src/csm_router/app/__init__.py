@@ -1,0 +1,1 @@
+"""The processes: the router, the worker and the web server."""

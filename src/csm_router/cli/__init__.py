@@ -1,0 +1,1 @@
+"""The `csm-router` command line, a module for each group of commands."""

@@ -1,0 +1,1 @@
+"""`csm-router demo`: the real router and worker on embedded servers."""

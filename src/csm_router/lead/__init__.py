@@ -1,0 +1,1 @@
+"""What the CS lead and the operator see: report, digest, status page, metrics, health."""

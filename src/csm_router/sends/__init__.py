@@ -1,0 +1,1 @@
+"""The worker's sends: each outbox entry rendered, sent once and recorded."""
