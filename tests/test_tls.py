@@ -17,12 +17,12 @@ import redis
 
 from csm_router import config, configvalues
 from csm_router.config import ServerUrl, is_loopback, parse_server_url
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.configvalues import parse_sentinel_url
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.errors import PermanentError
 from csm_router.mail.outbound import Mailer
 from csm_router.state.connect import (
     cleartext_passwords,
-    parse_sentinel_url,
     redis_cleartext_password,
     redis_client,
 )

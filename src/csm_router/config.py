@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from csm_router.configvalues import ENV_PREFIX as ENV_PREFIX
+from csm_router.configvalues import SENTINEL_SCHEME, parse_sentinel_url
 from csm_router.configvalues import Address as Address
 from csm_router.configvalues import PoolMember as PoolMember
 from csm_router.configvalues import ServerUrl as ServerUrl
@@ -28,7 +29,6 @@ from csm_router.configvalues import parse_server_url as parse_server_url
 from csm_router.configvalues import redact_url as redact_url
 from csm_router.configvalues import split_list as split_list
 from csm_router.core.hours import HoursError, Schedule, Shift, parse_hours
-from csm_router.state.connect import SENTINEL_SCHEME, parse_sentinel_url
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

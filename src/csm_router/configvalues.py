@@ -1,42 +1,19 @@
-"""Configuration values and their parsers: addresses, the pool, server URLs, durations."""
+"""Configuration values and their parsers: addresses, the pool, server URLs (mail servers
+and Redis Sentinel sets), durations."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from email.utils import formataddr, parseaddr
-from urllib.parse import unquote, urlsplit
+from email.utils import parseaddr
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+# The value types live in the core, which imports no configuration; re-exported here.
+from csm_router.core.people import Address as Address
+from csm_router.core.people import PoolMember as PoolMember
 
 ENV_PREFIX = "ROUTER_"
-
-
-@dataclass(frozen=True)
-class Address:
-    """A mailbox: optional display name and a lower-cased addr-spec."""
-
-    address: str
-    name: str = ""
-
-    def __str__(self) -> str:
-        return formataddr((self.name, self.address)) if self.name else self.address
-
-    @property
-    def domain(self) -> str:
-        return self.address.rpartition("@")[2]
-
-
-@dataclass(frozen=True)
-class PoolMember:
-    """One CSM in the pool with their round-robin weight."""
-
-    address: str
-    name: str = ""
-    weight: int = 1
-
-    @property
-    def display(self) -> str:
-        return str(Address(self.address, self.name))
 
 
 @dataclass(frozen=True)
@@ -217,3 +194,54 @@ def parse_bind(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:8025 or 0.0.0.0:8025")
     return host, int(port)
+
+
+TLS_SENTINEL_SCHEME = "rediss+sentinel://"
+# Either spelling (str.startswith takes the tuple): a Sentinel set, in the clear or TLS.
+SENTINEL_SCHEME = ("redis+sentinel://", TLS_SENTINEL_SCHEME)
+# What a TLS Sentinel URL may add after `?`: redis-py's own names, as for rediss://.
+TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                         "ssl_check_hostname"})
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A parsed Sentinel URL: the sentinels to ask, the master they watch, the database."""
+
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    password: str | None
+    tls: dict[str, str] | None = None  # None: in the clear; else the ssl_* options
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """Parse a redis+sentinel:// or rediss+sentinel:// URL; raise ValueError saying what
+    is wrong."""
+    url = url.strip()
+    tls = url.startswith(TLS_SENTINEL_SCHEME)
+    rest = url.removeprefix(TLS_SENTINEL_SCHEME if tls else SENTINEL_SCHEME[0])
+    rest, _, query = rest.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - (TLS_OPTIONS if tls else set()))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}" + (
+            f" (TLS takes {', '.join(sorted(TLS_OPTIONS))})" if tls else
+            " (options are for TLS: rediss+sentinel://)"))
+    auth, _, rest = rest.rpartition("@")
+    password = unquote(auth.partition(":")[2]) if auth else None
+    netloc, _, path = rest.partition("/")
+    hosts = []
+    for item in netloc.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{item.strip()!r} is not host:port (a sentinel, e.g. "
+                             "h1:26379)")
+        hosts.append((host.strip("[]"), int(port)))
+    service, _, db = path.strip("/").partition("/")
+    if not service:
+        raise ValueError("names no master: redis+sentinel://h1:26379,h2:26379/mymaster/0")
+    if db and not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number")
+    return SentinelUrl(tuple(hosts), service, int(db or 0), password or None,
+                       options if tls else None)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from csm_router.config import PoolMember
 from csm_router.core.commands import Command
+from csm_router.core.people import PoolMember
 
 if TYPE_CHECKING:
     from csm_router.core.classify import RuleSet

@@ -9,64 +9,17 @@ certificates (`?ssl_ca_certs=/path/ca.pem` names a private CA, as it does for `r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from redis import Redis
 from redis.connection import SSLConnection
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from csm_router.configvalues import SENTINEL_SCHEME, is_loopback, parse_sentinel_url
+
 if TYPE_CHECKING:
     from csm_router.config import Settings
-
-TLS_SENTINEL_SCHEME = "rediss+sentinel://"
-# Either spelling (str.startswith takes the tuple): a Sentinel set, in the clear or TLS.
-SENTINEL_SCHEME = ("redis+sentinel://", TLS_SENTINEL_SCHEME)
-# What a TLS Sentinel URL may add after `?`: redis-py's own names, as for rediss://.
-TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
-                         "ssl_check_hostname"})
-
-
-@dataclass(frozen=True)
-class SentinelUrl:
-    hosts: tuple[tuple[str, int], ...]
-    service: str
-    db: int
-    password: str | None
-    tls: dict[str, str] | None = None  # None: in the clear; else the ssl_* options
-
-
-def parse_sentinel_url(url: str) -> SentinelUrl:
-    """Parse a redis+sentinel:// or rediss+sentinel:// URL; raise ValueError saying what
-    is wrong."""
-    url = url.strip()
-    tls = url.startswith(TLS_SENTINEL_SCHEME)
-    rest = url.removeprefix(TLS_SENTINEL_SCHEME if tls else SENTINEL_SCHEME[0])
-    rest, _, query = rest.partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True))
-    unknown = sorted(set(options) - (TLS_OPTIONS if tls else set()))
-    if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r}" + (
-            f" (TLS takes {', '.join(sorted(TLS_OPTIONS))})" if tls else
-            " (options are for TLS: rediss+sentinel://)"))
-    auth, _, rest = rest.rpartition("@")
-    password = unquote(auth.partition(":")[2]) if auth else None
-    netloc, _, path = rest.partition("/")
-    hosts = []
-    for item in netloc.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{item.strip()!r} is not host:port (a sentinel, e.g. "
-                             "h1:26379)")
-        hosts.append((host.strip("[]"), int(port)))
-    service, _, db = path.strip("/").partition("/")
-    if not service:
-        raise ValueError("names no master: redis+sentinel://h1:26379,h2:26379/mymaster/0")
-    if db and not db.isdigit():
-        raise ValueError(f"database {db!r} is not a number")
-    return SentinelUrl(tuple(hosts), service, int(db or 0), password or None,
-                       options if tls else None)
 
 
 class _SentinelConnection(SentinelManagedConnection):
@@ -112,8 +65,6 @@ def redis_cleartext_password(url: str) -> str | None:
     Redis's AUTH travels as it is written: over redis:// (or a Sentinel set without TLS)
     anyone on the path reads it, and then every customer's mail in Redis.
     """
-    from csm_router.config import is_loopback  # config imports this module
-
     url = url.strip()
     if url.startswith(SENTINEL_SCHEME):
         found = parse_sentinel_url(url)
@@ -135,8 +86,6 @@ def cleartext_passwords(settings: Settings) -> list[str]:
     """Every password the settings let travel unencrypted off this machine (for `check`):
     Redis without TLS, and IMAP or SMTP where ROUTER_ALLOW_PLAINTEXT lets a login go on
     when the server offers no STARTTLS."""
-    from csm_router.config import is_loopback
-
     found = [w] if (w := redis_cleartext_password(settings.redis_url)) else []
     for name, url in (("IMAP", settings.imap_url), ("SMTP", settings.smtp_url)):
         if (url is not None and url.password and not url.tls and url.allow_plaintext
