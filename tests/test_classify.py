@@ -12,12 +12,11 @@ from csm_router.core.classify import (
     MAX_CHARS,
     Classification,
     Match,
-    RuleFileError,
     RuleSet,
     classify,
-    load_rules,
 )
 from csm_router.core.message import Inbound, parse
+from csm_router.core.rulefile import RuleFileError, load_rules
 
 RULES = load_rules(None)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.core.classify import load_rules
 from csm_router.core.decide import decide
 from csm_router.core.decision import Action, Onboarding, Snapshot, ThreadInfo, ThreadState
 from csm_router.core.message import parse
+from csm_router.core.rulefile import load_rules
 from support.snapshots import NOW, SNAP
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"

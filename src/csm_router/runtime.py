@@ -12,9 +12,10 @@ from redis import Redis
 from rq import Queue
 
 from csm_router.config import Settings
-from csm_router.core.classify import RuleSet, load_rules
+from csm_router.core.classify import RuleSet
 from csm_router.core.decision import Action, Decision
 from csm_router.core.message import Inbound
+from csm_router.core.rulefile import load_rules
 from csm_router.core.threads import format_ref, reply_subject
 from csm_router.mail.outbound import render, use_templates
 from csm_router.state.connect import redis_client
