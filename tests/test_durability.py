@@ -14,9 +14,9 @@ from csm_router.app.web import create_app
 from csm_router.config import load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
-from csm_router.lead.metrics import ProcessBeat
 from csm_router.runtime import Runtime
 from csm_router.state.durability import EPOCH, EpochWatch, Loss, persistence_problem
+from csm_router.state.processes import ProcessBeat
 from csm_router.state.store import key, message_key, text
 
 

@@ -21,10 +21,16 @@ from csm_router.config import ConfigError, load_settings, parse_bind
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
 from csm_router.demo.embedded import RecordingSmtp
-from csm_router.lead.metrics import ProcessBeat, bucket_of, check_routers, forget_stale, processes
 from csm_router.runtime import Runtime
 from csm_router.sends import jobs
 from csm_router.state.outbox import Heartbeat
+from csm_router.state.processes import (
+    ProcessBeat,
+    bucket_of,
+    check_routers,
+    forget_stale,
+    processes,
+)
 from csm_router.state.store import key, message_key
 from support.runtime import worker_runtime
 

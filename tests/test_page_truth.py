@@ -15,11 +15,11 @@ from starlette.testclient import TestClient
 from csm_router.app.web import create_app
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
-from csm_router.lead.metrics import ProcessBeat
 from csm_router.lead.threadpage import entry_id
 from csm_router.mail.outbound import use_templates
 from csm_router.runtime import Runtime
 from csm_router.state import pool
+from csm_router.state.processes import ProcessBeat
 from csm_router.state.store import key, message_key
 from test_status_page import ALICE, BOB, CAROL, LOCAL, NOW, PASSWORD, page, settings, visible
 

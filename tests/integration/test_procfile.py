@@ -15,7 +15,7 @@ import pytest
 import redis as redis_lib
 
 from csm_router.demo.embedded import RecordingSmtp
-from csm_router.lead.metrics import processes
+from csm_router.state.processes import processes
 from support.product import customer_mail
 from support.servers import Mailbox, RedisServer, free_ports, wait_until
 

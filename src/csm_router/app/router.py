@@ -19,11 +19,11 @@ from csm_router.core.message import MalformedMessageError, header_safe, parse
 from csm_router.core.rules import automatic
 from csm_router.core.threads import FIRST_REF, format_ref
 from csm_router.errors import Backoff, PermanentError, TransientError, server_fault
-from csm_router.lead.metrics import ProcessBeat, forget_stale
 from csm_router.mail.mailbox import Mailbox
 from csm_router.runtime import Runtime, record_decision, release_held
 from csm_router.state.durability import EpochWatch, warn_persistence
 from csm_router.state.outbox import OFFER_BATCH
+from csm_router.state.processes import ProcessBeat, forget_stale
 from csm_router.state.store import key, message_key, owed_ids, text
 
 log = logging.getLogger(__name__)

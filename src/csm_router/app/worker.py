@@ -12,13 +12,13 @@ import redis
 from rq import SimpleWorker
 
 from csm_router.errors import Backoff
-from csm_router.lead.metrics import forget_stale
 from csm_router.mail.outbound import warm_up
 from csm_router.runtime import Runtime, stop_on_signals
 from csm_router.sends import jobs
 from csm_router.sends import once as sending
 from csm_router.state.durability import watch
 from csm_router.state.outbox import QUEUES, Heartbeat, Pump, WorkerNameTakenError, retry_delays
+from csm_router.state.processes import forget_stale
 from csm_router.support import load_handler
 
 log = logging.getLogger(__name__)

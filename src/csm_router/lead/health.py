@@ -16,7 +16,6 @@ from datetime import tzinfo
 from redis import Redis
 from redis.exceptions import RedisError
 
-from csm_router.lead.metrics import Proc, check_routers, processes
 from csm_router.lead.statuspage import span
 from csm_router.mail.outbound import when
 from csm_router.state.durability import (
@@ -26,6 +25,7 @@ from csm_router.state.durability import (
     persistence_problem,
 )
 from csm_router.state.outbox import ALIVE_SECONDS
+from csm_router.state.processes import Proc, check_routers, processes
 from csm_router.state.store import key, text
 
 # Mail owed this long past its due time with no live worker fails /healthz: long enough

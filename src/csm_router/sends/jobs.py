@@ -17,7 +17,6 @@ from csm_router.core.classify import classify
 from csm_router.core.message import Inbound
 from csm_router.core.threads import account_of, format_ref
 from csm_router.errors import PermanentError, TransientError, UnsendableError
-from csm_router.lead.metrics import observe_forward
 from csm_router.mail.keyed import id_secret, verp_address
 from csm_router.mail.outbound import (
     EarlierThread,
@@ -42,6 +41,7 @@ from csm_router.state.outbox import (
     Entry,
     job_timeout,
 )
+from csm_router.state.processes import observe_forward
 from csm_router.state.store import KEEP_SECONDS, DeliveryContext, key, owed_ids
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from typing import Any
 from rq import Queue
 
 from csm_router.config import ConfigError
-from csm_router.lead.metrics import ProcessBeat
+from csm_router.state.processes import ProcessBeat
 from csm_router.state.store import Store, key, text_hash
 
 log = logging.getLogger(__name__)
