@@ -11,6 +11,7 @@ import pytest
 
 from csm_router.config import load_settings
 from csm_router.core.decision import Snapshot, away_at
+from csm_router.lead import poolstatus
 from csm_router.state import pool
 from csm_router.state.store import Store, key, text_hash
 
@@ -68,8 +69,8 @@ def test_router_away_is_away_in_both_whatever_the_hash_says() -> None:
 def test_the_pool_status_reads_away_as_the_scripts_do() -> None:
     store = make_store()
     pool.set_away(store, BOB, NOW + 60, now=NOW - 120)
-    rows = {r.address: r for r in pool.status(store, NOW)}
+    rows = {r.address: r for r in poolstatus.status(store, NOW)}
     assert rows[BOB].away and rows[BOB].away_until
-    later = {r.address: r for r in pool.status(store, NOW + 60)}
+    later = {r.address: r for r in poolstatus.status(store, NOW + 60)}
     assert not later[BOB].away and later[BOB].away_until is None
     assert lua_is_away(store, BOB, NOW + 60) is False

@@ -27,7 +27,7 @@ from rich.console import Console
 from csm_router.cli.figures import duration
 from csm_router.demo.embedded import EmbeddedImap, Received, RecordingSmtp
 from csm_router.demo.run import Demo, tell
-from csm_router.lead import report
+from csm_router.lead import poolstatus, report
 from csm_router.state import pool
 
 USER = "success@acme.com"
@@ -421,10 +421,10 @@ def test_demo_status_and_report_figures_agree_with_the_commands(told: Told) -> N
     store, now = told.demo.store, told.demo.now()
     status = _rows(_section(told.text, "9. The pool now", "10. The lead's figures"))
     expected = [[r.name, "no", str(r.open), str(r.overdue_now), str(r.taken_today),
-                 duration(r.median_first_response_seconds)] for r in pool.status(store, now)]
+                 duration(r.median_first_response_seconds)] for r in poolstatus.status(store, now)]
     assert [r for r in status if r[0]] == expected
 
-    day, since = pool.today(store, now), pool.today(store, time.time())
+    day, since = poolstatus.today(store, now), poolstatus.today(store, time.time())
     figures = report.build(store, since, day + timedelta(days=1))
     period = [r for r in _rows(_section(told.text, "10. The lead's figures", "CSMs per account"))
               if r[0]]
@@ -442,7 +442,7 @@ def test_demo_status_and_report_figures_agree_with_the_commands(told: Told) -> N
 def test_demo_prints_the_status_page_as_text(told: Told) -> None:
     page = _section(told.text, "11. The lead's status page", "12. The weekly digest")
     assert "Customer Success pool" in page
-    opens = {r.name: r.open for r in pool.status(told.demo.store, told.demo.now())}
+    opens = {r.name: r.open for r in poolstatus.status(told.demo.store, told.demo.now())}
     assert f"Alice Smith alice@acme.com | {opens['Alice Smith']} |" in page
     assert re.search(r"http://127\.0\.0\.1:\d+/", page)
 

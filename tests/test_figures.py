@@ -18,10 +18,9 @@ import pytest
 from csm_router.cli import figures as cli_figures
 from csm_router.cli import main as cli
 from csm_router.config import load_settings
-from csm_router.lead import digest, report
+from csm_router.lead import digest, poolstatus, report
 from csm_router.lead.metrics import RedisCollector
 from csm_router.runtime import Runtime
-from csm_router.state import pool
 from test_digest import Week
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
@@ -92,7 +91,7 @@ def test_a_takeover_by_reply_counts_once_as_taken_by_the_replier_everywhere(rt: 
     mail(BOB, f"Re: [CS-{first.ref}] Export", NOW + 120, staff=True)  # his already
     figures = by_csm(week_figures(rt))
     assert (figures[ALICE].taken, figures[BOB].taken) == (1, 1)
-    status = {r.address: r for r in pool.status(rt.store, NOW + 180)}
+    status = {r.address: r for r in poolstatus.status(rt.store, NOW + 180)}
     assert (status[ALICE].taken_today, status[BOB].taken_today) == (1, 1)
     assert status[BOB].assigned_today == 1  # the old name reads the same count
     assert metric(rt, "csm_router_threads_taken_today", NOW + 180) == {ALICE: 1, BOB: 1,
@@ -107,7 +106,7 @@ def test_back_from_support_to_the_same_csm_is_not_taken_again(rt: Runtime) -> No
     mail("support@acme.com", f"Re: [CS-{first.ref}] Export", NOW + 120, staff=True,
          body="#success\r\n\r\nFixed.")
     assert by_csm(week_figures(rt))[first.owner].taken == 1
-    assert next(r for r in pool.status(rt.store, NOW + 180)
+    assert next(r for r in poolstatus.status(rt.store, NOW + 180)
                 if r.address == first.owner).taken_today == 1
 
 
@@ -160,7 +159,7 @@ def test_a_thread_nobody_can_take_is_held_and_counted_as_came_in(server: fakered
         mail(f"C{n} <c{n}@customer{n}.com>", f"Q{n}", NOW + n)
     t = week_figures(rt).threads
     assert (t.came_in, t.came_in_to_csm, t.came_in_held) == (4, 3, 1)
-    assert pool.held_count(rt.store) == 1
+    assert poolstatus.held_count(rt.store) == 1
 
 
 def test_an_escalation_with_nobody_available_went_overdue_and_is_held(
@@ -169,15 +168,15 @@ def test_an_escalation_with_nobody_available_went_overdue_and_is_held(
     rt = runtime(server, pool_=ALICE)
     mail = Mail(rt)
     mail("Ann <ann@globex.com>", "Export", NOW)
-    assert next(r for r in pool.status(rt.store, NOW + 3601)).overdue_now == 1
+    assert next(r for r in poolstatus.status(rt.store, NOW + 3601)).overdue_now == 1
     assert metric(rt, "csm_router_overdue_threads", NOW + 3601) == {ALICE: 1}
     rt.store.sweep(NOW + 3601)
     figures = week_figures(rt)
     alice = by_csm(figures)[ALICE]
     assert (alice.went_overdue, alice.overdue) == (1, 1)
     assert (figures.threads.went_overdue, figures.threads.went_overdue_held) == (1, 1)
-    assert next(r for r in pool.status(rt.store, NOW + 3602)).overdue_now == 0  # held now
-    assert pool.held_count(rt.store) == 1
+    assert next(r for r in poolstatus.status(rt.store, NOW + 3602)).overdue_now == 0  # held now
+    assert poolstatus.held_count(rt.store) == 1
     assert next(c for c in figures.as_dict()["csms"])["went_overdue"] == 1
 
 

@@ -1,6 +1,6 @@
 """A thread past its first-response target stays "overdue now" until someone answers:
 escalated to a colleague, held with nobody to take it, or released to a CSM who came back.
-Status, the page and /metrics count it from one reader (`pool.late`)."""
+Status, the page and /metrics count it from one reader (`poolstatus.late`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from csm_router.lead import statuspage
+from csm_router.lead import poolstatus, statuspage
 from csm_router.lead.metrics import RedisCollector
 from csm_router.state import pool
 from csm_router.state.store import Store, key
@@ -19,7 +19,7 @@ MINUTE = 60.0
 
 def overdue_everywhere(store: Store, now: float) -> dict[str, object]:
     """'Overdue now' as status, the page and /metrics each tell it at `now`."""
-    rows = {r.address: r.overdue_now for r in pool.status(store, now)}
+    rows = {r.address: r.overdue_now for r in poolstatus.status(store, now)}
     page = statuspage.overview(store, now)
     monkey = pytest.MonkeyPatch()
     monkey.setattr(time, "time", lambda: now)
@@ -60,7 +60,7 @@ def test_a_stranded_thread_is_overdue_and_held_and_stays_overdue_once_released()
     seen = overdue_everywhere(store, NOW + 2 * 60 * MINUTE)
     assert seen["status"] == {ALICE: 0, BOB: 0, CAROL: 0}
     assert (seen["metrics_held"], seen["page_held"], seen["page_total"]) == (1, 1, 1)
-    assert pool.held_count(store) == 1
+    assert poolstatus.held_count(store) == 1
     # Alice leaves on holiday; days later Bob is back: the thread is his, first out, and
     # still late for its customer.
     pool.set_away(store, ALICE)

@@ -7,6 +7,7 @@ import json
 
 from csm_router.core.decision import Decision
 from csm_router.core.message import parse
+from csm_router.lead import poolstatus
 from csm_router.runtime import record_decision
 from csm_router.state import pool
 from csm_router.state.store import Store, key, message_key
@@ -140,8 +141,8 @@ def test_an_overdue_thread_with_nobody_to_take_it_is_held_and_released_first() -
     assert store.thread(stranded)["state"] == "held"
     assert store.redis.zscore(key("held"), stranded) is not None
     assert store.redis.scard(key("open", ALICE)) == 0
-    assert pool.held_count(store) == 1
-    assert [r.overdue for r in pool.status(store, NOW + 62 * 60)] == [0, 0, 0]
+    assert poolstatus.held_count(store) == 1
+    assert [r.overdue for r in poolstatus.status(store, NOW + 62 * 60)] == [0, 0, 0]
     pool.set_away(store, ALICE)
     later = route(store, mail("late@initech.com"), NOW + 70 * 60)
     assert later.state == "held"

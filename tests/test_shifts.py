@@ -14,8 +14,9 @@ from csm_router.config import load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
 from csm_router.lead import report
+from csm_router.lead.poolstatus import status
 from csm_router.runtime import Runtime
-from csm_router.state.pool import set_away, status
+from csm_router.state.pool import set_away
 from csm_router.state.store import Outcome, Store, key, message_key
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"

@@ -12,6 +12,7 @@ from csm_router.config import Settings, load_settings
 from csm_router.core.auth import reply_address, verify_sender
 from csm_router.core.decide import decide
 from csm_router.core.message import Inbound, parse
+from csm_router.lead import poolstatus
 from csm_router.runtime import record_decision
 from csm_router.state import pool
 from csm_router.state.store import Outcome, Store, key, message_key
@@ -107,7 +108,7 @@ def test_capacity_full_pool_holds_then_hands_out_when_room_frees() -> None:
     assert len(released.messages) == 2  # both held messages go out to Bob
     assert len(owed) == 2  # owed in the same script that handed the thread out
     assert store.message(released.messages[0])["state"] == "decided"
-    assert pool.held_count(store) == 0
+    assert poolstatus.held_count(store) == 0
 
 
 def test_nobody_available_then_one_back() -> None:
@@ -149,7 +150,7 @@ def test_csm_reply_records_first_response_and_takes_ownership() -> None:
     (span,) = store.redis.lrange(key("stats", "first-response", CAROL), 0, -1)
     assert [float(t) for t in span.split(b":")] == [NOW, NOW + 300]  # opened, answered
     assert store.redis.smembers(key("open", ALICE)) == set()
-    rows = {r.address: r for r in pool.status(store, NOW + 300)}
+    rows = {r.address: r for r in poolstatus.status(store, NOW + 300)}
     assert rows[CAROL].open == 1 and rows[CAROL].median_first_response_minutes == 5.0
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from csm_router.cli import shared as cli_shared
 from csm_router.cli.shared import for_json, out
+from csm_router.lead import poolstatus
 from csm_router.lead.statuspage import span
 from csm_router.runtime import Runtime
 from csm_router.state import pool
@@ -32,14 +33,14 @@ def _runtime() -> Runtime:
 def cmd_status(args: argparse.Namespace) -> int:
     rt = _runtime()
     now = time.time()
-    owners = pool.late(rt.store.redis, rt.settings, now)
-    rows = pool.status(rt.store, now, owners)
-    held = pool.held_count(rt.store)
+    owners = poolstatus.late(rt.store.redis, rt.settings, now)
+    rows = poolstatus.status(rt.store, now, owners)
+    held = poolstatus.held_count(rt.store)
     held_overdue = sum(1 for t in owners.values() if not t.owner)
     failed = len(rt.outbox.dead_letters())
     pending = rt.outbox.pending()
     zone = rt.settings.report_zone
-    today = pool.today(rt.store, now)
+    today = poolstatus.today(rt.store, now)
     if args.json:
         print(json.dumps({"pool": [for_json(r.as_dict()) for r in rows], "held": held,
                           "held_overdue": held_overdue, "overdue_now": len(owners),

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from csm_router.cli.shared import _runtime, for_json, out
 from csm_router.core.threads import format_ref, parse_ref
+from csm_router.lead import poolstatus
 from csm_router.mail.outbound import event_line, when
 from csm_router.state import pool
 from csm_router.state.store import owed_ids
@@ -18,7 +19,7 @@ from csm_router.terminal import inert
 
 def cmd_threads(args: argparse.Namespace) -> int:
     rt = _runtime()
-    threads = pool.recent_threads(rt.store, args.limit)
+    threads = poolstatus.recent_threads(rt.store, args.limit)
     if args.json:
         print(json.dumps([for_json(t) for t in threads], indent=2))
         return 0

@@ -10,6 +10,7 @@ from rich.panel import Panel
 
 from csm_router.cli.figures import duration
 from csm_router.demo.run import ALIAS, GENUINE, Demo, body_text, compose
+from csm_router.lead import poolstatus
 from csm_router.sends import jobs
 from csm_router.state import pool
 
@@ -104,7 +105,7 @@ def story(demo: Demo) -> None:
 
 
 def lead_day(demo: Demo) -> date:
-    return pool.today(demo.store, demo.now())
+    return poolstatus.today(demo.store, demo.now())
 
 
 def figures(demo: Demo) -> None:
@@ -117,13 +118,13 @@ def figures(demo: Demo) -> None:
     out.print(f"\n[bold]9. The pool now[/] (`csm-router status`, at {at:%H:%M} UTC)")
     table = demo.table("CSM", "away", "open", "overdue now", "taken today",
                        "median 1st response")
-    for row in pool.status(store, now):
+    for row in poolstatus.status(store, now):
         table.add_row(row.name, f"until {row.away_until[11:16]}" if row.away_until else
                       ("yes" if row.away else "no"), str(row.open), str(row.overdue_now),
                       str(row.taken_today), duration(row.median_first_response_seconds))
     out.print(table)
 
-    since = pool.today(store, time.time())
+    since = poolstatus.today(store, time.time())
     command = f"csm-router report --since {since}"
     if since != day:
         command += f" --until {day + timedelta(days=1)}"

@@ -23,9 +23,9 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from csm_router.config import Settings
+from csm_router.lead.poolstatus import late
 from csm_router.state.keys import key, text
 from csm_router.state.outbox import QUEUES as RQ_QUEUES
-from csm_router.state.pool import late
 from csm_router.state.processes import FORWARD_BUCKETS, HISTOGRAM, METRICS, bucket_of, processes
 
 # family in csm:metrics -> (metric name, help, label names); see lua/ for who counts what.

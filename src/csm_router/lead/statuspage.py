@@ -18,9 +18,9 @@ from typing import Any
 from markupsafe import Markup
 
 from csm_router.core.threads import format_ref
+from csm_router.lead import poolstatus
+from csm_router.lead.poolstatus import CsmStatus
 from csm_router.mail.outbound import when
-from csm_router.state import pool
-from csm_router.state.pool import CsmStatus
 from csm_router.state.store import Store, key, text, text_hash
 
 RECENT = 50  # decisions the routers keep in csm:recent
@@ -177,8 +177,8 @@ def overview(store: Store, now: float) -> dict[str, Any]:
     """Everything `/` shows: the pool, held and overdue threads, the latest decisions."""
     settings = store.settings
     capacity, zone = settings.max_open_per_csm, settings.report_zone
-    missed = pool.late(store.redis, settings, now)
-    rows = pool.status(store, now, missed)
+    missed = poolstatus.late(store.redis, settings, now)
+    rows = poolstatus.status(store, now, missed)
     members = [_member(row, capacity, zone, now) for row in rows]
     pipe = store.redis.pipeline(transaction=False)
     pipe.zrange(key("held"), 0, LISTED - 1, withscores=True)
@@ -228,7 +228,7 @@ def _member(row: CsmStatus, capacity: int, zone: tzinfo | None, now: float) -> d
 
 
 def _waiting(store: Store, held_rows: list[tuple[int, float]], owned: list[tuple[float, int]],
-             missed: dict[int, pool.Late], now: float,
+             missed: dict[int, poolstatus.Late], now: float,
              zone: tzinfo | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The Held and Overdue lists, their threads read in one round trip."""
     due_rows = [(ref, due) for due, ref in owned]

@@ -89,7 +89,7 @@ local function count(...)
   redis.call('HINCRBY', P .. 'metrics', table.concat({...}, '\t'), 1)
 end
 
--- What the lead's figures are made of (report.py, pool.status and metrics.py read them): per
+-- What the lead's figures are made of (report.py, poolstatus.py and metrics.py read them): per
 -- day of the lead's (`d.day`, in Settings.report_zone), counts in `csm:daily:<day>`: fields
 -- `what\tcsm` per CSM and `what` alone for the pool's (threads that came in and where they
 -- went), first responses per CSM, and which CSMs touched which customer. Small whatever
@@ -127,7 +127,7 @@ local function tally(ref, kind, fields)
     daily('moved-out', previous)
   end
   if kind == 'escalated' then
-    -- Went overdue in the period: not the same as overdue now (pool.status).
+    -- Went overdue in the period: not the same as overdue now (poolstatus.status).
     daily('overdue', previous)
     daily('went-overdue')
     if owner == '' then daily('went-overdue:held') end
