@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from csm_router.core.threads import format_ref
-from csm_router.state.store import key, text, text_hash
+from csm_router.state.keys import key, text, text_hash
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +28,6 @@ EPOCH = key("epoch")
 LOST = key("lost")  # when a router last found Redis emptied, and where numbering went on
 WATCH_SECONDS = 1.0
 PERSISTENCE_RECHECK_SECONDS = 30.0
-
-
-def new_epoch() -> str:
-    """A marker no earlier life of this Redis can have had."""
-    return secrets.token_hex(8)
 
 
 class EpochWatch:

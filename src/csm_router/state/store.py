@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,6 @@ from importlib import resources
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from csm_router.config import Settings, format_duration
 from csm_router.core.decision import Decision
@@ -21,6 +21,7 @@ from csm_router.core.threads import FIRST_REF, is_own_message_id
 from csm_router.state.keys import key as key
 from csm_router.state.keys import text as text
 from csm_router.state.keys import text_hash as text_hash
+from csm_router.state.replicas import ReplicaWait
 from csm_router.state.snapshot import SnapshotReader
 
 # The outer bound on a raw message in Redis (lua/common.lua too): dropped sooner once
@@ -33,10 +34,11 @@ SWEEP_BATCH = 200
 # Scripts that move outbox entries and never pick, time or tally: they need none of the
 # pool's routing context (hot on every send).
 PLUMBING_SCRIPTS = frozenset({"outbox", "digest"})
-# How long a worker waits for a replica to confirm a write it is about to act on, and how
-# often it asks Redis whether there are replicas at all.
-REPLICA_WAIT_MS = 2000
-REPLICAS_RECHECK_SECONDS = 10.0
+
+
+def new_epoch() -> str:
+    """A marker no earlier life of this Redis can have had (durability.py watches it)."""
+    return secrets.token_hex(8)
 
 
 def message_key(msg: Inbound | None, raw: bytes) -> str:
@@ -162,48 +164,13 @@ class Store(SnapshotReader):
         self.redis = redis
         self.settings = settings
         self._scripts: dict[str, Any] = {}
-        self._replicas = 0
-        self._replicas_checked = float("-inf")
-
-    # -- replicas ---------------------------------------------------------------------
+        self._replica_wait = ReplicaWait(redis)
 
     def replicas_caught_up(self) -> bool:
         """Whether a replica has every write this process has finished so far, or Redis
-        has no replica to wait for (then True at once): what a worker checks before and
-        after a send.
-
-        Replication is asynchronous: a master that dies right after answering takes its
-        last writes with it, and Sentinel promotes a replica without them. A worker that
-        then sent on a lost decision, or whose record of a sent mail was lost, would make
-        the mail go out twice. WAIT only counts the asking connection's own writes, so a
-        small write goes first on the same connection; replication keeps order, so it
-        covers every earlier write of every connection.
-        """
-        now = time.monotonic()
-        if now >= self._replicas_checked + REPLICAS_RECHECK_SECONDS:
-            self._count_replicas(now)
-        if not self._replicas:
-            return True
-        try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(key("replicated"), 1, px=60_000)
-                pipe.wait(1, REPLICA_WAIT_MS)
-                acked = int(pipe.execute()[-1])
-        except (ConnectionError, TimeoutError, RedisError):
-            return False
-        if acked:
-            return True
-        # A failover may have left a master without replicas: then there is none to wait for.
-        self._count_replicas(now)
-        return not self._replicas
-
-    def _count_replicas(self, now: float) -> None:
-        try:
-            info = self.redis.info("replication")
-        except RedisError:
-            return
-        self._replicas = int(info.get("connected_slaves") or 0)
-        self._replicas_checked = now
+        has no replica to wait for: what a worker checks before and after a send
+        (replicas.py says why)."""
+        return self._replica_wait.caught_up()
 
     # -- scripts --------------------------------------------------------------------
 
@@ -256,8 +223,6 @@ class Store(SnapshotReader):
         its data (`lost`, or routed mail above FIRST_REF), the lead is owed a notice.
         Answers {"epoch": marker, "lost": whether this call recorded a loss, "owed": ...}.
         Only a router calls this: it alone knows a bound on the references handed out."""
-        from csm_router.state.durability import new_epoch  # durability reads this module's keys
-
         out: dict[str, Any] = self.run_script("sequence", {
             "first": FIRST_REF, "floor": floor, "lost": lost, "by": by,
             "epoch": new_epoch()})
