@@ -8,40 +8,25 @@ from typing import Any
 from redis import Redis
 
 from csm_router.config import Settings
-from csm_router.core.auth import Verdict, verify_reply_address, verify_sender
+from csm_router.core.auth import Verdict, verify_sender
 from csm_router.core.classify import RuleSet
 from csm_router.core.commands import command_lines, find_command
 from csm_router.core.decision import Onboarding, Snapshot, ThreadInfo, ThreadState, away_at
+from csm_router.core.matching import (
+    Lookups,
+    Parties,
+    candidates,
+    csm_verdict,
+    lookups,
+    match_thread,
+    tag_thread,
+)
 from csm_router.core.message import Inbound, MalformedMessageError, parse
 from csm_router.core.quotes import html_to_text
-from csm_router.core.threads import refs_in_subject, refs_in_text, same_customer, tags_in_text
 from csm_router.state.keys import key, text, text_hash
 
-MAX_LOOKUPS = 20  # ids, references or tags of one message looked up in Redis, each
 MAX_CUSTOMER_MAILS = 50  # a thread's latest messages read for a command a CSM repeats
 RECENT_THREADS = 20  # a sender's latest threads, where a signature tag may point
-
-
-@dataclass(frozen=True)
-class _Lookups:
-    """What one message asks Redis about: the ids, references and tags it carries."""
-
-    header_ids: list[str]
-    subject_refs: list[int]
-    body_refs: list[int]
-    tags: list[str]
-
-
-def _lookups(msg: Inbound) -> _Lookups:
-    # Capped: hostile mail may list thousands of ids, references or tags.
-    body_refs = list(dict.fromkeys(refs_in_text(msg.fresh_text) + refs_in_text(msg.text)))
-    tags = list(dict.fromkeys(tags_in_text(msg.text) + tags_in_text(msg.html or "")))
-    return _Lookups(
-        header_ids=[*msg.in_reply_to, *reversed(msg.references)][:MAX_LOOKUPS],
-        subject_refs=refs_in_subject(msg.subject)[:MAX_LOOKUPS],
-        body_refs=body_refs[:MAX_LOOKUPS],
-        tags=tags[:MAX_LOOKUPS],
-    )
 
 
 @dataclass(frozen=True)
@@ -55,56 +40,6 @@ class _Reads:
     customer_refs: list[int]  # the sender's latest threads, newest first
     state: str  # the message's recorded state, "" when never recorded
     full: frozenset[str]  # CSMs at their open-thread limit
-
-
-def _candidates(id_refs: list[int], asked: _Lookups) -> list[tuple[int, str]]:
-    """Thread references the message may belong to, the strongest evidence first."""
-    candidates: list[tuple[int, str]] = [(r, "reply headers") for r in id_refs]
-    candidates += [(r, f"subject reference [CS-{r}]") for r in asked.subject_refs]
-    candidates += [(r, f"reference CS-{r} in the text") for r in asked.body_refs]
-    return candidates
-
-
-def _match_thread(
-    candidates: list[tuple[int, str]],
-    threads: dict[int, ThreadInfo],
-    sender: str,
-    *,
-    insider: bool,
-) -> tuple[ThreadInfo | None, str, list[int]]:
-    """The first known thread the sender may write in, how it matched, and those refused.
-
-    A CSM or Support may write in any thread; a customer only in their own. A
-    reference is short and guessable, so it proves nothing about who may join.
-    """
-    foreign: list[int] = []
-    for ref, how in candidates:
-        found = threads.get(ref)
-        if found is None:
-            continue
-        if not insider and not same_customer(found.customer, sender):
-            foreign.append(ref)
-            continue
-        return found, how, foreign
-    return None, "", foreign
-
-
-def _tag_thread(
-    recent: list[int], threads: dict[int, ThreadInfo], tag_owner: str | None
-) -> ThreadInfo | None:
-    """The sender's latest open thread owned by the CSM whose signature tag they quote."""
-    if tag_owner is None:  # no tag quoted: an unowned (held) thread is not the tag's
-        return None
-    return next(
-        (
-            threads[r]
-            for r in recent
-            if r in threads
-            and threads[r].owner == tag_owner
-            and threads[r].state is not ThreadState.CLOSED
-        ),
-        None,
-    )
 
 
 def _onboarding(raw: Any) -> Onboarding | None:
@@ -136,15 +71,16 @@ class SnapshotReader:
         """
         if verdict is None:  # nothing is taken on trust: the sender is checked here instead
             verdict = verify_sender(msg, self.settings.trusted_authserv_id)
-        asked = _lookups(msg)
+        parties = self.parties()
+        asked = lookups(msg)
         got = self._read_lookups(msg, asked, msgkey)
-        candidates = _candidates(got.id_refs, asked)
-        threads = self.threads_info([r for r, _ in candidates] + got.customer_refs)
-        insider = self._insider(msg.sender)
-        thread, matched_by, foreign = _match_thread(candidates, threads, msg.sender,
-                                                    insider=insider)
+        found = candidates(got.id_refs, asked)
+        threads = self.threads_info([r for r, _ in found] + got.customer_refs)
+        insider = parties.insider(msg.sender)
+        thread, matched_by, foreign = match_thread(found, threads, msg.sender,
+                                                   insider=insider)
         tag_owner = got.tag_owners[0] if got.tag_owners else None
-        verdict = self._csm_verdict(msg, verdict, thread)
+        verdict = csm_verdict(msg, verdict, thread, parties)
         schedule = self.settings.schedule
         off_shift = schedule.off_shift(now)
         support = self.settings.support_address
@@ -157,7 +93,7 @@ class SnapshotReader:
             thread=thread,
             matched_by=matched_by,
             tag_owner=tag_owner,
-            tag_thread=_tag_thread(got.customer_refs, threads, tag_owner),
+            tag_thread=tag_thread(got.customer_refs, threads, tag_owner),
             onboarding=_onboarding(got.onboarding_raw),
             full=got.full,
             max_open=self.settings.max_open_per_csm,
@@ -175,7 +111,18 @@ class SnapshotReader:
             premium=msg.account in self.settings.premium,
         )
 
-    def _read_lookups(self, msg: Inbound, asked: _Lookups, msgkey: str | None) -> _Reads:
+    def parties(self) -> Parties:
+        """The settings' pool, Support, alias and reply secret, as the core takes them."""
+        support = self.settings.support_address
+        secret = self.settings.reply_secret
+        return Parties(
+            alias=self.settings.alias.address,
+            pool=frozenset(m.address for m in self.settings.pool),
+            support=support.address if support else None,
+            reply_secret=secret.get_secret_value() if secret else None,
+        )
+
+    def _read_lookups(self, msg: Inbound, asked: Lookups, msgkey: str | None) -> _Reads:
         """Everything the snapshot needs from Redis but the threads, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for mid in asked.header_ids:
@@ -208,23 +155,6 @@ class SnapshotReader:
                            if int(n) >= max_open),
         )
 
-    def _insider(self, sender: str) -> bool:
-        """Whether the sender is a CSM, Support or the alias itself."""
-        support = self.settings.support_address
-        return (self.settings.member(sender) is not None
-                or sender == (support.address if support else None)
-                or sender == self.settings.alias.address)
-
-    def _csm_verdict(self, msg: Inbound, verdict: Verdict, thread: ThreadInfo | None) -> Verdict:
-        """The verdict on the sender, decided by the reply address when a CSM writes."""
-        secret = self.settings.reply_secret
-        if not secret or self.settings.member(msg.sender) is None:
-            return verdict
-        # The reply address proves a CSM, and nothing else does: not even a header.
-        return verify_reply_address(msg, self.settings.alias.address,
-                                    secret.get_secret_value(),
-                                    thread.ref if thread else None)
-
     def _repeatable_commands(
         self, msg: Inbound, thread: ThreadInfo | None, *, insider: bool
     ) -> frozenset[str]:
@@ -244,7 +174,7 @@ class SnapshotReader:
                 pipe.get(key("raw", text(msgkey)))
             raws = pipe.execute() if msgkeys else []
         found: set[str] = set()
-        support = self.settings.support_address
+        parties = self.parties()
         for raw in raws:
             if raw is None:
                 continue
@@ -252,8 +182,7 @@ class SnapshotReader:
                 mail = parse(bytes(raw), max_bytes=self.settings.max_message_bytes)
             except MalformedMessageError:
                 continue  # it was quarantined, so nobody was forwarded it
-            if (self.settings.member(mail.sender) is not None
-                    or mail.sender == (support.address if support else None)):
+            if parties.is_staff(mail.sender):
                 continue  # a CSM's or Support's own earlier mail, not the customer's
             found |= command_lines(mail.text)
             found |= command_lines(html_to_text(mail.html)) if mail.html else frozenset()
