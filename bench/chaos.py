@@ -25,7 +25,7 @@ from pathlib import Path
 
 import harness  # puts tests/ on the path for what follows
 
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.demo.run import compose
 from support.servers import DovecotServer, RedisServer
 

@@ -40,7 +40,7 @@ import harness  # puts tests/ on the path for what follows
 from harness import pct
 from prometheus_client.parser import text_string_to_metric_families
 
-from csm_router.demo.embedded import Received, RecordingSmtp
+from csm_router.demo.relay import Received, RecordingSmtp
 from csm_router.demo.run import compose
 from support.servers import DovecotServer, RedisServer, free_ports
 

@@ -33,7 +33,7 @@ from typing import Any
 import harness  # puts tests/ on the path for what follows
 from harness import pct
 
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.demo.run import compose
 from support.servers import DovecotServer, RedisServer
 

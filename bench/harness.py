@@ -15,7 +15,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from csm_router.demo.embedded import RecordingSmtp  # noqa: E402
+from csm_router.demo.relay import RecordingSmtp  # noqa: E402
 from support.servers import DovecotServer, RedisServer, grant_traverse  # noqa: E402
 
 # `--product-src DIR`: run the product's processes from another checkout's src/ (say, the

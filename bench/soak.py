@@ -38,7 +38,7 @@ import harness  # puts tests/ on the path for what follows
 import redis as redis_lib
 from chaos import Fleet
 
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.demo.run import compose
 from support.product import GENUINE
 from support.servers import DovecotServer, RedisServer

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import pytest
 
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from support.servers import (
     DovecotServer,
     Mailbox,

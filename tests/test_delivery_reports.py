@@ -13,7 +13,7 @@ from csm_router.config import Address
 from csm_router.core.decide import decide
 from csm_router.core.decision import Action
 from csm_router.core.message import parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.mail.keyed import (
     SECRET_KEY,
     forward_token,

@@ -19,7 +19,7 @@ from csm_router.cli import main as cli
 from csm_router.config import load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.lead import report
 from csm_router.lead.digest import BAR_WIDTH, LABEL, ROW, bars, drawable, due_week, render_digest
 from csm_router.runtime import Runtime

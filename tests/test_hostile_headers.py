@@ -12,7 +12,7 @@ import pytest
 
 from csm_router.config import Address, PoolMember, parse_server_url
 from csm_router.core.message import Inbound, parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.errors import PermanentError, UnsendableError
 from csm_router.mail.headers import MAX_LINE, check_lines, header_text
 from csm_router.mail.outbound import Mailer, render_forward, render_notice, smtp_error

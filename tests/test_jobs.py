@@ -11,7 +11,7 @@ from csm_router.app.worker import run_worker
 from csm_router.config import Settings, load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.errors import PermanentError, TransientError
 from csm_router.runtime import Runtime, record_decision
 from csm_router.sends import jobs

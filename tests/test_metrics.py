@@ -20,7 +20,7 @@ from csm_router.app.web import create_app, health_url, serve
 from csm_router.config import ConfigError, load_settings, parse_bind
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.runtime import Runtime
 from csm_router.sends import jobs
 from csm_router.state.outbox import Heartbeat

@@ -13,7 +13,7 @@ import pytest
 
 from csm_router.config import Address, PoolMember, parse_server_url
 from csm_router.core.message import parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.errors import PermanentError
 from csm_router.mail.outbound import (
     EarlierThread,

@@ -17,7 +17,7 @@ from csm_router.app.worker import run_worker
 from csm_router.config import ConfigError
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.runtime import Runtime
 from csm_router.sends import handoff, jobs
 from csm_router.sends import once as sending

@@ -16,7 +16,8 @@ from csm_router.config import load_settings
 from csm_router.core.auth import verify_sender
 from csm_router.core.decide import decide
 from csm_router.core.message import Inbound, parse
-from csm_router.demo.embedded import EmbeddedImap, RecordingSmtp
+from csm_router.demo.imap import EmbeddedImap
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.demo.run import compose
 from csm_router.errors import TransientError, server_fault
 from csm_router.mail.mailbox import Mailbox

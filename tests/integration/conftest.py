@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from support.product import AUTHSERV, POOL, Product
 from support.servers import Mailbox
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_router.demo.embedded import Received
+from csm_router.demo.relay import Received
 from support.product import ALICE, BOB, CAROL, Product, body_of
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from test_processes import start, stop
 
-from csm_router.demo.embedded import Received
+from csm_router.demo.relay import Received
 from support.product import Product
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import redis as redis_lib
 from test_faults import running
 from test_processes import kill, start
 
-from csm_router.demo.embedded import Received
+from csm_router.demo.relay import Received
 from support.product import ALICE, BOB, CAROL, Product
 from support.servers import RedisServer, master_and_replica, wait_until
 

@@ -24,7 +24,7 @@ from test_processes import kill, start
 from csm_router.config import load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.runtime import Runtime
 from csm_router.sends import jobs
 from csm_router.state.store import message_key

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from csm_router.core.message import parse
-from csm_router.demo.embedded import Received
+from csm_router.demo.relay import Received
 from csm_router.state.store import message_key
 from support.product import ALICE, BOB, CAROL, Product, body_of, customer_mail
 

@@ -23,7 +23,7 @@ import pytest
 from test_processes import start, stop
 from test_web import get, scrape, until
 
-from csm_router.demo.embedded import Received
+from csm_router.demo.relay import Received
 from csm_router.lead.statuspage import span
 from support.product import ALICE, BOB, CAROL, Product
 from support.servers import free_ports

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from csm_router.demo.embedded import RecordingSmtp
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.state.processes import processes
 from support.product import customer_mail
 from support.servers import Mailbox, RedisServer, free_ports, wait_until

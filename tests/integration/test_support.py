@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from csm_router.demo.embedded import Received
+from csm_router.demo.relay import Received
 from support.product import (
     ALICE,
     AUTHSERV,

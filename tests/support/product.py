@@ -10,7 +10,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from csm_router.demo.embedded import Received, RecordingSmtp
+from csm_router.demo.relay import Received, RecordingSmtp
 from csm_router.demo.run import compose
 from support.servers import Mailbox
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import redis
 from imapclient import IMAPClient
 
-from csm_router.demo.embedded import Service
+from csm_router.demo.service import Service
 
 HOST = "127.0.0.1"
 TEST_COMMAND_HINT = (

@@ -21,7 +21,8 @@ from rq import SimpleWorker
 from csm_router.app.router import Router
 from csm_router.config import Settings, load_settings
 from csm_router.core.rules.automatic import OWN_HEADER
-from csm_router.demo.embedded import EmbeddedImap, Received, RecordingSmtp
+from csm_router.demo.imap import EmbeddedImap
+from csm_router.demo.relay import Received, RecordingSmtp
 from csm_router.mail.mailbox import Mailbox
 from csm_router.mail.outbound import render
 from csm_router.runtime import Runtime
