@@ -58,6 +58,16 @@ local function release(id)
   redis.call('HDEL', ekey(id), 'sending', 'write_by')
 end
 
+-- The attempt failed (to be retried, or for good): counted as it ends, like `finish`'s.
+-- Answers the attempts made so far.
+local function failed(id)
+  release(id)
+  local kind = redis.call('HGET', ekey(id), 'kind')
+  count('attempt', kind)
+  count('failure', kind)
+  return redis.call('HINCRBY', ekey(id), 'attempts', 1)
+end
+
 -- Offer due entries (of d.ids, or any) in jobs of up to d.batch entries per queue: the
 -- caller enqueues each job. Every entry remembers the job that carries it.
 if d.op == 'offer' then
@@ -154,10 +164,7 @@ elseif d.op == 'retry' then
   if redis.call('HGET', ekey(d.id), 'state') ~= 'pending' then
     return cjson.encode({state = 'gone'})
   end
-  release(d.id)
-  count('attempt', redis.call('HGET', ekey(d.id), 'kind'))
-  count('failure', redis.call('HGET', ekey(d.id), 'kind'))
-  local n = redis.call('HINCRBY', ekey(d.id), 'attempts', 1)
+  local n = failed(d.id)
   redis.call('HSET', ekey(d.id), 'error', d.error)
   redis.call('ZADD', OUTBOX, d.now + d.delay, d.id)
   return cjson.encode({state = 'pending', attempts = n})
@@ -167,10 +174,7 @@ elseif d.op == 'dead' then
     return cjson.encode({state = 'gone'})
   end
   redis.call('ZREM', OUTBOX, d.id)
-  release(d.id)
-  count('attempt', redis.call('HGET', ekey(d.id), 'kind'))
-  count('failure', redis.call('HGET', ekey(d.id), 'kind'))
-  redis.call('HINCRBY', ekey(d.id), 'attempts', 1)
+  failed(d.id)
   redis.call('HSET', ekey(d.id), 'state', 'dead', 'error', d.error, 'dead', d.now)
   redis.call('EXPIRE', ekey(d.id), d.keep_dead)
   redis.call('ZADD', DEAD, d.now, d.id)
