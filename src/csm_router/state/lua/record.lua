@@ -39,11 +39,6 @@ end
 local function finish(state, ref, owner, extra)
   owe_followup(ref)
   tally(state, owner)
-  if (d.raw_ttl or 0) > 0 and state == 'held' then
-    redis.call('SET', P .. 'raw:' .. d.msgkey, ARGV[2])  -- until released (common.lua hold)
-  elseif (d.raw_ttl or 0) > 0 then
-    redis.call('SET', P .. 'raw:' .. d.msgkey, ARGV[2], 'EX', d.raw_ttl)
-  end
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
     'action', d.action, 'rule', d.rule, 'why', d.why, 'at', d.now,
     'message_id', d.message_id or '', 'uid', d.uid or '', 'subject', d.subject or '',
@@ -61,6 +56,21 @@ end
 
 local ref = v(d.ref)
 local command = v(d.command)
+
+-- No sequence: Redis lost its data since a router last looked. INCR would start at 1
+-- and hand out references customers already hold; the router numbers again first. Asked
+-- before anything is written, as an error undoes none of a script's writes.
+if not ref and (d.action == 'forward' or d.action == 'support')
+    and redis.call('EXISTS', P .. 'seq') == 0 then
+  return redis.error_reply('NOSEQ no thread numbering in Redis (was its data lost?): '
+    .. 'the router starts it again above every earlier reference')
+end
+
+-- The message's bytes, for its forward and a later reader of the thread, end with
+-- `raw_ttl`; a thread held with them owed keeps them until released (common.lua `hold`).
+if (d.raw_ttl or 0) > 0 then
+  redis.call('SET', P .. 'raw:' .. d.msgkey, ARGV[2], 'EX', d.raw_ttl)
+end
 
 if d.action == 'ignore' or d.action == 'quarantine' then
   if ref then
@@ -156,12 +166,6 @@ end
 -- d.action == 'forward' or 'support': a customer's message, in a new or known thread
 local new = false
 if not ref then
-  -- No sequence: Redis lost its data since a router last looked. INCR would start at 1
-  -- and hand out references customers already hold; the router numbers again first.
-  if redis.call('EXISTS', P .. 'seq') == 0 then
-    return redis.error_reply('NOSEQ no thread numbering in Redis (was its data lost?): '
-      .. 'the router starts it again above every earlier reference')
-  end
   ref = redis.call('INCR', P .. 'seq')
   new = true
   redis.call('HSET', P .. 'thread:' .. ref, 'ref', ref, 'customer', d.customer,
