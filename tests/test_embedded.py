@@ -24,11 +24,11 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 from rich.console import Console
 
-from csm_router.cli.figures import duration
 from csm_router.demo.imap import EmbeddedImap
 from csm_router.demo.relay import Received, RecordingSmtp
 from csm_router.demo.run import Demo, tell
 from csm_router.lead import poolstatus, report
+from csm_router.lead.statuspage import duration
 from csm_router.state import pool
 
 USER = "success@acme.com"

@@ -18,7 +18,7 @@ from rich.table import Table
 from csm_router.cli import shared as cli_shared
 from csm_router.cli.shared import for_json, out
 from csm_router.lead import poolstatus
-from csm_router.lead.statuspage import span
+from csm_router.lead.statuspage import duration
 from csm_router.runtime import Runtime
 from csm_router.state import pool
 from csm_router.terminal import inert
@@ -75,11 +75,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     if failed:
         out.print(f"[red]sends that failed for good: {failed}[/] (see `csm-router failed`)")
     return 0
-
-
-def duration(seconds: float | None) -> str:
-    """`13 s`, `12 min`, `3 h 5 min`; "-" for none."""
-    return span(seconds) if seconds is not None else "-"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from rich.panel import Panel
 
-from csm_router.cli.figures import duration
 from csm_router.demo.run import ALIAS, GENUINE, Demo, body_text, compose
 from csm_router.lead import poolstatus
+from csm_router.lead.statuspage import duration
 from csm_router.sends import jobs
 from csm_router.state import pool
 

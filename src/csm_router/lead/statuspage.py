@@ -61,6 +61,12 @@ def span(seconds: float) -> str:
     return f"{days} d {hours} h" if hours else f"{days} d"
 
 
+def duration(seconds: float | None) -> str:
+    """A figure's duration, as the tables show it: `13 s`, `12 min`, `3 h 5 min`; "-" for
+    none."""
+    return span(seconds) if seconds is not None else "-"
+
+
 def relative(at: float, now: float) -> str:
     """`12 min ago` or `in 3 h`."""
     return f"in {span(at - now)}" if at > now else f"{span(now - at)} ago"
