@@ -26,7 +26,7 @@ from pathlib import Path
 import harness  # puts tests/ on the path for what follows
 
 from csm_router.demo.relay import RecordingSmtp
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from support.servers import DovecotServer, RedisServer
 
 USER = "success@acme.com"

@@ -41,7 +41,7 @@ from harness import pct
 from prometheus_client.parser import text_string_to_metric_families
 
 from csm_router.demo.relay import Received, RecordingSmtp
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from support.servers import DovecotServer, RedisServer, free_ports
 
 ALIAS = "success@acme.com"

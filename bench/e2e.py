@@ -34,7 +34,7 @@ import harness  # puts tests/ on the path for what follows
 from harness import pct
 
 from csm_router.demo.relay import RecordingSmtp
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from support.servers import DovecotServer, RedisServer
 
 POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"

@@ -39,7 +39,7 @@ import redis as redis_lib
 from chaos import Fleet
 
 from csm_router.demo.relay import RecordingSmtp
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from support.product import GENUINE
 from support.servers import DovecotServer, RedisServer
 

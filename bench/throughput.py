@@ -30,7 +30,7 @@ from rq import SimpleWorker
 from csm_router.app.router import Router
 from csm_router.config import load_settings
 from csm_router.demo.relay import RecordingSmtp
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from csm_router.mail.mailbox import Mailbox
 from csm_router.runtime import Runtime
 from csm_router.sends import jobs

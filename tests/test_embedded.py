@@ -26,7 +26,8 @@ from rich.console import Console
 
 from csm_router.demo.imap import EmbeddedImap
 from csm_router.demo.relay import Received, RecordingSmtp
-from csm_router.demo.run import Demo, tell
+from csm_router.demo.run import tell
+from csm_router.demo.stage import Demo
 from csm_router.lead import poolstatus, report
 from csm_router.lead.statuspage import duration
 from csm_router.state import pool

@@ -9,7 +9,7 @@ import pytest
 
 from csm_router.config import parse_server_url
 from csm_router.demo.imap import EmbeddedImap
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from csm_router.mail.mailbox import FETCH_BATCH, FETCH_BATCH_BYTES, Mailbox
 from support.servers import fetch_with_limit
 

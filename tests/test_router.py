@@ -18,7 +18,7 @@ from csm_router.core.decide import decide
 from csm_router.core.message import Inbound, parse
 from csm_router.demo.imap import EmbeddedImap
 from csm_router.demo.relay import RecordingSmtp
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from csm_router.errors import TransientError, server_fault
 from csm_router.mail.mailbox import Mailbox
 from csm_router.runtime import Runtime, record_decision

@@ -11,7 +11,7 @@ from typing import Any
 import redis as redis_lib
 
 from csm_router.demo.relay import Received, RecordingSmtp
-from csm_router.demo.run import compose
+from csm_router.demo.stage import compose
 from support.servers import Mailbox
 
 POOL = "Alice Smith <alice@acme.com>*2, Bob Jones <bob@acme.com>, Carol Diaz <carol@acme.com>"

@@ -16,8 +16,7 @@ import uvicorn
 from rich.panel import Panel
 
 from csm_router.app.web import create_app
-from csm_router.demo.run import WIDTH, Demo
-from csm_router.demo.story import lead_day
+from csm_router.demo.stage import WIDTH, Demo, lead_day
 
 PAGE_LINES = 22  # of the status page's text; the rest is in the browser
 NEXT = (
