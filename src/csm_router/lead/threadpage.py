@@ -2,7 +2,7 @@
 messages with whether each one's forward went out, and the replies, read at request time.
 
 A message's sends are found without scanning: the outbox names each entry by what makes
-it unique (lua/common.lua `owe`: kind, then a digest of the message key, the CSM and the
+it unique (lua/owe.lua `owe`: kind, then a digest of the message key, the CSM and the
 cause), and the message's record says which sends its decision implied (`followup`).
 """
 
@@ -27,7 +27,7 @@ GENERATION = re.compile(r"-g\d+$")
 
 
 def digest(value: str) -> str:
-    """lua/common.lua's `digest`: two 31-bit polynomial hashes of the bytes, in hex."""
+    """lua/owe.lua's `digest`: two 31-bit polynomial hashes of the bytes, in hex."""
     a, b = 7, 11
     for byte in value.encode():
         a = (a * 131 + byte) % 2147483629

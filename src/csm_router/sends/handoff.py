@@ -1,6 +1,6 @@
 """The Support handoff as outbox kinds: the handoff, the customer's note, the CSM's copy.
 
-Each is an entry of its own, owed with the decision (lua/common.lua `owe_support`): a
+Each is an entry of its own, owed with the decision (lua/owe.lua `owe_support`): a
 customer's mailbox refusing the note is a dead letter of its own and leaves the thread
 with Support, who have the request.
 """

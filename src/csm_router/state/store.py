@@ -175,12 +175,13 @@ class Store(SnapshotReader):
     # -- scripts --------------------------------------------------------------------
 
     def run_script(self, name: str, payload: dict[str, Any], *extra: bytes) -> Any:
-        """Run `lua/<name>.lua` (after `lua/common.lua`) with `payload` (and `extra`
-        binary arguments); answers its JSON."""
+        """Run `lua/<name>.lua` (after `lua/common.lua` and `lua/owe.lua`) with `payload`
+        (and `extra` binary arguments); answers its JSON."""
         script = self._scripts.get(name)
         if script is None:
             lua = resources.files("csm_router.state") / "lua"
-            source = (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+            source = "\n".join((lua / part).read_text()
+                               for part in ("common.lua", "owe.lua", f"{name}.lua"))
             script = self._scripts[name] = self.redis.register_script(source)
         settings = self.settings
         now = payload.setdefault("now", time.time())
