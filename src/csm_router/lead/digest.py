@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from csm_router.config import Settings
 from csm_router.lead import report
 from csm_router.lead.report import Report
-from csm_router.lead.statuspage import span
+from csm_router.lead.statuspage import duration, span
 from csm_router.mail.outbound import message_id_for, render, stamp, when
 from csm_router.state.pool import PoolError
 from csm_router.state.store import Store
@@ -159,11 +159,6 @@ def render_digest(settings: Settings, report: Report, week: str) -> EmailMessage
     assert isinstance(html, EmailMessage)
     html.add_related(chart_png(rows), "image", "png", cid=chart, filename="chart.png")
     return out
-
-
-def duration(seconds: float | None) -> str:
-    """A first response as the tables show it: `13 s`, `12 min`; "-" for none."""
-    return "-" if seconds is None else span(seconds)
 
 
 def compose(store: Store, week: str, since: date, until: date) -> EmailMessage:
