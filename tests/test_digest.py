@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from csm_router.cli import figures as cli_figures
-from csm_router.cli import main as cli
+from csm_router.cli.main import main as cli_main
 from csm_router.config import load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
@@ -125,14 +125,14 @@ def test_report_json_gives_the_same_figures(
     seeded: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(cli_figures, "_runtime", lambda: seeded)
-    assert cli.main(["report", "--since", "2026-11-16", "--until", "2026-11-23",
+    assert cli_main(["report", "--since", "2026-11-16", "--until", "2026-11-23",
                      "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == figures(seeded).as_dict()
     alice = next(c for c in printed["csms"] if c["address"] == ALICE)
     assert (alice["taken"], alice["replies"], alice["reassigned_in"]) == (2, 3, 0)
     assert [a["account"] for a in printed["accounts"] if a["flagged"]] == ["globex.com"]
-    assert cli.main(["report", "--since", "2026-11-16", "--until", "2026-11-23",
+    assert cli_main(["report", "--since", "2026-11-16", "--until", "2026-11-23",
                      "--csv"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("kind,address,taken,replies,")
@@ -143,7 +143,7 @@ def test_report_refuses_a_period_that_ends_before_it_starts(
     seeded: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(cli_figures, "_runtime", lambda: seeded)
-    assert cli.main(["report", "--since", "2026-11-23", "--until", "2026-11-16"]) == 1
+    assert cli_main(["report", "--since", "2026-11-23", "--until", "2026-11-16"]) == 1
     assert "--until must be after --since" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ import fakeredis
 import pytest
 
 from csm_router.cli import figures as cli_figures
-from csm_router.cli import main as cli
+from csm_router.cli.main import main as cli_main
 from csm_router.config import load_settings
 from csm_router.lead import digest, poolstatus, report
 from csm_router.lead.metrics import RedisCollector
@@ -214,18 +214,18 @@ def test_a_13_second_first_response_reads_13_s_and_stays_a_number_in_json(
     monkeypatch.setattr(cli_figures, "_runtime", lambda: rt)
     monkeypatch.setenv("COLUMNS", "200")
     today = datetime.fromtimestamp(now, rt.settings.report_zone).date()
-    assert cli.main(["status"]) == 0
+    assert cli_main(["status"]) == 0
     shown = capsys.readouterr().out
     alice = next(line for line in shown.splitlines() if ALICE in line)
     assert "13 s" in alice and "0 min" not in alice
-    assert cli.main(["report", "--since", today.isoformat()]) == 0
+    assert cli_main(["report", "--since", today.isoformat()]) == 0
     shown = capsys.readouterr().out
     assert "13 s" in next(line for line in shown.splitlines() if ALICE in line)
-    assert cli.main(["report", "--since", today.isoformat(), "--json"]) == 0
+    assert cli_main(["report", "--since", today.isoformat(), "--json"]) == 0
     row = next(c for c in json.loads(capsys.readouterr().out)["csms"] if c["address"] == ALICE)
     assert row["median_first_response_seconds"] == 13.0
     assert row["median_first_response_minutes"] == pytest.approx(13 / 60, abs=0.01)
-    assert cli.main(["status", "--json"]) == 0
+    assert cli_main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     alice_status = next(r for r in status["pool"] if r["address"] == ALICE)
     assert alice_status["median_first_response_seconds"] == 13.0
@@ -240,25 +240,25 @@ def test_report_and_status_name_the_leads_zone_and_what_overdue_means(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        cli.main(["report", "--help"])
+        cli_main(["report", "--help"])
     helped = capsys.readouterr().out
     assert "(UTC)" not in helped and "lead's time zone" in helped
     monkeypatch.setattr(cli_figures, "_runtime", lambda: rt)
     monkeypatch.setenv("COLUMNS", "200")
-    assert cli.main(["report", "--since", "2026-11-30", "--until", "2026-12-07",
+    assert cli_main(["report", "--since", "2026-11-30", "--until", "2026-12-07",
                      "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["zone"] == "Europe/Berlin"
     assert printed["since_utc"] == "2026-11-29T23:00:00+00:00"  # midnight in Berlin
     assert printed["until_utc"] == "2026-12-06T23:00:00+00:00"
     assert all({"went_overdue", "overdue", "in_pool"} <= set(c) for c in printed["csms"])
-    assert cli.main(["report", "--since", "2026-11-30", "--until", "2026-12-07"]) == 0
+    assert cli_main(["report", "--since", "2026-11-30", "--until", "2026-12-07"]) == 0
     table = capsys.readouterr().out
     assert "Europe/Berlin" in table and "went overdue" in table
-    assert cli.main(["status"]) == 0
+    assert cli_main(["status"]) == 0
     table = capsys.readouterr().out
     assert "overdue now" in table and "taken today" in table and "Europe/Berlin" in table
-    assert cli.main(["status", "--json"]) == 0
+    assert cli_main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["zone"] == "Europe/Berlin"
     assert all({"overdue_now", "overdue", "taken_today", "assigned_today"} <= set(r)
@@ -315,7 +315,7 @@ def test_a_malformed_week_is_one_line_and_exit_1(
     capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(cli_figures, "_runtime", lambda: rt)
-    assert cli.main(["digest", "--preview", "--week", week, "--output", str(tmp_path)]) == 1
+    assert cli_main(["digest", "--preview", "--week", week, "--output", str(tmp_path)]) == 1
     said = capsys.readouterr().err.strip()
     assert len(said.splitlines()) == 1 and "ISO week such as 2026-W49" in said
     assert list(tmp_path.iterdir()) == []
@@ -326,7 +326,7 @@ def test_digest_preview_prints_the_paths_it_wrote(
     capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(cli_figures, "_runtime", lambda: rt)
-    assert cli.main(["digest", "--preview", "--week", "2026-W49", "--output",
+    assert cli_main(["digest", "--preview", "--week", "2026-W49", "--output",
                      str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / "out" / "csm-digest-2026-W49.eml"),

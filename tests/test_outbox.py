@@ -19,8 +19,8 @@ from csm_router.core.decide import decide
 from csm_router.core.message import parse
 from csm_router.demo.relay import RecordingSmtp
 from csm_router.runtime import Runtime
-from csm_router.sends import handoff, jobs
-from csm_router.sends import once as sending
+from csm_router.sends import handoff, jobs, once
+from csm_router.state import outbox as outbox_module
 from csm_router.state.outbox import (
     RETRY_DELAYS,
     Heartbeat,
@@ -260,6 +260,25 @@ def test_an_offer_reads_the_job_status_and_finds_a_lost_job(rt: Runtime) -> None
     assert rt.outbox.offer(now=3 * 10**10) == 1
 
 
+def test_a_job_queued_under_an_older_release_path_is_offered_again_under_todays(
+    rt: Runtime, smtp: RecordingSmtp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the package had parts, the job was `csm_router.jobs.perform`. A queue written
+    # by that release and read by this one fails the job; the entry stays owed.
+    _, (entry_id,) = record(rt)
+    with monkeypatch.context() as old_release:
+        old_release.setattr(outbox_module, "PERFORM", "csm_router.jobs.perform")
+        assert rt.outbox.offer() == 1
+        old_job = rt.redis.hget(key("outbox", "e", entry_id), "job").decode()
+    run_worker(rt, burst=True)
+    assert rt.redis.hget(f"rq:job:{old_job}", "status") == b"failed"  # no such module
+    assert smtp.messages == [] and rt.outbox.pending() == 1
+    assert rt.outbox.offer(now=10**10) == 1  # its lease ran out: offered anew
+    run_worker(rt, burst=True)
+    (forward,) = smtp.messages
+    assert forward.rcpt_tos == [ALICE] and rt.outbox.pending() == 0
+
+
 def test_a_plain_rq_worker_does_nothing_and_leaves_the_entry_owed(
     rt: Runtime, smtp: RecordingSmtp, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -313,7 +332,7 @@ def test_a_send_whose_record_failed_is_recorded_once_redis_is_back(
     beat = Heartbeat(rt.store)
     beat.beat()
     assert rt.outbox.take(entry_id, beat.holder) is not None
-    attempt = sending.begin(entry_id, beat.holder)
+    attempt = once.begin(entry_id, beat.holder)
     attempt.write_by = time.time()  # no time left to wait for Redis
     recorded = rt.outbox.sent
 
@@ -323,12 +342,12 @@ def test_a_send_whose_record_failed_is_recorded_once_redis_is_back(
     try:
         monkeypatch.setattr(rt.outbox, "sent", redis_away)
         with pytest.raises(redis.ConnectionError):
-            sending.record(rt, "<gone@acme.com>")
+            once.record(rt, "<gone@acme.com>")
         assert attempt.uncertain(redis.ConnectionError())  # sent: never retried blind
         monkeypatch.setattr(rt.outbox, "sent", recorded)  # Redis is back
-        assert sending.flush() == 0
+        assert once.flush() == 0
     finally:
-        sending.end()
+        once.end()
     assert rt.redis.hget(key("outbox", "e", entry_id), "state") == b"done"
     assert rt.redis.exists(key("sent", "<gone@acme.com>"))
 

@@ -14,8 +14,7 @@ from rq import SimpleWorker
 from csm_router.errors import Backoff
 from csm_router.mail.outbound import warm_up
 from csm_router.runtime import Runtime, stop_on_signals
-from csm_router.sends import jobs
-from csm_router.sends import once as sending
+from csm_router.sends import jobs, once
 from csm_router.state.durability import watch
 from csm_router.state.outbox import QUEUES, Heartbeat, Pump, WorkerNameTakenError, retry_delays
 from csm_router.state.processes import forget_stale
@@ -78,7 +77,7 @@ def run_worker(
     named = False
     rq_connection = rt.rq_client()  # one for the process: each outage would leak a pool
     while not stop.is_set():
-        pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS, each_round=sending.flush)
+        pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS, each_round=once.flush)
         worker: _Worker | None = None
         try:
             if not named:
