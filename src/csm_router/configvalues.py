@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -27,6 +28,8 @@ class ServerUrl:
     password: str = field(default="", repr=False)
     path: str = ""
     allow_plaintext: bool = False
+    # OAuth 2.0 instead of the password: answers a current access token (SASL XOAUTH2).
+    token: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def tls(self) -> bool:

@@ -106,11 +106,18 @@ class Mailbox:
 
     def _login(self, client: IMAPClient) -> None:
         try:
-            client.login(self.url.username, self.url.password)
+            if self.url.token is not None:
+                client.oauth2_login(self.url.username, self.url.token())
+            else:
+                client.login(self.url.username, self.url.password)
         except LoginError as exc:
             if _server_trouble(exc):
                 raise TransientError(f"IMAP {self.url.host}:{self.url.port} cannot log in "
                                      f"now: {exc}") from None
+            if self.url.token is not None:
+                raise RefusedError(f"the IMAP server refused the OAuth token for "
+                                   f"{self.url.username}: check that the app may open this "
+                                   "mailbox, and the user in ROUTER_IMAP_URL") from None
             raise RefusedError(f"the IMAP server refused the login for {self.url.username}: "
                                "check the user and password in ROUTER_IMAP_URL") from None
 

@@ -43,7 +43,10 @@ async def smtp_session(smtp: ServerUrl, timeout: float = 60) -> AsyncIterator[ai
                 await client.starttls()
             elif smtp.starttls_required:
                 raise PermanentError(smtp.plaintext_refused("SMTP"))
-        if smtp.username:
+        if smtp.token is not None:
+            # Getting a token may wait on the identity provider: not on the event loop.
+            await client.auth_xoauth2(smtp.username, await asyncio.to_thread(smtp.token))
+        elif smtp.username:
             await client.login(smtp.username, smtp.password)
         yield client
 
@@ -54,6 +57,10 @@ def smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
         codes = [r.code for r in exc.recipients]
         error = TransientError if all(400 <= c < 500 for c in codes) else PermanentError
         return error(f"SMTP refused recipients: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError) and smtp.token is not None:
+        return PermanentError(f"SMTP login to {smtp} refused the OAuth token ({exc.code} "
+                              f"{exc.message}): check that the app may send as "
+                              f"{smtp.username}")
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         return PermanentError(f"SMTP login to {smtp} refused ({exc.code} {exc.message}): "
                               "check the user and password in ROUTER_SMTP_URL")
