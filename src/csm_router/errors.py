@@ -6,7 +6,12 @@ import redis
 
 
 class TransientError(Exception):
-    """Worth retrying later: a server is down, busy, or said 4xx."""
+    """Worth retrying later: a server is down, busy, or said 4xx; `retry_after`, when
+    the server said how long to wait (a throttled mailbox), in seconds."""
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
 
 
 class PermanentError(Exception):

@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from imapclient import IMAPClient
@@ -17,6 +17,13 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from csm_router.config import ServerUrl
 from csm_router.errors import RefusedError, TransientError
+from csm_router.mail.imapfaults import (
+    NETWORK_ERRORS,
+    FetchError,
+    server_trouble,
+    suggested_backoff,
+    transient,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,23 +32,27 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 50
 FETCH_BATCH_BYTES = 8 * 1024 * 1024
 SIZE_BATCH = 1000
-# RFC 2177: clients should re-issue IDLE at least every 29 minutes.
-MAX_IDLE_SECONDS = 29 * 60
+# Exchange Online stops pushing during a long IDLE without a word, and a connection can
+# die without either side hearing of it: IDLE is ended and the connection asked (NOOP)
+# this often, and a wait lasts at most MAX_IDLE_SECONDS before the folder is searched.
+IDLE_CHECK_SECONDS = 45.0
+MAX_IDLE_SECONDS = 9 * 60
+# How long DONE and that NOOP may each take before the connection is called dead.
+CHECK_TIMEOUT_SECONDS = 10.0
 QUARANTINED_FLAG = b"$CsmQuarantined"
 # Set on every message once its decision is in Redis: if Redis ever loses its data, the
 # next start routes only mail that was never routed.
 ROUTED_FLAG = b"$CsmRouted"
 
-_NETWORK_ERRORS = (OSError, socket.timeout, ssl.SSLError, imaplib.IMAP4.abort, IMAPClientError)
-
-
-# RFC 5530 codes (and BYE) for a server's own trouble: worth waiting out, whatever the verb.
-_SERVER_TROUBLE = ("UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT", "BYE")
-
-
-def _server_trouble(exc: Exception) -> bool:
-    said = str(exc).upper()
-    return any(code in said for code in _SERVER_TROUBLE)
+def _drop(client: IMAPClient | None) -> None:
+    """Log out, waiting on a server that may be gone no longer than a check would."""
+    if client is None:
+        return
+    with contextlib.suppress(*NETWORK_ERRORS):
+        client.socket().settimeout(CHECK_TIMEOUT_SECONDS)
+        client.logout()
+    with contextlib.suppress(*NETWORK_ERRORS):
+        client.shutdown()  # a logout that failed half-way leaves the socket open
 
 
 class Mailbox:
@@ -71,7 +82,10 @@ class Mailbox:
 
     def connect(self) -> None:
         """Log in and select the folder; raises TransientError, or RefusedError for what
-        only a corrected ROUTER_IMAP_URL fixes."""
+        only a corrected ROUTER_IMAP_URL fixes. A connection already open is closed first,
+        and one that fails half-way is closed too: a process never holds two."""
+        self.close()
+        client: IMAPClient | None = None
         try:
             client = IMAPClient(
                 self.url.host,
@@ -89,15 +103,21 @@ class Mailbox:
                     client.shutdown()
                     raise RefusedError(self.url.plaintext_refused("IMAP"))
             self._login(client)
+            self._refuse_all_mail(client)
             selected = self._select(client)
             if not client.folder_exists(self.quarantine_folder):
                 self._create_quarantine(client)
-        except RefusedError:
-            with contextlib.suppress(*_NETWORK_ERRORS):
-                client.logout()
+        except NETWORK_ERRORS as exc:
+            _drop(client)
+            raise transient(f"IMAP {self.url.host}:{self.url.port}", exc) from None
+        except TransientError as exc:
+            _drop(client)
+            if exc.retry_after is None:  # a throttled login says how long to wait
+                exc.retry_after = suggested_backoff(str(exc))
             raise
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP {self.url.host}:{self.url.port}: {exc}") from None
+        except BaseException:
+            _drop(client)
+            raise
         self._client = client
         self.uidvalidity = int(selected[b"UIDVALIDITY"])
         self.uidnext = int(selected.get(b"UIDNEXT") or 0)
@@ -111,7 +131,7 @@ class Mailbox:
             else:
                 client.login(self.url.username, self.url.password)
         except LoginError as exc:
-            if _server_trouble(exc):
+            if server_trouble(exc):
                 raise TransientError(f"IMAP {self.url.host}:{self.url.port} cannot log in "
                                      f"now: {exc}") from None
             if self.url.token is not None:
@@ -121,6 +141,16 @@ class Mailbox:
             raise RefusedError(f"the IMAP server refused the login for {self.url.username}: "
                                "check the user and password in ROUTER_IMAP_URL") from None
 
+    def _refuse_all_mail(self, client: IMAPClient) -> None:
+        """Gmail's All Mail (special-use \\All) shows every message once under each of its
+        labels: routing from it would route each message several times."""
+        for flags, _, name in client.list_folders(pattern=self.folder):
+            if name == self.folder and b"\\all" in (bytes(f).lower() for f in flags):
+                raise RefusedError(
+                    f"ROUTER_IMAP_URL names folder {self.folder}, which holds all the mail "
+                    f"of {self.url.username} (\\All), every message once per label: name "
+                    "the folder (label) the alias's mail is delivered to")
+
     def _select(self, client: IMAPClient) -> dict[bytes, Any]:
         try:
             selected: dict[bytes, Any] = client.select_folder(self.folder)
@@ -129,7 +159,7 @@ class Mailbox:
         except IMAPClientError as exc:
             # A NO: asked once more, by name, whether the folder is there at all; a server
             # in trouble (or a folder it cannot open just now) is waited out like a drop.
-            if not _server_trouble(exc) and not client.folder_exists(self.folder):
+            if not server_trouble(exc) and not client.folder_exists(self.folder):
                 raise RefusedError(f"ROUTER_IMAP_URL names folder {self.folder}, which does "
                                    f"not exist on {self.url.host}") from None
             raise
@@ -142,7 +172,7 @@ class Mailbox:
             raise
         except IMAPClientError as exc:
             # Another router may have made it meanwhile; otherwise the name is refused.
-            if _server_trouble(exc):
+            if server_trouble(exc):
                 raise
             if client.folder_exists(self.quarantine_folder):
                 return
@@ -156,14 +186,12 @@ class Mailbox:
         client, self._client = self._client, None
         if client is None:
             return
-        try:
-            if self._idle:
-                client.idle_done()
-            client.logout()
-        except _NETWORK_ERRORS:
-            pass  # the connection is going away either way
-        finally:
+        if self._idle:
             self._idle = False
+            with contextlib.suppress(*NETWORK_ERRORS):  # going away either way
+                client.socket().settimeout(CHECK_TIMEOUT_SECONDS)
+                client.idle_done()
+        _drop(client)
 
     def new_uids(self, after: int) -> list[int]:
         """UIDs above `after`, ascending."""
@@ -173,8 +201,8 @@ class Mailbox:
             self.client.noop()
             # "n:*" always matches the last message even when its UID is below n (RFC 3501).
             uids = self.client.search(["UID", f"{after + 1}:*"])
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP search: {exc}") from None
+        except NETWORK_ERRORS as exc:
+            raise transient("IMAP search", exc) from None
         return sorted(uid for uid in uids if uid > after)
 
     def starting_uids(self) -> tuple[list[int], int]:
@@ -191,45 +219,53 @@ class Mailbox:
             top = max(self.client.search(["ALL"]), default=0)
             unseen = self.client.search(["UNSEEN", "UNKEYWORD", ROUTED_FLAG.decode(),
                                          "UNKEYWORD", QUARANTINED_FLAG.decode()])
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP search: {exc}") from None
+        except NETWORK_ERRORS as exc:
+            raise transient("IMAP search", exc) from None
         return sorted(uid for uid in unseen if uid <= top), top
 
-    def fetch(self, uids: list[int], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    def fetch(
+        self, uids: list[int], max_bytes: int, *, skip: Collection[int] = (),
+        batch: int = FETCH_BATCH,
+    ) -> Iterator[tuple[int, bytes | None]]:
         """(uid, raw bytes) of each message in UID order, without setting \\Seen.
 
-        Sizes are asked first, so a message over `max_bytes` is never downloaded: it comes
-        as (uid, None). Bodies come in batches bounded by count and by total size, so a
-        run of large messages never has to sit in memory at once. A message expunged
-        meanwhile is left out.
+        Sizes are asked first, so a message over `max_bytes` (or in `skip`) is never
+        downloaded: it comes as (uid, None). Bodies come in batches bounded by count and
+        by total size, so a run of large messages never has to sit in memory at once. A
+        message expunged meanwhile is left out. A failed body batch raises FetchError
+        naming its UIDs, unless the server said it was in trouble (TransientError).
         """
         for start in range(0, len(uids), SIZE_BATCH):
             group = uids[start : start + SIZE_BATCH]
             sizes = {uid: item[b"RFC822.SIZE"]
                      for uid, item in self._fetch(group, b"RFC822.SIZE").items()
                      if b"RFC822.SIZE" in item}
-            batch: list[int] = []
-            wanted = total = 0
+            listed: list[int] = []
+            wanted: list[int] = []
+            total = 0
             for uid in group:
                 size = sizes.get(uid)
                 if size is None:
                     continue
-                fits = size <= max_bytes
-                if fits and wanted and (wanted == FETCH_BATCH or total + size > FETCH_BATCH_BYTES):
-                    yield from self._bodies(batch, sizes, max_bytes)
-                    batch, wanted, total = [], 0, 0
-                batch.append(uid)
+                fits = size <= max_bytes and uid not in skip
+                if fits and wanted and (len(wanted) == batch or total + size > FETCH_BATCH_BYTES):
+                    yield from self._bodies(listed, wanted)
+                    listed, wanted, total = [], [], 0
+                listed.append(uid)
                 if fits:
-                    wanted, total = wanted + 1, total + size
-            yield from self._bodies(batch, sizes, max_bytes)
+                    wanted.append(uid)
+                    total += size
+            yield from self._bodies(listed, wanted)
 
-    def _bodies(
-        self, batch: list[int], sizes: dict[int, int], max_bytes: int
-    ) -> Iterator[tuple[int, bytes | None]]:
-        wanted = [uid for uid in batch if sizes[uid] <= max_bytes]
-        data = self._fetch(wanted, b"BODY.PEEK[]") if wanted else {}
-        for uid in batch:
-            if sizes[uid] > max_bytes:
+    def _bodies(self, listed: list[int], wanted: list[int]) -> Iterator[tuple[int, bytes | None]]:
+        try:
+            data = self._fetch(wanted, b"BODY.PEEK[]") if wanted else {}
+        except TransientError as exc:
+            if exc.retry_after is not None or server_trouble(exc):
+                raise  # throttled, or the server's own trouble: no message's fault
+            raise FetchError(wanted, str(exc).removeprefix("IMAP fetch: ")) from None
+        for uid in listed:
+            if uid not in wanted:
                 yield uid, None
             elif (item := data.get(uid)) is not None and b"BODY[]" in item:
                 yield uid, bytes(item[b"BODY[]"])
@@ -237,8 +273,8 @@ class Mailbox:
     def _fetch(self, uids: list[int], what: bytes) -> dict[int, dict[bytes, Any]]:
         try:
             data: dict[int, dict[bytes, Any]] = self.client.fetch(uids, [what])
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP fetch: {exc}") from None
+        except NETWORK_ERRORS as exc:
+            raise transient("IMAP fetch", exc) from None
         return data
 
     def mark_routed(self, uids: list[int]) -> None:
@@ -247,15 +283,15 @@ class Mailbox:
             return
         try:
             self.client.add_flags(uids, [ROUTED_FLAG], silent=True)
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP flagging {len(uids)} routed message(s): {exc}") from None
+        except NETWORK_ERRORS as exc:
+            raise transient(f"IMAP flagging {len(uids)} routed message(s)", exc) from None
 
     def routed_before(self) -> bool:
         """Whether any message here was routed before (flagged), whatever Redis says."""
         try:
             return bool(self.client.search(["KEYWORD", ROUTED_FLAG.decode()]))
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP search: {exc}") from None
+        except NETWORK_ERRORS as exc:
+            raise transient("IMAP search", exc) from None
 
     def empty(self) -> bool:
         """Whether the folder held no message when selected (for `check`)."""
@@ -269,8 +305,8 @@ class Mailbox:
                 return None
             wanted = f"BODY.PEEK[HEADER.FIELDS ({name.upper()})]"
             item = self.client.fetch([max(uids)], [wanted.encode()]).get(max(uids), {})
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP fetch: {exc}") from None
+        except NETWORK_ERRORS as exc:
+            raise transient("IMAP fetch", exc) from None
         raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
         unfolded = raw.decode("utf-8", "replace").replace("\r\n ", " ").replace("\r\n\t", " ")
         for line in unfolded.splitlines():
@@ -278,31 +314,67 @@ class Mailbox:
                 return line.split(":", 1)[1].strip()
         return None
 
-    def quarantine(self, uid: int) -> None:
-        """Copy the message to the quarantine folder and flag the original (kept in place)."""
+    def quarantine(self, uid: int, *, copy: bool = True) -> None:
+        """Copy the message to the quarantine folder and flag the original (kept in place);
+        without `copy`, only flag it, for a message the server cannot even copy."""
         try:
-            self.client.copy([uid], self.quarantine_folder)
+            if copy:
+                self.client.copy([uid], self.quarantine_folder)
             self.client.add_flags([uid], [QUARANTINED_FLAG])
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP quarantine of UID {uid}: {exc}") from None
+        except NETWORK_ERRORS as exc:
+            raise transient(f"IMAP quarantine of UID {uid}", exc) from None
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
-        """Block until the server reports a change, `timeout` passes, or `stop` is set."""
+        """Block until the server reports a change, `timeout` (at most MAX_IDLE_SECONDS)
+        passes, or `stop` is set; then the caller searches the folder.
+
+        Every IDLE_CHECK_SECONDS the IDLE is ended and the connection asked with NOOP, each
+        answered within CHECK_TIMEOUT_SECONDS: a server that stopped pushing reports there
+        what it holds, and one that stopped answering is a TransientError within a minute.
+        """
         if not self.has_idle():
             stop.wait(timeout)
             return
         deadline = time.monotonic() + min(timeout, MAX_IDLE_SECONDS)
         try:
-            self.client.idle()
-            self._idle = True
-            # Short local waits so a stop request is honoured within a second; they cost
-            # no network traffic.
-            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-                responses: list[Any] = self.client.idle_check(timeout=min(left, 1.0))
-                if responses:
-                    log.debug("IDLE woke: %s", responses)
-                    break
-            self.client.idle_done()
+            while not stop.is_set() and (now := time.monotonic()) < deadline:
+                pushed = self._idle_until(min(deadline, now + IDLE_CHECK_SECONDS), stop)
+                if self._check() or pushed:
+                    return
+        except NETWORK_ERRORS as exc:
+            # Nothing more is said on a connection that stopped answering: dropped at once.
+            client, self._client, self._idle = self._client, None, False
+            with contextlib.suppress(*NETWORK_ERRORS):
+                if client is not None:
+                    client.shutdown()
+            raise transient("IMAP IDLE", exc) from None
+
+    def _idle_until(self, until: float, stop: threading.Event) -> bool:
+        """IDLE until `until` or `stop`; answers whether the server pushed anything."""
+        client = self.client
+        client.idle()
+        self._idle = True
+        # Short local waits so a stop request is honoured within a second; they cost no
+        # network traffic.
+        while not stop.is_set() and (left := until - time.monotonic()) > 0:
+            step, started = min(left, 1.0), time.monotonic()
+            responses: list[Any] = client.idle_check(timeout=step)
+            if responses:
+                log.debug("IDLE woke: %s", responses)
+                return True
+            if time.monotonic() - started < step / 2:
+                return False  # readable, yet nothing came: closed? The check tells.
+        return False
+
+    def _check(self) -> bool:
+        """End IDLE and NOOP, each within CHECK_TIMEOUT_SECONDS; answers whether the
+        server reported new mail meanwhile (what a silent IDLE never pushed)."""
+        client = self.client
+        client.socket().settimeout(CHECK_TIMEOUT_SECONDS)
+        said: list[Any] = []
+        if self._idle:
+            said += client.idle_done()[1]
             self._idle = False
-        except _NETWORK_ERRORS as exc:
-            raise TransientError(f"IMAP IDLE: {exc}") from None
+        said += client.noop()[1]
+        client.socket().settimeout(self.timeout)
+        return any(isinstance(r, tuple) and b"EXISTS" in r for r in said)
