@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import replace
@@ -15,8 +14,15 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from csm_router.configvalues import ENV_PREFIX as ENV_PREFIX
-from csm_router.configvalues import SENTINEL_SCHEME, parse_sentinel_url
+from csm_router.configvalues import (
+    SENTINEL_SCHEME,
+    dotenv_names,
+    parse_domains,
+    parse_sentinel_url,
+    unknown_settings,
+)
 from csm_router.configvalues import Address as Address
+from csm_router.configvalues import ConfigError as ConfigError
 from csm_router.configvalues import PoolMember as PoolMember
 from csm_router.configvalues import ServerUrl as ServerUrl
 from csm_router.configvalues import format_duration as format_duration
@@ -29,24 +35,10 @@ from csm_router.configvalues import parse_server_url as parse_server_url
 from csm_router.configvalues import redact_url as redact_url
 from csm_router.configvalues import split_list as split_list
 from csm_router.core.hours import HoursError, Schedule, Shift, parse_hours
+from csm_router.oauth.providers import tokens_for
+from csm_router.oauth.settings import OAuthSettings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class ConfigError(Exception):
-    """Configuration values are missing or wrong; the message names each variable, one a
-    line, so an operator fixes them all in one go rather than one per start."""
-
-    def __init__(self, variable: str, problem: str,
-                 more: list[tuple[str, str]] | None = None) -> None:
-        self.problems = [(variable, problem), *(more or [])]
-        super().__init__("\n".join(f"{name}: {what}" for name, what in self.problems))
-        self.variable = variable
-
-    @classmethod
-    def of(cls, problems: list[tuple[str, str]]) -> ConfigError:
-        """One error for every (variable, problem) found; `problems` is not empty."""
-        return cls(*problems[0], problems[1:])
 
 
 class Settings(BaseSettings):
@@ -95,6 +87,17 @@ class Settings(BaseSettings):
     premium: Annotated[frozenset[str], NoDecode] = frozenset()
     premium_pool: Annotated[tuple[str, ...], NoDecode] = ()
     premium_first_response_minutes: int | None = Field(default=None, ge=1)
+    # OAuth 2.0 instead of passwords in the URLs (oauth/settings.py says what each needs).
+    oauth_provider: Literal["microsoft", "google", "generic"] | None = None
+    oauth_tenant: str = ""
+    oauth_client_id: str = ""
+    oauth_client_secret: SecretStr | None = None
+    oauth_token_url: str = ""
+    oauth_scope: str = ""
+    oauth_service_account_file: Path | None = None
+    oauth_token_file: Path | None = None
+    # Microsoft's national clouds log in elsewhere, e.g. login.microsoftonline.us.
+    oauth_authority_host: str = "login.microsoftonline.com"
 
     @field_validator("hours", mode="before")
     @classmethod
@@ -118,13 +121,7 @@ class Settings(BaseSettings):
     def _premium(cls, value: Any) -> frozenset[str]:
         if isinstance(value, frozenset | set | list | tuple):
             return frozenset(str(v).lower() for v in value)
-        found = set()
-        for item in split_list(str(value)):
-            domain = item.strip().lower().lstrip("@")
-            if "@" in domain or "/" in domain or "." not in domain:
-                raise ValueError(f"{item.strip()!r} is not an account domain (e.g. initech.com)")
-            found.add(domain)
-        return frozenset(found)
+        return parse_domains(str(value))
 
     @field_validator("premium_pool", mode="before")
     @classmethod
@@ -298,6 +295,18 @@ class Settings(BaseSettings):
         address = address.lower()
         return next((m for m in self.pool if m.address == address), None)
 
+    def oauth(self) -> OAuthSettings | None:
+        """The OAuth login for the mailbox user the URLs name, if one is set."""
+        if self.oauth_provider is None:
+            return None
+        url = self.imap_url or self.smtp_url
+        secret = self.oauth_client_secret.get_secret_value() if self.oauth_client_secret else ""
+        return OAuthSettings(
+            self.oauth_provider, url.username if url else "", self.oauth_tenant.strip(),
+            self.oauth_client_id.strip(), secret, self.oauth_token_url.strip(),
+            self.oauth_scope.strip(), self.oauth_service_account_file, self.oauth_token_file,
+            self.oauth_authority_host.strip())
+
     def required_imap(self) -> ServerUrl:
         if self.imap_url is None:
             raise ConfigError("ROUTER_IMAP_URL", "is not set")
@@ -312,7 +321,7 @@ class Settings(BaseSettings):
 def load_settings(*needs: str, **overrides: Any) -> Settings:
     """Build Settings; every missing or invalid value is named in one ConfigError, with
     the optional settings this command `needs` (e.g. "imap_url") among the required."""
-    problems = unknown_names([*os.environ, *_dotenv_names()])
+    problems = unknown_names([*os.environ, *dotenv_names()])
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -336,7 +345,18 @@ def load_settings(*needs: str, **overrides: Any) -> Settings:
     problems += _cross_checks(settings)
     if problems:
         raise ConfigError.of(problems)
-    return settings
+    return _with_tokens(settings)
+
+
+def _with_tokens(settings: Settings) -> Settings:
+    """The URLs log in with this process's OAuth tokens, when OAuth is set."""
+    oauth = settings.oauth()
+    if oauth is None:
+        return settings
+    tokens = tokens_for(oauth)
+    update = {name: replace(url, token=tokens) for name in ("imap_url", "smtp_url")
+              if (url := getattr(settings, name)) is not None}
+    return settings.model_copy(update=update)
 
 
 def _given(field: str, overrides: dict[str, Any]) -> bool:
@@ -360,29 +380,19 @@ def _cross_checks(settings: Settings) -> list[tuple[str, str]]:
     if unknown := set(settings.hours) - members - leads:
         problems.append(("ROUTER_HOURS", f"{', '.join(sorted(unknown))} not in ROUTER_POOL "
                          "(nor ROUTER_DIGEST_ADDRESS or ROUTER_OVERFLOW_ADDRESS)"))
+    if (oauth := settings.oauth()) is not None:
+        problems += oauth.problems()
+        problems += [(f"ROUTER_{name.upper()}", "must name the mailbox user and no password "
+                      "with ROUTER_OAUTH_PROVIDER") for name in ("imap_url", "smtp_url")
+                     if (url := getattr(settings, name)) and (url.password or not url.username)]
     if settings.premium_pool and not settings.premium:
         problems.append(("ROUTER_PREMIUM_POOL", "is set but ROUTER_PREMIUM names no account"))
     return problems
 
 
-def _dotenv_names() -> list[str]:
-    path = Path(".env")
-    if not path.is_file():
-        return []
-    return [str(k) for k in dotenv_values(path)]
-
-
 def unknown_names(names: list[str]) -> list[tuple[str, str]]:
     """Every ROUTER_* variable that is no setting: a typo would be ignored in silence."""
-    known = {name.upper() for name in Settings.model_fields}
-    problems = []
-    for name in dict.fromkeys(names):
-        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in known:
-            continue
-        close = difflib.get_close_matches(name[len(ENV_PREFIX):], sorted(known), n=1)
-        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
-        problems.append((name, f"is not a setting{hint} (see deploy/.env.example)"))
-    return problems
+    return unknown_settings(names, {name.upper() for name in Settings.model_fields})
 
 
 def check_names(names: list[str]) -> None:

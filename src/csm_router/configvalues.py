@@ -3,18 +3,38 @@ and Redis Sentinel sets), durations."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
+from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from dotenv import dotenv_values
 
 # The value types live in the core, which imports no configuration; re-exported here.
 from csm_router.core.people import Address as Address
 from csm_router.core.people import PoolMember as PoolMember
 
 ENV_PREFIX = "ROUTER_"
+
+
+class ConfigError(Exception):
+    """Configuration values are missing or wrong; the message names each variable, one a
+    line, so an operator fixes them all in one go rather than one per start."""
+
+    def __init__(self, variable: str, problem: str,
+                 more: list[tuple[str, str]] | None = None) -> None:
+        self.problems = [(variable, problem), *(more or [])]
+        super().__init__("\n".join(f"{name}: {what}" for name, what in self.problems))
+        self.variable = variable
+
+    @classmethod
+    def of(cls, problems: list[tuple[str, str]]) -> ConfigError:
+        """One error for every (variable, problem) found; `problems` is not empty."""
+        return cls(*problems[0], problems[1:])
 
 
 @dataclass(frozen=True)
@@ -248,3 +268,34 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         raise ValueError(f"database {db!r} is not a number")
     return SentinelUrl(tuple(hosts), service, int(db or 0), password or None,
                        options if tls else None)
+
+
+def parse_domains(text: str) -> frozenset[str]:
+    """Account domains, comma-separated (`globex.com, @initech.com`)."""
+    found = set()
+    for item in split_list(text):
+        domain = item.strip().lower().lstrip("@")
+        if "@" in domain or "/" in domain or "." not in domain:
+            raise ValueError(f"{item.strip()!r} is not an account domain (e.g. initech.com)")
+        found.add(domain)
+    return frozenset(found)
+
+
+def dotenv_names() -> list[str]:
+    path = Path(".env")
+    if not path.is_file():
+        return []
+    return [str(k) for k in dotenv_values(path)]
+
+
+def unknown_settings(names: list[str], known: set[str]) -> list[tuple[str, str]]:
+    """Every ROUTER_* variable among `names` that is not in `known` (the settings' names
+    without the prefix): a typo would be ignored in silence."""
+    problems = []
+    for name in dict.fromkeys(names):
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in known:
+            continue
+        close = difflib.get_close_matches(name[len(ENV_PREFIX):], sorted(known), n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        problems.append((name, f"is not a setting{hint} (see deploy/.env.example)"))
+    return problems

@@ -1,0 +1,99 @@
+"""A process's access token: fetched when first needed, refreshed before it lapses.
+
+The mail servers check the token at login only, so a token need only be current when a
+connection logs in; but a worker logs in to SMTP at any hour, and a refresh that fails
+must be known before the token it would replace runs out, not after.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from csm_router.errors import RefusedError, TransientError
+
+log = logging.getLogger(__name__)
+
+# A token is renewed once this share of its life is left (at most five minutes before it
+# lapses): Microsoft's and Google's live an hour, so they are renewed at 55 minutes.
+RENEW_SHARE = 0.25
+RENEW_AT_MOST = 300.0
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An access token and when it lapses (epoch seconds)."""
+
+    value: str = ""
+    expires_at: float = 0.0
+    lifetime: float = 0.0  # seconds it was granted for
+
+    def fresh(self, now: float) -> bool:
+        """Whether it may still be used, with time to spare for a renewal to fail."""
+        spare = min(RENEW_AT_MOST, self.lifetime * RENEW_SHARE)
+        return bool(self.value) and now < self.expires_at - spare
+
+    def __repr__(self) -> str:  # never the token itself
+        return f"AccessToken(expires_at={self.expires_at:.0f})"
+
+
+def granted(value: str, expires_in: float, now: float | None = None) -> AccessToken:
+    """A token answered now, valid for `expires_in` seconds."""
+    now = time.time() if now is None else now
+    return AccessToken(value, now + float(expires_in), float(expires_in))
+
+
+class TokenRefusedError(RefusedError):
+    """The identity provider refused to grant a token: a secret expired, consent was taken
+    back, the app is not allowed on the mailbox. Only an administrator mends it."""
+
+
+class Tokens:
+    """The current token of one login, shared by the threads of a process.
+
+    Calling it answers a token that is fresh, fetching a new one when needed. A refusal
+    raises TokenRefusedError, a provider out of reach TransientError; either way the
+    previous token is used while it is still valid, so a brief outage of the identity
+    provider costs nothing.
+    """
+
+    def __init__(self, fetch: Callable[[], AccessToken], what: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._fetch = fetch
+        self.what = what  # e.g. "Microsoft 365 (tenant acme.onmicrosoft.com)"
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token = AccessToken()
+        self.refused: str = ""  # the last refusal, in plain words; "" once granted again
+
+    @property
+    def expires_at(self) -> float:
+        """When the token held now lapses (0 before the first)."""
+        return self._token.expires_at
+
+    def __call__(self) -> str:
+        with self._lock:
+            now = self._clock()
+            if self._token.fresh(now):
+                return self._token.value
+            try:
+                token = self._fetch()
+            except TokenRefusedError as exc:
+                self.refused = str(exc)
+                if now < self._token.expires_at:
+                    log.error("%s (the current token lasts %.0f s more)", exc,
+                              self._token.expires_at - now)
+                    return self._token.value
+                raise
+            except TransientError as exc:
+                if now < self._token.expires_at:
+                    log.warning("%s: renewing the token later", exc)
+                    return self._token.value
+                raise
+            if self.refused:
+                log.info("%s granted a token again", self.what)
+            self._token, self.refused = token, ""
+            return token.value
