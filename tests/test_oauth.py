@@ -1,0 +1,220 @@
+"""OAuth tokens without a provider: renewal times, refusals, the token file, the settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from csm_router.config import ConfigError, load_settings
+from csm_router.errors import RefusedError, TransientError
+from csm_router.oauth.explain import explain
+from csm_router.oauth.tokenfile import TokenFile
+from csm_router.oauth.tokens import AccessToken, TokenRefusedError, Tokens, granted
+
+
+class Provider:
+    """Answers what a test queues: tokens or errors, in order; counts the asks."""
+
+    def __init__(self, *answers: AccessToken | Exception) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def __call__(self) -> AccessToken:
+        self.asked += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_token_is_kept_until_a_quarter_of_its_life_is_left() -> None:
+    clock = Clock()
+    provider = Provider(granted("one", 3600, clock.now), granted("two", 3600, clock.now + 3301))
+    tokens = Tokens(provider, "test", clock)
+    assert tokens() == "one"
+    clock.now += 3299  # five minutes (at most) before it lapses: still kept
+    assert tokens() == "one" and provider.asked == 1
+    clock.now += 2
+    assert tokens() == "two" and provider.asked == 2
+
+
+def test_a_short_lived_token_is_renewed_with_a_quarter_of_its_life_left() -> None:
+    clock = Clock()
+    provider = Provider(granted("one", 60, clock.now), granted("two", 60, clock.now + 46))
+    tokens = Tokens(provider, "test", clock)
+    assert tokens() == "one"
+    clock.now += 44
+    assert tokens() == "one"
+    clock.now += 2
+    assert tokens() == "two"
+
+
+def test_a_refused_renewal_keeps_the_valid_token_and_then_says_why() -> None:
+    clock = Clock()
+    refusal = TokenRefusedError("AADSTS7000222: the client secret has expired")
+    provider = Provider(granted("one", 3600, clock.now), refusal, refusal)
+    tokens = Tokens(provider, "test", clock)
+    tokens()
+    clock.now += 3400  # due for renewal, not yet lapsed
+    assert tokens() == "one"
+    assert "AADSTS7000222" in tokens.refused
+    clock.now += 300  # lapsed: nothing left to use
+    with pytest.raises(TokenRefusedError, match="expired"):
+        tokens()
+
+
+def test_an_unreachable_provider_is_transient_and_a_later_grant_clears_the_refusal() -> None:
+    clock = Clock()
+    provider = Provider(TransientError("out of reach"),
+                        TokenRefusedError("revoked"), granted("back", 3600, clock.now))
+    tokens = Tokens(provider, "test", clock)
+    with pytest.raises(TransientError):
+        tokens()
+    with pytest.raises(RefusedError):
+        tokens()
+    assert tokens.refused == "revoked"
+    assert tokens() == "back" and tokens.refused == ""
+
+
+def test_threads_share_one_renewal() -> None:
+    provider = Provider(granted("one", 3600))
+    tokens = Tokens(provider, "test")
+    threads = [threading.Thread(target=tokens) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert provider.asked == 1
+
+
+def test_a_token_never_shows_its_value() -> None:
+    token = granted("eyJsecret", 60)
+    assert "eyJsecret" not in repr(token) and "eyJsecret" not in str(token)
+
+
+@pytest.mark.parametrize(("error", "description", "said"), [
+    ("invalid_client", "AADSTS7000215: Invalid client secret provided. Trace ID: 1",
+     "AADSTS7000215 (invalid_client): the client secret is wrong"),
+    ("invalid_request", "AADSTS50194: Application is not configured as a multi-tenant "
+     "application.", "AADSTS50194 (invalid_request): the app is single-tenant"),
+    ("invalid_grant", "AADSTS700082: The refresh token has expired due to inactivity.",
+     "run `csm-router login` again"),
+    ("unauthorized_client", "Client is unauthorized to retrieve access tokens using this "
+     "method.", "domain-wide delegation of https://mail.google.com/"),
+    ("invalid_client", "AADSTS9999999: Something new. Trace", "AADSTS9999999 (invalid_client)"
+     ": Something new."),
+    ("odd_error", "", "odd_error: no reason given"),
+])
+def test_refusals_are_explained_in_plain_words(error: str, description: str,
+                                               said: str) -> None:
+    line = explain(error, description)
+    assert said in line
+    assert "\n" not in line
+
+
+def test_the_token_file_is_private_and_replaced_whole(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "oauth.json"
+    stored = TokenFile(path)
+    with pytest.raises(RefusedError, match="csm-router login"):
+        stored.read()
+    with stored.locked():
+        stored.write({"refresh_token": "r1"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored.write({"refresh_token": "r2"})
+    assert stored.read() == {"refresh_token": "r2"}
+    assert sorted(p.name for p in path.parent.iterdir()) == [".oauth.json.lock", "oauth.json"]
+
+
+def test_a_garbled_token_file_is_a_refusal_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "oauth.json"
+    path.write_text("{not json")
+    with pytest.raises(RefusedError, match="cannot be read"):
+        TokenFile(path).read()
+    path.write_text(json.dumps(["a list"]))
+    with pytest.raises(RefusedError, match="not a login"):
+        TokenFile(path).read()
+
+
+def test_renewals_in_two_processes_take_turns(tmp_path: Path) -> None:
+    stored = TokenFile(tmp_path / "oauth.json")
+    stored.write({"n": 0})
+    ready, go = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other process: waits for the lock, then adds one
+        os.close(ready)
+        os.write(go, b".")
+        with stored.locked():
+            stored.write({"n": stored.read()["n"] + 1})
+        os._exit(0)
+    os.close(go)
+    with stored.locked():
+        os.read(ready, 1)  # the other process now waits on the lock
+        current = stored.read()["n"]
+        stored.write({"n": current + 1})
+    os.waitpid(pid, 0)
+    assert stored.read() == {"n": 2}  # neither renewal lost
+
+
+BASE = {"ROUTER_ALIAS": "success@acme.com", "ROUTER_POOL": "alice@acme.com"}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("ROUTER_"):
+            monkeypatch.delenv(name)
+    for name, value in BASE.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def test_oauth_settings_name_every_missing_value(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_OAUTH_PROVIDER", "microsoft")
+    env.setenv("ROUTER_IMAP_URL", "imaps://success%40acme.com:secret@outlook.office365.com")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    named = dict(caught.value.problems)
+    assert set(named) == {"ROUTER_OAUTH_TENANT", "ROUTER_OAUTH_CLIENT_ID",
+                          "ROUTER_OAUTH_CLIENT_SECRET", "ROUTER_IMAP_URL"}
+    assert "no password" in named["ROUTER_IMAP_URL"]
+
+
+def test_an_unknown_provider_is_refused(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_OAUTH_PROVIDER", "okta")
+    with pytest.raises(ConfigError, match="ROUTER_OAUTH_PROVIDER"):
+        load_settings()
+
+
+def test_with_oauth_the_urls_carry_one_token_source(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_OAUTH_PROVIDER", "generic")
+    env.setenv("ROUTER_OAUTH_TOKEN_URL", "https://idp.acme.com/token")
+    env.setenv("ROUTER_OAUTH_CLIENT_ID", "router")
+    env.setenv("ROUTER_OAUTH_CLIENT_SECRET", "s3cret-value")
+    env.setenv("ROUTER_IMAP_URL", "imaps://success%40acme.com@imap.acme.com")
+    env.setenv("ROUTER_SMTP_URL", "smtp://success%40acme.com@smtp.acme.com")
+    settings = load_settings()
+    assert settings.imap_url is not None and settings.smtp_url is not None
+    assert settings.imap_url.token is not None
+    assert settings.imap_url.token is settings.smtp_url.token  # one renewal for both
+    assert load_settings().imap_url.token is settings.imap_url.token  # type: ignore[union-attr]
+    assert "s3cret-value" not in repr(settings) + repr(settings.oauth())
+
+
+def test_without_oauth_the_urls_use_their_password(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_IMAP_URL", "imaps://success%40acme.com:pw@imap.acme.com")
+    settings = load_settings()
+    assert settings.imap_url is not None and settings.imap_url.token is None
