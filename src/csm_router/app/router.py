@@ -12,6 +12,7 @@ from collections.abc import Callable
 import redis
 
 from csm_router.app import bounces
+from csm_router.app.fetchtries import FetchTries
 from csm_router.core.auth import verify_sender
 from csm_router.core.decide import decide
 from csm_router.core.decision import Action
@@ -19,7 +20,8 @@ from csm_router.core.message import MalformedMessageError, header_safe, parse
 from csm_router.core.rules import automatic
 from csm_router.core.threads import FIRST_REF, format_ref
 from csm_router.errors import Backoff, PermanentError, TransientError, server_fault
-from csm_router.mail.mailbox import Mailbox
+from csm_router.mail.imapfaults import FetchError
+from csm_router.mail.mailbox import FETCH_BATCH, Mailbox
 from csm_router.runtime import Runtime, record_decision, release_held
 from csm_router.state.durability import EpochWatch, warn_persistence
 from csm_router.state.outbox import OFFER_BATCH
@@ -52,6 +54,8 @@ class Router:
         self._connected = False
         self._owed: list[str] = []
         self._settled: list[str] = []  # tries counters of messages routed this pass
+        self.fetch_tries = FetchTries(rt.redis, mailbox.name)
+        self._one_by_one = False  # a batch's fetch failed: find which message makes it fail
         self.beat = ProcessBeat(rt.redis, "router", mailbox.name, rt.settings.poll_seconds)
         self.epoch = EpochWatch(rt.redis, f"router {mailbox.name}")
 
@@ -90,7 +94,13 @@ class Router:
                 # A server's trouble (Redis down, out of memory or read-only after a
                 # failover; IMAP dropped) is waited out, never blamed on the mail.
                 delay = backoff.next()
-                log.warning("%s (retrying in %.0fs)", str(exc).rstrip("."), delay)
+                asked = getattr(exc, "retry_after", None)
+                if asked and asked > delay:  # a throttling server said how long to wait
+                    delay = asked
+                    log.warning("%s (throttled: the server asks us to wait %.1fs; retrying "
+                                "in %.1fs)", str(exc).rstrip("."), asked, delay)
+                else:
+                    log.warning("%s (retrying in %.0fs)", str(exc).rstrip("."), delay)
                 self._disconnect()
                 self.stop.wait(delay)
         self._disconnect()
@@ -142,22 +152,33 @@ class Router:
                      "left alone", mailbox.name, "rescan" if validity else "first run",
                      mailbox.uidvalidity, len(uids))
         done, finished, handled = 0, False, []
+        failing = self.fetch_tries.failing(mailbox.uidvalidity) if uids else {}
+        unfetchable = {uid for uid, (tries, _) in failing.items() if tries >= MAX_TRIES}
         try:
             limit = self.rt.settings.max_message_bytes
-            for uid, raw in mailbox.fetch(uids, max_bytes=limit):
+            for uid, raw in mailbox.fetch(uids, max_bytes=limit, skip=unfetchable,
+                                          batch=1 if self._one_by_one else FETCH_BATCH):
                 if self.stop.is_set():
                     break
-                if raw is None:
+                if uid in unfetchable:
+                    self._unfetchable(uid, *failing[uid])
+                elif raw is None:
                     # Never downloaded, so there are no bytes to key it by: its UID does.
                     self._quarantine(uid, b"", "", f"message is over ROUTER_MAX_MESSAGE_BYTES "
                                      f"({limit} bytes): not fetched",
                                      f"uid-{mailbox.uidvalidity}-{uid}", rule="too-large")
                 else:
+                    if uid in failing:
+                        self.fetch_tries.forget(mailbox.uidvalidity, uid)
                     self.handle(uid, raw)
                     handled.append(uid)
                 done = uid
             else:
                 finished = True
+                self._one_by_one = False
+        except FetchError as exc:
+            self._fetch_failed(exc)
+            raise
         finally:
             self._offer()
             # Recorded in Redis, so marked on the server: a start with Redis emptied routes
@@ -172,6 +193,35 @@ class Router:
                 # one is redone, or read mail above `done` would be routed as new.
                 store.advance_checkpoint(mailbox.name, mailbox.uidvalidity, max(done, top))
         return len(uids)
+
+    def _fetch_failed(self, exc: FetchError) -> None:
+        """A batch failed: its messages are fetched one by one from now on, until a pass
+        gets through. One message failed: one more failure counted against it."""
+        if len(exc.uids) > 1:
+            self._one_by_one = True
+            log.info("fetching messages one at a time to find which one fails")
+            return
+        (uid,) = exc.uids
+        tries = self.fetch_tries.failed(self.mailbox.uidvalidity, uid, str(exc))
+        log.warning("UID %s: fetching it failed (try %d of %d)", uid, tries, MAX_TRIES)
+
+    def _unfetchable(self, uid: int, tries: int, error: str) -> str:
+        """Quarantine a message whose fetch failed MAX_TRIES times, never downloaded. If
+        even copying it fails, the next pass only flags it: mail after it flows on."""
+        validity = self.mailbox.uidvalidity
+        copy = tries <= MAX_TRIES
+        reason = f"fetching it failed {min(tries, MAX_TRIES)} times: {error}"
+        if not copy:
+            reason += "; copying it failed too: flagged and left in place"
+        try:
+            outcome = self._quarantine(uid, b"", "", reason, f"uid-{validity}-{uid}",
+                                       rule="failed-fetch", copy=copy)
+        except TransientError:
+            if copy:
+                self.fetch_tries.failed(validity, uid, error)
+            raise
+        self.fetch_tries.forget(validity, uid)
+        return outcome
 
     def handle(self, uid: int, raw: bytes) -> str:
         """Route one message; answers its outcome. Never raises for bad mail.
@@ -288,7 +338,7 @@ class Router:
 
     def _quarantine(
         self, uid: int, raw: bytes, message_id: str, reason: str, msgkey: str | None = None,
-        *, rule: str = "quarantine",
+        *, rule: str = "quarantine", copy: bool = True,
     ) -> str:
         msgkey = msgkey or message_key(None, raw)
         store = self.rt.store
@@ -299,10 +349,13 @@ class Router:
         # makes the next pass copy it once more at worst, never again and again.
         if not seen:
             store.record_quarantine(msgkey, message_id, reason, self.clock(), rule)
-        self.mailbox.quarantine(uid)
+        if copy:
+            self.mailbox.quarantine(uid)
+        else:
+            self.mailbox.quarantine(uid, copy=False)
         store.redis.hset(key("msg", msgkey), "copied", 1)
         log.warning("UID %s %s quarantined to %s: %s", uid, message_id or "(no id)",
-                    self.mailbox.quarantine_folder, reason,
+                    self.mailbox.quarantine_folder if copy else "its flag", reason,
                     extra={"message_id": message_id, "rule": rule})
         return "quarantined"
 
