@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import aiosmtplib
 import redis
@@ -15,6 +17,7 @@ from csm_router.core.auth import authserv_note, steering_note
 from csm_router.errors import RefusedError
 from csm_router.mail.mailbox import Mailbox
 from csm_router.mail.outbound import require_templates, smtp_error, smtp_session
+from csm_router.oauth.tokens import Tokens
 from csm_router.state.connect import cleartext_passwords, redis_client
 from csm_router.state.store import text
 from csm_router.support import load_handler
@@ -38,6 +41,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         report.note(False, "redis", warning)
     imap = settings.required_imap()
     notes: list[tuple[bool, str, str]] = []  # (fine, server, what), printed after its step
+    if (oauth := settings.oauth()) is not None and isinstance(imap.token, Tokens):
+        tokens = imap.token
+        report.step("oauth", oauth.describe(), lambda: notes.append(_token_note(tokens)))
+        report.notes(notes)
     report.step("imap", str(imap), lambda: _imap_login(settings, imap, notes))
     report.notes(notes)
     smtp = settings.required_smtp()
@@ -87,6 +94,15 @@ def _settings_notes(report: _Report, settings: Settings) -> None:
     report.note(bool(settings.trusted_authserv_id), "auth", trust)
     for clear in cleartext_passwords(settings):
         report.note(False, "tls", clear)
+
+
+def _token_note(tokens: Tokens) -> tuple[bool, str, str]:
+    """Get a token now; when it lapses (the processes renew it before then)."""
+    tokens()
+    lapses = datetime.fromtimestamp(tokens.expires_at, UTC)
+    left = max(0.0, tokens.expires_at - time.time())
+    return True, "oauth", (f"token granted, valid {left / 60:.0f} min (until "
+                           f"{lapses:%H:%M} UTC); renewed before it lapses")
 
 
 def _redis_login(settings: Settings) -> list[str]:

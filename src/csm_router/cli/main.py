@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -12,58 +11,14 @@ import redis
 import shtab
 
 from csm_router import __version__
+from csm_router.cli.admin import add_admin_commands
 from csm_router.cli.check import cmd_check
 from csm_router.cli.figures import add_figure_commands
 from csm_router.cli.processes import cmd_demo, cmd_health, cmd_run, cmd_sweep, cmd_web, cmd_worker
-from csm_router.cli.shared import _parse_until, _runtime, out
 from csm_router.cli.threads import cmd_failed, cmd_reassign, cmd_thread, cmd_threads
 from csm_router.config import ConfigError
 from csm_router.errors import PermanentError, RefusedError, TransientError
-from csm_router.mail.outbound import render
-from csm_router.runtime import release_held
 from csm_router.state import pool
-
-# -- admin ------------------------------------------------------------------------------
-
-
-def cmd_away(args: argparse.Namespace) -> int:
-    rt = _runtime()
-    until = _parse_until(args.until) if args.until else None
-    address = pool.set_away(rt.store, args.address, until)
-    out.print(f"{address} is away" + (f" until {args.until}" if args.until else " until `back`"))
-    return 0
-
-
-def cmd_back(args: argparse.Namespace) -> int:
-    rt = _runtime()
-    address = pool.set_back(rt.store, args.address)
-    count = release_held(rt)
-    out.print(f"{address} is back" + (f"; {count} held thread(s) handed out" if count else ""))
-    return 0
-
-
-def cmd_assign(args: argparse.Namespace) -> int:
-    rt = _runtime()
-    days = args.days if args.days is not None else rt.settings.onboarding_days
-    account = pool.assign_onboarding(rt.store, args.account, args.address, days, time.time())
-    out.print(f"{account} -> {args.address} for {days} days of onboarding")
-    return 0
-
-
-def cmd_signature(args: argparse.Namespace) -> int:
-    rt = _runtime()
-    tag = pool.signature_tag(rt.store, args.address)
-    member = rt.settings.member(args.address)
-    assert member is not None
-    print(render(
-        "signature.txt.j2",
-        name=member.name or member.address,
-        alias_name=rt.settings.alias.name or rt.settings.alias.address,
-        alias=rt.settings.alias.address,
-        tag=tag,
-    ), end="")
-    return 0
-
 
 # -- parser -----------------------------------------------------------------------------
 
@@ -102,16 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at the end, keep the status page open until Enter or Ctrl-C")
     p = add("sweep", cmd_sweep, "run one first-response sweep now (the worker runs one every 30s)")
     p.add_argument("--at", help="as if it were this time (UTC unless given), e.g. 2026-12-01T09:00")
-    p = add("away", cmd_away, "mark a CSM away: they get no new threads")
-    p.add_argument("address")
-    p.add_argument("--until", help="date or time (UTC unless given), e.g. 2026-12-01")
-    p = add("back", cmd_back, "mark a CSM back")
-    p.add_argument("address")
-    p = add("assign", cmd_assign, "make a CSM the onboarding owner of a customer domain")
-    p.add_argument("account", help="customer domain, e.g. customer.com; at a free-mail "
-                   "provider one person's address, e.g. someone@gmail.com")
-    p.add_argument("address")
-    p.add_argument("--days", type=int, help="default ROUTER_ONBOARDING_DAYS")
+    add_admin_commands(add)
     p = add("threads", cmd_threads, "the newest threads")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=50)
@@ -125,8 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", help="as `failed list` shows it")
     p.add_argument("--json", action="store_true")
     add_figure_commands(add)
-    p = add("signature", cmd_signature, "the signature block a CSM pastes into their mail client")
-    p.add_argument("address")
     return parser
 
 
