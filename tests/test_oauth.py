@@ -6,15 +6,21 @@ import json
 import os
 import stat
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from csm_router.app.worker import run_worker
 from csm_router.config import ConfigError, load_settings
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.errors import RefusedError, TransientError
+from csm_router.lead.health import Health
 from csm_router.oauth.explain import explain
 from csm_router.oauth.tokenfile import TokenFile
 from csm_router.oauth.tokens import AccessToken, TokenRefusedError, Tokens, granted
+from support.runtime import worker_runtime
 
 
 class Provider:
@@ -218,3 +224,44 @@ def test_without_oauth_the_urls_use_their_password(env: pytest.MonkeyPatch) -> N
     env.setenv("ROUTER_IMAP_URL", "imaps://success%40acme.com:pw@imap.acme.com")
     settings = load_settings()
     assert settings.imap_url is not None and settings.imap_url.token is None
+
+
+def test_a_refused_login_fails_health_and_tells_the_lead_once_an_episode(
+    smtp: RecordingSmtp,
+) -> None:
+    refusal = TokenRefusedError("Microsoft 365 app refused a token: AADSTS7000222 "
+                                "(invalid_client): the client secret has expired")
+    provider = Provider(refusal, refusal, granted("ok", 3600), TransientError("away"),
+                        TokenRefusedError("revoked again"))
+    tokens = Tokens(provider, "test", Clock())
+    with worker_runtime(smtp.url, "alice@acme.com") as plain:
+        assert plain.settings.smtp_url is not None
+        url = replace(plain.settings.smtp_url, token=tokens)
+        rt = replace(plain, settings=plain.settings.model_copy(update={"smtp_url": url}))
+        rt.watch_logins()
+        health = Health(rt.redis)
+
+        def refused_now() -> list[str]:
+            verdict = health.verdict(time.time(), detailed=False)
+            return [line for line in verdict.lines if "login refused" in line]
+
+        for _ in range(2):
+            with pytest.raises(TokenRefusedError):
+                tokens()
+        (line,) = refused_now()  # and /healthz fails: a fatal finding
+        assert "AADSTS7000222" in line and "expired" in line
+        assert not health.verdict(time.time(), detailed=False).healthy
+        run_worker(plain, burst=True)
+        (told,) = smtp.messages
+        assert told.rcpt_tos == ["cs-lead@acme.com"]
+        assert b"AADSTS7000222" in told.data and b"Mailbox login refused" in told.data
+        assert tokens() == "ok"  # granted again: the episode is over
+        assert refused_now() == []
+        tokens._token = AccessToken()  # lapsed
+        with pytest.raises(TransientError):
+            tokens()  # out of reach is no refusal: nobody told
+        assert refused_now() == []
+        with pytest.raises(TokenRefusedError):
+            tokens()
+        run_worker(plain, burst=True)
+        assert len(smtp.messages) == 2  # a new episode, told again

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -11,14 +13,16 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 
-from csm_router.config import Settings
+from csm_router.config import ServerUrl, Settings
 from csm_router.core.classify import RuleSet
 from csm_router.core.decision import Action, Decision
 from csm_router.core.message import Inbound
 from csm_router.core.rulefile import load_rules
 from csm_router.core.threads import format_ref, reply_subject
 from csm_router.mail.outbound import render, use_templates
+from csm_router.oauth.tokens import Tokens
 from csm_router.state.connect import redis_client
+from csm_router.state.logins import record_grant, record_refusal
 from csm_router.state.outbox import QUEUES, Outbox
 from csm_router.state.store import Outcome, Store
 
@@ -44,8 +48,20 @@ class Runtime:
         conn = redis if redis is not None else redis_client(settings.redis_url)
         queues = {name: Queue(name, connection=conn) for name in QUEUES}
         store = Store(conn, settings)
-        return cls(settings, conn, store, queues, load_rules(settings.support_rules),
-                   Outbox(store, queues), given_client=redis is not None)
+        rt = cls(settings, conn, store, queues, load_rules(settings.support_rules),
+                 Outbox(store, queues), given_client=redis is not None)
+        rt.watch_logins()
+        return rt
+
+    def watch_logins(self) -> None:
+        """OAuth refusals and grants of this process reach Redis: /healthz, the status page
+        and the lead's notice read them there."""
+        by = f"pid {os.getpid()} on {socket.gethostname()}"
+        for url in (self.settings.imap_url, self.settings.smtp_url):
+            if isinstance(url, ServerUrl) and isinstance(url.token, Tokens):
+                url.token.watch(
+                    lambda line: self.outbox.offer(record_refusal(self.store, line, by)),
+                    lambda: record_grant(self.store))
 
     def rq_client(self) -> Redis:
         """A client for RQ's worker loop alone.

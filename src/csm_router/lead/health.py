@@ -24,6 +24,7 @@ from csm_router.state.durability import (
     Loss,
     persistence_problem,
 )
+from csm_router.state.logins import refusal
 from csm_router.state.outbox import ALIVE_SECONDS
 from csm_router.state.processes import Proc, check_routers, processes
 from csm_router.state.store import key, text
@@ -127,6 +128,16 @@ def owed_mail(redis: Redis, now: float, procs: list[Proc],
         f"No worker: {sends} owed for {age}: nothing is being sent")
 
 
+def login_findings(redis: Redis, now: float) -> list[Finding]:
+    """An OAuth login refused: nothing new comes in or goes out once the tokens lapse."""
+    found = refusal(redis)
+    if found is None:
+        return []
+    since = span(max(now - found.since, 0.0))
+    return [Finding(f"mailbox login refused for {since}: {found.line}",
+                    f"The mailbox login is refused (for {since}): {found.line}")]
+
+
 class Health:
     """The deployment's verdict and the watch on Redis losing its data, shared by the
     requests of one web process."""
@@ -160,6 +171,7 @@ class Health:
         try:
             owed = owed_mail(self.redis, now, processes(self.redis, now), self.grace)
             findings += [owed] if owed else []
+            findings += login_findings(self.redis, now)
             findings += self._data_findings(now)
         except RedisError as exc:
             said = str(exc) if detailed else f"{type(exc).__name__} (details with credentials)"

@@ -68,6 +68,14 @@ class Tokens:
         self._lock = threading.Lock()
         self._token = AccessToken()
         self.refused: str = ""  # the last refusal, in plain words; "" once granted again
+        self._granted_once = False
+        self._on_refused: Callable[[str], object] = lambda line: None
+        self._on_granted: Callable[[], object] = lambda: None
+
+    def watch(self, refused: Callable[[str], object], granted: Callable[[], object]) -> None:
+        """Be told of each refusal, and of the first grant of this process and each grant
+        after a refusal (so the deployment learns when a login works again)."""
+        self._on_refused, self._on_granted = refused, granted
 
     @property
     def expires_at(self) -> float:
@@ -83,6 +91,7 @@ class Tokens:
                 token = self._fetch()
             except TokenRefusedError as exc:
                 self.refused = str(exc)
+                _tell(self._on_refused, self.refused)
                 if now < self._token.expires_at:
                     log.error("%s (the current token lasts %.0f s more)", exc,
                               self._token.expires_at - now)
@@ -95,5 +104,20 @@ class Tokens:
                 raise
             if self.refused:
                 log.info("%s granted a token again", self.what)
-            self._token, self.refused = token, ""
+            if self.refused or not self._granted_once:
+                _tell(self._on_granted)
+            self._token, self.refused, self._granted_once = token, "", True
             return token.value
+
+    @property
+    def granted_once(self) -> bool:
+        """Whether this process ever got a token: a refusal then is news, not a typo."""
+        return self._granted_once
+
+
+def _tell(listener: Callable[..., object], *args: str) -> None:
+    """A listener's failure (Redis away) never costs the login its token."""
+    try:
+        listener(*args)
+    except Exception as exc:
+        log.warning("could not record the login's state: %s", exc)

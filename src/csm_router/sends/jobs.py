@@ -30,7 +30,14 @@ from csm_router.runtime import Runtime, release_held
 from csm_router.sends import handoff, once
 from csm_router.sends.context import configure as configure
 from csm_router.sends.context import configured, earlier_messages, heartbeat, parse_raw, runtime
-from csm_router.sends.notices import escalate, remind, send_digest, tell_lead, tell_lead_of_loss
+from csm_router.sends.notices import (
+    escalate,
+    remind,
+    send_digest,
+    tell_lead,
+    tell_lead_of_loss,
+    tell_lead_of_refusal,
+)
 from csm_router.sends.notices import notify_overflow as notify_overflow
 from csm_router.sends.notices import owe_digest as owe_digest
 from csm_router.sends.once import NotYetSafeError, Writes, send_mail_once
@@ -269,6 +276,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "trouble": tell_lead,
     "digest": send_digest,
     "data-loss": tell_lead_of_loss,
+    "login-refused": tell_lead_of_refusal,
 }
 
 

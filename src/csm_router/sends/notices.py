@@ -128,3 +128,23 @@ def tell_lead_of_loss(next_ref: int, at: float, by: str, epoch: str) -> str:
     send_mail_once(rt, notice, [lead.address])
     log.warning("%s: told %s", loss.describe(), lead.address)
     return f"told {lead.address}"
+
+
+def tell_lead_of_refusal(line: str, since: float, by: str) -> str:
+    """The `login-refused` outbox kind: tell the lead once per episode that the identity
+    provider refuses the mailbox's OAuth login, and why."""
+    rt = runtime()
+    settings = rt.settings
+    lead = settings.overflow_address
+    if lead is None:
+        return "no lead to tell"
+    notice = render_notice(
+        "login_refused.txt.j2", sender=settings.alias, to=[str(lead)],
+        subject=f"Mailbox login refused: {settings.alias.address}",
+        message_id=message_id_for("login-refused", since, domain=settings.alias.domain),
+        alias=settings.alias.address, since=when(since, settings.report_zone), line=line, by=by,
+    )
+    send_mail_once(rt, notice, [lead.address])
+    log.warning("mailbox login refused: told %s", lead.address)
+    return f"told {lead.address}"
+
