@@ -14,7 +14,7 @@ from email.message import EmailMessage
 import aiosmtplib
 
 from csm_router.config import ServerUrl
-from csm_router.errors import PermanentError, TransientError, UnsendableError
+from csm_router.errors import PermanentError, RefusedError, TransientError, UnsendableError
 from csm_router.mail.headers import check_lines
 
 
@@ -44,8 +44,13 @@ async def smtp_session(smtp: ServerUrl, timeout: float = 60) -> AsyncIterator[ai
             elif smtp.starttls_required:
                 raise PermanentError(smtp.plaintext_refused("SMTP"))
         if smtp.token is not None:
-            # Getting a token may wait on the identity provider: not on the event loop.
-            await client.auth_xoauth2(smtp.username, await asyncio.to_thread(smtp.token))
+            # Getting a token may wait on the identity provider: not on the event loop. A
+            # refusal is retried like a relay's 4xx: the admin who mends it loses no mail.
+            try:
+                token = await asyncio.to_thread(smtp.token)
+            except RefusedError as exc:
+                raise TransientError(f"SMTP login: {exc}") from None
+            await client.auth_xoauth2(smtp.username, token)
         elif smtp.username:
             await client.login(smtp.username, smtp.password)
         yield client
@@ -58,7 +63,9 @@ def smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:
         error = TransientError if all(400 <= c < 500 for c in codes) else PermanentError
         return error(f"SMTP refused recipients: {exc}")
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError) and smtp.token is not None:
-        return PermanentError(f"SMTP login to {smtp} refused the OAuth token ({exc.code} "
+        # Exchange Online's 535 5.7.3 for an app not allowed to send as the mailbox, or a
+        # token revoked since it was granted: retried, so the fix loses no mail.
+        return TransientError(f"SMTP login to {smtp} refused the OAuth token ({exc.code} "
                               f"{exc.message}): check that the app may send as "
                               f"{smtp.username}")
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
