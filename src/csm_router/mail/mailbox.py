@@ -352,6 +352,7 @@ class Mailbox:
     def _idle_until(self, until: float, stop: threading.Event) -> bool:
         """IDLE until `until` or `stop`; answers whether the server pushed anything."""
         client = self.client
+        client.socket().settimeout(CHECK_TIMEOUT_SECONDS)  # a dead connection is found here too
         client.idle()
         self._idle = True
         # Short local waits so a stop request is honoured within a second; they cost no
