@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import imaplib
 import re
+import threading
 from collections.abc import Iterator
 
 import fakeredis
@@ -20,7 +22,7 @@ from csm_router.demo.imap import EmbeddedImap
 from csm_router.demo.relay import RecordingSmtp
 from csm_router.demo.stage import compose
 from csm_router.errors import TransientError, server_fault
-from csm_router.mail.mailbox import Mailbox
+from csm_router.mail.mailbox import QUARANTINED_FLAG, Mailbox
 from csm_router.runtime import Runtime, record_decision
 from csm_router.sends import jobs
 from csm_router.state.store import key, message_key
@@ -379,3 +381,74 @@ def test_a_forward_that_cannot_be_written_quarantines_its_message_once_and_stays
     (letter,) = rt.outbox.dead_letters()
     assert letter.kind == "deliver"
     assert not [r for r in caplog.records if r.exc_info]  # its own fault: no traceback
+
+
+class StopAfterOneWait(threading.Event):
+    """A stop event that records the first wait asked of it, and stops the run there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0)
+        self.set()
+        return True
+
+
+def test_a_throttled_server_gets_the_wait_it_asks_for(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    stop = StopAfterOneWait()
+    router = Router(rt, Mailbox(rt.settings.required_imap()), stop=stop)
+
+    def throttled() -> None:
+        raise TransientError("IMAP SELECT: Request is throttled", retry_after=12.3)
+
+    monkeypatch.setattr(router.mailbox, "connect", throttled)
+    router.run()
+    assert stop.waits == [12.3]  # not the backoff's first second
+    assert "the server asks us to wait 12.3s" in caplog.text
+
+
+def test_a_message_whose_fetch_keeps_failing_is_quarantined_and_the_next_routed(
+    rt: Runtime, servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    imap, _ = servers
+    hostile, healthy = hostile_and_next(imap)
+    router = connected(rt)
+    (bad, good) = router.mailbox.new_uids(0)
+    real_fetch = router.mailbox._fetch
+
+    def fetch(uids: list[int], what: bytes) -> dict[int, dict[bytes, object]]:
+        if what == b"BODY.PEEK[]" and bad in uids:
+            raise TransientError("IMAP fetch: command: UID => socket error: EOF")
+        return real_fetch(uids, what)  # type: ignore[return-value]
+
+    monkeypatch.setattr(router.mailbox, "_fetch", fetch)
+    real_copy = router.mailbox.client.copy
+    copies: list[object] = []
+
+    def copy(uids: list[int], folder: str) -> object:
+        copies.append(uids)
+        if bad in uids:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        return real_copy(uids, folder)
+
+    monkeypatch.setattr(router.mailbox.client, "copy", copy)
+    # The batch of both fails; then the culprit alone, three times; then its copy.
+    for said in (f"UID {bad},{good}:", f"UID {bad}:", f"UID {bad}:", f"UID {bad}:",
+                 f"quarantine of UID {bad}"):
+        with pytest.raises(TransientError, match=said):
+            router.poll_once()
+    assert router.poll_once() == 2  # only flagged now; the next message goes on
+    assert copies == [[bad]] and quarantined(imap) == []
+    kept = rt.store.message(f"uid-{router.mailbox.uidvalidity}-{bad}")
+    assert kept["state"] == "quarantined" and kept["rule"] == "failed-fetch"
+    assert kept["why"].startswith("fetching it failed 3 times: IMAP fetch of UID")
+    assert QUARANTINED_FLAG in router.mailbox.client.get_flags([bad])[bad]
+    healthy_record = rt.store.message(message_key(parse(healthy), healthy))
+    assert healthy_record["state"] == "decided"
+    assert not rt.store.message(message_key(parse(hostile), hostile))
+    assert list(rt.redis.scan_iter("csm:fetchtries:*")) == []
+    assert router.poll_once() == 0  # never fetched again
