@@ -18,13 +18,16 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import redis
 from imapclient import IMAPClient
 
 from csm_router.demo.service import Service
+
+if TYPE_CHECKING:
+    from support.oauth import TokenServer
 
 HOST = "127.0.0.1"
 TEST_COMMAND_HINT = (
@@ -301,7 +304,7 @@ info_log_path = {root}/dovecot.log
 first_valid_uid = 1
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_username_format = %Lu
 # success+b-token@acme.com (a forward's VERP return address) is delivered to success@acme.com.
 recipient_delimiter = +
@@ -313,8 +316,8 @@ mailbox_idle_check_interval = 1 secs
 # Every user exists and shares one password, so each test can take a fresh mailbox.
 passdb {{
   driver = static
-  args = password={password}
-}}
+  args = password={password}{password_mechanisms}
+}}{oauth_passdb}
 userdb {{
   driver = static
   args = uid=dovecot gid=dovecot home={root}/mail/%u allow_all_users=yes
@@ -336,13 +339,34 @@ service lmtp {{
 """
 
 
+OAUTH_PASSDB = """
+# Bearer tokens (SASL XOAUTH2, OAUTHBEARER) are checked by the token server's introspection.
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {args}
+}}"""
+
+# No tokeninfo_url: the doc asks for it empty when introspection alone answers.
+OAUTH2_CONF = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
+
 class DovecotServer(Service):
-    """Dovecot in the foreground serving IMAP and LMTP for any user with one shared password."""
+    """Dovecot in the foreground serving IMAP and LMTP for any user with one shared password;
+    with `oauth` (a TokenServer), also for the users its live tokens were issued to."""
 
     def __init__(
-        self, root: Path, password: str = "secret", binary: str | None = None, extra: str = ""
+        self, root: Path, password: str = "secret", binary: str | None = None, extra: str = "",
+        oauth: TokenServer | None = None,
     ) -> None:
         self.root = root
+        self.oauth = oauth
         self.extra = extra  # more dovecot.conf lines, e.g. a different imap_capability
         self.password = password
         self.binary = binary
@@ -379,9 +403,17 @@ class DovecotServer(Service):
                        check=True, capture_output=True, timeout=30)
 
     def write_config(self) -> None:
+        oauth = {"mechanisms": "plain login", "password_mechanisms": "", "oauth_passdb": ""}
+        if self.oauth is not None:
+            oauth_conf = self.root / "dovecot-oauth2.conf.ext"
+            oauth_conf.write_text(OAUTH2_CONF.format(url=self.oauth.introspection_url))
+            oauth = {"mechanisms": "plain login xoauth2 oauthbearer",
+                     # The password must not be tried against a token.
+                     "password_mechanisms": "\n  mechanisms = plain login",
+                     "oauth_passdb": OAUTH_PASSDB.format(args=oauth_conf)}
         self.config_path.write_text(DOVECOT_CONF.format(
             host=self.host, root=self.root, password=self.password,
-            imap_port=self.imap_port, lmtp_port=self.lmtp_port,
+            imap_port=self.imap_port, lmtp_port=self.lmtp_port, **oauth,
         ) + self.extra)
 
     def start(self) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -125,10 +126,15 @@ class RecordingSmtp(Service):
             raise RuntimeError("RecordingSmtp is already started")
         # A fixed server_hostname avoids socket.getfqdn(), which can block on slow DNS.
         controller = _Controller(
-            self._recorder, hostname=self.host, port=port, server_hostname="localhost"
+            self._recorder, hostname=self.host, port=port, server_hostname="localhost",
+            **self._smtp_options(),
         )
         controller.start()
         self._controller = controller
+
+    def _smtp_options(self) -> dict[str, Any]:
+        """More keyword arguments of aiosmtpd's SMTP (a subclass's AUTH settings)."""
+        return {}
 
     def stop(self) -> None:
         """Stop the relay and join its thread."""
