@@ -18,8 +18,11 @@ from aiosmtplib import SMTP, SMTPAuthenticationError, SMTPSenderRefused
 from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account
+from google.oauth2.credentials import Credentials
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
+from oauthlib.oauth2 import BackendApplicationClient, InvalidGrantError
+from requests_oauthlib import OAuth2Session
 
 from support.oauth import OAuthSmtp, TokenServer
 from support.servers import Mailbox
@@ -114,6 +117,34 @@ def test_refresh_tokens_rotate(token_server: TokenServer) -> None:
     assert token_server.grants["refresh_token"] == 1
 
 
+def test_requests_oauthlib_client_credentials_and_refresh(token_server: TokenServer) -> None:
+    token_server.add_client("backend", "s3cret", USER)
+    token_server.add_client("desktop", None, USER)
+    session = OAuth2Session(client=BackendApplicationClient(client_id="backend", scope=["mail"]))
+    app = session.fetch_token(token_server.token_url, client_id="backend",
+                              client_secret="s3cret")
+    first = token_server.issue_refresh_token("desktop", USER)
+    # A public client sends no client id with its refresh token.
+    renewed = OAuth2Session("desktop").refresh_token(token_server.token_url, refresh_token=first)
+
+    assert token_server.tokens[app["access_token"]].scope == "mail"
+    assert renewed["refresh_token"] in token_server.refresh_tokens
+    assert [(r.kind, r.client_id, r.error) for r in token_server.requests] == [
+        ("client_credentials", "backend", None), ("refresh_token", "desktop", None)]
+    with pytest.raises(InvalidGrantError):
+        OAuth2Session("desktop").refresh_token(token_server.token_url, refresh_token=first,
+                                               client_id="desktop")
+
+
+def test_a_confidential_client_must_authenticate_its_refresh(token_server: TokenServer) -> None:
+    token_server.add_client("backend", "s3cret", USER)
+    stored = token_server.issue_refresh_token("backend", USER)
+    bare = post(token_server.token_url, grant_type="refresh_token", client_id="backend",
+                refresh_token=stored)
+    assert (bare.status_code, bare.json()["error"]) == (401, "invalid_client")
+    assert stored in token_server.refresh_tokens  # refused before it was spent
+
+
 def test_tokens_expire_and_can_be_invalidated(token_server: TokenServer) -> None:
     live, dead, short = (token_server.issue(USER), token_server.issue(USER),
                          token_server.issue(USER, lifetime=0.2))
@@ -195,6 +226,21 @@ def test_google_service_account_with_delegation(token_server: TokenServer) -> No
     issued = token_server.tokens[credentials.token]
     assert (issued.user, issued.tenant, issued.grant) == (USER, "google", "jwt_bearer")
     assert token_server.grants["jwt_bearer"] == 1
+
+
+def test_google_user_credentials_refresh(token_server: TokenServer) -> None:
+    token_server.add_client("desktop.apps.googleusercontent.com", "g-secret", USER)
+    stored = token_server.issue_refresh_token("desktop.apps.googleusercontent.com", USER)
+    credentials = Credentials(  # type: ignore[no-untyped-call]
+        None, refresh_token=stored, token_uri=token_server.google_token_url,
+        client_id="desktop.apps.googleusercontent.com", client_secret="g-secret",
+        scopes=[MAIL])
+
+    credentials.refresh(Request())  # type: ignore[no-untyped-call]
+
+    assert token_server.tokens[str(credentials.token)].user == USER
+    assert credentials.refresh_token in token_server.refresh_tokens
+    assert [(r.kind, r.tenant) for r in token_server.requests] == [("refresh_token", "google")]
 
 
 @pytest.mark.parametrize(("subject", "scope"), [("intruder@acme.com", MAIL),

@@ -368,7 +368,9 @@ class TokenServer(Service):
                 refresh: bool) -> dict[str, Any]:
         token = self._issue(user, client_id, kind, tenant, scope)
         answer: dict[str, Any] = {"access_token": token, "token_type": "Bearer",
-                                  "expires_in": int(self.lifetime), "scope": scope}
+                                  "expires_in": int(self.lifetime)}
+        if scope:  # RFC 6749 section 5.1: optional when it is the one asked for
+            answer["scope"] = scope
         if refresh:
             answer["refresh_token"] = self.issue_refresh_token(client_id, user, scope)
         self._state.grants[kind] += 1
@@ -379,9 +381,13 @@ class TokenServer(Service):
         """Answer one token request, or raise OAuthError."""
         grant_type = form.get("grant_type", "")
         kind = GRANT_KINDS.get(grant_type, grant_type)
-        client_id = basic[0] if basic else form.get("client_id", "")
-        scope = form.get("scope", "")
         with self._lock:
+            if kind == "refresh_token" and not basic and not form.get("client_id"):
+                # A public client may leave its id to the refresh token it was issued.
+                stored = self._state.refresh_tokens.get(form.get("refresh_token", ""))
+                form = {**form, "client_id": stored.client_id if stored else ""}
+            client_id = basic[0] if basic else form.get("client_id", "")
+            scope = form.get("scope", "")
             try:
                 answer = self._grant(kind, form, basic, tenant)
             except OAuthError as exc:
@@ -396,7 +402,7 @@ class TokenServer(Service):
         self._check_tenant(tenant)
         if kind == "jwt_bearer" and tenant == "google":
             return self._jwt_grant(form)
-        client = self._client(form, basic, secret_required=kind == "client_credentials")
+        client = self._client(form, basic)
         scope = form.get("scope", "")
         if kind == "client_credentials":
             if tenant not in (None, "google") and not scope.endswith("/.default"):
@@ -419,8 +425,8 @@ class TokenServer(Service):
                              "Check to make sure you have the correct tenant ID and are "
                              "signing into the correct cloud.")
 
-    def _client(self, form: dict[str, str], basic: tuple[str, str] | None,
-                secret_required: bool) -> Client:
+    def _client(self, form: dict[str, str], basic: tuple[str, str] | None) -> Client:
+        """The client of a request; a confidential one (with a secret) must present it."""
         client_id, secret = basic if basic else (form.get("client_id", ""),
                                                  form.get("client_secret"))
         if client_id in self._state.refusals:
@@ -429,7 +435,7 @@ class TokenServer(Service):
         if client is None:
             raise OAuthError("unauthorized_client", f"AADSTS700016: Application with "
                              f"identifier '{client_id}' was not found in the directory.")
-        if (secret is not None or secret_required) and secret != client.secret:
+        if (secret is not None or client.secret is not None) and secret != client.secret:
             raise revoked_error(client_id)
         return client
 
@@ -464,7 +470,7 @@ class TokenServer(Service):
         """Answer a device authorization request (RFC 8628)."""
         with self._lock:
             self._check_tenant(tenant)
-            client = self._client(form, None, secret_required=False)
+            client = self._client(form, None)
             code = "dc-" + secrets.token_urlsafe(24)
             user_code = secrets.token_hex(4).upper()
             device = _Device(client.client_id, tenant, form.get("scope", ""), user_code)
