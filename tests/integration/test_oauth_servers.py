@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import quote
 
 import certifi
 import msal
@@ -24,6 +26,10 @@ from imapclient.exceptions import LoginError
 from oauthlib.oauth2 import BackendApplicationClient, InvalidGrantError
 from requests_oauthlib import OAuth2Session
 
+from csm_router.config import parse_server_url
+from csm_router.errors import RefusedError
+from csm_router.mail.mailbox import Mailbox as RouterMailbox
+from csm_router.mail.smtp import smtp_session
 from support.oauth import OAuthSmtp, TokenServer
 from support.servers import Mailbox
 
@@ -337,3 +343,32 @@ def test_smtp_relay_refuses_dead_tokens_with_535(token_server: TokenServer,
     assert oauth_smtp.messages == [] and oauth_smtp.logins == []
     assert [login.token for login in oauth_smtp.refused_logins] == [
         expired, foreign, "never-issued"]
+
+
+# The product's own clients --------------------------------------------------------------------
+
+def test_the_product_mailbox_logs_in_with_a_token(token_server: TokenServer,
+                                                  oauth_mailbox: Mailbox) -> None:
+    url = replace(parse_server_url(oauth_mailbox.imap_url, ("imap", "imaps")), password="",
+                  token=lambda: token_server.issue(oauth_mailbox.user))
+    box = RouterMailbox(url)
+    box.connect()
+    box.close()
+    dead = replace(url, token=lambda: "never-issued")
+    with pytest.raises(RefusedError, match="refused the OAuth token"):
+        RouterMailbox(dead).connect()
+    assert len(token_server.introspections) == 2
+
+
+def test_the_product_smtp_session_authenticates_with_a_token(
+    token_server: TokenServer, oauth_smtp: OAuthSmtp
+) -> None:
+    url = replace(parse_server_url(f"smtp://{quote(USER)}@{oauth_smtp.host}:{oauth_smtp.port}",
+                                   ("smtp", "smtps")), token=lambda: token_server.issue(USER))
+
+    async def deliver() -> None:
+        async with smtp_session(url, timeout=10) as client:
+            await client.send_message(message(USER))
+
+    asyncio.run(deliver())
+    assert len(oauth_smtp.wait_for(1)) == 1 and [x.user for x in oauth_smtp.logins] == [USER]
