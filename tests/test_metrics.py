@@ -182,6 +182,10 @@ def test_healthz_needs_every_router_beating_within_its_poll_interval(rt: Runtime
     router.imap = "disconnected"
     router.beat()
     assert "has no IMAP connection" in client.get("/healthz").text
+    router.imap = "refused"  # an OAuth login refused after it worked: waited out
+    router.beat()
+    answer = client.get("/healthz")
+    assert answer.status_code == 503 and "is refused by IMAP" in answer.text
     router.forget()  # stopped on purpose: not late, and no router left
     assert "no router has reported itself" in client.get("/healthz").text
 

@@ -24,6 +24,13 @@ class RefusedError(PermanentError):
     which variable to fix."""
 
 
+class LoginRefusedError(RefusedError):
+    """A login was refused: a password, or a token that the identity provider would not
+    grant or the mail server would not take. With OAuth, once a process has logged in, an
+    administrator can mend it (a new secret, consent given again) without a restart, so
+    the process waits for that instead of stopping."""
+
+
 class UnsendableError(PermanentError):
     """A mail cannot go out because of its own content: rendering it failed, or the relay
     refused its text. Sending it again, or to someone else, fails the same way."""

@@ -19,11 +19,19 @@ from csm_router.core.decision import Action
 from csm_router.core.message import MalformedMessageError, header_safe, parse
 from csm_router.core.rules import automatic
 from csm_router.core.threads import FIRST_REF, format_ref
-from csm_router.errors import Backoff, PermanentError, TransientError, server_fault
+from csm_router.errors import (
+    Backoff,
+    LoginRefusedError,
+    PermanentError,
+    TransientError,
+    server_fault,
+)
 from csm_router.mail.imapfaults import FetchError
 from csm_router.mail.mailbox import FETCH_BATCH, Mailbox
+from csm_router.oauth.tokens import TokenRefusedError
 from csm_router.runtime import Runtime, record_decision, release_held
 from csm_router.state.durability import EpochWatch, warn_persistence
+from csm_router.state.logins import record_grant, record_refusal
 from csm_router.state.outbox import OFFER_BATCH
 from csm_router.state.processes import ProcessBeat, forget_stale
 from csm_router.state.store import key, message_key, owed_ids, text
@@ -34,6 +42,19 @@ _MESSAGE_ID_LINE = re.compile(rb"^message-id:[ \t]*([^\r\n]{1,200})", re.IGNOREC
 
 MAX_TRIES = 3  # a message that failed this often is quarantined, never tried again
 TRIES_TTL = 86400  # how long its tries are remembered (and a failed message stays recognised)
+
+
+def _delay(exc: Exception, backoff: Backoff) -> float:
+    """How long to wait out a server's trouble: the backoff's next step, or longer if a
+    throttling server asked for it (said either way)."""
+    delay = backoff.next()
+    asked = getattr(exc, "retry_after", None)
+    if asked and asked > delay:
+        log.warning("%s (throttled: the server asks us to wait %.1fs; retrying in %.1fs)",
+                    str(exc).rstrip("."), asked, asked)
+        return float(asked)
+    log.warning("%s (retrying in %.0fs)", str(exc).rstrip("."), delay)
+    return delay
 
 
 class Router:
@@ -52,6 +73,8 @@ class Router:
         self.clock = clock
         self.stop = stop or threading.Event()
         self._connected = False
+        self._logged_in_once = False
+        self._refused = False  # the mail server refused our token: the grant that ends it
         self._owed: list[str] = []
         self._settled: list[str] = []  # tries counters of messages routed this pass
         self.fetch_tries = FetchTries(rt.redis, mailbox.name)
@@ -73,8 +96,9 @@ class Router:
                     self._disconnect()
                 if not self._connected:
                     self.mailbox.connect()
-                    self._connected = True
+                    self._connected = self._logged_in_once = True
                     self.beat.imap = "connected"
+                    self._accepted()
                     self._ensure_sequence()
                     mode = "IDLE" if self.mailbox.has_idle() else "polling (no IDLE)"
                     log.info("watching %s with %s, refreshing every %ss", self.mailbox.name,
@@ -90,27 +114,46 @@ class Router:
                 self.mailbox.wait(self.rt.settings.poll_seconds, self.stop)
             except redis.AuthenticationError:
                 raise  # a wrong password does not heal by waiting: say so and stop
+            except LoginRefusedError as exc:
+                if not self._may_wait_out(exc):
+                    raise  # never logged in: a setting to correct, said at once
+                delay = backoff.next()
+                log.error("%s (trying again in %.0fs)", str(exc).rstrip("."), delay)
+                self._disconnect(imap="refused")
+                self.stop.wait(delay)
             except (TransientError, redis.RedisError) as exc:
                 # A server's trouble (Redis down, out of memory or read-only after a
                 # failover; IMAP dropped) is waited out, never blamed on the mail.
-                delay = backoff.next()
-                asked = getattr(exc, "retry_after", None)
-                if asked and asked > delay:  # a throttling server said how long to wait
-                    delay = asked
-                    log.warning("%s (throttled: the server asks us to wait %.1fs; retrying "
-                                "in %.1fs)", str(exc).rstrip("."), asked, delay)
-                else:
-                    log.warning("%s (retrying in %.0fs)", str(exc).rstrip("."), delay)
                 self._disconnect()
-                self.stop.wait(delay)
+                self.stop.wait(_delay(exc, backoff))
         self._disconnect()
         with contextlib.suppress(redis.RedisError):
             self.beat.forget()  # stopped on purpose: not a router gone silent
 
-    def _disconnect(self) -> None:
+    def _may_wait_out(self, exc: LoginRefusedError) -> bool:
+        """An OAuth login refused after this router once logged in is an administrator's
+        to mend (a new secret, consent given again), and it routes again the moment they
+        do: the refusal is recorded for /healthz and the lead, and waited out."""
+        if self.mailbox.url.token is None or not self._logged_in_once:
+            return False
+        if not isinstance(exc, TokenRefusedError):  # the provider's refusals record themselves
+            self._refused = True
+            by = f"router {self.mailbox.name}"
+            with contextlib.suppress(redis.RedisError):
+                self.rt.outbox.offer(record_refusal(self.rt.store, str(exc), by))
+        return True
+
+    def _accepted(self) -> None:
+        """The mail server took the token again: the refusal it made is over."""
+        if self._refused:
+            self._refused = False
+            with contextlib.suppress(redis.RedisError):
+                record_grant(self.rt.store)
+
+    def _disconnect(self, imap: str = "disconnected") -> None:
         self.mailbox.close()
         self._connected = False
-        self.beat.imap = "disconnected"
+        self.beat.imap = imap
         with contextlib.suppress(redis.RedisError):
             self.beat.beat(self.clock())  # /healthz says why, at once
 

@@ -79,7 +79,8 @@ def router_findings(problems: list[str], routers: list[Proc], now: float) -> lis
     consequence = ("nothing new is being routed" if alone
                    else "the other routers still route")
     headlines = [f"Router silent for {span(p.silent_for(now))}: {consequence}" for p in late]
-    headlines += [f"Router has no IMAP connection: {consequence}" for _ in unplugged]
+    headlines += [f"Router's IMAP login is refused: {consequence}" if p.imap == "refused"
+                  else f"Router has no IMAP connection: {consequence}" for p in unplugged]
     return [Finding(line, headline)
             for line, headline in zip(problems, headlines, strict=False)]
 

@@ -61,7 +61,7 @@ class Proc:
     pid: int
     beat: float
     poll: float
-    imap: str  # routers: "connected" or "disconnected"; workers: ""
+    imap: str  # routers: "connected", "disconnected" or "refused"; workers: ""
     version: str
 
     def silent_for(self, now: float) -> float:
@@ -172,6 +172,7 @@ def check_routers(redis: Redis, now: float | None = None,
     problems = [f"router {p.label(detailed)} silent for "
                 f"{p.silent_for(now):.0f}s, over its poll interval of {p.poll:g}s"
                 for p in routers if p.late(now)]
-    problems += [f"router {p.label(detailed)} has no IMAP connection"
+    problems += [f"router {p.label(detailed)} "
+                 + ("is refused by IMAP" if p.imap == "refused" else "has no IMAP connection")
                  for p in routers if not p.late(now) and p.imap != "connected"]
     return problems, routers
