@@ -57,6 +57,20 @@ def test_a_token_is_kept_until_a_quarter_of_its_life_is_left() -> None:
     assert tokens() == "two" and provider.asked == 2
 
 
+def test_a_token_a_server_refused_is_replaced_by_one_asked_for_anew() -> None:
+    clock = Clock()
+    cached = Provider(granted("one", 3600, clock.now), granted("four", 3600, clock.now + 3400))
+    fresh = Provider(granted("two", 3600, clock.now), granted("three", 3600, clock.now))
+    tokens = Tokens(cached, "test", clock, fetch_fresh=fresh)
+    assert tokens() == "one"
+    tokens.reject("one")  # revoked before it lapsed: a library's cache would answer it
+    assert tokens() == "two" and (cached.asked, fresh.asked) == (1, 1)
+    tokens.reject("one")  # a late refusal of a token already replaced changes nothing
+    assert tokens() == "two" and fresh.asked == 1
+    clock.now += 3400
+    assert tokens() == "four" and cached.asked == 2  # renewals ask the usual way again
+
+
 def test_a_short_lived_token_is_renewed_with_a_quarter_of_its_life_left() -> None:
     clock = Clock()
     provider = Provider(granted("one", 60, clock.now), granted("two", 60, clock.now + 46))
@@ -195,8 +209,8 @@ def test_oauth_settings_name_every_missing_value(env: pytest.MonkeyPatch) -> Non
         load_settings()
     named = dict(caught.value.problems)
     assert set(named) == {"ROUTER_OAUTH_TENANT", "ROUTER_OAUTH_CLIENT_ID",
-                          "ROUTER_OAUTH_CLIENT_SECRET", "ROUTER_IMAP_URL"}
-    assert "no password" in named["ROUTER_IMAP_URL"]
+                          "ROUTER_OAUTH_CLIENT_SECRET", "ROUTER_OAUTH_PROVIDER"}
+    assert "leave out the password" in named["ROUTER_OAUTH_PROVIDER"]
 
 
 def test_an_unknown_provider_is_refused(env: pytest.MonkeyPatch) -> None:
@@ -218,6 +232,22 @@ def test_with_oauth_the_urls_carry_one_token_source(env: pytest.MonkeyPatch) -> 
     assert settings.imap_url.token is settings.smtp_url.token  # one renewal for both
     assert load_settings().imap_url.token is settings.imap_url.token  # type: ignore[union-attr]
     assert "s3cret-value" not in repr(settings) + repr(settings.oauth())
+
+
+def test_a_url_with_a_password_keeps_it_beside_a_token_login(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ROUTER_OAUTH_PROVIDER", "google")
+    env.setenv("ROUTER_OAUTH_SERVICE_ACCOUNT_FILE", __file__)  # any file: read when needed
+    env.setenv("ROUTER_IMAP_URL", "imaps://success%40acme.com@imap.gmail.com")
+    env.setenv("ROUTER_SMTP_URL", "smtp://apikey:SG.key@smtp.sendgrid.net:587")
+    settings = load_settings()
+    assert settings.imap_url is not None and settings.smtp_url is not None
+    assert settings.imap_url.token is not None and settings.smtp_url.token is None
+    assert settings.oauth().user == "success@acme.com"  # type: ignore[union-attr]
+    env.setenv("ROUTER_IMAP_URL", "imaps://apikey:SG.key@imap.gmail.com")
+    env.setenv("ROUTER_SMTP_URL", "smtp://success%40acme.com@smtp.gmail.com:587")
+    settings = load_settings()
+    assert settings.smtp_url.token is not None  # type: ignore[union-attr]
+    assert settings.oauth().user == "success@acme.com"  # type: ignore[union-attr]
 
 
 def test_without_oauth_the_urls_use_their_password(env: pytest.MonkeyPatch) -> None:

@@ -9,14 +9,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from csm_router.config import ServerUrl
-from csm_router.errors import RefusedError, TransientError
+from csm_router.errors import LoginRefusedError, RefusedError, TransientError
 from csm_router.mail.imapfaults import (
     NETWORK_ERRORS,
     FetchError,
@@ -24,6 +24,7 @@ from csm_router.mail.imapfaults import (
     suggested_backoff,
     transient,
 )
+from csm_router.oauth.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class Mailbox:
     def _login(self, client: IMAPClient) -> None:
         try:
             if self.url.token is not None:
-                client.oauth2_login(self.url.username, self.url.token())
+                self._token_login(client, self.url.token)
             else:
                 client.login(self.url.username, self.url.password)
         except LoginError as exc:
@@ -135,11 +136,23 @@ class Mailbox:
                 raise TransientError(f"IMAP {self.url.host}:{self.url.port} cannot log in "
                                      f"now: {exc}") from None
             if self.url.token is not None:
-                raise RefusedError(f"the IMAP server refused the OAuth token for "
+                raise LoginRefusedError(f"the IMAP server refused the OAuth token for "
                                    f"{self.url.username}: check that the app may open this "
                                    "mailbox, and the user in ROUTER_IMAP_URL") from None
-            raise RefusedError(f"the IMAP server refused the login for {self.url.username}: "
+            raise LoginRefusedError(f"the IMAP server refused the login for {self.url.username}: "
                                "check the user and password in ROUTER_IMAP_URL") from None
+
+    def _token_login(self, client: IMAPClient, tokens: Callable[[], str]) -> None:
+        token = tokens()
+        try:
+            client.oauth2_login(self.url.username, token)
+        except LoginError as exc:
+            # Refused before it lapsed (revoked early; a permission granted since it was
+            # issued): once more with a token asked for anew.
+            if server_trouble(exc) or not isinstance(tokens, Tokens):
+                raise
+            tokens.reject(token)
+            client.oauth2_login(self.url.username, tokens())
 
     def _refuse_all_mail(self, client: IMAPClient) -> None:
         """Gmail's All Mail (special-use \\All) shows every message once under each of its

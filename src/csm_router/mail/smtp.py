@@ -16,6 +16,7 @@ import aiosmtplib
 from csm_router.config import ServerUrl
 from csm_router.errors import PermanentError, RefusedError, TransientError, UnsendableError
 from csm_router.mail.headers import check_lines
+from csm_router.oauth.tokens import Tokens
 
 
 @functools.cache
@@ -44,16 +45,29 @@ async def smtp_session(smtp: ServerUrl, timeout: float = 60) -> AsyncIterator[ai
             elif smtp.starttls_required:
                 raise PermanentError(smtp.plaintext_refused("SMTP"))
         if smtp.token is not None:
-            # Getting a token may wait on the identity provider: not on the event loop. A
-            # refusal is retried like a relay's 4xx: the admin who mends it loses no mail.
+            token = await _token(smtp)
             try:
-                token = await asyncio.to_thread(smtp.token)
-            except RefusedError as exc:
-                raise TransientError(f"SMTP login: {exc}") from None
-            await client.auth_xoauth2(smtp.username, token)
+                await client.auth_xoauth2(smtp.username, token)
+            except aiosmtplib.SMTPAuthenticationError:
+                # Refused before it lapsed (revoked early; a permission granted since it
+                # was issued): once more with a token asked for anew.
+                if not isinstance(smtp.token, Tokens):
+                    raise
+                smtp.token.reject(token)
+                await client.auth_xoauth2(smtp.username, await _token(smtp))
         elif smtp.username:
             await client.login(smtp.username, smtp.password)
         yield client
+
+
+async def _token(smtp: ServerUrl) -> str:
+    """The URL's token, got off the event loop (it may wait on the identity provider). A
+    refusal is retried like a relay's 4xx: the admin who mends it loses no mail."""
+    assert smtp.token is not None
+    try:
+        return await asyncio.to_thread(smtp.token)
+    except RefusedError as exc:
+        raise TransientError(f"SMTP login: {exc}") from None
 
 
 def smtp_error(exc: Exception, smtp: ServerUrl) -> Exception:

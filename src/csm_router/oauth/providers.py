@@ -41,11 +41,15 @@ TIMEOUT = 30.0  # seconds for one answer of the identity provider
 def tokens_for(settings: OAuthSettings) -> Tokens:
     """This process's one token holder for these settings (router and worker threads share
     it, and so share each renewal)."""
-    return Tokens(fetcher(settings), settings.describe())
+    fresh = None
+    if settings.provider == "microsoft" and settings.delegated:
+        fresh = functools.partial(_translated, settings, _microsoft_user_fresh)
+    return Tokens(fetcher(settings), settings.describe(), fetch_fresh=fresh)
 
 
 def fetcher(settings: OAuthSettings) -> Callable[[], AccessToken]:
-    """The function that gets a new token for these settings."""
+    """The function that gets a token for these settings (the one a library keeps, while
+    it has one)."""
     kinds: dict[tuple[str, bool], Callable[[OAuthSettings], AccessToken]] = {
         ("microsoft", False): _microsoft_app, ("microsoft", True): _microsoft_user,
         ("google", False): _google_service_account, ("google", True): _google_user,
@@ -119,7 +123,11 @@ def user_scopes(settings: OAuthSettings) -> list[str]:
     return settings.scope.split() if settings.scope else list(MICROSOFT_USER_SCOPES)
 
 
-def _microsoft_user(settings: OAuthSettings) -> AccessToken:
+def _microsoft_user_fresh(settings: OAuthSettings) -> AccessToken:
+    return _microsoft_user(settings, force=True)
+
+
+def _microsoft_user(settings: OAuthSettings, force: bool = False) -> AccessToken:
     import msal
 
     assert settings.token_file is not None
@@ -130,7 +138,7 @@ def _microsoft_user(settings: OAuthSettings) -> AccessToken:
         app = microsoft_public_app(settings, cache)
         accounts = app.get_accounts(username=settings.user) or app.get_accounts()
         result = (app.acquire_token_silent_with_error(user_scopes(settings),
-                                                      account=accounts[0])
+                                                      account=accounts[0], force_refresh=force)
                   if accounts else None)
         if cache.has_state_changed:  # a rotated refresh token: kept before it is used
             stored.write({**data, "msal": cache.serialize(), "renewed": time.time()})

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from csm_router.errors import RefusedError, TransientError
+from csm_router.errors import LoginRefusedError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def granted(value: str, expires_in: float, now: float | None = None) -> AccessTo
     return AccessToken(value, now + float(expires_in), float(expires_in))
 
 
-class TokenRefusedError(RefusedError):
+class TokenRefusedError(LoginRefusedError):
     """The identity provider refused to grant a token: a secret expired, consent was taken
     back, the app is not allowed on the mailbox. Only an administrator mends it."""
 
@@ -61,8 +61,13 @@ class Tokens:
     """
 
     def __init__(self, fetch: Callable[[], AccessToken], what: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 fetch_fresh: Callable[[], AccessToken] | None = None) -> None:
         self._fetch = fetch
+        # A library that keeps tokens of its own (msal's cache) would answer the token a
+        # server just refused: this asks the provider anew.
+        self._fetch_fresh = fetch_fresh or fetch
+        self._fresh_next = False
         self.what = what  # e.g. "Microsoft 365 (tenant acme.onmicrosoft.com)"
         self._clock = clock
         self._lock = threading.Lock()
@@ -82,13 +87,21 @@ class Tokens:
         """When the token held now lapses (0 before the first)."""
         return self._token.expires_at
 
+    def reject(self, value: str) -> None:
+        """A mail server refused this token although it had not lapsed (revoked early, or
+        it lacks a permission granted since): the next call gets another."""
+        with self._lock:
+            if value and value == self._token.value:
+                self._token = AccessToken()
+                self._fresh_next = True
+
     def __call__(self) -> str:
         with self._lock:
             now = self._clock()
             if self._token.fresh(now):
                 return self._token.value
             try:
-                token = self._fetch()
+                token = (self._fetch_fresh if self._fresh_next else self._fetch)()
             except TokenRefusedError as exc:
                 self.refused = str(exc)
                 _tell(self._on_refused, self.refused)
@@ -107,6 +120,7 @@ class Tokens:
             if self.refused or not self._granted_once:
                 _tell(self._on_granted)
             self._token, self.refused, self._granted_once = token, "", True
+            self._fresh_next = False
             return token.value
 
     @property
