@@ -299,7 +299,8 @@ class Settings(BaseSettings):
         """The OAuth login for the mailbox user the URLs name, if one is set."""
         if self.oauth_provider is None:
             return None
-        url = self.imap_url or self.smtp_url
+        urls = [url for url in (self.imap_url, self.smtp_url) if url is not None]
+        url = next((u for u in urls if _wants_token(u)), urls[0] if urls else None)
         secret = self.oauth_client_secret.get_secret_value() if self.oauth_client_secret else ""
         return OAuthSettings(
             self.oauth_provider, url.username if url else "", self.oauth_tenant.strip(),
@@ -355,8 +356,15 @@ def _with_tokens(settings: Settings) -> Settings:
         return settings
     tokens = tokens_for(oauth)
     update = {name: replace(url, token=tokens) for name in ("imap_url", "smtp_url")
-              if (url := getattr(settings, name)) is not None}
+              if (url := getattr(settings, name)) is not None and _wants_token(url)}
     return settings.model_copy(update=update)
+
+
+def _wants_token(url: ServerUrl) -> bool:
+    """A URL naming a user and no password logs in with a token; one with a password keeps
+    it (Gmail's IMAP with a token, a relay's API key for SMTP), one with neither needs no
+    login (a relay on the host)."""
+    return bool(url.username) and not url.password
 
 
 def _given(field: str, overrides: dict[str, Any]) -> bool:
@@ -382,9 +390,11 @@ def _cross_checks(settings: Settings) -> list[tuple[str, str]]:
                          "(nor ROUTER_DIGEST_ADDRESS or ROUTER_OVERFLOW_ADDRESS)"))
     if (oauth := settings.oauth()) is not None:
         problems += oauth.problems()
-        problems += [(f"ROUTER_{name.upper()}", "must name the mailbox user and no password "
-                      "with ROUTER_OAUTH_PROVIDER") for name in ("imap_url", "smtp_url")
-                     if (url := getattr(settings, name)) and (url.password or not url.username)]
+        urls = [url for url in (settings.imap_url, settings.smtp_url) if url is not None]
+        if urls and not any(_wants_token(url) for url in urls):
+            problems.append(("ROUTER_OAUTH_PROVIDER", "is set, but neither ROUTER_IMAP_URL nor "
+                             "ROUTER_SMTP_URL logs in with a token: name the mailbox user and "
+                             "leave out the password in the URL that should"))
     if settings.premium_pool and not settings.premium:
         problems.append(("ROUTER_PREMIUM_POOL", "is set but ROUTER_PREMIUM names no account"))
     return problems

@@ -68,11 +68,12 @@ class ServerUrl:
     def plaintext_refused(self, protocol: str) -> str:
         """Why we will not log in to a server that offers no STARTTLS."""
         return (f"{protocol} server {self.host}:{self.port} offers no STARTTLS: refusing to "
-                f"send the password in the clear (set {ENV_PREFIX}ALLOW_PLAINTEXT=true to "
+                f"send the {'token' if self.token else 'password'} in the clear (set {ENV_PREFIX}ALLOW_PLAINTEXT=true to "
                 f"allow, or use {self.scheme}s://)")
 
     def __str__(self) -> str:
-        user = f"{self.username}:***@" if self.username else ""
+        secret = ":***" if self.password else ""  # none with a token: it is no part of the URL
+        user = f"{self.username}{secret}@" if self.username else ""
         path = f"/{self.path}" if self.path else ""
         return f"{self.scheme}://{user}{self.host}:{self.port}{path}"
 

@@ -39,15 +39,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 lambda: warnings.extend(_redis_login(settings)))
     for warning in warnings:
         report.note(False, "redis", warning)
-    imap = settings.required_imap()
+    imap, smtp = settings.required_imap(), settings.required_smtp()
     notes: list[tuple[bool, str, str]] = []  # (fine, server, what), printed after its step
-    if (oauth := settings.oauth()) is not None and isinstance(imap.token, Tokens):
-        tokens = imap.token
+    tokens = next((url.token for url in (imap, smtp) if isinstance(url.token, Tokens)), None)
+    if (oauth := settings.oauth()) is not None and tokens is not None:
         report.step("oauth", oauth.describe(), lambda: notes.append(_token_note(tokens)))
         report.notes(notes)
     report.step("imap", str(imap), lambda: _imap_login(settings, imap, notes))
     report.notes(notes)
-    smtp = settings.required_smtp()
     report.step("smtp", str(smtp), lambda: notes.append(asyncio.run(_smtp_login(settings))))
     report.notes(notes)
     if settings.support_address is not None:
