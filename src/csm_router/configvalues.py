@@ -67,8 +67,9 @@ class ServerUrl:
 
     def plaintext_refused(self, protocol: str) -> str:
         """Why we will not log in to a server that offers no STARTTLS."""
+        secret = "token" if self.token else "password"
         return (f"{protocol} server {self.host}:{self.port} offers no STARTTLS: refusing to "
-                f"send the {'token' if self.token else 'password'} in the clear (set {ENV_PREFIX}ALLOW_PLAINTEXT=true to "
+                f"send the {secret} in the clear (set {ENV_PREFIX}ALLOW_PLAINTEXT=true to "
                 f"allow, or use {self.scheme}s://)")
 
     def __str__(self) -> str:
