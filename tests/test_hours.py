@@ -125,3 +125,48 @@ def test_settings_refuse_a_premium_pool_outside_the_pool_or_without_accounts() -
         load_settings(alias="success@acme.com", pool=ALICE, premium_pool=ALICE)
     with pytest.raises(ConfigError, match=r"ROUTER_PREMIUM: .https://initech\.com. is not"):
         load_settings(alias="success@acme.com", pool=ALICE, premium="https://initech.com")
+
+
+# Public holidays ---------------------------------------------------------------------------
+
+BERLIN_HOLIDAYS = f"{ALICE}=Europe/Berlin 09-17 Mon-Fri holidays=DE-BE"
+
+
+def test_a_holiday_calendar_is_named_in_the_hours_and_read_from_the_package() -> None:
+    settings = load_settings(alias="success@acme.com", hours=BERLIN_HOLIDAYS, pool=ALICE)
+    shift = settings.hours[ALICE]
+    assert shift.calendar == "DE-BE"
+    assert shift.describe() == "09:00-17:00 Mon, Tue, Wed, Thu, Fri (Europe/Berlin, holidays DE-BE)"
+    labour_day = datetime(2026, 5, 1).date()  # a Friday
+    womens_day = datetime(2027, 3, 8).date()  # a Monday, a holiday in Berlin only
+    assert labour_day in shift.days_off and womens_day in shift.days_off
+    munich = load_settings(alias="success@acme.com", pool=ALICE,
+                           hours=f"{ALICE}=Europe/Berlin 09-17 Mon-Fri holidays=de-by")
+    bavaria = munich.hours[ALICE]
+    assert bavaria.calendar == "DE-BY" and womens_day not in bavaria.days_off
+
+
+def test_a_holiday_is_off_like_a_weekend_for_shifts_and_deadlines() -> None:
+    settings = load_settings(alias="success@acme.com", hours=BERLIN_HOLIDAYS, pool=ALICE)
+    berlin = settings.schedule
+    assert berlin.on_shift(ALICE, utc("2026-04-30 10:00"))  # Thursday
+    assert not berlin.on_shift(ALICE, utc("2026-05-01 10:00"))  # Labour Day, a Friday
+    assert berlin.back_at(ALICE, utc("2026-05-01 10:00")) == utc("2026-05-04 07:00")
+    # An hour's target from Thursday 16:30 Berlin: half an hour then, half on Monday.
+    assert iso(berlin.deadline(utc("2026-04-30 14:30"), 60)) == "2026-05-04 07:30"
+    assert berlin.working_seconds(utc("2026-04-30 00:00"), utc("2026-05-04 00:00")) == 8 * 3600
+    plain = schedule(BERLIN, (ALICE,))
+    assert plain.on_shift(ALICE, utc("2026-05-01 10:00"))  # no calendar: a working day
+
+
+@pytest.mark.parametrize(("calendar", "said"), [
+    ("holidays=ZZ", "ZZ is no country"),
+    ("holidays=DE-XX", "XX is no subdivision of DE"),
+    ("holidays=", "is not a holiday calendar"),
+    ("holidays:DE", "is not a holiday calendar"),
+])
+def test_an_unknown_holiday_calendar_is_refused_by_name(calendar: str, said: str) -> None:
+    with pytest.raises(ConfigError, match="ROUTER_HOURS") as caught:
+        load_settings(alias="success@acme.com", pool=ALICE,
+                      hours=f"{ALICE}=Europe/Berlin 09-17 Mon-Fri {calendar}")
+    assert said in str(caught.value)

@@ -201,3 +201,17 @@ def test_first_responses_count_working_time() -> None:
     assert alice.median_first_response_minutes == 90  # not the 65 hours of the weekend
     (row,) = status(store, utc("2026-11-30 09:00"))
     assert row.median_first_response_minutes == 90  # `status` counts the same way
+
+
+def test_a_public_holiday_holds_new_threads_like_a_weekend() -> None:
+    store = make_store(pool=ALICE, hours=f"{ALICE}=Europe/Berlin 09-17 Mon-Fri holidays=DE-BE")
+    write = writer(store)
+    labour_day = utc("2026-05-01 09:00")  # Friday, 11:00 in Berlin: a holiday
+    held = write("jane@globex.com", labour_day)
+    assert held.state == "held"
+    assert "overflow" not in owed_kinds(store, held)  # the calendar, not a full pool
+    assert store.release_held(now=utc("2026-05-02 09:00"))[0] == []  # Saturday
+    monday = utc("2026-05-04 07:00")  # 09:00 in Berlin
+    released, _ = store.release_held(now=monday)
+    assert [(r.ref, r.owner) for r in released] == [(held.ref, ALICE)]
+    assert float(store.thread(held.ref)["due"]) == monday + 3600

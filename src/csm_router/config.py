@@ -20,6 +20,7 @@ from csm_router.configvalues import (
     parse_domains,
     parse_sentinel_url,
     unknown_settings,
+    with_holidays,
 )
 from csm_router.configvalues import Address as Address
 from csm_router.configvalues import ConfigError as ConfigError
@@ -105,7 +106,7 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return value
         try:
-            return parse_hours(str(value))
+            return with_holidays(parse_hours(str(value)))
         except HoursError as exc:
             raise ValueError(str(exc)) from None
 

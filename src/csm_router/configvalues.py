@@ -4,10 +4,12 @@ and Redis Sentinel sets), durations."""
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import date
 from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -15,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from dotenv import dotenv_values
 
 # The value types live in the core, which imports no configuration; re-exported here.
+from csm_router.core.hours import HoursError, Shift
 from csm_router.core.people import Address as Address
 from csm_router.core.people import PoolMember as PoolMember
 
@@ -301,3 +304,35 @@ def unknown_settings(names: list[str], known: set[str]) -> list[tuple[str, str]]
         hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
         problems.append((name, f"is not a setting{hint} (see deploy/.env.example)"))
     return problems
+
+
+# Holiday dates are read for these many years around today: reports and SLA clocks look
+# back, and a router runs across New Year.
+HOLIDAY_YEARS = (-2, 2)
+
+
+def with_holidays(hours: dict[str, Shift], today: date | None = None) -> dict[str, Shift]:
+    """Each shift that names a holiday calendar, with the calendar's dates as days off."""
+    year = (today or date.today()).year
+    return {address: replace(shift, days_off=holiday_dates(
+                shift.calendar, year + HOLIDAY_YEARS[0], year + HOLIDAY_YEARS[1]))
+            if shift.calendar else shift for address, shift in hours.items()}
+
+
+@functools.cache
+def holiday_dates(calendar: str, first_year: int, last_year: int) -> frozenset[date]:
+    """The public holidays of `calendar` (`DE`, `DE-BE`) from the `holidays` package."""
+    import holidays
+
+    country, _, region = calendar.partition("-")
+    supported = holidays.list_supported_countries()
+    if country not in supported:
+        raise HoursError(f"holidays={calendar}: {country} is no country of the holidays "
+                         "package (ISO 3166 codes: DE, FR, US, ...)")
+    regions = {name.upper(): name for name in supported[country]}
+    if region and region not in regions:
+        raise HoursError(f"holidays={calendar}: {region} is no subdivision of {country} "
+                         f"(it has {', '.join(sorted(regions)) or 'none'})")
+    found = holidays.country_holidays(country, subdiv=regions.get(region) if region else None,
+                                      years=range(first_year, last_year + 1))
+    return frozenset(found)

@@ -1,10 +1,11 @@
 """Working hours: who is on shift now, when someone is back, and deadlines in working time.
 
-`ROUTER_HOURS` gives each CSM a time zone, hours and days, e.g.
-`alice@acme.com=Europe/Berlin 09-17 Mon-Fri; bob@acme.com=America/New_York 09:30-18 Mon-Fri`.
-Hours are local wall-clock time, so a shift keeps its hours across DST changes; a shift
-that ends before it starts (`22-06`) runs past midnight, counted from the day it starts.
-A CSM without hours is always on shift.
+`ROUTER_HOURS` gives each CSM a time zone, hours, days and a public-holiday calendar, e.g.
+`alice@acme.com=Europe/Berlin 09-17 Mon-Fri holidays=DE-BE; bob@acme.com=America/New_York
+09:30-18 Mon-Fri`. Hours are local wall-clock time, so a shift keeps its hours across DST
+changes; a shift that ends before it starts (`22-06`) runs past midnight, counted from the
+day it starts, and a holiday is off like a weekend (the day the shift starts decides). A
+CSM without hours is always on shift.
 
 The first-response clock counts the pool's working time: the time when at least one CSM
 of the pool is on shift (all the time, if anyone has no hours).
@@ -22,6 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _HOURS = re.compile(r"^(\d{1,2})(?::(\d{2}))?-(\d{1,2})(?::(\d{2}))?$")
+# `holidays=DE-BE`: an ISO 3166 country, and optionally one of its subdivisions.
+_CALENDAR = re.compile(r"^holidays=([A-Za-z]{2,3})(?:-(\w{1,12}))?$", re.IGNORECASE)
 LOOKAHEAD_DAYS = 21  # no working time within three weeks: the schedule is broken, not late
 
 
@@ -37,6 +40,8 @@ class Shift:
     start: clock_time
     end: clock_time
     days: frozenset[int]
+    calendar: str = ""  # e.g. "DE-BE": the public holidays this CSM has off
+    days_off: frozenset[date] = frozenset()  # the calendar's dates, filled in by the settings
 
     def windows(self, since: float, until: float) -> Iterator[tuple[float, float]]:
         """Each shift overlapping [since, until), as Unix-second intervals, in order."""
@@ -44,7 +49,7 @@ class Shift:
         last = datetime.fromtimestamp(until, self.zone).date()
         day = first
         while day <= last:
-            if day.weekday() in self.days:
+            if day.weekday() in self.days and day not in self.days_off:
                 begin, end = self._window(day)
                 if end > since and begin < until:
                     yield begin, end
@@ -68,14 +73,24 @@ class Shift:
     def describe(self) -> str:
         days = sorted(self.days)
         spans = ", ".join(DAYS[d].title() for d in days)
-        return f"{self.start:%H:%M}-{self.end:%H:%M} {spans} ({self.zone.key})"
+        off = f", holidays {self.calendar}" if self.calendar else ""
+        return f"{self.start:%H:%M}-{self.end:%H:%M} {spans} ({self.zone.key}{off})"
 
 
 def parse_shift(text: str) -> Shift:
-    """`Europe/Berlin 09-17 Mon-Fri` (days optional: every day)."""
+    """`Europe/Berlin 09-17 Mon-Fri holidays=DE-BE` (days optional: every day; the holiday
+    calendar optional: none). The calendar is named here; its dates come from the settings,
+    which read the `holidays` package (the core imports no library)."""
     parts = text.split()
+    calendar = ""
+    if parts and (named := _CALENDAR.match(parts[-1])):
+        country, region = named.groups()
+        calendar = country.upper() + (f"-{region.upper()}" if region else "")
+        parts.pop()
+    elif parts and parts[-1].lower().startswith("holidays"):
+        raise HoursError(f"{parts[-1]!r} is not a holiday calendar like holidays=DE-BE")
     if len(parts) not in (2, 3):
-        raise HoursError(f"{text!r} is not 'Time/Zone HH-HH Mon-Fri'")
+        raise HoursError(f"{text!r} is not 'Time/Zone HH-HH Mon-Fri [holidays=DE-BE]'")
     try:
         zone = ZoneInfo(parts[0])
     except (ZoneInfoNotFoundError, ValueError):
@@ -91,7 +106,7 @@ def parse_shift(text: str) -> Shift:
     if start == end:
         raise HoursError(f"{parts[1]!r} starts when it ends")
     days = parse_days(parts[2]) if len(parts) == 3 else frozenset(range(7))
-    return Shift(zone, start, end, days)
+    return Shift(zone, start, end, days, calendar)
 
 
 def parse_days(text: str) -> frozenset[int]:
