@@ -9,6 +9,7 @@ import time
 from csm_router.cli.figures import Add
 from csm_router.cli.shared import _parse_until, _runtime, out
 from csm_router.config import ConfigError, load_settings
+from csm_router.core.threads import format_ref
 from csm_router.mail.outbound import render
 from csm_router.oauth.login import login
 from csm_router.runtime import release_held
@@ -18,16 +19,25 @@ from csm_router.state import pool
 def cmd_away(args: argparse.Namespace) -> int:
     rt = _runtime()
     until = _parse_until(args.until) if args.until else None
-    address = pool.set_away(rt.store, args.address, until)
-    out.print(f"{address} is away" + (f" until {args.until}" if args.until else " until `back`"))
+    address = pool.set_away(rt.store, args.address, until, backup=args.backup)
+    covered = f"; replies in their threads go to {args.backup.lower()}" if args.backup else ""
+    out.print(f"{address} is away" + (f" until {args.until}" if args.until else " until `back`")
+              + covered, markup=False)
     return 0
 
 
 def cmd_back(args: argparse.Namespace) -> int:
     rt = _runtime()
-    address = pool.set_back(rt.store, args.address)
+    address = args.address.strip().lower()
+    returned = pool.set_back(rt.store, address)
     count = release_held(rt)
-    out.print(f"{address} is back" + (f"; {count} held thread(s) handed out" if count else ""))
+    said = [f"{address} is back"]
+    if returned:
+        said.append(f"{len(returned)} thread(s) back from their backup: "
+                    + ", ".join(format_ref(ref) for ref in returned))
+    if count:
+        said.append(f"{count} held thread(s) handed out")
+    out.print("; ".join(said), markup=False)
     return 0
 
 
@@ -72,7 +82,9 @@ def add_admin_commands(add: Add) -> None:
     p = add("away", cmd_away, "mark a CSM away: they get no new threads")
     p.add_argument("address")
     p.add_argument("--until", help="date or time (UTC unless given), e.g. 2026-12-01")
-    p = add("back", cmd_back, "mark a CSM back")
+    p.add_argument("--backup", metavar="ADDRESS", help="a pool CSM who takes the replies in "
+                   "their threads meanwhile; the threads come back to them when back")
+    p = add("back", cmd_back, "mark a CSM back (threads a backup covered come back to them)")
     p.add_argument("address")
     p = add("assign", cmd_assign, "make a CSM the onboarding owner of a customer domain")
     p.add_argument("account", help="customer domain, e.g. customer.com; at a free-mail "

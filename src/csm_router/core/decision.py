@@ -66,6 +66,8 @@ class Snapshot:
     away: frozenset[str]
     # When each of `away` is back, for those marked away until a time (epoch seconds).
     away_until: Mapping[str, float] = field(default_factory=dict)
+    # Who covers whom while away (`csm-router away ADDRESS --backup ADDRESS`).
+    backups: Mapping[str, str] = field(default_factory=dict)
     thread: ThreadInfo | None = None  # the known thread this message belongs to
     matched_by: str = ""  # how `thread` was recognised, for the reason
     tag_owner: str | None = None  # CSM whose signature tag the message quotes
@@ -149,6 +151,12 @@ class Decision:
     ref: int | None = None
     command: Command | None = None
     error: str | None = None  # a command that cannot be carried out: the sender is told
+    cover_for: str | None = None  # `target` is the backup of this away owner, covering
+
+    @classmethod
+    def to_backup(cls, backup: str, owner: str, *, rule: str, why: str, ref: int) -> Decision:
+        """To `backup`, covering the away `owner`: the thread returns to them once back."""
+        return cls(Action.FORWARD, rule, why, target=backup, ref=ref, cover_for=owner)
 
     @classmethod
     def to_csm(cls, target: str, *, rule: str, why: str, ref: int | None = None) -> Decision:

@@ -26,24 +26,37 @@ def require_member(store: Store, address: str) -> str:
 
 
 def set_away(
-    store: Store, address: str, until: float | None = None, now: float | None = None
+    store: Store, address: str, until: float | None = None, now: float | None = None,
+    backup: str | None = None,
 ) -> str:
-    """Mark a CSM away (until a time, or until `back`); they get nothing new."""
+    """Mark a CSM away (until a time, or until `back`); they get nothing new. With a
+    `backup`, replies in their threads go to the backup, and come back to them after."""
     address = require_member(store, address)
     if until is not None and until <= (now if now is not None else time.time()):
         raise PoolError("--until is in the past: give a later time, or leave it out to mark "
                         f"{address} away until `csm-router back`")
-    store.redis.hset(key("away"), address, "" if until is None else repr(until))
+    if backup is not None:
+        backup = require_member(store, backup)
+        if backup == address:
+            raise PoolError(f"{address} cannot be their own backup")
+    with store.redis.pipeline() as pipe:
+        pipe.hset(key("away"), address, "" if until is None else repr(until))
+        if backup is not None:
+            pipe.hset(key("backup"), address, backup)
+        else:
+            pipe.hdel(key("backup"), address)
+        pipe.execute()
     return address
 
 
-def set_back(store: Store, address: str) -> str:
-    """A CSM is back; held threads can go to them."""
+def set_back(store: Store, address: str) -> list[int]:
+    """A CSM is back: held threads can go to them, and the threads their backup covered
+    are theirs again (answers those)."""
     address = require_member(store, address)
-    store.redis.hdel(key("away"), address)
+    out = store.run_script("back", {"csm": address})
     if address in store.settings.away:
         raise PoolError(f"{address} is still listed in ROUTER_AWAY; remove it there too")
-    return address
+    return [int(r) for r in out.get("returned") or []]
 
 
 def assign_onboarding(store: Store, account: str, address: str, days: int, now: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -17,12 +18,14 @@ from csm_router.config import Settings, format_duration
 from csm_router.core.decision import Decision
 from csm_router.core.keeping import kept_raw
 from csm_router.core.message import Inbound
-from csm_router.core.threads import FIRST_REF, is_own_message_id
+from csm_router.core.threads import FIRST_REF, format_ref, is_own_message_id
 from csm_router.state.keys import key as key
 from csm_router.state.keys import text as text
 from csm_router.state.keys import text_hash as text_hash
 from csm_router.state.replicas import ReplicaWait
 from csm_router.state.snapshot import SnapshotReader
+
+log = logging.getLogger(__name__)
 
 # The outer bound on a raw message in Redis (lua/common.lua too): dropped sooner once
 # delivered and out of the thread's newest messages, kept longer while its thread is held.
@@ -269,6 +272,7 @@ class Store(SnapshotReader):
             "subject": msg.subject,
             "command": {"name": command.name, "argument": command.argument} if command else None,
             "error": decision.error,
+            "cover_for": decision.cover_for,
             "why_deliver": why_deliver or decision.why,
             "notice": notice,
             "raw_ttl": self.settings.kept(RAW_TTL_SECONDS) if raw is not None else 0,
@@ -295,6 +299,10 @@ class Store(SnapshotReader):
     ) -> tuple[list[Released], list[str]]:
         """Hand held threads to whoever can take them now; answers them and what was owed."""
         out = self.run_script("release", {"now": now or time.time(), "limit": limit})
+        for csm, refs in (out.get("returned") or {}).items():
+            if refs:
+                log.info("%s is back: %s returned from their backup", csm,
+                         ", ".join(format_ref(int(r)) for r in refs))
         released = out.get("released") if isinstance(out, dict) else None
         return [
             Released(int(r["ref"]), r["owner"], tuple(owed_ids(r.get("msgs"))))

@@ -39,8 +39,14 @@ def _to_owner(thread: ThreadInfo, snap: Snapshot, matched_by: str) -> Decision:
         why = f"owner {thread.owner} has left the pool ({matched_by})"
         return Decision.next_csm(rule=NAME, ref=ref, why=why)
     if thread.owner in snap.away:
-        why = f"owner {thread.owner} is away ({matched_by})"
-        return Decision.next_csm(rule=NAME, ref=ref, why=why)
+        gone = f"{thread.owner} is away"
+        backup = snap.backups.get(thread.owner)
+        if backup is not None and backup != thread.owner:
+            if (cannot := snap.unavailable_why(backup)) is None:
+                why = f"owner {gone}: {backup} covers as their backup ({matched_by})"
+                return Decision.to_backup(backup, thread.owner, rule=NAME, ref=ref, why=why)
+            gone = f"{gone} and their backup {cannot}"
+        return Decision.next_csm(rule=NAME, ref=ref, why=f"owner {gone} ({matched_by})")
     reopened = ", reopened" if thread.state is ThreadState.CLOSED else ""
     # A closed thread left its owner's count: reopening it is a new thread for capacity. An
     # open one they hold already is never refused.

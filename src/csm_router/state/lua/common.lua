@@ -19,8 +19,8 @@ end
 local OFF_SHIFT, PREMIUM, PREMIUM_POOL = set_of(d.off_shift), set_of(d.premium),
   set_of(d.premium_pool)
 
-local function is_away(addr)
-  if OFF_SHIFT[addr] then return true end
+-- Marked away (ROUTER_AWAY, or `csm-router away` with no end or an end still ahead).
+local function away_marked(addr)
   for _, a in ipairs(d.env_away or {}) do
     if a == addr then return true end
   end
@@ -28,6 +28,10 @@ local function is_away(addr)
   if not till then return false end
   if till == '' then return true end
   return tonumber(till) > d.now
+end
+
+local function is_away(addr)
+  return OFF_SHIFT[addr] or away_marked(addr)
 end
 
 local function has_room(addr)
@@ -312,4 +316,39 @@ local function park(ref, state)
   stop_clock(ref)
   not_quiet(ref)
   if state == 'closed' then expire_thread(ref) else keep_thread(ref) end
+end
+
+-- A backup covers an away CSM (`csm:backup`: CSM -> backup): replies in the CSM's threads
+-- go to the backup, and `csm:covered:<csm>` lists the threads the backup took. Once the
+-- CSM is back, each comes back to them; answers the references.
+local function return_covered(addr)
+  local back = {}
+  for _, ref in ipairs(redis.call('SMEMBERS', P .. 'covered:' .. addr)) do
+    local tkey = P .. 'thread:' .. ref
+    if redis.call('HGET', tkey, 'covering_for') == addr then
+      redis.call('HDEL', tkey, 'covering_for')
+      local t = redis.call('HMGET', tkey, 'owner', 'state')
+      local holder, state = t[1] or '', t[2] or ''
+      -- Held threads go out as any held thread does; Support keeps what it has.
+      if holder ~= '' and holder ~= addr and (state == 'open' or state == 'closed') then
+        if state == 'open' then
+          redis.call('SREM', P .. 'open:' .. holder, ref)
+          redis.call('SADD', P .. 'open:' .. addr, ref)
+        end
+        redis.call('HSET', tkey, 'owner', addr)
+        event(ref, 'returned', {owner = addr, previous = holder,
+          why = addr .. ' is back from being away'})
+        table.insert(back, tonumber(ref))
+      end
+    end
+  end
+  redis.call('DEL', P .. 'covered:' .. addr)
+  redis.call('HDEL', P .. 'backup', addr)
+  return back
+end
+
+-- The backup takes thread `ref` while its owner `addr` is away.
+local function cover(ref, addr)
+  redis.call('HSET', P .. 'thread:' .. ref, 'covering_for', addr)
+  redis.call('SADD', P .. 'covered:' .. addr, ref)
 end

@@ -8,6 +8,7 @@ if t[1] == d.target and t[2] == 'open' then
   return with_owed({previous = d.target, unchanged = true})
 end
 local old = set_owner(d.ref, d.target)
+redis.call('HDEL', tkey, 'covering_for')  -- an admin's choice: it stays there
 if (redis.call('HGET', tkey, 'first_response') or '') == '' then
   start_clock(d.ref, due_for(d.ref))
 end

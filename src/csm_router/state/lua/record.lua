@@ -127,6 +127,7 @@ if d.action == 'reply' or d.action == 'command' then
       event(ref, 'to-support', {owner = d.target, why = '#support by ' .. d.target})
     elseif name == 'reassign' then
       set_owner(ref, command.argument)
+      redis.call('HDEL', tkey, 'covering_for')  -- a person's choice: it stays there
       start_clock(ref, due_for(ref))
       -- Messages held for the thread go along with the last one, never dropped.
       local msgs = release_messages(ref, command.argument)
@@ -224,6 +225,7 @@ if not owner then
 end
 
 local previous = set_owner(ref, owner)
+if v(d.cover_for) and owner == d.target then cover(ref, d.cover_for) end
 if new or state == 'closed' or previous ~= owner then
   start_clock(ref, due_for(ref))
 elseif (redis.call('HGET', tkey, 'due') or '') == '' then

@@ -1,3 +1,12 @@
+-- Whoever is back from being away (their `--until` passed) gets back the threads their
+-- backup covered.
+local returned = {}
+for _, addr in ipairs(redis.call('HKEYS', P .. 'backup')) do
+  if not away_marked(addr) then
+    returned[addr] = return_covered(addr)
+  end
+end
+
 -- Hand held threads, oldest first, to whoever can take them now; stop at the first miss.
 local out = {}
 local refs = redis.call('ZRANGE', P .. 'held', 0, d.limit - 1)
@@ -17,4 +26,4 @@ for _, ref in ipairs(refs) do
     sends = sends_of(sent)})
   table.insert(out, {ref = tonumber(ref), owner = owner, msgs = msgs})
 end
-return with_owed({released = out})
+return with_owed({released = out, returned = returned})

@@ -1,0 +1,30 @@
+"""The pool's tuning from the command line, on real servers: a backup for whoever is away."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.product import ALICE, BOB, Product, body_of
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_backup_covers_an_away_csm_and_the_thread_comes_back(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    (first,) = product.route()
+    assert first.rcpt_tos == [ALICE]
+    said = product.cli("away", ALICE, "--backup", BOB).stdout
+    assert f"replies in their threads go to {BOB}" in said
+
+    product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
+    product.write("Max Muster <max@initech.com>", "A new question")
+    covered, new = product.route()
+    assert covered.rcpt_tos == [BOB] and "[CS-1001]" in str(covered.message["Subject"])
+    assert f"{BOB} covers as their backup" in body_of(covered)  # the note says why
+    assert new.rcpt_tos != [ALICE]  # away: no new threads for her
+
+    back = product.cli("back", ALICE).stdout
+    assert "1 thread(s) back from their backup: CS-1001" in back
+    product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
+    (again,) = product.route()
+    assert again.rcpt_tos == [ALICE]
