@@ -17,7 +17,9 @@ from csm_router.configvalues import ENV_PREFIX as ENV_PREFIX
 from csm_router.configvalues import (
     SENTINEL_SCHEME,
     dotenv_names,
+    language_name,
     parse_domains,
+    parse_languages,
     parse_sentinel_url,
     unknown_settings,
     with_holidays,
@@ -87,6 +89,8 @@ class Settings(BaseSettings):
     hours: Annotated[dict[str, Shift], NoDecode] = Field(default_factory=dict)
     premium: Annotated[frozenset[str], NoDecode] = frozenset()
     premium_pool: Annotated[tuple[str, ...], NoDecode] = ()
+    # CSM -> the languages they read (ISO 639-1): new threads go to a reader of theirs.
+    languages: Annotated[dict[str, frozenset[str]], NoDecode] = Field(default_factory=dict)
     premium_first_response_minutes: int | None = Field(default=None, ge=1)
     # OAuth 2.0 instead of passwords in the URLs (oauth/settings.py says what each needs).
     oauth_provider: Literal["microsoft", "google", "generic"] | None = None
@@ -124,12 +128,33 @@ class Settings(BaseSettings):
             return frozenset(str(v).lower() for v in value)
         return parse_domains(str(value))
 
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _languages(cls, value: Any) -> dict[str, frozenset[str]]:
+        if isinstance(value, dict):
+            return value
+        return parse_languages(str(value))
+
     @field_validator("premium_pool", mode="before")
     @classmethod
     def _premium_pool(cls, value: Any) -> tuple[str, ...]:
         if isinstance(value, tuple | list):
             return tuple(str(v).lower() for v in value)
         return tuple(parse_address(item).address for item in split_list(str(value)))
+
+    @property
+    def readers(self) -> dict[str, list[str]]:
+        """Language -> the pool CSMs who read it, in pool order."""
+        found: dict[str, list[str]] = {}
+        for member in self.pool:
+            for code in sorted(self.languages.get(member.address, ())):
+                found.setdefault(code, []).append(member.address)
+        return found
+
+    @property
+    def language_names(self) -> dict[str, str]:
+        """Each language the pool reads, by name: `de` -> `German`."""
+        return {code: language_name(code) for code in self.readers}
 
     @property
     def lead(self) -> Address | None:
@@ -381,7 +406,8 @@ def _cross_checks(settings: Settings) -> list[tuple[str, str]]:
     problems = []
     members = {m.address for m in settings.pool}
     for variable, named in (("ROUTER_AWAY", settings.away),
-                            ("ROUTER_PREMIUM_POOL", set(settings.premium_pool))):
+                            ("ROUTER_PREMIUM_POOL", set(settings.premium_pool)),
+                            ("ROUTER_LANGUAGES", set(settings.languages))):
         if unknown := set(named) - members:
             problems.append((variable, f"{', '.join(sorted(unknown))} not in ROUTER_POOL"))
     # The lead's hours give only the time zone of the digest and the figures, never routing.

@@ -336,3 +336,37 @@ def holiday_dates(calendar: str, first_year: int, last_year: int) -> frozenset[d
     found = holidays.country_holidays(country, subdiv=regions.get(region) if region else None,
                                       years=range(first_year, last_year + 1))
     return frozenset(found)
+
+
+def parse_languages(text: str) -> dict[str, frozenset[str]]:
+    """`ROUTER_LANGUAGES`: `alice@acme.com=de,en; bob@acme.com=en` (ISO 639-1 codes)."""
+    found: dict[str, frozenset[str]] = {}
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        address, sep, codes = entry.partition("=")
+        address = address.strip().lower()
+        languages = frozenset(c.strip().lower() for c in codes.split(",") if c.strip())
+        if not sep or "@" not in address or not languages:
+            raise ValueError(f"{entry!r} is not address=de,en")
+        if unknown := sorted(languages - known_languages()):
+            raise ValueError(f"{', '.join(unknown)} in {entry!r}: not ISO 639-1 language codes "
+                             "the detector knows (de, en, es, fr, ...)")
+        found[address] = languages
+    return found
+
+
+@functools.cache
+def known_languages() -> frozenset[str]:
+    """Every ISO 639-1 code the language detector (lingua) knows."""
+    from lingua import Language
+
+    return frozenset(lang.iso_code_639_1.name.lower() for lang in Language.all())
+
+
+def language_name(code: str) -> str:
+    """`de` -> `German` (the code itself if the detector knows no such language)."""
+    from lingua import IsoCode639_1, Language
+
+    try:
+        return str(Language.from_iso_code_639_1(IsoCode639_1.from_str(code)).name.title())
+    except ValueError:
+        return code

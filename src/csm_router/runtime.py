@@ -19,6 +19,7 @@ from csm_router.core.decision import Action, Decision
 from csm_router.core.message import Inbound
 from csm_router.core.rulefile import load_rules
 from csm_router.core.threads import format_ref, reply_subject
+from csm_router.mail.language import Detector
 from csm_router.mail.outbound import render, use_templates
 from csm_router.oauth.tokens import Tokens
 from csm_router.state.connect import redis_client
@@ -40,6 +41,8 @@ class Runtime:
     support_rules: RuleSet
     outbox: Outbox
     given_client: bool = False  # a client handed in (tests): used for everything
+    # The language of customers' mail, where ROUTER_LANGUAGES says who reads what.
+    languages: Detector | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis | None = None) -> Runtime:
@@ -48,8 +51,10 @@ class Runtime:
         conn = redis if redis is not None else redis_client(settings.redis_url)
         queues = {name: Queue(name, connection=conn) for name in QUEUES}
         store = Store(conn, settings)
+        detector = (Detector(frozenset().union(*settings.languages.values()))
+                    if settings.languages else None)
         rt = cls(settings, conn, store, queues, load_rules(settings.support_rules),
-                 Outbox(store, queues), given_client=redis is not None)
+                 Outbox(store, queues), given_client=redis is not None, languages=detector)
         rt.watch_logins()
         return rt
 
@@ -130,7 +135,7 @@ def command_notice(decision: Decision, msg: Inbound, settings: Settings) -> dict
 
 def record_decision(
     store: Store, msgkey: str, msg: Inbound, decision: Decision, now: float, uid: int = 0,
-    *, raw: bytes | None = None,
+    *, raw: bytes | None = None, language: str | None = None,
 ) -> Outcome:
     """Record a decision with the follow-up texts it implies (forward reason, command reply),
     and keep `raw` if given."""
@@ -139,4 +144,5 @@ def record_decision(
         why_deliver=delivery_reason(decision, msg.sender),
         notice=command_notice(decision, msg, store.settings),
         raw=raw,
+        language=language,
     )

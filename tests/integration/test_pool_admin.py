@@ -28,3 +28,14 @@ def test_a_backup_covers_an_away_csm_and_the_thread_comes_back(product: Product)
     product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
     (again,) = product.route()
     assert again.rcpt_tos == [ALICE]
+
+
+def test_a_german_customer_reaches_the_csm_who_reads_german(product: Product) -> None:
+    product.env["ROUTER_LANGUAGES"] = f"{BOB}=de,en; {ALICE}=en"
+    product.write("Jana Schulz <jana@beispiel.de>", "Export fehlt",
+                  "Hallo,\n\nseit dem Update finde ich den Export der Monatsberichte nicht "
+                  "mehr. Können Sie mir helfen?\n\nViele Grüße\nJana\n")
+    (forward,) = product.route()
+    assert forward.rcpt_tos == [BOB]  # Alice is first in the round robin, but reads no German
+    body = body_of(forward)
+    assert "writes in German" in body and "among those who read German" in body

@@ -88,6 +88,8 @@ class Router:
         with contextlib.suppress(redis.RedisError):
             forget_stale(self.rt.redis)
         warn_persistence(self.rt.redis, "router")
+        if self.rt.languages is not None:
+            self.rt.languages.load()  # seconds now, rather than on the first customer's mail
         while not self.stop.is_set():
             try:
                 if self._connected and not self.epoch.intact():
@@ -338,8 +340,10 @@ class Router:
             return self._quarantine(uid, raw, "", str(exc), rule=exc.reason)
         msgkey = message_key(msg, raw)
         verdict = verify_sender(msg, settings.trusted_authserv_id)
+        detector = self.rt.languages
+        language = detector.detect(f"{msg.subject}\n{msg.fresh_text}") if detector else None
         snap = store.snapshot(msg, now, verdict=verdict, support_rules=self.rt.support_rules,
-                              msgkey=msgkey)
+                              msgkey=msgkey, language=language)
         if snap.recorded:
             # Whatever it implied was owed when it was recorded: the outbox finishes it.
             log.debug("UID %s %s already %s", uid, msg.message_id, snap.recorded)
@@ -354,7 +358,7 @@ class Router:
                                     rule=decision.rule)
         keep = decision.action in (Action.FORWARD, Action.SUPPORT, Action.RECORD_REPLY)
         outcome = record_decision(store, msgkey, msg, decision, now, uid,
-                                  raw=raw if keep else None)
+                                  raw=raw if keep else None, language=language)
         if outcome.status == "dup":
             return "duplicate"
         ref = format_ref(outcome.ref) if outcome.ref else "-"

@@ -91,6 +91,11 @@ class Snapshot:
     back_at: Mapping[str, float | None] = field(default_factory=dict)
     due_if_started: float | None = None  # a first-response clock started now would end then
     premium: bool = False  # the sender's account is in ROUTER_PREMIUM
+    # The language the message is written in (ISO 639-1, "" if unsure or not asked), its
+    # name, and who reads each language (ROUTER_LANGUAGES; empty: languages play no part).
+    language: str = ""
+    language_name: str = ""
+    readers: Mapping[str, Iterable[str]] = field(default_factory=dict)
 
     def in_pool(self, address: str | None) -> bool:
         return address is not None and any(m.address == address for m in self.pool)

@@ -12,6 +12,7 @@ from email.message import EmailMessage
 import redis
 
 from csm_router.config import PoolMember, format_duration
+from csm_router.configvalues import language_name
 from csm_router.core.auth import reply_address
 from csm_router.core.classify import classify
 from csm_router.core.message import Inbound
@@ -233,6 +234,7 @@ def _render_delivery(rt: Runtime, msg: Inbound, ctx: DeliveryContext, ref: int, 
         message_id=message_id,
         due=datetime.fromtimestamp(float(thread["due"]), UTC) if thread.get("due") else None,
         sla_minutes=settings.first_response_minutes,
+        language=language_name(thread["language"]) if thread.get("language") else "",
         # A thread recorded before its free-mail customer was one person lists no others.
         earlier=([EarlierThread(format_ref(r), *rest) for r, *rest in ctx.earlier]
                  if thread.get("account") == account_of(thread.get("customer", "")) else []),

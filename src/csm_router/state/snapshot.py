@@ -8,6 +8,7 @@ from typing import Any
 from redis import Redis
 
 from csm_router.config import Settings
+from csm_router.configvalues import language_name
 from csm_router.core.auth import Verdict, verify_sender
 from csm_router.core.classify import RuleSet
 from csm_router.core.commands import command_lines, find_command
@@ -64,6 +65,7 @@ class SnapshotReader:
         verdict: Verdict | None = None,
         support_rules: RuleSet | None = None,
         msgkey: str | None = None,
+        language: str | None = None,
     ) -> Snapshot:
         """Gather what the rules may read about `msg` in one round trip (two for a reply).
 
@@ -111,6 +113,9 @@ class SnapshotReader:
             due_if_started=schedule.deadline(
                 now, self.settings.first_response_seconds(msg.account) / 60),
             premium=msg.account in self.settings.premium,
+            language=language or "",
+            language_name=language_name(language) if language else "",
+            readers=self.settings.readers,
         )
 
     def parties(self) -> Parties:

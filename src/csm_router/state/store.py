@@ -209,6 +209,8 @@ class Store(SnapshotReader):
             "max_open": settings.max_open_per_csm,
             # A first-response clock started now ends then, in the pool's working time.
             "due_at": schedule.deadline(now, settings.first_response_minutes),
+            "readers": settings.readers,
+            "language_names": settings.language_names,
             "premium": sorted(settings.premium),
             "premium_pool": list(settings.premium_pool),
             "premium_due_at": (schedule.deadline(now, settings.premium_first_response_minutes)
@@ -245,6 +247,7 @@ class Store(SnapshotReader):
         why_deliver: str = "",
         notice: dict[str, str] | None = None,
         raw: bytes | None = None,
+        language: str | None = None,
     ) -> Outcome:
         """Record the decision for `msg` atomically; a repeat answers status 'dup'.
 
@@ -273,6 +276,7 @@ class Store(SnapshotReader):
             "command": {"name": command.name, "argument": command.argument} if command else None,
             "error": decision.error,
             "cover_for": decision.cover_for,
+            "language": language,
             "why_deliver": why_deliver or decision.why,
             "notice": notice,
             "raw_ttl": self.settings.kept(RAW_TTL_SECONDS) if raw is not None else 0,

@@ -77,6 +77,30 @@ local function pick(account)
   return pick_among(nil)
 end
 
+-- The next CSM for thread `ref`: among those who read its language (ROUTER_LANGUAGES; the
+-- premium pool's readers first), else the whole pool, with the note that says why.
+local function pick_for(ref)
+  local lang = redis.call('HGET', P .. 'thread:' .. ref, 'language')
+  local readers = lang and d.readers and d.readers[lang]
+  local account = account_of(ref)
+  if not readers or #readers == 0 then return pick(account) end
+  local only = set_of(readers)
+  if PREMIUM[account] and next(PREMIUM_POOL) then
+    local both = {}
+    for addr in pairs(only) do
+      if PREMIUM_POOL[addr] then both[addr] = true end
+    end
+    local found = next(both) and pick_among(both)
+    if found then return found end
+  end
+  local found = pick_among(only)
+  if found then return found end
+  local owner = pick(account)
+  if not owner then return nil end
+  local name = (d.language_names or {})[lang] or lang
+  return owner, 'nobody who reads ' .. name .. ' can take it now: to the whole pool'
+end
+
 -- When a first-response clock started now ends (in working time) for thread `ref`.
 local function due_for(ref)
   if PREMIUM[account_of(ref)] and v(d.premium_due_at) then return d.premium_due_at end

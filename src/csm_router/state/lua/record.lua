@@ -173,6 +173,7 @@ if not ref then
     'customer_name', d.customer_name, 'account', d.account, 'subject', d.subject,
     'created', d.now, 'state', 'open', 'owner', '', 'first_response', '',
     'first_msg', d.msgkey)
+  if v(d.language) then redis.call('HSET', P .. 'thread:' .. ref, 'language', d.language) end
   index(P .. 'threads', ref)
   index(P .. 'account:' .. d.account, ref)
 end
@@ -214,7 +215,12 @@ if owner and redis.call('SISMEMBER', P .. 'open:' .. owner, ref) == 0
   owner = pick(account_of(ref))
 end
 if not owner and state ~= 'held' and not v(d.target) then
-  owner = pick(account_of(ref))
+  local note
+  owner, note = pick_for(ref)
+  if note then
+    d.why = d.why .. '; ' .. note
+    followup.why = (followup.why or '') .. '; ' .. note
+  end
 end
 if not owner then
   local held_new = hold(ref, d.msgkey, d.now)

@@ -11,7 +11,7 @@ end
 local out = {}
 local refs = redis.call('ZRANGE', P .. 'held', 0, d.limit - 1)
 for _, ref in ipairs(refs) do
-  local owner = pick(account_of(ref))
+  local owner = pick_for(ref)
   if not owner then break end
   local tkey = P .. 'thread:' .. ref
   -- A thread held when its answer was overdue may go back to a CSM it was forwarded to
