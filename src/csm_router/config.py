@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     away: Annotated[frozenset[str], NoDecode] = frozenset()
     support_address: Annotated[Address | None, NoDecode] = None
     onboarding_days: int = Field(default=90, ge=0)
+    affinity_days: int = Field(default=0, ge=0)
     first_response_minutes: int = Field(default=60, ge=1)
     overflow_address: Annotated[Address | None, NoDecode] = None
     poll_seconds: float = Field(default=30, gt=0)

@@ -93,6 +93,10 @@ class Snapshot:
     premium: bool = False  # the sender's account is in ROUTER_PREMIUM
     # The language the message is written in (ISO 639-1, "" if unsure or not asked), its
     # name, and who reads each language (ROUTER_LANGUAGES; empty: languages play no part).
+    # Account affinity (ROUTER_AFFINITY_DAYS, 0 = off): when each CSM last took or answered
+    # a thread of the sender's account.
+    affinity_days: int = 0
+    served: Mapping[str, float] = field(default_factory=dict)
     language: str = ""
     language_name: str = ""
     readers: Mapping[str, Iterable[str]] = field(default_factory=dict)

@@ -38,6 +38,7 @@ class _Reads:
     tag_owners: list[str]  # CSMs whose signature tags the message carries
     away_raw: Any
     backups: dict[str, str]  # away CSM -> their backup
+    served: dict[str, float]  # CSM -> when they last served the sender's account
     onboarding_raw: Any
     customer_refs: list[int]  # the sender's latest threads, newest first
     state: str  # the message's recorded state, "" when never recorded
@@ -94,6 +95,8 @@ class SnapshotReader:
             away=self.away_now(got.away_raw, now),
             away_until={a: float(u) for a, u in text_hash(got.away_raw).items() if u},
             backups=got.backups,
+            affinity_days=self.settings.affinity_days,
+            served=got.served,
             thread=thread,
             matched_by=matched_by,
             tag_owner=tag_owner,
@@ -138,6 +141,7 @@ class SnapshotReader:
             pipe.get(key("sigtag", tag))
         pipe.hgetall(key("away"))
         pipe.hgetall(key("backup"))
+        pipe.hgetall(key("served", msg.account))
         pipe.hgetall(key("onboarding", msg.account))
         pipe.zrevrange(key("customer", msg.sender), 0, RECENT_THREADS - 1)
         pipe.hget(key("msg", msgkey or "-"), "state")
@@ -151,12 +155,13 @@ class SnapshotReader:
         del results[len(results) - len(counted):]
         state = text(results.pop())
         ids, tags = len(asked.header_ids), len(asked.tags)
-        away_raw, backups, onboarding_raw, customer_refs = results[ids + tags:]
+        away_raw, backups, served, onboarding_raw, customer_refs = results[ids + tags:]
         return _Reads(
             id_refs=[int(r) for r in results[:ids] if r],
             tag_owners=[text(r) for r in results[ids : ids + tags] if r],
             away_raw=away_raw,
             backups=text_hash(backups),
+            served={csm: float(at) for csm, at in text_hash(served).items()},
             onboarding_raw=onboarding_raw,
             customer_refs=[int(r) for r in customer_refs],
             state=state,

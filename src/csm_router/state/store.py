@@ -209,6 +209,7 @@ class Store(SnapshotReader):
             "max_open": settings.max_open_per_csm,
             # A first-response clock started now ends then, in the pool's working time.
             "due_at": schedule.deadline(now, settings.first_response_minutes),
+            "affinity_seconds": settings.affinity_days * 86400,
             "readers": settings.readers,
             "language_names": settings.language_names,
             "premium": sorted(settings.premium),

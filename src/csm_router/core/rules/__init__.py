@@ -7,6 +7,7 @@ from typing import Protocol
 from csm_router.core.decision import Decision, Snapshot
 from csm_router.core.message import Inbound
 from csm_router.core.rules import (
+    affinity,
     automatic,
     from_pool_csm,
     from_support,
@@ -35,5 +36,6 @@ POLICY: tuple[Rule, ...] = (
     known_thread,  # an existing thread stays with its owner, technical or not
     onboarding_owner,  # onboarding includes set-up questions: the owner keeps them too
     technical,
+    affinity,  # a new thread from an account someone served lately: back to them
     round_robin,  # always answers (a CSM, or held for overflow): keep last
 )

@@ -247,6 +247,18 @@ local function add_message(ref, msgkey)
 end
 
 -- Make `owner` the thread's owner: open-thread sets and the day's `taken` follow.
+-- Account affinity (ROUTER_AFFINITY_DAYS): `csm:served:<account>` says when each CSM last
+-- took or answered a thread of the account; forgotten once older than the window.
+local function served(ref, csm)
+  local window = d.affinity_seconds or 0
+  if window <= 0 or not csm or csm == '' then return end
+  local account = account_of(ref)
+  if account == '' then return end
+  local skey = P .. 'served:' .. account
+  redis.call('HSET', skey, csm, d.now)
+  redis.call('EXPIRE', skey, window + 86400)
+end
+
 local function set_owner(ref, owner)
   local tkey = P .. 'thread:' .. ref
   local old = redis.call('HGET', tkey, 'owner')
@@ -255,6 +267,7 @@ local function set_owner(ref, owner)
   end
   redis.call('SADD', P .. 'open:' .. owner, ref)
   redis.call('HSET', tkey, 'owner', owner, 'state', 'open')
+  served(ref, owner)
   keep_thread(ref)
   redis.call('ZREM', P .. 'held', ref)
   took(owner, old)

@@ -102,6 +102,7 @@ if d.action == 'reply' or d.action == 'command' then
     if tstate == 'closed' or tstate == 'support' then
       -- A CSM writing in a parked thread takes it, but does not reopen or recall it.
       redis.call('HSET', tkey, 'owner', d.target)
+      served(ref, d.target)
       took(d.target, old)
     else
       set_owner(ref, d.target)
