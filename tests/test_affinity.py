@@ -11,12 +11,11 @@ from typing import Any
 import fakeredis
 
 from csm_router.config import load_settings
-from csm_router.core.decide import decide
-from csm_router.core.message import parse
 from csm_router.lead import report
 from csm_router.runtime import Runtime
 from csm_router.state import pool
-from csm_router.state.store import Outcome, Store, key, message_key
+from csm_router.state.store import Outcome, Store, key
+from support.routing import Mail
 
 ALICE, BOB, CAROL, DAN = "alice@acme.com", "bob@acme.com", "carol@acme.com", "dan@acme.com"
 DAY = 86400.0
@@ -29,20 +28,6 @@ def make_store(**settings: Any) -> Store:
     rt = Runtime.from_settings(load_settings(**(values | settings)), fakeredis.FakeRedis())
     rt.store.ensure_sequence()
     return rt.store
-
-
-class Mail:
-    def __init__(self, store: Store) -> None:
-        self.store, self.n = store, 0
-
-    def __call__(self, sender: str, at: float) -> Outcome:
-        """A new thread (a subject of its own, no threading headers) from `sender`."""
-        self.n += 1
-        raw = (f"From: {sender}\r\nTo: success@acme.com\r\nSubject: Question {self.n}\r\n"
-               f"Message-ID: <m{self.n}@example.com>\r\n\r\nHello\r\n").encode()
-        msg = parse(raw)
-        decision = decide(msg, self.store.snapshot(msg, at))
-        return self.store.record(message_key(msg, raw), msg, decision, at, raw=raw)
 
 
 def why(store: Store, outcome: Outcome) -> str:

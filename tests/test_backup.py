@@ -9,11 +9,10 @@ import fakeredis
 import pytest
 
 from csm_router.config import load_settings
-from csm_router.core.decide import decide
-from csm_router.core.message import parse
 from csm_router.runtime import Runtime
 from csm_router.state import pool
-from csm_router.state.store import Outcome, Store, key, message_key
+from csm_router.state.store import Store, key
+from support.routing import Mail
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 AUTH = "Authentication-Results: mx.acme.test; dmarc=pass header.from=acme.com\r\n"
@@ -27,23 +26,6 @@ def make_store(**settings: Any) -> Store:
     rt = Runtime.from_settings(load_settings(**(values | settings)), fakeredis.FakeRedis())
     rt.store.ensure_sequence()
     return rt.store
-
-
-class Mail:
-    """Writes mail to the alias and records each decision, as the router does."""
-
-    def __init__(self, store: Store) -> None:
-        self.store, self.n = store, 0
-
-    def __call__(self, sender: str, at: float, *, subject: str = "Question",
-                 reply_to: str = "", headers: str = "") -> Outcome:
-        self.n += 1
-        threading = f"In-Reply-To: {reply_to}\r\n" if reply_to else ""
-        raw = (f"{headers}From: {sender}\r\nTo: success@acme.com\r\nSubject: {subject}\r\n"
-               f"Message-ID: <m{self.n}@example.com>\r\n{threading}\r\nHello\r\n").encode()
-        msg = parse(raw)
-        decision = decide(msg, self.store.snapshot(msg, at))
-        return self.store.record(message_key(msg, raw), msg, decision, at, raw=raw)
 
 
 def open_of(store: Store, csm: str) -> set[int]:
