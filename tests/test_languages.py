@@ -3,6 +3,7 @@ CSMs who read it, with the whole pool as the fallback that the forward explains.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -11,6 +12,8 @@ import pytest
 from csm_router.config import ConfigError, load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
+from csm_router.lead import report
+from csm_router.lead.threadpage import thread_view
 from csm_router.mail.language import Detector
 from csm_router.runtime import Runtime
 from csm_router.state import pool
@@ -94,3 +97,22 @@ def test_languages_name_pool_members_and_known_codes() -> None:
     with pytest.raises(ConfigError, match="xx"):
         load_settings(alias="success@acme.com", pool=ALICE, languages=f"{ALICE}=de,xx")
     assert load_settings(alias="success@acme.com", pool=ALICE, languages="").readers == {}
+
+
+def test_the_report_and_the_thread_name_the_language() -> None:
+    rt = make_runtime()
+    german = write(rt, 1, MAILS["de"][0])
+    write(rt, 2, MAILS["fr"][0])
+    pool.set_away(rt.store, ALICE)
+    write(rt, 3, MAILS["de"][1])  # no German reader free: the whole pool
+    day = datetime.fromtimestamp(NOW, UTC).date()
+    figures = report.build(rt.store, day, day + timedelta(days=1))
+    rows = {x.language: (x.name, x.came_in, x.to_a_reader, x.to_the_pool)
+            for x in figures.languages}
+    assert rows == {"de": ("German", 2, 1, 1), "fr": ("French", 1, 1, 0)}
+    assert figures.as_dict()["languages"][0] == {
+        "language": "de", "name": "German", "came_in": 2, "to_a_reader": 1, "to_the_pool": 1}
+    assert "de:to_the_pool,1" in figures.csv()
+    view = thread_view(rt.store, german.ref, NOW)
+    assert view is not None
+    assert ("language", "German") in view["facts"]

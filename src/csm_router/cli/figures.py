@@ -118,6 +118,9 @@ def cmd_report(args: argparse.Namespace) -> int:
               f"{t.straight_to_support}")
     out.print(f"went overdue (escalated): {t.went_overdue}, of which held with nobody "
               f"available {t.went_overdue_held}")
+    for x in figures.languages:
+        out.print(f"new threads in {x.name}: {x.came_in} (to a CSM who reads it "
+                  f"{x.to_a_reader}, to the whole pool {x.to_the_pool})")
     accounts = Table(title="CSMs per account")
     accounts.add_column("account")
     accounts.add_column("CSMs", justify="right")

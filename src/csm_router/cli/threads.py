@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from csm_router.cli.shared import _runtime, for_json, out
+from csm_router.configvalues import language_name
 from csm_router.core.threads import format_ref, parse_ref
 from csm_router.lead import poolstatus
 from csm_router.mail.outbound import event_line, when
@@ -53,6 +54,11 @@ def cmd_thread(args: argparse.Namespace) -> int:
     out.print(f"[bold]{inert(f'[{format_ref(ref)}]')}[/] {inert(thread.get('subject', ''))}")
     for name in ("customer", "account", "owner", "state"):
         out.print(f"  {name:<15} {inert(thread.get(name) or '-')}")
+    if thread.get("language"):
+        out.print(f"  {'language':<15} {inert(language_name(thread['language']))}")
+    if thread.get("covering_for"):
+        out.print(f"  {'covering for':<15} {inert(thread['covering_for'])} (back to them "
+                  "on their return)")
     out.print(f"  {'created':<15} {when(thread.get('created'))}")
     out.print(f"  {'due':<15} {when(thread.get('due'))}")
     out.print(f"  {'first response':<15} {when(thread.get('first_response'))}")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from csm_router.configvalues import language_name
 from csm_router.core.threads import account_of
 from csm_router.state.store import Store, key, text
 
@@ -94,6 +95,20 @@ class AccountFigures:
 
 
 @dataclass
+class LanguageFigures:
+    """New threads in one language (ROUTER_LANGUAGES), and how many found no reader free."""
+
+    language: str  # ISO 639-1
+    name: str
+    came_in: int = 0
+    to_the_pool: int = 0  # no CSM who reads it could take it: the whole pool's turn
+
+    @property
+    def to_a_reader(self) -> int:
+        return self.came_in - self.to_the_pool
+
+
+@dataclass
 class Report:
     since: date
     until: date
@@ -101,6 +116,7 @@ class Report:
     accounts: list[AccountFigures] = field(default_factory=list)
     threads: Intake = field(default_factory=Intake)
     zone: str = "UTC"  # whose days: the lead's (Settings.report_zone)
+    languages: list[LanguageFigures] = field(default_factory=list)
 
     @property
     def flagged(self) -> list[AccountFigures]:
@@ -128,6 +144,9 @@ class Report:
             "threads": self.threads.as_dict(),
             "accounts": [{"account": a.account, "touched_by": a.touched_by, "csms": a.csms,
                           "flagged": a.flagged} for a in self.accounts],
+            "languages": [{"language": x.language, "name": x.name, "came_in": x.came_in,
+                           "to_a_reader": x.to_a_reader, "to_the_pool": x.to_the_pool}
+                          for x in self.languages],
         }
 
     def csv(self) -> str:
@@ -150,6 +169,10 @@ class Report:
         for a in self.accounts:
             out.writerow(["account", *blank, inert(a.account), a.touched_by,
                           "yes" if a.flagged else "no", "", ""])
+        for x in self.languages:
+            for name in ("came_in", "to_a_reader", "to_the_pool"):
+                out.writerow(["language", *blank, "", "", "", f"{x.language}:{name}",
+                              getattr(x, name)])
         return buffer.getvalue()
 
 
@@ -176,6 +199,7 @@ def build(store: Store, since: date, until: date) -> Report:
     figures = {m.address: CsmFigures(m.address, m.name) for m in settings.pool}
     intake = Intake()
     touched: dict[str, set[str]] = {}
+    languages: dict[str, LanguageFigures] = {}
     period = [key("daily", day.isoformat()) for day in days(since, until)]
     with store.redis.pipeline(transaction=False) as pipe:
         for daily in period:
@@ -186,6 +210,7 @@ def build(store: Store, since: date, until: date) -> Report:
         for name, value in counts.items():
             what, _, csm = text(name).partition("\t")
             if not csm:
+                _count_language(languages, what, int(value))
                 if what in _INTAKE:
                     setattr(intake, _INTAKE[what], getattr(intake, _INTAKE[what]) + int(value))
                 continue
@@ -202,7 +227,21 @@ def build(store: Store, since: date, until: date) -> Report:
                        for a, c in touched.items()),
                       key=lambda a: (-a.touched_by, a.account))
     return Report(since, until, list(figures.values()), accounts, intake,
-                  settings.report_zone.key)
+                  settings.report_zone.key,
+                  sorted(languages.values(), key=lambda x: (-x.came_in, x.language)))
+
+
+def _count_language(languages: dict[str, LanguageFigures], what: str, value: int) -> None:
+    """`language:<code>` and `language-to-pool:<code>` tallies (lua/record.lua)."""
+    kind, _, code = what.partition(":")
+    if kind not in ("language", "language-to-pool") or not code:
+        return
+    row = languages.get(code) or languages.setdefault(
+        code, LanguageFigures(code, language_name(code)))
+    if kind == "language":
+        row.came_in += value
+    else:
+        row.to_the_pool += value
 
 
 FIGURE_ATTRIBUTES = frozenset({"taken", "replies", "overdue", "reassigned_in",

@@ -17,6 +17,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from csm_router.configvalues import language_name
 from csm_router.core.threads import format_ref
 from csm_router.lead.statuspage import _customer, _number, moment, relative
 from csm_router.mail.outbound import when
@@ -197,6 +198,7 @@ def thread_view(store: Store, ref: int, now: float) -> dict[str, Any] | None:
     facts = [
         ("customer", _customer(thread)),
         ("account", thread.get("account", "")),
+        ("language", language_name(thread["language"]) if thread.get("language") else ""),
         ("owner", _owner(store, thread)),
         ("state", thread.get("state", "")),
         ("created", moment(thread.get("created"), zone)),

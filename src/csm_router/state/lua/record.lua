@@ -221,8 +221,11 @@ if not owner and state ~= 'held' and not v(d.target) then
   if note then
     d.why = d.why .. '; ' .. note
     followup.why = (followup.why or '') .. '; ' .. note
+    if new then daily('language-to-pool:' .. d.language) end
   end
 end
+-- The languages new threads came in (report.py): pool-wide, as `language:<code>`.
+if new and v(d.language) then daily('language:' .. d.language) end
 if not owner then
   local held_new = hold(ref, d.msgkey, d.now)
   -- Nobody on shift is the schedule, not an overflow: it waits for the next shift.
