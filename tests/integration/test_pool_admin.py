@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from csm_router.state.forget import handle, traces
 from support.product import ALICE, BOB, Product, body_of
 
 pytestmark = pytest.mark.integration
@@ -39,3 +40,26 @@ def test_a_german_customer_reaches_the_csm_who_reads_german(product: Product) ->
     assert forward.rcpt_tos == [BOB]  # Alice is first in the round robin, but reads no German
     body = body_of(forward)
     assert "writes in German" in body and "among those who read German" in body
+
+
+def test_forget_erases_a_customer_from_redis_and_the_mailbox(product: Product) -> None:
+    product.write("Jane Doe <jane@globex.com>", "Dashboard export")
+    product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
+    product.write("Max Muster <max@globex.com>", "Invoice")
+    assert len(product.route()) == 3
+    done = product.cli("forget", "jane@globex.com", "--mailbox")
+    said = done.stdout
+    assert "threads erased: CS-1001" in said
+    assert "expunged from INBOX" in said and "the forwards in these CSMs' own inboxes" in said
+    assert "jane@globex.com" not in done.stderr  # the log names the request, not her
+    assert handle("jane@globex.com") in done.stderr
+    assert traces(product.redis(), "jane@globex.com") == []
+    client = product.mailbox.imap_client()
+    client.select_folder("INBOX", readonly=True)
+    senders = [data[b"ENVELOPE"].from_[0].mailbox.decode()
+               for data in client.fetch(client.search(), ["ENVELOPE"]).values()]
+    assert senders == ["max"]  # Jane's two messages are gone, Max's stays
+    # Max's thread goes on as before.
+    product.write("Max Muster <max@globex.com>", "Re: [CS-1002] Invoice")
+    (again,) = product.route()
+    assert "[CS-1002]" in str(again.message["Subject"])

@@ -4,16 +4,24 @@ the delegated OAuth login: the commands an admin runs."""
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import logging
 import time
 
 from csm_router.cli.figures import Add
-from csm_router.cli.shared import _parse_until, _runtime, out
-from csm_router.config import ConfigError, load_settings
+from csm_router.cli.shared import _parse_until, _runtime, _setup_logging, out
+from csm_router.config import ConfigError, load_settings, parse_address
 from csm_router.core.threads import format_ref
+from csm_router.mail.erase import erase_person
+from csm_router.mail.mailbox import Mailbox
 from csm_router.mail.outbound import render
 from csm_router.oauth.login import login
 from csm_router.runtime import release_held
 from csm_router.state import pool
+from csm_router.state.forget import forget, handle
+
+log = logging.getLogger(__name__)
 
 
 def cmd_away(args: argparse.Namespace) -> int:
@@ -64,6 +72,54 @@ def cmd_signature(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    rt = _runtime()
+    _setup_logging(rt.settings)  # the request is logged, by its handle, never the address
+    address = parse_address(args.address).address
+    settings = rt.settings
+    ours = {m.address for m in settings.pool} | {settings.alias.address} | {
+        a.address for a in (settings.support_address, settings.overflow_address,
+                            settings.digest_address) if a is not None}
+    if address in ours or not address:
+        raise pool.PoolError(f"{args.address} is one of ours (the pool, the alias, Support or "
+                             "the lead), not a customer: forget is for a customer's request")
+    done = forget(rt.store, address)
+    mailbox: dict[str, int] = {}
+    if args.mailbox:
+        box = Mailbox(settings.required_imap(), settings.quarantine_folder, timeout=60)
+        try:
+            box.connect()
+            mailbox = erase_person(box, address)
+        finally:
+            box.close()
+    log.info("forget %s: %d thread(s), %d message(s), %d send(s), %d other key(s), "
+             "%d entr(ies) erased; %d message(s) expunged from the mailbox",
+             handle(address), len(done.threads), done.messages, done.sends, done.keys,
+             done.entries, sum(mailbox.values()), extra={"request": handle(address)})
+    if args.json:
+        print(json.dumps(done.as_dict() | {"mailbox": mailbox if args.mailbox else None},
+                         indent=2))
+        return 0
+    say = functools.partial(out.print, markup=False, highlight=False)
+    say(f"forgot {address} (logged as request {handle(address)}):")
+    say("  threads erased: " + (", ".join(format_ref(r) for r in done.threads) or "none"))
+    say(f"  messages erased: {done.messages} (their records and bytes)")
+    say(f"  sends erased: {done.sends} (owed, failed or dead)")
+    say(f"  other traces erased: {done.keys} key(s), {done.entries} entr(ies) in shared "
+        "indexes and per-person figures")
+    for folder, count in mailbox.items():
+        say(f"  mailbox: {count} message(s) expunged from {folder}")
+    say("not reachable from here, to erase by hand:")
+    if done.forwarded_to:
+        say("  the forwards in these CSMs' own inboxes: " + ", ".join(sorted(done.forwarded_to)))
+    if done.handed_to_support and settings.support_address is not None:
+        say(f"  Support's inbox and queue ({settings.support_address.address})")
+    if not args.mailbox:
+        say("  the alias mailbox and its quarantine (run again with --mailbox)")
+    say("  backups of Redis and of the mail servers")
+    return 0
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     settings = load_settings()
     oauth = settings.oauth()
@@ -93,5 +149,11 @@ def add_admin_commands(add: Add) -> None:
     p.add_argument("--days", type=int, help="default ROUTER_ONBOARDING_DAYS")
     p = add("signature", cmd_signature, "the signature block a CSM pastes into their mail client")
     p.add_argument("address")
+    p = add("forget", cmd_forget, "erase what the router keeps about one person (an "
+            "erasure request)")
+    p.add_argument("address", help="the customer's mail address")
+    p.add_argument("--mailbox", action="store_true", help="also expunge their mail from the "
+                   "alias mailbox and its quarantine folder")
+    p.add_argument("--json", action="store_true")
     add("login", cmd_login, "delegated OAuth 2.0, once: device code (Microsoft) or loopback "
         "(Google); the refresh token goes to ROUTER_OAUTH_TOKEN_FILE")

@@ -36,7 +36,7 @@ KEEP_SECONDS = 400 * 86400  # message records and Message-ID links (lua/common.l
 SWEEP_BATCH = 200
 # Scripts that move outbox entries and never pick, time or tally: they need none of the
 # pool's routing context (hot on every send).
-PLUMBING_SCRIPTS = frozenset({"outbox", "digest", "login"})
+PLUMBING_SCRIPTS = frozenset({"outbox", "digest", "login", "forget"})
 
 
 def new_epoch() -> str:
