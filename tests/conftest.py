@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -93,3 +94,14 @@ def _root_logger_restored() -> Iterator[None]:
     for handler in handlers:
         if handler not in root.handlers:
             root.addHandler(handler)
+
+
+@pytest.fixture
+def bare_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No ROUTER_* variable set and no .env (the working directory is empty): a test sets
+    exactly the settings it means."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("ROUTER_"):
+            monkeypatch.delenv(name)
+    return monkeypatch

@@ -192,11 +192,8 @@ BASE = {"ROUTER_ALIAS": "success@acme.com", "ROUTER_POOL": "alice@acme.com"}
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("ROUTER_"):
-            monkeypatch.delenv(name)
+def env(bare_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch = bare_env
     for name, value in BASE.items():
         monkeypatch.setenv(name, value)
     return monkeypatch

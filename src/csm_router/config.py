@@ -40,6 +40,15 @@ from csm_router.configvalues import split_list as split_list
 from csm_router.core.hours import HoursError, Schedule, Shift, parse_hours
 from csm_router.oauth.providers import tokens_for
 from csm_router.oauth.settings import OAuthSettings
+from csm_router.teams import (
+    TeamError,
+    ambiguous,
+    configured_teams,
+    current_team,
+    parse_teams,
+    team_values,
+    team_variables,
+)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -90,6 +99,8 @@ class Settings(BaseSettings):
     hours: Annotated[dict[str, Shift], NoDecode] = Field(default_factory=dict)
     premium: Annotated[frozenset[str], NoDecode] = frozenset()
     premium_pool: Annotated[tuple[str, ...], NoDecode] = ()
+    # Several teams, each with its own alias, mailbox and pool (teams.py).
+    teams: Annotated[tuple[str, ...], NoDecode] = ()
     # CSM -> the languages they read (ISO 639-1): new threads go to a reader of theirs.
     languages: Annotated[dict[str, frozenset[str]], NoDecode] = Field(default_factory=dict)
     premium_first_response_minutes: int | None = Field(default=None, ge=1)
@@ -128,6 +139,16 @@ class Settings(BaseSettings):
         if isinstance(value, frozenset | set | list | tuple):
             return frozenset(str(v).lower() for v in value)
         return parse_domains(str(value))
+
+    @field_validator("teams", mode="before")
+    @classmethod
+    def _teams(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, tuple | list):
+            return tuple(value)
+        try:
+            return parse_teams(str(value))
+        except TeamError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -350,13 +371,15 @@ def load_settings(*needs: str, **overrides: Any) -> Settings:
     """Build Settings; every missing or invalid value is named in one ConfigError, with
     the optional settings this command `needs` (e.g. "imap_url") among the required."""
     problems = unknown_names([*os.environ, *dotenv_names()])
+    given = _team_overrides(overrides)
     try:
-        settings = Settings(**overrides)
+        settings = Settings(**{**{f: value for f, (_, value) in given.items()}, **overrides})
     except ValidationError as exc:
         named = {name for name, _ in problems}
         for error in exc.errors():
-            variable = (ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"]
-                        else "configuration")
+            field = str(error["loc"][0]) if error["loc"] else ""
+            variable = (given[field][0] if field in given else
+                        ENV_PREFIX + field.upper() if field else "configuration")
             message = str(error["msg"]).removeprefix("Value error, ")
             if error["type"] == "missing":
                 message = "is required but not set"
@@ -385,6 +408,16 @@ def _with_tokens(settings: Settings) -> Settings:
     update = {name: replace(url, token=tokens) for name in ("imap_url", "smtp_url")
               if (url := getattr(settings, name)) is not None and _wants_token(url)}
     return settings.model_copy(update=update)
+
+
+def _team_overrides(overrides: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The team in hand's own settings (ROUTER_<TEAM>_<NAME>) not given in `overrides`:
+    field -> (variable, value)."""
+    team = current_team()
+    if not team:
+        return {}
+    found = team_values(team, Settings.model_fields)
+    return {f: given for f, given in found.items() if f not in overrides and f != "teams"}
 
 
 def _wants_token(url: ServerUrl) -> bool:
@@ -423,14 +456,26 @@ def _cross_checks(settings: Settings) -> list[tuple[str, str]]:
             problems.append(("ROUTER_OAUTH_PROVIDER", "is set, but neither ROUTER_IMAP_URL nor "
                              "ROUTER_SMTP_URL logs in with a token: name the mailbox user and "
                              "leave out the password in the URL that should"))
+    if clash := ambiguous(settings.teams, Settings.model_fields):
+        problems.append(("ROUTER_TEAMS", f"{', '.join(clash)}: a team of that name would make "
+                         "another setting's name mean two things; choose another name"))
+    if (team := current_team()) and team not in settings.teams:
+        problems.append(("--team", f"{team} is not among ROUTER_TEAMS "
+                         f"({', '.join(settings.teams) or 'not set'})"))
     if settings.premium_pool and not settings.premium:
         problems.append(("ROUTER_PREMIUM_POOL", "is set but ROUTER_PREMIUM names no account"))
     return problems
 
 
 def unknown_names(names: list[str]) -> list[tuple[str, str]]:
-    """Every ROUTER_* variable that is no setting: a typo would be ignored in silence."""
-    return unknown_settings(names, {name.upper() for name in Settings.model_fields})
+    """Every ROUTER_* variable that is no setting: a typo would be ignored in silence.
+    With ROUTER_TEAMS, `ROUTER_<TEAM>_<NAME>` is a setting too."""
+    known = {name.upper() for name in Settings.model_fields}
+    try:
+        teams = configured_teams()
+    except TeamError as exc:
+        return [(ENV_PREFIX + "TEAMS", str(exc))]
+    return unknown_settings(names, known | team_variables(teams, Settings.model_fields))
 
 
 def check_names(names: list[str]) -> None:

@@ -14,6 +14,10 @@ FIELDS = ("ref", "message_id", "rule", "csm", "entry", "kind")
 class JsonFormatter(logging.Formatter):
     """`{"time": ..., "level": ..., "logger": ..., "message": ..., "ref": ...}` a line."""
 
+    def __init__(self, team: str = "") -> None:
+        super().__init__()
+        self.team = team
+
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -21,6 +25,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.team:
+            event["team"] = self.team
         for name in FIELDS:
             value = getattr(record, name, None)
             if value not in (None, ""):
@@ -30,11 +36,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, ensure_ascii=False)
 
 
-def setup(level: str = "INFO", fmt: str = "text") -> None:
-    """Log to stderr at `level`, as text or JSON; RQ's own lines follow the same handler."""
+def setup(level: str = "INFO", fmt: str = "text", team: str = "") -> None:
+    """Log to stderr at `level`, as text or JSON; RQ's own lines follow the same handler.
+    A team's process says which team on every line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    named = f"[{team}] " if team else ""
+    handler.setFormatter(JsonFormatter(team) if fmt == "json" else logging.Formatter(
+        f"%(asctime)s %(levelname)s {named}%(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -24,7 +24,7 @@ from csm_router.mail.outbound import render, use_templates
 from csm_router.oauth.tokens import Tokens
 from csm_router.state.connect import redis_client
 from csm_router.state.logins import record_grant, record_refusal
-from csm_router.state.outbox import QUEUES, Outbox
+from csm_router.state.outbox import QUEUES, Outbox, rq_prefix
 from csm_router.state.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Runtime:
         # RQ stores pickled payloads, so the connection must not decode responses.
         use_templates(settings.templates_dir)
         conn = redis if redis is not None else redis_client(settings.redis_url)
-        queues = {name: Queue(name, connection=conn) for name in QUEUES}
+        queues = {name: Queue(rq_prefix() + name, connection=conn) for name in QUEUES}
         store = Store(conn, settings)
         detector = (Detector(frozenset().union(*settings.languages.values()))
                     if settings.languages else None)

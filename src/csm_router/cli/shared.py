@@ -12,6 +12,7 @@ from csm_router.config import Settings, load_settings
 from csm_router.core.threads import format_ref
 from csm_router.runtime import Runtime
 from csm_router.state import pool
+from csm_router.teams import current_team
 
 out = Console(highlight=False)
 if not out.is_terminal:
@@ -22,7 +23,7 @@ def _setup_logging(settings: Settings | None = None) -> None:
     if settings is None:
         logs.setup()
     else:
-        logs.setup(settings.log_level, settings.log_format)
+        logs.setup(settings.log_level, settings.log_format, current_team())
 
 
 def _runtime() -> Runtime:

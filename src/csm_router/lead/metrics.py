@@ -26,6 +26,7 @@ from csm_router.config import Settings
 from csm_router.lead.poolstatus import late
 from csm_router.state.keys import key, text
 from csm_router.state.outbox import QUEUES as RQ_QUEUES
+from csm_router.state.outbox import rq_prefix
 from csm_router.state.processes import FORWARD_BUCKETS, HISTOGRAM, METRICS, bucket_of, processes
 
 # family in csm:metrics -> (metric name, help, label names); see lua/ for who counts what.
@@ -97,7 +98,7 @@ class RedisCollector(Collector):
             pipe.zcard(key("dead"))
             pipe.zcard(key("held"))
             for queue in RQ_QUEUES:
-                pipe.llen(f"rq:queue:{queue}")
+                pipe.llen(f"rq:queue:{rq_prefix()}{queue}")
             for address in pool:
                 pipe.scard(key("open", address))
             pipe.hgetall(key("daily", self._today(now)))

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from csm_router.teams import current_team
+
 PREFIX = "csm:"
 
 
+def prefix() -> str:
+    """The keys' prefix for the team in hand: `csm:` alone, `csm:{eu}:` for team eu (the
+    braces a Redis Cluster hash tag, so one team's keys live on one shard)."""
+    team = current_team()
+    return f"{PREFIX}{{{team}}}:" if team else PREFIX
+
+
 def key(*parts: object) -> str:
-    """`key("thread", 1042)` -> `csm:thread:1042`."""
-    return PREFIX + ":".join(str(p) for p in parts)
+    """`key("thread", 1042)` -> `csm:thread:1042` (`csm:{eu}:thread:1042` in team eu)."""
+    return prefix() + ":".join(str(p) for p in parts)
 
 
 def text(value: Any) -> str:

@@ -35,11 +35,21 @@ from rq import Queue
 from csm_router.config import ConfigError
 from csm_router.state.processes import ProcessBeat
 from csm_router.state.store import Store, key, text_hash
+from csm_router.teams import current_team
 
 log = logging.getLogger(__name__)
 
 DELIVER, SUPPORT = "deliver", "support"
 QUEUES = (DELIVER, SUPPORT)
+
+
+def rq_prefix() -> str:
+    """What the team in hand's RQ queue names and job ids begin with ("" without teams):
+    each team's worker takes its own team's jobs."""
+    team = current_team()
+    return f"{team}-" if team else ""
+
+
 PERFORM = "csm_router.sends.jobs.perform"
 
 # Transient trouble (SMTP 4xx, a relay or mailbox down) is retried for about an hour and
@@ -140,7 +150,8 @@ class Outbox:
         return self.store.settings.kept(seconds)
 
     def _op(self, op: str, now: float | None = None, **fields: Any) -> Any:
-        payload = {"op": op, "now": now if now is not None else time.time(), **fields}
+        payload = {"op": op, "now": now if now is not None else time.time(),
+                   "rq": rq_prefix(), **fields}
         return self.store.run_script("outbox", payload)
 
     def offer(self, ids: Sequence[str] | None = None, *, now: float | None = None,

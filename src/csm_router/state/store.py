@@ -19,6 +19,7 @@ from csm_router.core.decision import Decision
 from csm_router.core.keeping import kept_raw
 from csm_router.core.message import Inbound
 from csm_router.core.threads import FIRST_REF, format_ref, is_own_message_id
+from csm_router.state.keys import PREFIX, prefix
 from csm_router.state.keys import key as key
 from csm_router.state.keys import text as text
 from csm_router.state.keys import text_hash as text_hash
@@ -73,6 +74,11 @@ if tonumber(ARGV[2]) > u then
 end
 return 1
 """
+
+
+def in_namespace(source: str) -> str:
+    """A script's source with its keys under the team in hand's prefix (`local P`)."""
+    return source.replace(f"local P = '{PREFIX}'", f"local P = '{prefix()}'", 1)
 
 
 @dataclass(frozen=True)
@@ -180,12 +186,13 @@ class Store(SnapshotReader):
     def run_script(self, name: str, payload: dict[str, Any], *extra: bytes) -> Any:
         """Run `lua/<name>.lua` (after `lua/common.lua` and `lua/owe.lua`) with `payload`
         (and `extra` binary arguments); answers its JSON."""
-        script = self._scripts.get(name)
+        script = self._scripts.get(prefix() + name)
         if script is None:
             lua = resources.files("csm_router.state") / "lua"
             source = "\n".join((lua / part).read_text()
                                for part in ("common.lua", "owe.lua", f"{name}.lua"))
-            script = self._scripts[name] = self.redis.register_script(source)
+            script = self._scripts[prefix() + name] = self.redis.register_script(
+                in_namespace(source))
         settings = self.settings
         now = payload.setdefault("now", time.time())
         base: dict[str, Any] = {
@@ -338,10 +345,11 @@ class Store(SnapshotReader):
     def delivery_context(self, msgkey: str, owner: str, message_id: str, *,
                          history: int = 5, earlier: int = 5) -> DeliveryContext:
         """Read what forwarding `msgkey` to `owner` as `message_id` needs, at once."""
-        script = self._scripts.get("delivery")
+        script = self._scripts.get(prefix() + "delivery")
         if script is None:
             source = (resources.files("csm_router.state") / "lua" / "delivery.lua").read_text()
-            script = self._scripts["delivery"] = self.redis.register_script(source)
+            script = self._scripts[prefix() + "delivery"] = self.redis.register_script(
+                in_namespace(source))
         record, sent, raw, thread, previous, others, earlier_raws = script(
             args=[msgkey, owner, message_id, history, earlier])
         return DeliveryContext(

@@ -17,6 +17,8 @@ end
 -- RQ's job hash says so in O(1); a job a worker popped and then died with still reads
 -- 'queued' but is in no queue: an empty queue proves it at once, and an offer older than
 -- a few leases is looked for in the queue (a scan, so at most `d.scans` per call).
+-- Each team's RQ queues and job ids begin with its name (outbox.rq_prefix).
+local RQ = d.rq or ''
 local scans = d.scans or 3
 local function offerable(id)
   redis.call('ZADD', OUTBOX, d.now + d.lease, id)
@@ -25,7 +27,7 @@ local function offerable(id)
   local queue = queue_of(e[1])
   if not e[2] then return queue end
   if redis.call('HGET', 'rq:job:' .. e[2], 'status') ~= 'queued' then return queue end
-  local qkey = 'rq:queue:' .. queue
+  local qkey = 'rq:queue:' .. RQ .. queue
   if redis.call('LLEN', qkey) == 0 then return queue end
   if scans > 0 and d.now - (tonumber(e[3]) or 0) > 3 * d.lease then
     scans = scans - 1
@@ -84,7 +86,7 @@ if d.op == 'offer' then
       if not job or #job.ids >= d.batch then
         -- A fresh job id per offer: RQ keeps a lost job's hash and would refuse the id.
         local offers = redis.call('HINCRBY', ekey(id), 'offers', 1)
-        job = {queue = queue, job = id .. '-' .. offers, ids = {}}
+        job = {queue = queue, job = RQ .. id .. '-' .. offers, ids = {}}
         open[queue] = job
         table.insert(out, job)
       end
