@@ -192,10 +192,11 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(settings: Settings, redis: Redis) -> None:
-    """Listen on ROUTER_WEB_ADDRESS until SIGTERM or SIGINT."""
+def serve(settings: Settings, redis: Redis, app: Starlette | None = None) -> None:
+    """Listen on ROUTER_WEB_ADDRESS until SIGTERM or SIGINT (with `app`, for every team)."""
     host, port = settings.web_bind
-    app = create_app(settings, redis)  # first: no password off loopback stops us here
+    # First: no password off loopback stops us here.
+    app = app if app is not None else create_app(settings, redis)
     # Bound here, so a port in use is one line naming the setting, not a server's log.
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

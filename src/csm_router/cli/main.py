@@ -15,6 +15,7 @@ from csm_router.cli.admin import add_admin_commands
 from csm_router.cli.check import cmd_check
 from csm_router.cli.figures import add_figure_commands
 from csm_router.cli.processes import cmd_demo, cmd_health, cmd_run, cmd_sweep, cmd_web, cmd_worker
+from csm_router.cli.teams import dispatch
 from csm_router.cli.threads import cmd_failed, cmd_reassign, cmd_thread, cmd_threads
 from csm_router.config import ConfigError
 from csm_router.errors import PermanentError, RefusedError, TransientError
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        p.add_argument("--team", metavar="NAME", help="the team (one of ROUTER_TEAMS)")
         return p
 
     p = add("run", cmd_run, "watch the alias mailbox and route each new message")
@@ -78,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; exit codes: 0 fine, 2 configuration (a setting, a template, a
     login or folder a server refuses), 1 anything else (a server unreachable, a usage
     error, a thread not found). Every failure is said in one line per problem."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        return dispatch(args, argv, lambda a: int(a.func(a)))
     except ConfigError as exc:
         lines = str(exc).splitlines()
         if len(lines) == 1:

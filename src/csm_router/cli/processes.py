@@ -23,6 +23,7 @@ from csm_router.mail.smtp import smtp_session
 from csm_router.runtime import Runtime, stop_on_signals
 from csm_router.sends import jobs
 from csm_router.state.connect import redis_client
+from csm_router.teams import current_team, in_team
 
 log = logging.getLogger("csm_router")
 
@@ -85,6 +86,24 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = _start()
     _setup_logging(settings)
+    client = _reachable(settings)
+    if settings.teams and not current_team():
+        # One web process for every team: each team's page under /<team>/.
+        from csm_router.app.teamsweb import create_teams_app
+
+        teams = {}
+        for team in settings.teams:
+            with in_team(team):
+                own = _start()
+                teams[team] = (own, _reachable(own))
+        serve(settings, client, create_teams_app(settings, teams))
+        return 0
+    serve(settings, client)
+    return 0
+
+
+def _reachable(settings: Settings) -> redis.Redis:
+    """A client of the settings' Redis; a refused login stops here, an outage does not."""
     client = redis_client(settings.redis_url)
     try:
         client.ping()
@@ -92,8 +111,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise  # a password to fix, not an outage for /healthz to report
     except redis.RedisError:
         pass  # Redis down: web serves anyway and /healthz says so
-    serve(settings, client)
-    return 0
+    return client
 
 
 def cmd_health(args: argparse.Namespace) -> int:
