@@ -101,6 +101,7 @@ def test_one_web_process_serves_every_team(teams: Product, us_mailbox: Mailbox) 
         assert status == 200 and 'href="eu/"' in index and 'href="us/"' in index
         status, eu_page = get(base + "/eu/")
         assert status == 200 and "Export" in eu_page and "Invoice" not in eu_page
+        assert "team eu" in eu_page
         status, us_thread = get(base + "/us/thread/CS-1001")
         assert status == 200 and "Invoice" in us_thread
         _, health = get(base + "/healthz")

@@ -38,6 +38,7 @@ from csm_router.lead.statuspage import overview
 from csm_router.lead.threadpage import thread_view
 from csm_router.mail.outbound import failing_line, template_environment
 from csm_router.state.store import Store
+from csm_router.teams import current_team
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class _Site:
         # The verdict /healthz gives, so the page never says otherwise.
         verdict = self.health.verdict(now, detailed=True)
         return self.render("status.html.j2", **overview(self.store, now),
-                           health=verdict.banners())
+                           health=verdict.banners(), team=current_team())
 
     def thread_page(self, request: Request) -> Response:
         ref = parse_ref(request.path_params["ref"])

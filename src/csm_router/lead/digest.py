@@ -24,6 +24,7 @@ from csm_router.lead.statuspage import duration, span
 from csm_router.mail.outbound import message_id_for, render, stamp, when
 from csm_router.state.pool import PoolError
 from csm_router.state.store import Store
+from csm_router.teams import current_team
 
 SEND_FROM_HOUR = 8  # Monday, in the lead's time zone
 BAR_WIDTH = 240  # pixels for the longest bar
@@ -138,13 +139,16 @@ def render_digest(settings: Settings, report: Report, week: str) -> EmailMessage
     to = settings.lead
     assert to is not None
     last = report.until - timedelta(days=1)
-    subject = (f"Customer Success weekly digest {week} ({report.since:%d %b} - "
+    team = current_team()
+    named = f" (team {team})" if team else ""
+    subject = (f"Customer Success weekly digest{named} {week} ({report.since:%d %b} - "
                f"{last:%d %b %Y}): {report.threads.came_in} new threads, "
                f"{sum(c.taken for c in report.csms)} taken, "
                f"{len(report.flagged)} account(s) flagged")
     out = stamp(sender=settings.alias.name or settings.alias.address, alias=settings.alias,
                 to=str(to), subject=subject, kind="digest",
-                message_id=message_id_for("digest", week, domain=settings.alias.domain))
+                message_id=message_id_for("digest", week, *([team] if team else []),
+                                          domain=settings.alias.domain))
     out["Auto-Submitted"] = "auto-generated"
     rows = bars(report)
     chart = make_msgid("chart", domain=settings.alias.domain)
@@ -169,8 +173,9 @@ def compose(store: Store, week: str, since: date, until: date) -> EmailMessage:
 def write_preview(store: Store, week: str | None, folder: Path) -> list[Path]:
     """Write the digest of `week` (default: the last complete ISO week in the lead's zone)
     to `folder`, as it would go out: `csm-digest-<week>.eml`, the whole message, and
-    `csm-digest-<week>.html`, its HTML with the chart inlined for a browser. Answers the
-    paths. PoolError for a malformed week or no lead to address it to."""
+    `csm-digest-<week>.html`, its HTML with the chart inlined for a browser (a team's
+    named `csm-digest-<team>-<week>`). Answers the paths. PoolError for a malformed week
+    or no lead to address it to."""
     if store.settings.lead is None:
         raise PoolError("no lead to address the digest to: set ROUTER_DIGEST_ADDRESS or "
                         "ROUTER_OVERFLOW_ADDRESS")
@@ -181,9 +186,10 @@ def write_preview(store: Store, week: str | None, folder: Path) -> list[Path]:
         week = week_label(since)
     mail = compose(store, week, since, until)
     folder.mkdir(parents=True, exist_ok=True)
-    eml = folder / f"csm-digest-{week}.eml"
+    name = f"csm-digest-{current_team()}-{week}" if current_team() else f"csm-digest-{week}"
+    eml = folder / f"{name}.eml"
     eml.write_bytes(mail.as_bytes(policy=mail.policy.clone(linesep="\r\n")))
-    page = folder / f"csm-digest-{week}.html"
+    page = folder / f"{name}.html"
     page.write_text(inline_chart(mail), encoding="utf-8")
     return [eml, page]
 
