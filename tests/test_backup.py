@@ -9,6 +9,8 @@ import fakeredis
 import pytest
 
 from csm_router.config import load_settings
+from csm_router.lead.poolstatus import status
+from csm_router.lead.statuspage import overview
 from csm_router.runtime import Runtime
 from csm_router.state import pool
 from csm_router.state.store import Store, key
@@ -28,6 +30,13 @@ def make_store(**settings: Any) -> Store:
     return rt.store
 
 
+def backup_shown(store: Store, csm: str) -> str | None:
+    (row,) = [r for r in status(store, NOW) if r.address == csm]
+    page = next(m for m in overview(store, NOW)["pool"] if m["csm"] == csm)
+    assert (f", backup {row.backup}" in str(page["away"])) is (row.backup is not None)
+    return row.backup
+
+
 def open_of(store: Store, csm: str) -> set[int]:
     return {int(r) for r in store.redis.smembers(key("open", csm))}
 
@@ -44,6 +53,7 @@ def test_a_backup_takes_the_replies_and_hands_the_threads_back_on_return() -> No
     mail = Mail(store)
     ref = alices_thread(store, mail)
     pool.set_away(store, ALICE, backup=BOB)
+    assert backup_shown(store, ALICE) == BOB  # `status`, its --json and the page say so
     reply = mail("jane@globex.com", NOW + 60, reply_to="<m1@example.com>")
     assert (reply.ref, reply.owner) == (ref, BOB)
     (event,) = [e for e in store.events(ref) if e.get("event") == "routed"]
@@ -59,6 +69,7 @@ def test_a_backup_takes_the_replies_and_hands_the_threads_back_on_return() -> No
     assert store.thread(ref)["owner"] == ALICE and "covering_for" not in store.thread(ref)
     assert ref in open_of(store, ALICE) and ref not in open_of(store, BOB)
     assert store.redis.hgetall(key("backup")) == {}
+    assert backup_shown(store, ALICE) is None
     assert [e["event"] for e in store.events(ref)][-1] == "returned"
     again = mail("jane@globex.com", NOW + 600, reply_to="<m1@example.com>")
     assert again.owner == ALICE  # hers again

@@ -60,6 +60,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for r in rows:
         away = ("until " + r.away_until if r.away_until else "yes") if r.away else ""
+        away += f", backup {r.backup}" if r.backup else ""
         shift = "yes" if r.on_shift else (f"from {r.back_on_shift}" if r.back_on_shift
                                           else "no")
         table.add_row(inert(r.name or r.address), shift, str(r.weight), away, str(r.open),

@@ -22,6 +22,7 @@ class CsmStatus:
     weight: int
     away: bool
     away_until: str | None
+    backup: str | None  # while away: who takes the replies in their threads
     open: int
     overdue: int  # threads past their first-response target right now (overdue_now)
     assigned_today: int  # threads taken today (taken_today): kept for older readers
@@ -62,11 +63,13 @@ def status(store: Store, now: float,
     """
     pipe = store.redis.pipeline(transaction=False)
     pipe.hgetall(key("away"))
+    pipe.hgetall(key("backup"))
     pipe.hgetall(key("daily", today(store, now).isoformat()))
     for member in store.settings.pool:
         pipe.scard(key("open", member.address))
         pipe.lrange(key("stats", "first-response", member.address), 0, -1)
-    away_raw, daily_raw, *per_csm = pipe.execute()
+    away_raw, backup_raw, daily_raw, *per_csm = pipe.execute()
+    backups = text_hash(backup_raw)
     held_by = Counter(t.owner for t in (overdue if overdue is not None
                                         else late(store.redis, store.settings, now)).values())
     away = text_hash(away_raw)
@@ -95,6 +98,7 @@ def status(store: Store, now: float,
                 weight=member.weight,
                 away=is_away,
                 away_until=until_text if is_away else None,
+                backup=backups.get(member.address) if is_away else None,
                 open=int(open_count),
                 overdue=held_by[member.address],
                 assigned_today=taken.get(member.address, 0),

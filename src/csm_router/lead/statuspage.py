@@ -222,9 +222,10 @@ def _member(row: CsmStatus, capacity: int, zone: tzinfo | None, now: float) -> d
             Markup("back {} ({})").format(moment(back, zone), relative(back, now))
             if back is not None else "no"),
         "off_shift": not row.on_shift,
-        "away": (Markup("until {} ({})").format(moment(away_until, zone),
-                                                 relative(away_until, now))
-                 if away_until is not None else "yes") if row.away else "",
+        "away": Markup("{}{}").format(
+            (Markup("until {} ({})").format(moment(away_until, zone), relative(away_until, now))
+             if away_until is not None else "yes"),
+            f", backup {row.backup}" if row.backup else "") if row.away else "",
         "weight": row.weight,
         "open": row.open,
         "full": bool(capacity) and row.open >= capacity,
