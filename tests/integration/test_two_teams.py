@@ -157,3 +157,11 @@ def test_sigterm_stops_every_team_cleanly(teams: Product) -> None:
                            for team in ("eu", "us")), "both teams' workers listening")
     assert stop(worker) == 0  # SIGTERM: each team's worker finishes and stops
     assert not any(alive(pid) for pid in children)
+
+
+def test_two_teams_on_one_mailbox_are_refused_at_start(teams: Product) -> None:
+    del teams.env["ROUTER_US_IMAP_URL"]  # both teams would watch the shared mailbox
+    done = teams.cli("run", "--exit-when-idle", check=False)
+    assert done.returncode == 2
+    assert "ROUTER_US_IMAP_URL: names the mailbox team eu watches" in done.stderr
+    assert teams.smtp.messages == []

@@ -19,7 +19,8 @@ from csm_router.teams import configured_teams, in_team, use_team
 
 SUPERVISED = frozenset({"run", "worker"})  # one process per team
 ALL_TEAMS = frozenset({"web", "demo", "health", "login"})  # one process serves them all
-EACH_TEAM = frozenset({"status", "report", "digest", "threads", "check", "failed"})
+# Without --team, these answer for each team in turn (forget: a person may be in several).
+EACH_TEAM = frozenset({"status", "report", "digest", "threads", "check", "failed", "forget"})
 PARENT = "CSM_ROUTER_PARENT"  # a team's process: the pid of the command that started it
 POLL_SECONDS = 1.0
 
@@ -39,6 +40,8 @@ def dispatch(args: argparse.Namespace, argv: Sequence[str],
     if not teams:
         return run(args)
     if args.command in SUPERVISED:
+        if args.command == "run":
+            _own_mailboxes(teams)
         return supervise(list(argv), teams)
     if args.command in ALL_TEAMS:
         return run(args)
@@ -52,6 +55,21 @@ def dispatch(args: argparse.Namespace, argv: Sequence[str],
         return code
     raise ConfigError("--team", f"ROUTER_TEAMS is set: say which team this is for "
                       f"(--team {' or --team '.join(teams)})")
+
+
+def _own_mailboxes(teams: Sequence[str]) -> None:
+    """Two teams watching one mailbox would both route every message in it: refused."""
+    from csm_router.config import load_settings
+
+    seen: dict[tuple[str, int, str, str], str] = {}
+    for team in teams:
+        with in_team(team):
+            url = load_settings("imap_url").required_imap()
+        mailbox = (url.host.lower(), url.port, url.username.lower(), url.path or "INBOX")
+        if mailbox in seen:
+            raise ConfigError(f"ROUTER_{team.upper()}_IMAP_URL", f"names the mailbox team "
+                              f"{seen[mailbox]} watches: each team needs a mailbox of its own")
+        seen[mailbox] = team
 
 
 def _teams() -> tuple[str, ...]:
