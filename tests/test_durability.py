@@ -15,7 +15,7 @@ from csm_router.config import load_settings
 from csm_router.core.decide import decide
 from csm_router.core.message import parse
 from csm_router.runtime import Runtime
-from csm_router.state.durability import EPOCH, EpochWatch, Loss, persistence_problem
+from csm_router.state.durability import EpochWatch, Loss, epoch_key, persistence_problem
 from csm_router.state.processes import ProcessBeat
 from csm_router.state.store import key, message_key, text
 
@@ -104,7 +104,7 @@ def test_healthz_fails_at_once_when_redis_lost_its_data(rt: Runtime) -> None:
     answer = client.get("/healthz")
     assert answer.status_code == 200, answer.text
     assert "references went on from CS-1011" in answer.text
-    assert rt.redis.get(EPOCH) is not None
+    assert rt.redis.get(epoch_key()) is not None
 
 
 class Configured(fakeredis.FakeRedis):

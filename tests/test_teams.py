@@ -3,13 +3,15 @@ and queues in each team's own namespace, and threads that never cross."""
 
 from __future__ import annotations
 
+import threading
+
 import fakeredis
 import pytest
 
 from csm_router.config import ConfigError, load_settings
 from csm_router.runtime import Runtime
 from csm_router.state.keys import key
-from csm_router.teams import in_team
+from csm_router.teams import in_team, use_team
 from support.routing import Mail
 
 SHARED = {
@@ -90,3 +92,20 @@ def test_each_team_keeps_its_keys_scripts_and_queues_apart(env: pytest.MonkeyPat
     assert redis.llen("rq:queue:eu-deliver") == redis.llen("rq:queue:us-deliver") == 1
     with in_team("us"):
         assert redis.hget(key("thread", 1001), "owner") == b"carol@acme.com"
+
+
+def test_every_thread_of_a_teams_process_serves_that_team() -> None:
+    seen: list[str] = []
+    use_team("us")
+    try:
+        # The worker's heartbeat, pump and epoch watch run in threads of their own.
+        thread = threading.Thread(target=lambda: seen.append(key("epoch")))
+        thread.start()
+        thread.join()
+        with in_team("eu"):  # a web request of another team, in the same process
+            seen.append(key("epoch"))
+        seen.append(key("epoch"))
+    finally:
+        use_team("")
+    assert seen == ["csm:{us}:epoch", "csm:{eu}:epoch", "csm:{us}:epoch"]
+    assert key("epoch") == "csm:epoch"

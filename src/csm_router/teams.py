@@ -3,8 +3,9 @@ request serves, and each team's settings.
 
 Any setting can be given per team as `ROUTER_<TEAM>_<NAME>`, falling back to
 `ROUTER_<NAME>`. The team in hand is a context variable: a team's router or worker process
-sets it once at start (`use_team`), the web server per request (`in_team`), and the Redis
-keys (state/keys.py) and the settings (config.load_settings) follow it.
+sets it once at start for all its threads (`use_team`), the web server per request
+(`in_team`), and the Redis keys (state/keys.py) and the settings (config.load_settings)
+follow it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from dotenv import dotenv_values
 
 from csm_router.configvalues import ENV_PREFIX
 
-TEAM: ContextVar[str] = ContextVar("csm_router_team", default="")
+# A request's team (the web server's); None: the process's team, which every thread of a
+# team's process shares (a thread started later would not inherit a context variable).
+TEAM: ContextVar[str | None] = ContextVar("csm_router_team", default=None)
+_process_team = ""
 TEAM_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 
 
@@ -30,12 +34,14 @@ class TeamError(ValueError):
 
 def current_team() -> str:
     """The team in hand ("" without ROUTER_TEAMS)."""
-    return TEAM.get()
+    team = TEAM.get()
+    return _process_team if team is None else team
 
 
 def use_team(team: str) -> None:
-    """Serve `team` for the rest of this process (or this context)."""
-    TEAM.set(team)
+    """Serve `team` for the rest of this process, in every thread."""
+    global _process_team
+    _process_team = team
 
 
 @contextlib.contextmanager

@@ -138,6 +138,11 @@ def test_one_router_for_every_team_and_its_processes_end_with_it(
         wait_until(lambda: len(teams.smtp.messages) == 2, "both teams routed", timeout=60)
         log = (teams.workdir / "router.log").read_text()
         assert "[eu] csm_router" in log and "[us] csm_router" in log
+        # Each team's router settled into IDLE once: it sees its own team's Redis marker,
+        # not another's (which would make it reconnect on every pass).
+        for team in ("eu", "us"):
+            assert log.count(f"[{team}] csm_router.app.router: watching") == 1, log
+        assert "lost its data" not in log
     finally:
         os.kill(router.pid, signal.SIGKILL)  # the command alone, as an OOM killer would
         router.wait(timeout=10)

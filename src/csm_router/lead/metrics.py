@@ -27,7 +27,13 @@ from csm_router.lead.poolstatus import late
 from csm_router.state.keys import key, text
 from csm_router.state.outbox import QUEUES as RQ_QUEUES
 from csm_router.state.outbox import rq_prefix
-from csm_router.state.processes import FORWARD_BUCKETS, HISTOGRAM, METRICS, bucket_of, processes
+from csm_router.state.processes import (
+    FORWARD_BUCKETS,
+    HISTOGRAM,
+    bucket_of,
+    metrics_key,
+    processes,
+)
 
 # family in csm:metrics -> (metric name, help, label names); see lua/ for who counts what.
 COUNTERS = {
@@ -56,7 +62,7 @@ class RedisCollector(Collector):
         self.redis, self.settings, self.detailed = redis, settings, detailed
 
     def collect(self) -> Iterator[Metric]:
-        counts = {text(k): v for k, v in (self.redis.hgetall(METRICS) or {}).items()}
+        counts = {text(k): v for k, v in (self.redis.hgetall(metrics_key()) or {}).items()}
         yield from self._counters(counts)
         yield self._histogram(counts)
         yield from self._gauges(time.time())

@@ -24,8 +24,15 @@ from csm_router.state.keys import key, text, text_hash
 
 log = logging.getLogger(__name__)
 
-EPOCH = key("epoch")
-LOST = key("lost")  # when a router last found Redis emptied, and where numbering went on
+def epoch_key() -> str:
+    """The marker of the data this team's processes work on (read when asked: the team in
+    hand decides the key)."""
+    return key("epoch")
+
+
+def lost_key() -> str:
+    """When a router last found Redis emptied, and where numbering went on."""
+    return key("lost")
 WATCH_SECONDS = 1.0
 PERSISTENCE_RECHECK_SECONDS = 30.0
 
@@ -45,12 +52,12 @@ class EpochWatch:
         False when the marker is gone after this process saw it, when it is there but
         another one (a router began again after a loss), or when it was never written.
         """
-        current = text(self.redis.get(EPOCH)) or None
+        current = text(self.redis.get(epoch_key())) or None
         if current is None:
             if self.seen is not None and not self.lost:
                 log.error("%s: Redis lost its data (%s is gone): what was routed before is "
                           "no longer known to Redis; a router numbers new threads above "
-                          "every earlier reference", self.role, EPOCH)
+                          "every earlier reference", self.role, epoch_key())
                 self.lost = True
             return False
         if current == self.seen:
@@ -61,7 +68,7 @@ class EpochWatch:
         loss = Loss.read(self.redis)
         if renewed or (loss is not None and loss.at >= self.started):
             log.warning("%s: %s", self.role, loss.describe() if loss else
-                        f"Redis lost its data; a router has started again (a new {EPOCH})")
+                        f"Redis lost its data; a router has started again (a new {epoch_key()})")
         self.accept(current)
         return not renewed
 
@@ -112,7 +119,7 @@ class Loss:
 
     @classmethod
     def read(cls, redis: Redis) -> Loss | None:
-        fields = text_hash(redis.hgetall(LOST) or {})
+        fields = text_hash(redis.hgetall(lost_key()) or {})
         try:
             return cls(float(fields["at"]), int(fields["next"]), fields.get("by", ""))
         except (KeyError, ValueError):

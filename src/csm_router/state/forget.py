@@ -22,9 +22,10 @@ from redis import Redis
 from csm_router.state.keys import key, text
 from csm_router.state.store import Store
 
-# Records that mention the person go whole; elsewhere only the entries that do.
-_RECORDS = (key("msg", ""), key("outbox", "e", ""), key("raw", ""), "rq:job:")
-_OUTBOX_INDEXES = (key("outbox"), key("dead"))
+
+def _records() -> tuple[str, ...]:
+    """Records that mention the person go whole; elsewhere only the entries that do."""
+    return (key("msg", ""), key("outbox", "e", ""), key("raw", ""), "rq:job:")
 SCAN_BATCH = 500
 
 
@@ -128,7 +129,7 @@ def _ref_of(args: dict[str, object]) -> int | None:
 
 def _drop_entry(redis: Redis, entry_id: str) -> None:
     with redis.pipeline() as pipe:
-        for index in _OUTBOX_INDEXES:
+        for index in (key("outbox"), key("dead")):
             pipe.zrem(index, entry_id)
         pipe.hdel(key("outbox", "running"), entry_id)
         pipe.delete(key("outbox", "e", entry_id))
@@ -148,7 +149,7 @@ def _scrub(redis: Redis, address: str) -> tuple[int, int]:
             found = _entries_naming(redis, name, needle)
             if not found:
                 continue
-            if name.startswith(_RECORDS) or found is True:
+            if name.startswith(_records()) or found is True:
                 if name.startswith(key("outbox", "e", "")):
                     _drop_entry(redis, name[len(key("outbox", "e", "")):])
                     keys += 1

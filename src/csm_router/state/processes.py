@@ -24,8 +24,15 @@ from redis import Redis
 from csm_router import __version__
 from csm_router.state.keys import key, text
 
-METRICS = key("metrics")
-PROCS = key("procs")
+
+def metrics_key() -> str:
+    """The counters' hash of the team in hand."""
+    return key("metrics")
+
+
+def procs_key() -> str:
+    """The processes' reports of the team in hand."""
+    return key("procs")
 # The mail server stamps its receipt to the second, so finer buckets would be noise.
 FORWARD_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 HISTOGRAM = "forward_seconds"
@@ -46,8 +53,8 @@ def bucket_of(seconds: float) -> str:
 def observe_forward(pipe: Any, seconds: float) -> None:
     """Queue on `pipe` one forward that took `seconds` from receipt to the relay's accept."""
     seconds = max(seconds, 0.0)
-    pipe.hincrby(METRICS, bucket_of(seconds), 1)
-    pipe.hincrbyfloat(METRICS, f"{HISTOGRAM}\tsum", seconds)
+    pipe.hincrby(metrics_key(), bucket_of(seconds), 1)
+    pipe.hincrbyfloat(metrics_key(), f"{HISTOGRAM}\tsum", seconds)
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class ProcessBeat:
         line = {"role": self.role, "name": self.name, "host": self.host,
                 "pid": self.pid, "beat": self.beaten,
                 "poll": self.poll, "imap": self.imap, "version": __version__}
-        (pipe if pipe is not None else self.redis).hset(PROCS, self.id, json.dumps(line))
+        (pipe if pipe is not None else self.redis).hset(procs_key(), self.id, json.dumps(line))
 
     def keep_alive(self, now: float, every: float = 1.0) -> None:
         """Report in during long work, at most once per `every` seconds."""
@@ -111,14 +118,14 @@ class ProcessBeat:
 
     def forget(self) -> None:
         """A clean stop: this process is gone on purpose, not late."""
-        self.redis.hdel(PROCS, self.id)
+        self.redis.hdel(procs_key(), self.id)
 
 
 def processes(redis: Redis, now: float | None = None) -> list[Proc]:
     """Every process that reported itself within PROC_FORGET_SECONDS, oldest first."""
     now = now if now is not None else time.time()
     found = []
-    for field, value in (redis.hgetall(PROCS) or {}).items():
+    for field, value in (redis.hgetall(procs_key()) or {}).items():
         try:
             line = json.loads(value)
             proc = Proc(text(field), str(line["role"]), str(line["name"]), str(line["host"]),
@@ -138,9 +145,9 @@ def forget_stale(redis: Redis, now: float | None = None) -> None:
     procs = processes(redis, now)
     here = socket.gethostname()
     keep = {p.id for p in procs if p.host != here or p.pid == os.getpid() or _running(p.pid)}
-    stale = [f for f in map(text, redis.hkeys(PROCS) or []) if f not in keep]
+    stale = [f for f in map(text, redis.hkeys(procs_key()) or []) if f not in keep]
     if stale:
-        redis.hdel(PROCS, *stale)
+        redis.hdel(procs_key(), *stale)
 
 
 def _running(pid: int) -> bool:
