@@ -17,14 +17,15 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "csm_router"
 # Each part of the package, and the parts it may import (it may always import itself).
 # "csm_router" is the package's own __init__: the version, importing nothing.
 _CORE = {"core"}
-_VALUES = {"config", "configvalues", "teams", "errors", "oauth", "csm_router"}
+_VALUES = {"config", "settings", "configvalues", "teams", "errors", "oauth", "csm_router"}
 _BELOW_RUNTIME = _CORE | _VALUES | {"state", "mail"}
 _EVERYTHING = _BELOW_RUNTIME | {"runtime", "support", "lead", "sends", "app", "cli", "demo",
                                 "logs", "terminal"}
 MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),  # pure: the standard library and itself
     "configvalues": _CORE,
-    "config": _CORE | {"configvalues", "oauth", "teams"},
+    "config": _CORE | {"configvalues", "settings", "oauth", "teams"},
+    "settings": _CORE | {"configvalues", "oauth", "teams"},  # the model; config loads it
     "teams": {"configvalues"},  # which team a process or request serves
     "oauth": {"errors"},  # the providers' libraries, loaded only when a token is wanted
     "errors": set(),

@@ -370,3 +370,10 @@ def language_name(code: str) -> str:
         return str(Language.from_iso_code_639_1(IsoCode639_1.from_str(code)).name.title())
     except ValueError:
         return code
+
+
+def wants_token(url: ServerUrl) -> bool:
+    """A URL naming a user and no password logs in with a token; one with a password keeps
+    it (Gmail's IMAP with a token, a relay's API key for SMTP), one with neither needs no
+    login (a relay on the host)."""
+    return bool(url.username) and not url.password

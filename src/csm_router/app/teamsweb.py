@@ -61,52 +61,70 @@ def create_teams_app(shared: Settings, teams: dict[str, tuple[Settings, Redis]],
                      clock: Callable[[], float] = time.time) -> Starlette:
     """One application for every team: `/<team>/` is that team's status page."""
     throttle = LoginThrottle()
-    apps, healths = {}, {}
+    apps = {}
     for team, (settings, redis) in teams.items():
         with in_team(team):
             apps[team] = create_app(settings, redis, clock, throttle)
-            healths[team] = Health(redis, zone=settings.report_zone)
-    gate = Gate(shared.web_user, web_password(shared), throttle)
-    registries = {}
-    for detailed in (False, True):
-        registries[detailed] = CollectorRegistry(auto_describe=False)
-        registries[detailed].register(TeamsCollector({
-            team: RedisCollector(redis, settings, detailed=detailed)
-            for team, (settings, redis) in teams.items()}))
+    site = _Teams(shared, teams, clock, throttle)
+    routes: list[BaseRoute] = [Route("/healthz", site.healthz), Route("/metrics", site.metrics),
+                               Route("/", site.index)]
+    routes += [Mount(f"/{team}", app=TeamScope(team, app)) for team, app in apps.items()]
+    return Starlette(routes=routes,
+                     middleware=[Middleware(HostCheck, allowed=allowed_hosts(shared))])
 
-    def healthz(request: Request) -> Response:
-        detailed = gate.check(request)
+
+class _Teams:
+    """What the shared addresses answer: every team's health and figures, and the list."""
+
+    def __init__(self, shared: Settings, teams: dict[str, tuple[Settings, Redis]],
+                 clock: Callable[[], float], throttle: LoginThrottle) -> None:
+        self.shared, self.teams, self.clock = shared, teams, clock
+        self.password = web_password(shared)
+        self.gate = Gate(shared.web_user, self.password, throttle)
+        self.healths = {}
+        for team, (settings, redis) in teams.items():
+            with in_team(team):
+                self.healths[team] = Health(redis, zone=settings.report_zone)
+        self.registries = {}
+        for detailed in (False, True):
+            self.registries[detailed] = CollectorRegistry(auto_describe=False)
+            self.registries[detailed].register(TeamsCollector({
+                team: RedisCollector(redis, settings, detailed=detailed)
+                for team, (settings, redis) in teams.items()}))
+
+    def healthz(self, request: Request) -> Response:
+        detailed = self.gate.check(request)
         if isinstance(detailed, Response):
             return detailed
         healthy, lines = True, []
-        for team, health in healths.items():
+        for team, health in self.healths.items():
             with in_team(team):
                 health.look()
-                fine, said = health.report(clock(), detailed=detailed)
+                fine, said = health.report(self.clock(), detailed=detailed)
             healthy = healthy and fine
             lines += [f"{team}: {line}" for line in said]
         return PlainTextResponse(("ok\n" if healthy else "unhealthy\n") + "".join(
             f"- {line}\n" for line in lines), status_code=200 if healthy else 503)
 
-    def metrics(request: Request) -> Response:
-        detailed = gate.check(request)
+    def metrics(self, request: Request) -> Response:
+        detailed = self.gate.check(request)
         if isinstance(detailed, Response):
             return detailed
         try:
-            body = generate_latest(registries[detailed])
+            body = generate_latest(self.registries[detailed])
         except Exception as exc:  # a team's Redis down: said as an error Prometheus records
             return PlainTextResponse(f"metrics unavailable: {type(exc).__name__}\n",
                                      status_code=503)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    def index(request: Request) -> Response:
-        allowed = True if web_password(shared) is None else gate.check(request)
+    def index(self, request: Request) -> Response:
+        allowed = True if self.password is None else self.gate.check(request)
         if isinstance(allowed, Response) or not allowed:
-            return allowed if isinstance(allowed, Response) else gate.refused()
+            return allowed if isinstance(allowed, Response) else self.gate.refused()
         rows = []
-        for team, (settings, _) in teams.items():
+        for team, (settings, _) in self.teams.items():
             with in_team(team):
-                verdict = healths[team].verdict(clock(), detailed=True)
+                verdict = self.healths[team].verdict(self.clock(), detailed=True)
             state = "healthy" if verdict.healthy else "unhealthy"
             rows.append(f'<li><a href="{escape(team)}/">{escape(team)}</a> &middot; '
                         f"{escape(settings.alias.address)} &middot; {state}</li>")
@@ -114,9 +132,3 @@ def create_teams_app(shared: Settings, teams: dict[str, tuple[Settings, Redis]],
                                 f"<ul>{''.join(rows)}</ul>")
         response.headers.update(PAGE_HEADERS)
         return response
-
-    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/metrics", metrics),
-                               Route("/", index)]
-    routes += [Mount(f"/{team}", app=TeamScope(team, app)) for team, app in apps.items()]
-    return Starlette(routes=routes,
-                     middleware=[Middleware(HostCheck, allowed=allowed_hosts(shared))])

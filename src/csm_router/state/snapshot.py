@@ -85,17 +85,11 @@ class SnapshotReader:
                                                    insider=insider)
         tag_owner = got.tag_owners[0] if got.tag_owners else None
         verdict = csm_verdict(msg, verdict, thread, parties)
-        schedule = self.settings.schedule
-        off_shift = schedule.off_shift(now)
-        support = self.settings.support_address
         return Snapshot(
-            now=now,
-            alias=self.settings.alias.address,
-            pool=self.settings.pool,
+            **self._settings_view(msg, now, language),
             away=self.away_now(got.away_raw, now),
             away_until={a: float(u) for a, u in text_hash(got.away_raw).items() if u},
             backups=got.backups,
-            affinity_days=self.settings.affinity_days,
             served=got.served,
             thread=thread,
             matched_by=matched_by,
@@ -103,23 +97,35 @@ class SnapshotReader:
             tag_thread=tag_thread(got.customer_refs, threads, tag_owner),
             onboarding=_onboarding(got.onboarding_raw),
             full=got.full,
-            max_open=self.settings.max_open_per_csm,
             sender_verified=verdict.verified,
             verdict=verdict.why,
             customer_commands=self._repeatable_commands(msg, thread, insider=insider),
-            support_address=support.address if support else None,
             support_rules=support_rules,
             foreign_refs=tuple(dict.fromkeys(foreign)) if thread is None else (),
             recorded=(got.state or None) if msgkey else None,
-            off_shift=off_shift,
-            back_at={a: schedule.back_at(a, now) for a in off_shift},
-            due_if_started=schedule.deadline(
-                now, self.settings.first_response_seconds(msg.account) / 60),
-            premium=msg.account in self.settings.premium,
-            language=language or "",
-            language_name=language_name(language) if language else "",
-            readers=self.settings.readers,
         )
+
+    def _settings_view(self, msg: Inbound, now: float, language: str | None
+                       ) -> dict[str, Any]:
+        """What the settings (and the clock) say about `msg`: the pool, shifts, targets,
+        premium, affinity and languages, as the core takes them."""
+        settings = self.settings
+        schedule = settings.schedule
+        off_shift = schedule.off_shift(now)
+        support = settings.support_address
+        return {
+            "now": now, "alias": settings.alias.address, "pool": settings.pool,
+            "max_open": settings.max_open_per_csm, "affinity_days": settings.affinity_days,
+            "support_address": support.address if support else None,
+            "off_shift": off_shift,
+            "back_at": {a: schedule.back_at(a, now) for a in off_shift},
+            "due_if_started": schedule.deadline(
+                now, settings.first_response_seconds(msg.account) / 60),
+            "premium": msg.account in settings.premium,
+            "language": language or "",
+            "language_name": language_name(language) if language else "",
+            "readers": settings.readers,
+        }
 
     def parties(self) -> Parties:
         """The settings' pool, Support, alias and reply secret, as the core takes them."""
