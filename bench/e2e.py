@@ -8,7 +8,11 @@ Every figure is set beside a baseline measured in the same run:
   isolated ones; the floor is a minimal IDLE client's delivery-to-EXISTS time;
 - throughput: a burst of new threads, router and worker together, against a minimal raw
   pipe (IDLE, fetch, re-send over one SMTP connection, no routing), with one router and
-  one worker, and with two of each.
+  one worker, and with two of each;
+- two workloads (bench/workloads.py): the kind one above (one short line from 50
+  domains, logs at WARNING), and the realistic one: trace headers, bodies of some 500
+  characters with an HTML part in every third, 1,000 distinct customers, logs at INFO,
+  and a relay that parses every message it gets. Each against its own raw pipe.
 
 Usage: `./scripts/bench [N]` (N threads in the burst, default 1000). Prints a table and
 writes `bench/results/e2e.json`. `python bench/e2e.py N --product-src ../old/src` measures
@@ -32,18 +36,16 @@ from typing import Any
 
 import harness  # puts tests/ on the path for what follows
 from harness import pct
+from workloads import WORKLOADS, Parser, kind
 
 from csm_router.demo.relay import RecordingSmtp
-from csm_router.demo.stage import compose
 from support.servers import DovecotServer, RedisServer
 
 POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"
 _users = iter(f"success-{n}@acme.com" for n in range(1, 1000))
 
 
-def mail(n: int, user: str, tag: str) -> bytes:
-    return compose(f"C{n} <c{n}@customer{n % 50}.com>", f"{tag} {n:05d}",
-                   "Hello,\n\nhow do I export a report?\n\nThanks\n", to=user)[1]
+mail = kind  # the kind workload's mail unless a run says otherwise
 
 
 def idle_floor(dovecot: DovecotServer, samples: int = 30) -> list[float]:
@@ -98,7 +100,7 @@ class Product:
 
     def __init__(self, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
                  workdir: Path, routers: int = 1, workers: int = 1, *, user: str = "",
-                 settle: float = 3, flush: bool = True) -> None:
+                 settle: float = 3, flush: bool = True, log_level: str = "WARNING") -> None:
         self.user = user or next(_users)
         if flush:
             with redis.client() as client:
@@ -106,7 +108,7 @@ class Product:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
         env.update(ROUTER_IMAP_URL=dovecot.imap_url(self.user), ROUTER_SMTP_URL=smtp.url,
                    ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme CS <{self.user}>",
-                   ROUTER_POOL=POOL, ROUTER_POLL_SECONDS="30", ROUTER_LOG_LEVEL="WARNING")
+                   ROUTER_POOL=POOL, ROUTER_POLL_SECONDS="30", ROUTER_LOG_LEVEL=log_level)
         log = open(workdir / f"{self.user}.log", "ab")  # noqa: SIM115  # closed in stop()
         self.log = log
         cmd = [sys.executable, "-m", "csm_router.cli"]
@@ -144,12 +146,12 @@ def wait_for(smtp: RecordingSmtp, count: int, timeout: float = 600) -> None:
 
 
 def latencies(dovecot: DovecotServer, smtp: RecordingSmtp, product: Product, count: int,
-              gap: float | None) -> list[float]:
+              gap: float | None, make: Callable[[int, str, str], bytes] = kind) -> list[float]:
     """Deliver `count` new threads `gap` seconds apart (None: each after the last arrived)."""
     smtp.clear()
     delivered: dict[str, float] = {}
     for n in range(count):
-        dovecot.deliver(product.user, mail(n, product.user, "latency"))
+        dovecot.deliver(product.user, make(n, product.user, "latency"))
         delivered[f"latency {n:05d}"] = time.time()
         if gap is None:
             wait_for(smtp, n + 1)
@@ -161,10 +163,11 @@ def latencies(dovecot: DovecotServer, smtp: RecordingSmtp, product: Product, cou
 
 
 def burst(dovecot: DovecotServer, smtp: RecordingSmtp, user: str, count: int,
-          consumer: Callable[[], Any], tag: str = "burst") -> float:
+          consumer: Callable[[], Any], tag: str = "burst",
+          make: Callable[[int, str, str], bytes] = kind) -> float:
     """Messages per second from the first delivery to the last receipt at the relay."""
     smtp.clear()
-    raws = [mail(n, user, tag) for n in range(count)]
+    raws = [make(n, user, tag) for n in range(count)]
     started = time.time()
     handle = consumer()
     for raw in raws:
@@ -200,16 +203,8 @@ def run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingS
             "mean": statistics.fmean(values) * 1000}
 
     pipe_user = next(_users)
-
-    def start_pipe() -> multiprocessing.Process:
-        proc = multiprocessing.Process(target=raw_pipe, args=(
-            (dovecot.host, dovecot.imap_port, pipe_user, dovecot.password),
-            (smtp.host, smtp.port), count))
-        proc.start()
-        time.sleep(1)  # logged in and idling
-        return proc
-
-    results["raw_pipe_per_s"] = burst(dovecot, smtp, pipe_user, count, start_pipe)
+    results["raw_pipe_per_s"] = burst(dovecot, smtp, pipe_user, count,
+                                      pipe_starter(dovecot, smtp, pipe_user, count))
     for routers, workers in ((1, 1), (2, 2)):
         product = Product(dovecot, redis, smtp, workdir, routers, workers)
         try:
@@ -227,7 +222,46 @@ def run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingS
     small, big = startup(dovecot, redis, smtp, workdir, 1_000), \
         startup(dovecot, redis, smtp, workdir, 100_000)
     results["startup_s"] = {"1000": small, "100000": big}
+    results["realistic"] = realistic_run(count, dovecot, redis, smtp, workdir)
     report(results)
+    return results
+
+
+def pipe_starter(dovecot: DovecotServer, smtp: RecordingSmtp, user: str,
+                 count: int) -> Callable[[], multiprocessing.Process]:
+    """What starts the raw pipe for a burst of `count` to `user`."""
+    def start() -> multiprocessing.Process:
+        proc = multiprocessing.Process(target=raw_pipe, args=(
+            (dovecot.host, dovecot.imap_port, user, dovecot.password),
+            (smtp.host, smtp.port), count))
+        proc.start()
+        time.sleep(1)  # logged in and idling
+        return proc
+    return start
+
+
+def realistic_run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
+                  workdir: Path) -> dict[str, Any]:
+    """The realistic workload (workloads.realistic), logs at INFO, a relay that parses every
+    message: its raw pipe, one router and one worker, and the spaced latencies."""
+    make = WORKLOADS["realistic"]
+    results: dict[str, Any] = {}
+    pipe_user = next(_users)
+    with Parser(smtp):
+        results["raw_pipe_per_s"] = burst(dovecot, smtp, pipe_user, count,
+                                          pipe_starter(dovecot, smtp, pipe_user, count),
+                                          make=make)
+    product = Product(dovecot, redis, smtp, workdir, log_level="INFO")
+    try:
+        with Parser(smtp):
+            results["product_1r1w_per_s"] = burst(dovecot, smtp, product.user, count,
+                                                  lambda: None, make=make)
+        with Parser(smtp):
+            spaced = latencies(dovecot, smtp, product, 200, 0.05, make)
+    finally:
+        product.stop()
+    results["latency_spaced_50ms_ms"] = {"p50": pct(spaced, 50) * 1000,
+                                         "p99": pct(spaced, 99) * 1000}
     return results
 
 
@@ -303,6 +337,19 @@ def report(r: dict[str, Any]) -> None:
         rate, figure = r[key], f"burst of {r['burst_threads']}, {label}, msg/s"
         goal = f">= 0.8x of {pipe:.1f}/s"
         print(f"{figure:<44} {rate:6.1f} ({rate / pipe:4.2f}x) {goal:>17}")
+    real = r["realistic"]
+    print(f"\n{'the two workloads side by side':<44} {'kind':>14} {'realistic':>14}")
+    for name, k, q in (
+            ("raw pipe, msg/s", pipe, real["raw_pipe_per_s"]),
+            ("1 router, 1 worker, msg/s", r["product_1r1w_per_s"], real["product_1r1w_per_s"])):
+        print(f"{name:<44} {k:14.1f} {q:14.1f}")
+    ratios = (r["product_1r1w_per_s"] / pipe,
+              real["product_1r1w_per_s"] / real["raw_pipe_per_s"])
+    print(f"{'ratio to its own raw pipe (goal >= 0.8x)':<44} {ratios[0]:13.2f}x {ratios[1]:13.2f}x")
+    kind_spaced, real_spaced = r["latency_spaced_50ms_ms"], real["latency_spaced_50ms_ms"]
+    print(f"{'200 new threads 50 ms apart, p50 / p99 ms':<44} "
+          f"{kind_spaced['p50']:6.0f} / {kind_spaced['p99']:4.0f} "
+          f"{real_spaced['p50']:6.0f} / {real_spaced['p99']:4.0f}")
 
 
 if __name__ == "__main__":
