@@ -15,6 +15,7 @@ from imapclient import IMAPClient
 from csm_router.app.router import Router
 from csm_router.app.worker import run_worker
 from csm_router.config import load_settings
+from csm_router.core import classify as classify_module
 from csm_router.core.auth import verify_sender
 from csm_router.core.decide import decide
 from csm_router.core.message import Inbound, parse
@@ -452,3 +453,33 @@ def test_a_message_whose_fetch_keeps_failing_is_quarantined_and_the_next_routed(
     assert not rt.store.message(message_key(parse(hostile), hostile))
     assert list(rt.redis.scan_iter("csm:fetchtries:*")) == []
     assert router.poll_once() == 0  # never fetched again
+
+
+def test_each_message_is_classified_once_and_its_forward_says_it_looks_technical(
+    servers: tuple[EmbeddedImap, RecordingSmtp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imap, smtp = servers
+    settings = load_settings(
+        imap_url=imap.url, smtp_url=smtp.url, alias=f"Acme CS <{ALIAS}>",
+        pool="alice@acme.com, bob@acme.com", away="", max_open_per_csm=0,
+        support_address="support@acme.com")
+    runtime = Runtime.from_settings(settings, fakeredis.FakeRedis())
+    jobs.configure(runtime)
+    read: list[str] = []
+    real = classify_module._classify
+    monkeypatch.setattr(classify_module, "_classify",
+                        lambda msg, rules: read.append(msg.subject) or real(msg, rules))
+    _, first = compose("Jane <jane@globex.com>", "Export", "How do I export a report?\n")
+    imap.append(first)
+    run(runtime)
+    # Jane, in her thread, reports an error: it stays with her CSM, with a hint.
+    _, error = compose("Jane <jane@globex.com>", "Re: [CS-1001] Export",
+                       "Since this morning the API returns HTTP 500 errors and our "
+                       "integration fails with a timeout. Stack trace attached.\n")
+    imap.append(error)
+    run(runtime)
+    jobs.configure(None)
+    assert read == ["Export", "Re: [CS-1001] Export"]  # once each, by the router alone
+    first_forward, second = smtp.messages
+    assert "Looks technical" not in str(first_forward.message)
+    assert "Looks technical (" in str(second.message) and "#support" in str(second.message)

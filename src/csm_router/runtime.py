@@ -135,7 +135,7 @@ def command_notice(decision: Decision, msg: Inbound, settings: Settings) -> dict
 
 def record_decision(
     store: Store, msgkey: str, msg: Inbound, decision: Decision, now: float, uid: int = 0,
-    *, raw: bytes | None = None, language: str | None = None,
+    *, raw: bytes | None = None, language: str | None = None, looks_technical: str = "",
 ) -> Outcome:
     """Record a decision with the follow-up texts it implies (forward reason, command reply),
     and keep `raw` if given."""
@@ -145,4 +145,5 @@ def record_decision(
         notice=command_notice(decision, msg, store.settings),
         raw=raw,
         language=language,
+        looks_technical=looks_technical,
     )

@@ -14,10 +14,11 @@ import redis
 from csm_router.app import bounces
 from csm_router.app.fetchtries import FetchTries
 from csm_router.core.auth import verify_sender
+from csm_router.core.classify import classify
 from csm_router.core.decide import decide
-from csm_router.core.decision import Action
-from csm_router.core.message import MalformedMessageError, header_safe, parse
-from csm_router.core.rules import automatic
+from csm_router.core.decision import Action, Decision
+from csm_router.core.message import Inbound, MalformedMessageError, header_safe, parse
+from csm_router.core.rules import automatic, technical
 from csm_router.core.threads import FIRST_REF, format_ref
 from csm_router.errors import (
     Backoff,
@@ -358,7 +359,8 @@ class Router:
                                     rule=decision.rule)
         keep = decision.action in (Action.FORWARD, Action.SUPPORT, Action.RECORD_REPLY)
         outcome = record_decision(store, msgkey, msg, decision, now, uid,
-                                  raw=raw if keep else None, language=language)
+                                  raw=raw if keep else None, language=language,
+                                  looks_technical=self._looks_technical(msg, decision))
         if outcome.status == "dup":
             return "duplicate"
         ref = format_ref(outcome.ref) if outcome.ref else "-"
@@ -374,6 +376,16 @@ class Router:
         if len(self._owed) >= OFFER_BATCH:
             self._offer()
         return outcome.state
+
+    def _looks_technical(self, msg: Inbound, decision: Decision) -> str:
+        """Why a message forwarded to a CSM reads as technical ("" if it does not): said in
+        its forward, with #support to hand it over. Classified here once (the technical
+        rule's reading of it, when it ran), never again by the worker."""
+        if (self.rt.settings.support_address is None or decision.action is not Action.FORWARD
+                or decision.rule == technical.NAME):
+            return ""
+        found = classify(msg, self.rt.support_rules)
+        return found.explain() if found.technical else ""
 
     def _offer(self) -> None:
         owed, self._owed = self._owed, []

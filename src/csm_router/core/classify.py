@@ -154,8 +154,23 @@ class Classification:
         return f"{head}: {'; '.join(parts)}"
 
 
+# The last message classified, by identity: the router asks twice of one message (the
+# technical rule, then the hint for a forward), and reads it once.
+_last: tuple[Inbound, RuleSet, Classification] | None = None
+
+
 def classify(msg: Inbound, rules: RuleSet) -> Classification:
     """Score what the customer wrote now against ``rules``; each matching rule counts once."""
+    global _last
+    last = _last
+    if last is not None and last[0] is msg and last[1] is rules:
+        return last[2]
+    found = _classify(msg, rules)
+    _last = (msg, rules, found)
+    return found
+
+
+def _classify(msg: Inbound, rules: RuleSet) -> Classification:
     original = examined_text(msg)
     text = original.translate(_NORMALISE)
     filenames = [a.filename for a in msg.attachments if a.filename]

@@ -14,7 +14,6 @@ import redis
 from csm_router.config import PoolMember, format_duration
 from csm_router.configvalues import language_name
 from csm_router.core.auth import reply_address
-from csm_router.core.classify import classify
 from csm_router.core.message import Inbound
 from csm_router.core.threads import account_of, format_ref
 from csm_router.errors import PermanentError, TransientError, UnsendableError
@@ -221,10 +220,9 @@ def _render_delivery(rt: Runtime, msg: Inbound, ctx: DeliveryContext, ref: int, 
     alias = settings.alias
     thread = ctx.thread
     why = why or ctx.record.get("why", "")
-    if settings.support_address is not None and ctx.record.get("rule") != "technical":
-        found = classify(msg, rt.support_rules)
-        if found.technical:
-            why += f". Looks technical ({found.explain()}): reply with #support to hand it over"
+    if hint := ctx.record.get("looks_technical"):
+        # Classified once, by the router, when it recorded the message.
+        why += f". Looks technical ({hint}): reply with #support to hand it over"
     return render_forward(
         msg,
         ref=ref,

@@ -256,6 +256,7 @@ class Store(SnapshotReader):
         notice: dict[str, str] | None = None,
         raw: bytes | None = None,
         language: str | None = None,
+        looks_technical: str = "",
     ) -> Outcome:
         """Record the decision for `msg` atomically; a repeat answers status 'dup'.
 
@@ -285,6 +286,7 @@ class Store(SnapshotReader):
             "error": decision.error,
             "cover_for": decision.cover_for,
             "language": language,
+            "looks_technical": looks_technical,
             "why_deliver": why_deliver or decision.why,
             "notice": notice,
             "raw_ttl": self.settings.kept(RAW_TTL_SECONDS) if raw is not None else 0,

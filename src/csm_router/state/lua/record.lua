@@ -42,7 +42,7 @@ local function finish(state, ref, owner, extra)
   redis.call('HSET', mkey, 'state', state, 'ref', ref or '', 'owner', owner or '',
     'action', d.action, 'rule', d.rule, 'why', d.why, 'at', d.now,
     'message_id', d.message_id or '', 'uid', d.uid or '', 'subject', d.subject or '',
-    'followup', cjson.encode(followup))
+    'followup', cjson.encode(followup), 'looks_technical', d.looks_technical or '')
   redis.call('EXPIRE', mkey, KEEP_SECONDS)
   -- The newest decisions, for the lead's status page.
   redis.call('LPUSH', P .. 'recent', cjson.encode({at = d.now, ref = ref or cjson.null,
