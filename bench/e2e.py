@@ -100,7 +100,8 @@ class Product:
 
     def __init__(self, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
                  workdir: Path, routers: int = 1, workers: int = 1, *, user: str = "",
-                 settle: float = 3, flush: bool = True, log_level: str = "WARNING") -> None:
+                 settle: float = 3, flush: bool = True, log_level: str = "WARNING",
+                 support: bool = False) -> None:
         self.user = user or next(_users)
         if flush:
             with redis.client() as client:
@@ -109,6 +110,8 @@ class Product:
         env.update(ROUTER_IMAP_URL=dovecot.imap_url(self.user), ROUTER_SMTP_URL=smtp.url,
                    ROUTER_REDIS_URL=redis.url, ROUTER_ALIAS=f"Acme CS <{self.user}>",
                    ROUTER_POOL=POOL, ROUTER_POLL_SECONDS="30", ROUTER_LOG_LEVEL=log_level)
+        if support:  # as a real deployment runs: every customer message is classified
+            env["ROUTER_SUPPORT_ADDRESS"] = "support@acme.com"
         log = open(workdir / f"{self.user}.log", "ab")  # noqa: SIM115  # closed in stop()
         self.log = log
         cmd = [sys.executable, "-m", "csm_router.cli"]
@@ -242,8 +245,9 @@ def pipe_starter(dovecot: DovecotServer, smtp: RecordingSmtp, user: str,
 
 def realistic_run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
                   workdir: Path) -> dict[str, Any]:
-    """The realistic workload (workloads.realistic), logs at INFO, a relay that parses every
-    message: its raw pipe, one router and one worker, and the spaced latencies."""
+    """The realistic workload (workloads.realistic), logs at INFO, Support configured (so
+    the classifier reads every message), a relay that parses every message: its raw pipe,
+    one router and one worker, and the spaced latencies."""
     make = WORKLOADS["realistic"]
     results: dict[str, Any] = {}
     pipe_user = next(_users)
@@ -251,7 +255,7 @@ def realistic_run(count: int, dovecot: DovecotServer, redis: RedisServer, smtp: 
         results["raw_pipe_per_s"] = burst(dovecot, smtp, pipe_user, count,
                                           pipe_starter(dovecot, smtp, pipe_user, count),
                                           make=make)
-    product = Product(dovecot, redis, smtp, workdir, log_level="INFO")
+    product = Product(dovecot, redis, smtp, workdir, log_level="INFO", support=True)
     try:
         with Parser(smtp):
             results["product_1r1w_per_s"] = burst(dovecot, smtp, product.user, count,
