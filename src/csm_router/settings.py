@@ -3,6 +3,7 @@ by `config.load_settings` (a team's own values over the shared ones)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -150,7 +151,7 @@ class Settings(BaseSettings):
             return tuple(str(v).lower() for v in value)
         return tuple(parse_address(item).address for item in split_list(str(value)))
 
-    @property
+    @functools.cached_property
     def readers(self) -> dict[str, list[str]]:
         """Language -> the pool CSMs who read it, in pool order."""
         found: dict[str, list[str]] = {}
@@ -159,7 +160,7 @@ class Settings(BaseSettings):
                 found.setdefault(code, []).append(member.address)
         return found
 
-    @property
+    @functools.cached_property
     def language_names(self) -> dict[str, str]:
         """Each language the pool reads, by name: `de` -> `German`."""
         return {code: language_name(code) for code in self.readers}
