@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from csm_router.config import ConfigError
-from csm_router.teams import configured_teams, in_team, use_team
+from csm_router.config import ConfigError, load_settings
+from csm_router.teams import TeamError, configured_teams, in_team, use_team
 
 SUPERVISED = frozenset({"run", "worker"})  # one process per team
 ALL_TEAMS = frozenset({"web", "demo", "health", "login"})  # one process serves them all
@@ -59,8 +59,6 @@ def dispatch(args: argparse.Namespace, argv: Sequence[str],
 
 def _own_mailboxes(teams: Sequence[str]) -> None:
     """Two teams watching one mailbox would both route every message in it: refused."""
-    from csm_router.config import load_settings
-
     seen: dict[tuple[str, int, str, str], str] = {}
     for team in teams:
         with in_team(team):
@@ -73,8 +71,6 @@ def _own_mailboxes(teams: Sequence[str]) -> None:
 
 
 def _teams() -> tuple[str, ...]:
-    from csm_router.teams import TeamError
-
     try:
         return configured_teams()
     except TeamError as exc:
