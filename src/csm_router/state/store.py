@@ -183,16 +183,19 @@ class Store(SnapshotReader):
 
     # -- scripts --------------------------------------------------------------------
 
+    def _script(self, name: str, parts: tuple[str, ...]) -> Any:
+        """`parts` of state/lua/ as one script, registered once per team's namespace."""
+        cached = prefix() + name
+        if cached not in self._scripts:
+            lua = resources.files("csm_router.state") / "lua"
+            source = "\n".join((lua / part).read_text() for part in parts)
+            self._scripts[cached] = self.redis.register_script(in_namespace(source))
+        return self._scripts[cached]
+
     def run_script(self, name: str, payload: dict[str, Any], *extra: bytes) -> Any:
         """Run `lua/<name>.lua` (after `lua/common.lua` and `lua/owe.lua`) with `payload`
         (and `extra` binary arguments); answers its JSON."""
-        script = self._scripts.get(prefix() + name)
-        if script is None:
-            lua = resources.files("csm_router.state") / "lua"
-            source = "\n".join((lua / part).read_text()
-                               for part in ("common.lua", "owe.lua", f"{name}.lua"))
-            script = self._scripts[prefix() + name] = self.redis.register_script(
-                in_namespace(source))
+        script = self._script(name, ("common.lua", "owe.lua", f"{name}.lua"))
         settings = self.settings
         now = payload.setdefault("now", time.time())
         base: dict[str, Any] = {
@@ -347,11 +350,7 @@ class Store(SnapshotReader):
     def delivery_context(self, msgkey: str, owner: str, message_id: str, *,
                          history: int = 5, earlier: int = 5) -> DeliveryContext:
         """Read what forwarding `msgkey` to `owner` as `message_id` needs, at once."""
-        script = self._scripts.get(prefix() + "delivery")
-        if script is None:
-            source = (resources.files("csm_router.state") / "lua" / "delivery.lua").read_text()
-            script = self._scripts[prefix() + "delivery"] = self.redis.register_script(
-                in_namespace(source))
+        script = self._script("delivery", ("delivery.lua",))
         record, sent, raw, thread, previous, others, earlier_raws = script(
             args=[msgkey, owner, message_id, history, earlier])
         return DeliveryContext(

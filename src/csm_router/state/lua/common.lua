@@ -67,14 +67,21 @@ local function account_of(ref)
   return redis.call('HGET', P .. 'thread:' .. ref, 'account') or ''
 end
 
--- The next CSM for a thread of `account`: the premium pool first for premium accounts,
--- then the whole pool.
-local function pick(account)
+-- The next CSM for a thread of `account` among `only` (a set; nil: the whole pool): the
+-- premium pool's first for premium accounts.
+local function pick(account, only)
   if account and PREMIUM[account] and next(PREMIUM_POOL) then
-    local found = pick_among(PREMIUM_POOL)
+    local premium = PREMIUM_POOL
+    if only then
+      premium = {}
+      for addr in pairs(only) do
+        if PREMIUM_POOL[addr] then premium[addr] = true end
+      end
+    end
+    local found = next(premium) and pick_among(premium)
     if found then return found end
   end
-  return pick_among(nil)
+  return pick_among(only)
 end
 
 -- The next CSM for thread `ref`: among those who read its language (ROUTER_LANGUAGES; the
@@ -84,16 +91,7 @@ local function pick_for(ref)
   local readers = lang and d.readers and d.readers[lang]
   local account = account_of(ref)
   if not readers or #readers == 0 then return pick(account) end
-  local only = set_of(readers)
-  if PREMIUM[account] and next(PREMIUM_POOL) then
-    local both = {}
-    for addr in pairs(only) do
-      if PREMIUM_POOL[addr] then both[addr] = true end
-    end
-    local found = next(both) and pick_among(both)
-    if found then return found end
-  end
-  local found = pick_among(only)
+  local found = pick(account, set_of(readers))
   if found then return found end
   local owner = pick(account)
   if not owner then return nil end
@@ -246,7 +244,6 @@ local function add_message(ref, msgkey)
   end
 end
 
--- Make `owner` the thread's owner: open-thread sets and the day's `taken` follow.
 -- Account affinity (ROUTER_AFFINITY_DAYS): `csm:served:<account>` says when each CSM last
 -- took or answered a thread of the account; forgotten once older than the window.
 local function served(ref, csm)
@@ -259,6 +256,7 @@ local function served(ref, csm)
   redis.call('EXPIRE', skey, window + 86400)
 end
 
+-- Make `owner` the thread's owner: open-thread sets and the day's `taken` follow.
 local function set_owner(ref, owner)
   local tkey = P .. 'thread:' .. ref
   local old = redis.call('HGET', tkey, 'owner')
