@@ -134,8 +134,12 @@ def test_one_router_for_every_team_and_its_processes_end_with_it(
                    "a router process per team")
         children = [int(p) for p in subprocess.run(["pgrep", "-P", str(router.pid)],
                                                    capture_output=True).stdout.split()]
-        teams.cli("worker", "--burst")
-        wait_until(lambda: len(teams.smtp.messages) == 2, "both teams routed", timeout=60)
+        # A worker that keeps listening: a burst could start before a router has queued.
+        worker = start(teams, "worker", log="worker.log")
+        try:
+            wait_until(lambda: len(teams.smtp.messages) == 2, "both teams routed", timeout=60)
+        finally:
+            assert stop(worker) == 0
         log = (teams.workdir / "router.log").read_text()
         assert "[eu] csm_router" in log and "[us] csm_router" in log
         # Each team's router settled into IDLE once: it sees its own team's Redis marker,
