@@ -37,10 +37,11 @@ REDIS_CONF = ROOT / "deploy" / "redis.conf.example"
 PROCFILE = ROOT / "Procfile"
 
 APP_SERVICES = ("router", "worker", "web")
-UNIT_FILES = ("csm-router-router@.service", "csm-router-worker@.service", "csm-router-web.service")
+UNIT_FILES = ("csm-router-router@.service", "csm-router-worker@.service", "csm-router-web.service",
+              "csm-router-lmtp.service")
 INSTALLED = "/opt/csm-router/.venv/bin/csm-router"  # where deploy/README.md installs it
 WEB_PORT = 8025
-DEMO_PACKAGES = ("aiosmtpd", "pymap", "fakeredis")  # the `demo` extra
+DEMO_PACKAGES = ("pymap", "fakeredis")  # the `demo` extra
 # A value that python-dotenv and Compose must read alike: quoted, with `$` and `#` in it.
 TRICKY_LINES = "ROUTER_WEB_USER=admin\nROUTER_WEB_PASSWORD='pa$s #1'\n"
 
@@ -371,7 +372,7 @@ def test_dockerignore_keeps_secrets_and_caches_out_but_not_what_the_wheel_needs(
 @pytest.mark.parametrize(
     ("unit_file", "command"),
     [(UNIT_FILES[0], ["run"]), (UNIT_FILES[1], ["worker", "--name", "%H-%i"]),
-     (UNIT_FILES[2], ["web"])],
+     (UNIT_FILES[2], ["web"]), (UNIT_FILES[3], ["lmtp"])],
 )
 def test_unit_runs_its_process_from_the_install_with_the_shared_settings(
     unit_file: str, command: list[str]

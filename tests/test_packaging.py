@@ -14,7 +14,7 @@ import pytest
 from csm_router.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_PACKAGES = ("aiosmtpd", "pymap", "fakeredis")
+DEMO_PACKAGES = ("pymap", "fakeredis")
 PRODUCTION_MODULES = ("csm_router.cli.main", "csm_router.app.router", "csm_router.app.worker",
                       "csm_router.app.web")
 MISSING_LINE = ("csm-router: the demo needs its embedded servers: "

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     templates_dir: Path | None = None
     web_address: str = "127.0.0.1:8025"
+    lmtp_address: str = "127.0.0.1:2424"
     web_user: str = "admin"
     web_password: SecretStr | None = None
     digest_address: Annotated[Address | None, NoDecode] = None
@@ -212,9 +213,14 @@ class Settings(BaseSettings):
         """`ROUTER_WEB_ADDRESS` as the host and port to listen on."""
         return parse_bind(self.web_address)
 
-    @field_validator("web_address")
+    @property
+    def lmtp_bind(self) -> tuple[str, int]:
+        """`ROUTER_LMTP_ADDRESS` as the host and port `csm-router lmtp` listens on."""
+        return parse_bind(self.lmtp_address)
+
+    @field_validator("web_address", "lmtp_address")
     @classmethod
-    def _web_address(cls, value: str) -> str:
+    def _bind_address(cls, value: str) -> str:
         parse_bind(value)
         return value
 

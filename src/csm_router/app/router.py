@@ -11,14 +11,9 @@ from collections.abc import Callable
 
 import redis
 
-from csm_router.app import bounces
 from csm_router.app.fetchtries import FetchTries
-from csm_router.core.auth import verify_sender
-from csm_router.core.classify import classify
-from csm_router.core.decide import decide
-from csm_router.core.decision import Action, Decision
-from csm_router.core.message import Inbound, MalformedMessageError, header_safe, parse
-from csm_router.core.rules import automatic, technical
+from csm_router.app.routing import route
+from csm_router.core.message import MalformedMessageError, header_safe, parse
 from csm_router.core.threads import FIRST_REF, format_ref
 from csm_router.errors import (
     Backoff,
@@ -30,7 +25,7 @@ from csm_router.errors import (
 from csm_router.mail.imapfaults import FetchError
 from csm_router.mail.mailbox import FETCH_BATCH, Mailbox
 from csm_router.oauth.tokens import TokenRefusedError
-from csm_router.runtime import Runtime, record_decision, release_held
+from csm_router.runtime import Runtime, release_held
 from csm_router.state.durability import EpochWatch, warn_persistence
 from csm_router.state.logins import record_grant, record_refusal
 from csm_router.state.outbox import OFFER_BATCH
@@ -333,59 +328,16 @@ class Router:
                                     rule="failed-routing")
 
     def _handle(self, uid: int, raw: bytes) -> str:
-        store, settings = self.rt.store, self.rt.settings
-        now = self.clock()
-        try:
-            msg = parse(raw, max_bytes=settings.max_message_bytes)
-        except MalformedMessageError as exc:
-            return self._quarantine(uid, raw, "", str(exc), rule=exc.reason)
-        msgkey = message_key(msg, raw)
-        verdict = verify_sender(msg, settings.trusted_authserv_id)
-        detector = self.rt.languages
-        language = detector.detect(f"{msg.subject}\n{msg.fresh_text}") if detector else None
-        snap = store.snapshot(msg, now, verdict=verdict, support_rules=self.rt.support_rules,
-                              msgkey=msgkey, language=language)
-        if snap.recorded:
-            # Whatever it implied was owed when it was recorded: the outbox finishes it.
-            log.debug("UID %s %s already %s", uid, msg.message_id, snap.recorded)
-            return "duplicate"
-        decision = decide(msg, snap)
-        if decision.rule == automatic.NAME:
-            # A late delivery report for a forward moves its thread first: were the process
-            # to die before the record, the next pass settles it again, harmlessly.
-            decision = bounces.settle(self.rt, msg, raw, decision)
-        if decision.action is Action.QUARANTINE:
-            return self._quarantine(uid, raw, msg.message_id, decision.why, msgkey,
-                                    rule=decision.rule)
-        keep = decision.action in (Action.FORWARD, Action.SUPPORT, Action.RECORD_REPLY)
-        outcome = record_decision(store, msgkey, msg, decision, now, uid,
-                                  raw=raw if keep else None, language=language,
-                                  looks_technical=self._looks_technical(msg, decision))
-        if outcome.status == "dup":
-            return "duplicate"
-        ref = format_ref(outcome.ref) if outcome.ref else "-"
-        target = outcome.owner or ("held" if outcome.state == "held" else decision.target_label)
-        command = f" #{decision.command.name}" if decision.command else ""
-        log.info("%s %s -> %s by %s%s (%s)", ref, msg.message_id, target, decision.rule,
-                 command, decision.error or decision.why,
-                 extra={"ref": ref, "message_id": msg.message_id, "rule": decision.rule,
-                        "csm": outcome.owner or ""})
+        routed = route(self.rt, raw, self.clock(), uid=uid, via=f"UID {uid}")
+        if routed.state == "quarantine":
+            return self._quarantine(uid, raw, routed.message_id, routed.why, routed.msgkey,
+                                    rule=routed.rule)
         # Owed already, in the same script as the decision; offering only hurries it, a
         # few at a time in a burst (one job for several), at once when mail trickles in.
-        self._owed += outcome.owed
+        self._owed += routed.owed
         if len(self._owed) >= OFFER_BATCH:
             self._offer()
-        return outcome.state
-
-    def _looks_technical(self, msg: Inbound, decision: Decision) -> str:
-        """Why a message forwarded to a CSM reads as technical ("" if it does not): said in
-        its forward, with #support to hand it over. Classified here once (the technical
-        rule's reading of it, when it ran), never again by the worker."""
-        if (self.rt.settings.support_address is None or decision.action is not Action.FORWARD
-                or decision.rule == technical.NAME):
-            return ""
-        found = classify(msg, self.rt.support_rules)
-        return found.explain() if found.technical else ""
+        return routed.state
 
     def _offer(self) -> None:
         owed, self._owed = self._owed, []

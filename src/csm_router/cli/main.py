@@ -14,7 +14,15 @@ from csm_router import __version__
 from csm_router.cli.admin import add_admin_commands
 from csm_router.cli.check import cmd_check
 from csm_router.cli.figures import add_figure_commands
-from csm_router.cli.processes import cmd_demo, cmd_health, cmd_run, cmd_sweep, cmd_web, cmd_worker
+from csm_router.cli.processes import (
+    cmd_demo,
+    cmd_health,
+    cmd_lmtp,
+    cmd_run,
+    cmd_sweep,
+    cmd_web,
+    cmd_worker,
+)
 from csm_router.cli.teams import dispatch
 from csm_router.cli.threads import cmd_failed, cmd_reassign, cmd_thread, cmd_threads
 from csm_router.config import ConfigError
@@ -49,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="a stable name, unique among live workers (e.g. host-1): "
                    "on restart, what the previous worker of that name had in hand is taken "
                    "up at once instead of after its heartbeat expires")
+    add("lmtp", cmd_lmtp, "take mail straight from the MTA over LMTP on ROUTER_LMTP_ADDRESS "
+        "and route it at once (the alias mailbox still receives it)")
     add("web", cmd_web, "serve /metrics, /healthz and the status page on ROUTER_WEB_ADDRESS")
     p = add("health", cmd_health, "ask `csm-router web` whether the deployment is healthy "
             "(exit 0) or not (exit 1, with the reason): for container health checks")

@@ -14,7 +14,7 @@ import redis
 
 from csm_router.app.router import Router
 from csm_router.cli.shared import _parse_until, _runtime, _setup_logging, out
-from csm_router.config import Settings, load_settings
+from csm_router.config import ConfigError, Settings, load_settings
 from csm_router.core.auth import authserv_note, steering_note
 from csm_router.errors import PermanentError, RefusedError, TransientError
 from csm_router.mail.mailbox import Mailbox
@@ -45,6 +45,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("router watching %s", mailbox.name)
     _log_steering(rt.settings)
     Router(rt, mailbox, stop=stop).run(exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+def cmd_lmtp(args: argparse.Namespace) -> int:
+    from csm_router.app.lmtp import Teams, serve
+
+    settings = _start()
+    _setup_logging(settings)
+    host, port = settings.lmtp_bind
+    runtimes = {"": Runtime.from_settings(settings)}
+    if settings.teams and not current_team():
+        # One listener for every team: the recipient says whose alias the mail is for.
+        runtimes = {}
+        for team in settings.teams:
+            with in_team(team):
+                runtimes[team] = Runtime.from_settings(_start())
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("LMTP on %s: whoever reaches it hands over mail as the MTA would, its "
+                    "Authentication-Results taken as checked; let only the MTA reach it",
+                    settings.lmtp_address)
+    stop = threading.Event()
+    stop_on_signals(stop, "the current message")
+    try:
+        serve(Teams(runtimes), host, port, stop, max_bytes=settings.max_message_bytes)
+    except OSError as exc:
+        raise ConfigError("ROUTER_LMTP_ADDRESS", f"cannot listen on {settings.lmtp_address}: "
+                          f"{exc.strerror or exc}") from None
     return 0
 
 
@@ -154,7 +181,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 # The packages of the `demo` extra: a production install does without them.
-DEMO_PACKAGES = ("aiosmtpd", "pymap", "fakeredis")
+DEMO_PACKAGES = ("pymap", "fakeredis")
 DEMO_MISSING = ("the demo needs its embedded servers: pip install 'csm-router[demo]' "
                 "(./scripts/demo does this)")
 

@@ -18,7 +18,7 @@ from csm_router.config import ConfigError, load_settings
 from csm_router.teams import TeamError, configured_teams, in_team, use_team
 
 SUPERVISED = frozenset({"run", "worker"})  # one process per team
-ALL_TEAMS = frozenset({"web", "demo", "health", "login"})  # one process serves them all
+ALL_TEAMS = frozenset({"web", "lmtp", "demo", "health", "login"})  # one process serves them all
 # Without --team, these answer for each team in turn (forget: a person may be in several).
 EACH_TEAM = frozenset({"status", "report", "digest", "threads", "check", "failed", "forget"})
 PARENT = "CSM_ROUTER_PARENT"  # a team's process: the pid of the command that started it

@@ -51,13 +51,15 @@ def message_key(msg: Inbound | None, raw: bytes) -> str:
     The Message-ID plus a fingerprint of what the sender wrote: a second delivery of the
     same mail (with other Received/Delivered-To lines) is the same message, while a
     different mail that reuses a Message-ID, as some senders do, is not silently dropped.
-    Unparsable mail is identified by its bytes.
+    The text's whitespace counts as one space: the copy the MTA hands over by LMTP and the
+    one a mail server stores may end in different line breaks. Unparsable mail is
+    identified by its bytes.
     """
     if msg is None:
         return hashlib.sha256(raw).hexdigest()[:32]
     digest = hashlib.sha256()
     for part in (msg.message_id, msg.sender, msg.subject, msg.header("Date") or "",
-                 msg.text, msg.html or ""):
+                 " ".join(msg.text.split()), " ".join((msg.html or "").split())):
         digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
     for attachment in msg.attachments:
         digest.update(hashlib.sha256(attachment.data).digest())
