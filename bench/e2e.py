@@ -45,6 +45,11 @@ POOL = "alice@acme.com*2, bob@acme.com, carol@acme.com"
 _users = iter(f"success-{n}@acme.com" for n in range(1, 1000))
 
 
+def next_user() -> str:
+    """A mailbox no run has used yet."""
+    return next(_users)
+
+
 mail = kind  # the kind workload's mail unless a run says otherwise
 
 
@@ -101,7 +106,7 @@ class Product:
     def __init__(self, dovecot: DovecotServer, redis: RedisServer, smtp: RecordingSmtp,
                  workdir: Path, routers: int = 1, workers: int = 1, *, user: str = "",
                  settle: float = 3, flush: bool = True, log_level: str = "WARNING",
-                 support: bool = False) -> None:
+                 support: bool = False, lmtp: int | None = None) -> None:
         self.user = user or next(_users)
         if flush:
             with redis.client() as client:
@@ -112,6 +117,8 @@ class Product:
                    ROUTER_POOL=POOL, ROUTER_POLL_SECONDS="30", ROUTER_LOG_LEVEL=log_level)
         if support:  # as a real deployment runs: every customer message is classified
             env["ROUTER_SUPPORT_ADDRESS"] = "support@acme.com"
+        if lmtp is not None:
+            env["ROUTER_LMTP_ADDRESS"] = f"127.0.0.1:{lmtp}"
         log = open(workdir / f"{self.user}.log", "ab")  # noqa: SIM115  # closed in stop()
         self.log = log
         cmd = [sys.executable, "-m", "csm_router.cli"]
@@ -120,6 +127,8 @@ class Product:
                       for _ in range(workers)]
         self.procs += [subprocess.Popen([*cmd, "run"], env=env, stdout=log, stderr=log)
                        for _ in range(routers)]
+        if lmtp is not None:
+            self.procs.append(subprocess.Popen([*cmd, "lmtp"], env=env, stdout=log, stderr=log))
         time.sleep(settle)  # imports, IMAP login and the first (empty) pass
 
     def rss_mb(self) -> list[float]:
