@@ -24,9 +24,11 @@ import redis
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
+from csm_router.app.router import MAX_TRIES, TRIES_TTL
 from csm_router.app.routing import route
 from csm_router.errors import TransientError, server_fault
 from csm_router.runtime import Runtime
+from csm_router.state.store import key, message_key
 from csm_router.teams import in_team
 
 log = logging.getLogger(__name__)
@@ -101,32 +103,50 @@ class LmtpHandler:
         return "\r\n".join(replies)
 
     def deliver(self, team: str, raw: bytes) -> str:
-        """Route `raw` in `team`; the LMTP reply for its recipient."""
+        """Route `raw` in `team`; the LMTP reply for its recipient.
+
+        Each try is counted in Redis before it starts, as the mailbox's router counts its
+        own: a message that kills this process (the MTA would hand it over again and
+        again) is left to the mailbox's router at its next try, which quarantines it.
+        """
         with self.teams.scope(team) as rt:
+            tries_key = key("tries", "lmtp", message_key(None, raw))
             try:
+                with rt.redis.pipeline() as pipe:  # one transaction: never a count without TTL
+                    pipe.hincrby(tries_key, "n", 1)
+                    pipe.expire(tries_key, TRIES_TTL)
+                    tries, _ = pipe.execute()
+                if tries > MAX_TRIES:
+                    return _left(f"this process stopped while routing it {tries - 1} times",
+                                 rt, tries_key)
                 routed = route(rt, raw, self.clock(), via="LMTP")
             except (TransientError, redis.RedisError) as exc:
                 if isinstance(exc, redis.RedisError) and not server_fault(exc):
-                    return _left(f"Redis refused its data ({str(exc)[:200]})")
+                    return _left(f"Redis refused its data ({str(exc)[:200]})", rt, tries_key)
                 log.warning("LMTP: %s: the MTA keeps the message and tries again", exc)
+                with contextlib.suppress(redis.RedisError):
+                    rt.redis.hincrby(tries_key, "n", -1)  # not the message's fault
                 return "451 4.3.0 routing is unavailable now, try again later"
             except Exception as exc:
                 log.exception("LMTP: unexpected error")
-                return _left(f"internal error: {type(exc).__name__}")
+                return _left(f"internal error: {type(exc).__name__}", rt, tries_key)
             if routed.state == "quarantine":
-                return _left(f"to quarantine ({routed.why})")
+                return _left(f"to quarantine ({routed.why})", rt, tries_key)
             with contextlib.suppress(redis.RedisError):
                 # Owed already, with the decision: offering only hurries it. Were Redis to
                 # fail now, the workers' pump offers it in a few seconds.
                 rt.outbox.offer(routed.owed)
+                rt.redis.delete(tries_key)
             if routed.state == "duplicate":
                 return "250 2.0.0 OK: routed before"
             return f"250 2.0.0 OK: routed ({routed.summary})"
 
 
-def _left(why: str) -> str:
+def _left(why: str, rt: Runtime, tries_key: str) -> str:
     """The reply for a message left to the mailbox's router, which has it too."""
     log.warning("LMTP: left to the mailbox's router: %s", why)
+    with contextlib.suppress(redis.RedisError):
+        rt.redis.delete(tries_key)
     return "250 2.0.0 OK: left to the mailbox's router"
 
 
