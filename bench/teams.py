@@ -75,6 +75,13 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(60)
 
 
+def redis_cpu(redis: RedisServer) -> float:
+    """CPU seconds redis-server has used, its own and the kernel's on its behalf."""
+    with redis.client() as client:
+        info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def team_of(rcpt: str) -> str:
     return rcpt.split("@")[0].split("-", 1)[1]
 
@@ -104,14 +111,16 @@ def measure(servers: harness.Servers, teams: int, per_team: int, burst: int) -> 
             count = burst
             raws = [(aliases[names[n % len(names)]], realistic(n, "", "burst"))
                     for n in range(count)]
+            cpu_before = redis_cpu(servers.redis)
             started = time.time()
             for alias, raw in raws:
                 dovecot.deliver(alias, raw)
             wait_for(smtp, count)
             rate = count / (max(r.at for r in smtp.messages) - started)
+            redis_ms = (redis_cpu(servers.redis) - cpu_before) / count * 1000
     finally:
         stop(procs)
-    return {"burst_per_s": rate,
+    return {"burst_per_s": rate, "redis_cpu_ms_per_msg": redis_ms,
             "p50_ms": {t: pct(w, 50) * 1000 for t, w in waits.items()},
             "p99_ms": {t: pct(w, 99) * 1000 for t, w in waits.items()}}
 
@@ -124,6 +133,10 @@ def report(r: dict[str, Any]) -> None:
     print(f"burst of {r['per_team'] * TEAMS}, spread over the teams: "
           f"{ten['burst_per_s']:.1f} msg/s; to one team alone, same run: "
           f"{one['burst_per_s']:.1f} msg/s ({ratio:.2f}x)")
+    cost = ten["redis_cpu_ms_per_msg"]
+    print(f"Redis CPU per routed and forwarded message: {cost:.2f} ms (one team alone: "
+          f"{one['redis_cpu_ms_per_msg']:.2f} ms): one Redis core is spent at about "
+          f"{1000 / cost:.0f} msg/s")
     print(f"spaced ({GAP * 1000:.0f} ms apart in all), delivery to relay, each team's "
           "p50 / p99 ms:")
     for team in ten["p99_ms"]:
