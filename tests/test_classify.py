@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import _sre
+import fnmatch
+import importlib.util
 import pickle
+import re
+import string
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from csm_router.core.classify import (
+    _NORMALISE,
     MAX_CHARS,
     Classification,
     Match,
+    Rule,
     RuleSet,
+    _classify,
+    _fold,
     classify,
+    examined_text,
 )
-from csm_router.core.message import Inbound, parse
+from csm_router.core.message import Inbound, MalformedMessageError, parse
 from csm_router.core.rulefile import RuleFileError, load_rules
 
 RULES = load_rules(None)
@@ -583,3 +596,255 @@ def test_default_rules_on_the_labelled_set(capsys: pytest.CaptureFixture[str]) -
         print("\n".join(["misclassified:", *wrong] if wrong else ["misclassified: none"]))
     assert precision >= 0.9
     assert recall >= 0.9
+
+
+# --- fast search: the same results as searching every pattern on its own -----------------------
+
+CORPUS = Path("/work/shared/corpus")  # third-party mail collected for testing (PROVENANCE.md)
+_BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def reference_find(rule: Rule, text: str, original: str, filenames: list[str]) -> str | None:
+    """Rule.find as it was: each pattern searches the whole text, the earliest match wins."""
+    first: re.Match[str] | None = None
+    for pattern in rule.patterns:
+        found = pattern.search(text)
+        if found is not None and (first is None or found.start() < first.start()):
+            first = found
+    if first is not None:
+        return original[first.start() : first.end()]
+    for filename in filenames:
+        if any(fnmatch.fnmatchcase(filename.lower(), glob) for glob in rule.attachments):
+            return filename
+    return None
+
+
+def reference_classify(msg: Inbound, rules: RuleSet) -> Classification:
+    """_classify as it was, on reference_find."""
+    original = examined_text(msg)
+    text = original.translate(_NORMALISE)
+    filenames = [a.filename for a in msg.attachments if a.filename]
+    matches = []
+    for rule in rules.rules:
+        found = reference_find(rule, text, original, filenames)
+        if found is not None:
+            matches.append(Match(rule.name, rule.kind, rule.weight, found))
+    score = sum(rules[m.rule].signed_weight for m in matches)
+    return Classification(score >= rules.threshold, score, tuple(matches), rules.threshold)
+
+
+def _positions(text: str) -> str:
+    # As `original`: a distinct character per position, so the words found are their span.
+    assert len(text) < 0xFFFE
+    return "".join(chr(0xF0000 + i) for i in range(len(text)))
+
+
+def assert_same_finds(text: str, rules: tuple[Rule, ...]) -> None:
+    """Each rule finds the same span of ``text`` as reference_find."""
+    spans = _positions(text)
+    for rule in rules:
+        assert rule.find(text, spans, []) == reference_find(rule, text, spans, []), (
+            rule.name,
+            text,
+        )
+
+
+def _corpus() -> list[Inbound]:
+    if not CORPUS.is_dir():
+        pytest.skip(f"no corpus at {CORPUS}")
+    messages = []
+    for path in sorted(CORPUS.rglob("*")):
+        if path.suffix in (".eml", ".msg", ".body", ".html"):
+            try:
+                messages.append(parse(path.read_bytes()))
+            except MalformedMessageError:
+                continue
+    assert len(messages) > 200
+    return messages
+
+
+def _realistic() -> list[Inbound]:
+    # bench/workloads.py makes the mail the benchmarks measure; it is no package.
+    spec = importlib.util.spec_from_file_location("bench_workloads", _BENCH / "workloads.py")
+    assert spec is not None and spec.loader is not None
+    workloads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workloads)
+    # 24: every turn of its eight sentences, with and without an HTML part
+    return [parse(workloads.realistic(n, "success@acme.test", "Question")) for n in range(24)]
+
+
+def test_the_same_classification_on_third_party_mail() -> None:
+    for msg in _corpus():
+        assert _classify(msg, RULES) == reference_classify(msg, RULES), msg.message_id
+
+
+def test_the_same_classification_on_customer_mail() -> None:
+    from support.labelled import labelled_set
+
+    for msg in (parse(case.raw) for case in labelled_set()):
+        assert _classify(msg, RULES) == reference_classify(msg, RULES), msg.message_id
+
+
+def test_the_same_classification_and_spans_on_the_benchmark_mail() -> None:
+    for msg in _realistic():
+        assert _classify(msg, RULES) == reference_classify(msg, RULES), msg.message_id
+        assert_same_finds(examined_text(msg).translate(_NORMALISE), RULES.rules)
+
+
+def _example(sequence: Any, k: int) -> str:
+    """A text the parsed ``sequence`` may match, taking the k-th way through alternatives."""
+    out = []
+    for op, av in sequence:
+        name = str(op)
+        if name == "LITERAL":
+            out.append(chr(av))
+        elif name == "NOT_LITERAL":
+            out.append("a" if av != ord("a") else "b")
+        elif name == "ANY":
+            out.append("a")
+        elif name == "IN":
+            out.append(_member(av, k))
+        elif name == "BRANCH":
+            out.append(_example(av[1][k % len(av[1])], k))
+        elif name == "SUBPATTERN":
+            out.append(_example(av[3], k))
+        elif name == "ATOMIC_GROUP":
+            out.append(_example(av, k))
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            low, high, item = av
+            out.append(_example(item, k) * (low if k % 2 else min(max(low, 1), high)))
+    return "".join(out)  # anchors and lookarounds: nothing to add
+
+
+def _member(items: Any, k: int) -> str:
+    """A character of a parsed class, the k-th where it lists several; a guess if negated."""
+    if str(items[0][0]) == "NEGATE":
+        return "?" if k % 2 else "~"
+    op, av = items[k % len(items)]
+    if str(op) == "LITERAL":
+        return chr(av)
+    if str(op) == "RANGE":
+        return chr(av[0])
+    return {"CATEGORY_DIGIT": "7", "CATEGORY_SPACE": " ", "CATEGORY_WORD": "w"}.get(str(av), "-")
+
+
+def rule_examples(rule: Rule) -> list[str]:
+    """Texts made from each pattern's parse tree, every alternative once, that match it."""
+    found = []
+    for pattern in rule.patterns:
+        tree = re._parser.parse(pattern.pattern, pattern.flags)  # type: ignore[attr-defined]
+        ways = max([len(av[1]) for op, av in tree.data if str(op) == "BRANCH"] or [1])
+        for k in range(max(ways, 2)):
+            text = _example(tree, k)
+            if pattern.search(text) or pattern.search(text := f"Hi,\n{text}\nthanks"):
+                found.append(text)
+    return found
+
+
+# Texts a case-insensitive regex may still match: the other case, and letters re takes for
+# ASCII ones though str.lower() or str.casefold() tell them apart.
+CASE_TRAPS: list[Callable[[str], str]] = [
+    str.upper,
+    str.swapcase,
+    lambda t: t.replace("s", "\u017f"),  # long s
+    lambda t: t.replace("k", "\u212a").replace("K", "\u212a"),  # Kelvin sign
+    lambda t: t.replace("i", "\u0130"),  # capital I with dot
+    lambda t: t.replace("i", "\u0131").replace("I", "\u0131"),  # dotless i
+    lambda t: t.upper().replace("I", "\u0130"),
+    lambda t: t.replace("ss", "\u00df").replace("S", "\u1e9e"),  # sharp s, capital sharp s
+    lambda t: t.replace("a", "\u00e4").replace("e", "\u00e9"),
+]
+
+
+def test_the_same_words_found_in_texts_made_from_the_rules() -> None:
+    made = []
+    for rule in RULES.rules:
+        examples = rule_examples(rule)
+        made += examples
+        described = re.findall(r"'([^']+)'", rule.description)
+        texts = [*examples, *described, " ".join(examples), " ".join(reversed(examples))]
+        for text in texts:
+            for variant in [text, *(trap(text) for trap in CASE_TRAPS)]:
+                assert_same_finds(variant, (rule,))
+    assert len(made) > 1000  # the examples do reach the patterns
+    assert_same_finds(" ".join(made)[:MAX_CHARS], RULES.rules)
+
+
+def test_every_pattern_gets_matching_examples() -> None:
+    missed = [
+        p.pattern
+        for rule in RULES.rules
+        for p in rule.patterns
+        if not any(p.search(text) for text in rule_examples(Rule("x", "", "cs", 1, (p,))))
+    ]
+    assert len(missed) <= 10, missed
+
+
+def test_case_insensitive_look_alikes_are_still_found(tmp_path: Path) -> None:
+    # re matches these for ASCII letters; str.casefold() alone keeps dotless and dotted i apart.
+    rules = load_rules(
+        write(
+            tmp_path,
+            "threshold = 1\n[[rules]]\nname = 'x'\nkind = 'technical'\nweight = 1\n"
+            "patterns = ['\\bskip file\\b', 'kelvin']\n",
+        )
+    )
+    rule = rules["x"]
+    for text in ("\u017fkip file", "SKIP F\u0130LE", "skip f\u0131le", "\u212aelv\u0131n"):
+        assert rule.find(text, text, []) == text, text
+        assert reference_find(rule, text, text, []) == text
+
+
+def test_every_character_re_matches_for_an_ascii_letter_folds_like_it() -> None:
+    # What the needles rely on, checked for all of Unicode: case-insensitive, re matches a
+    # character for an ASCII letter only if _fold makes them alike; other characters
+    # without case (by str.lower and str.upper) are matched only by themselves.
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    for letter in string.ascii_letters:
+        for found in re.finditer(re.escape(letter), every, re.IGNORECASE):
+            assert _fold(found.group()) == _fold(letter), (letter, found.group())
+    uncased = (c for c in every if c.lower() == c == c.upper())
+    assert not any(_sre.unicode_iscased(ord(c)) for c in uncased)
+
+
+def test_a_rule_that_cannot_be_one_alternation_still_finds_the_earliest_match(
+    tmp_path: Path,
+) -> None:
+    # Groups: a backreference would point elsewhere in an alternation.
+    grouped = load_rules(
+        write(
+            tmp_path,
+            "threshold = 1\n[[rules]]\nname = 'x'\nkind = 'technical'\nweight = 1\n"
+            "patterns = ['(ab)\\1', 'later', 'c(?P<n>d)(?P=n)']\n",
+        )
+    )["x"]
+    # Flags that differ: one regex could not have both.
+    mixed = Rule(
+        "y", "", "technical", 1, (re.compile("AB"), re.compile("zz", re.I), re.compile("ABC"))
+    )
+    assert grouped._alternation is None
+    assert mixed._alternation is None
+    assert grouped.find("cdd later abab", "cdd later abab", []) == "cdd"
+    assert grouped.find("later abab", "later abab", []) == "later"
+    assert grouped.find("xx ABAB", "xx ABAB", []) == "ABAB"
+    assert mixed.find("ab ZZ ABC", "ab ZZ ABC", []) == "ZZ"  # "AB" is case-sensitive
+    assert mixed.find("xABC zz", "xABC zz", []) == "AB"  # on a tie the earlier pattern
+    for text in ("cdd later abab", "ABAB", "ab ZZ ABC", "zzABC", "none"):
+        assert_same_finds(text, (grouped, mixed))
+
+
+def test_a_rule_is_one_alternation_where_that_is_exact() -> None:
+    assert all(rule._alternation is not None for rule in RULES.rules if len(rule.patterns) > 1)
+    rule = RULES["stack-trace"]
+    assert pickle.loads(pickle.dumps(rule)) == rule
+    assert pickle.loads(pickle.dumps(rule))._alternation.pattern == rule._alternation.pattern
+
+
+@pytest.mark.parametrize(
+    ("patterns", "words"),
+    [(("error", "error message"), "Error"), (("error message", "error"), "Error message")],
+)
+def test_on_a_tie_the_earlier_pattern_wins(patterns: tuple[str, ...], words: str) -> None:
+    rule = Rule("x", "", "technical", 1, tuple(re.compile(p, re.I | re.M) for p in patterns))
+    assert rule._alternation is not None
+    assert rule.find("An Error message.", "An Error message.", []) == words
