@@ -43,8 +43,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop_on_signals(stop, "the current message")
     mailbox = Mailbox(rt.settings.required_imap(), rt.settings.quarantine_folder)
     log.info("router watching %s", mailbox.name)
-    _log_steering(rt.settings)
+    # Said beside routing, not before it: reading the latest mail takes a login and a
+    # SELECT of its own, seconds on a big mailbox, which the first customer would wait.
+    hint = threading.Thread(target=_log_steering, args=(rt.settings,), name="steering-hint",
+                            daemon=True)
+    hint.start()
     Router(rt, mailbox, stop=stop).run(exit_when_idle=args.exit_when_idle)
+    hint.join(timeout=20)
     return 0
 
 
@@ -88,7 +93,7 @@ def _log_steering(settings: Settings) -> None:
             seen = ("the alias has no mail yet" if box.empty() else
                     authserv_note(box.latest_header("Authentication-Results"), None, False)[1])
         except RefusedError:
-            raise  # only a corrected setting helps: stop now, with that one line
+            return  # the router's own login is refused too, and says so as it stops
         except (TransientError, PermanentError) as exc:
             seen = f"the latest mail in the alias could not be read ({exc})"
         finally:
