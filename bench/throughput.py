@@ -101,6 +101,7 @@ def run(
     mailbox = Mailbox(settings.required_imap())
     mailbox.connect()
     router = Router(rt, mailbox)
+    router._ensure_sequence()  # as `run` does at each connect: thread numbering starts
     with RoundTrips() as router_trips:
         route = timed("router: fetch+parse+decide+record", router.poll_once)
     mailbox.close()
