@@ -179,20 +179,22 @@ def test_a_router_process_never_holds_more_than_two_connections(
     # Unset, the start reads the latest mail on a connection of its own to say who signs.
     del product.env["ROUTER_TRUSTED_AUTHSERV_ID"]
     product.write("Jane <jane@globex.com>", "Before")
-    proxy.throttle_once("SELECT ", 200)  # the hint's connect fails half-way
+    # The hint reads it beside the router's first connect: one of the two fails half-way.
+    proxy.throttle_once("SELECT ", 200)
     router = start(product, "run", log="router.log")
     try:
-        kicked = 1  # the hint's connection never goes into IDLE
+        proxy.wait_for(lambda: in_idle(proxy), "the router in IDLE")
         for _ in range(3):
-            proxy.wait_for(lambda n=kicked + 1: in_idle(proxy, connection=n), "the router in IDLE")
             kicked = proxy.connections
             dovecot.kick(product.alias)  # as a server restart would
-        proxy.wait_for(lambda: in_idle(proxy, connection=kicked + 1), "the router in IDLE")
-        assert proxy.open == 1
+            proxy.wait_for(lambda n=kicked + 1: in_idle(proxy, connection=n),
+                           "the router in IDLE again")
+        proxy.wait_for(lambda: proxy.open == 1, "the hint's connection closed")
     finally:
         code = stop(router)
     assert code == 0
-    # The hint's, the router's, and one after each of the three kicks; never two at once.
-    assert proxy.connections == 5
-    assert proxy.most_open == 1
+    # The hint's, the router's (twice, if the throttled SELECT was its), and one after
+    # each of the three kicks; never more than the hint's and the router's at once.
+    assert proxy.connections in (5, 6)
+    assert proxy.most_open <= 2
     proxy.wait_for(lambda: proxy.open == 0, "every connection closed at the end")
