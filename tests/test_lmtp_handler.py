@@ -9,7 +9,7 @@ import redis
 
 from csm_router.app import lmtp as lmtp_module
 from csm_router.app.lmtp import LmtpHandler, Teams
-from csm_router.app.router import MAX_TRIES
+from csm_router.app.routing import MAX_TRIES
 from csm_router.config import load_settings
 from csm_router.core.message import parse
 from csm_router.demo.stage import compose

@@ -24,8 +24,7 @@ import redis
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from csm_router.app.router import MAX_TRIES, TRIES_TTL
-from csm_router.app.routing import route
+from csm_router.app.routing import MAX_TRIES, count_try, route
 from csm_router.errors import TransientError, server_fault
 from csm_router.runtime import Runtime
 from csm_router.state.store import key, message_key
@@ -112,10 +111,7 @@ class LmtpHandler:
         with self.teams.scope(team) as rt:
             tries_key = key("tries", "lmtp", message_key(None, raw))
             try:
-                with rt.redis.pipeline() as pipe:  # one transaction: never a count without TTL
-                    pipe.hincrby(tries_key, "n", 1)
-                    pipe.expire(tries_key, TRIES_TTL)
-                    tries, _ = pipe.execute()
+                tries, _ = count_try(rt.redis, tries_key)
                 if tries > MAX_TRIES:
                     return _left(f"this process stopped while routing it {tries - 1} times",
                                  rt, tries_key)

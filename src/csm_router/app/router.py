@@ -12,7 +12,7 @@ from collections.abc import Callable
 import redis
 
 from csm_router.app.fetchtries import FetchTries
-from csm_router.app.routing import route
+from csm_router.app.routing import MAX_TRIES, count_try, route
 from csm_router.core.message import MalformedMessageError, header_safe, parse
 from csm_router.core.threads import FIRST_REF, format_ref
 from csm_router.errors import (
@@ -30,14 +30,12 @@ from csm_router.state.durability import EpochWatch, warn_persistence
 from csm_router.state.logins import record_grant, record_refusal
 from csm_router.state.outbox import OFFER_BATCH
 from csm_router.state.processes import ProcessBeat, forget_stale
-from csm_router.state.store import key, message_key, owed_ids, text
+from csm_router.state.store import key, message_key, owed_ids
 
 log = logging.getLogger(__name__)
 
 _MESSAGE_ID_LINE = re.compile(rb"^message-id:[ \t]*([^\r\n]{1,200})", re.IGNORECASE | re.MULTILINE)
 
-MAX_TRIES = 3  # a message that failed this often is quarantined, never tried again
-TRIES_TTL = 86400  # how long its tries are remembered (and a failed message stays recognised)
 
 
 def _delay(exc: Exception, backoff: Backoff) -> float:
@@ -273,16 +271,12 @@ class Router:
         fault is waited out and costs the message no try.
         """
         tries_key = key("tries", message_key(None, raw))
-        with self.rt.redis.pipeline() as pipe:  # one transaction: never a count without TTL
-            pipe.hincrby(tries_key, "n", 1)
-            pipe.hget(tries_key, "why")
-            pipe.expire(tries_key, TRIES_TTL)
-            tries, last, _ = pipe.execute()
+        tries, last = count_try(self.rt.redis, tries_key)
         if tries > MAX_TRIES:
             # Its last tries never came back: the router died handling it, perhaps parsing
             # it, so it is not parsed again: kept by its bytes.
             return self._give_up(uid, raw, tries - 1,
-                                 text(last) or "the router stopped while routing it",
+                                 last or "the router stopped while routing it",
                                  parsed=False)
         try:
             outcome = self._handle(uid, raw)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from redis import Redis
+
 from csm_router.app import bounces
 from csm_router.core.auth import verify_sender
 from csm_router.core.classify import classify
@@ -15,9 +17,24 @@ from csm_router.core.message import Inbound, MalformedMessageError, parse
 from csm_router.core.rules import automatic, technical
 from csm_router.core.threads import format_ref
 from csm_router.runtime import Runtime, record_decision
-from csm_router.state.store import message_key
+from csm_router.state.store import message_key, text
 
 log = logging.getLogger(__name__)
+
+MAX_TRIES = 3  # a message that failed this often is quarantined, never tried again
+TRIES_TTL = 86400  # how long its tries are remembered (and a failed message stays recognised)
+
+
+def count_try(client: Redis, tries_key: str) -> tuple[int, str]:
+    """Count one more try of a message before it starts; answers the tries so far and why
+    the last one failed ("" if nobody said). A try that never comes back (the process
+    died in it) stays counted: the message is set aside at its MAX_TRIES-th."""
+    with client.pipeline() as pipe:  # one transaction: never a count without TTL
+        pipe.hincrby(tries_key, "n", 1)
+        pipe.hget(tries_key, "why")
+        pipe.expire(tries_key, TRIES_TTL)
+        tries, last, _ = pipe.execute()
+    return int(tries), text(last)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import redis
 
 from csm_router.app.router import Router
 from csm_router.cli.shared import _parse_until, _runtime, _setup_logging, out
-from csm_router.config import ConfigError, Settings, load_settings
+from csm_router.config import ConfigError, Settings, is_loopback, load_settings
 from csm_router.core.auth import authserv_note, steering_note
 from csm_router.errors import PermanentError, RefusedError, TransientError
 from csm_router.mail.mailbox import Mailbox
@@ -66,7 +66,7 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
         for team in settings.teams:
             with in_team(team):
                 runtimes[team] = Runtime.from_settings(_start())
-    if host not in ("127.0.0.1", "::1", "localhost"):
+    if not is_loopback(host):
         log.warning("LMTP on %s: whoever reaches it hands over mail as the MTA would, its "
                     "Authentication-Results taken as checked; let only the MTA reach it",
                     settings.lmtp_address)
