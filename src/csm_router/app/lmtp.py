@@ -68,10 +68,7 @@ class Teams:
     @contextlib.contextmanager
     def scope(self, team: str) -> Iterator[Runtime]:
         """`team`'s runtime, with its keys and settings current."""
-        if not team:
-            yield self.runtimes[team]
-            return
-        with in_team(team):
+        with in_team(team) if team else contextlib.nullcontext():
             yield self.runtimes[team]
 
 
@@ -110,39 +107,42 @@ class LmtpHandler:
         """
         with self.teams.scope(team) as rt:
             tries_key = key("tries", "lmtp", message_key(None, raw))
-            try:
-                tries, _ = count_try(rt.redis, tries_key)
-                if tries > MAX_TRIES:
-                    return _left(f"this process stopped while routing it {tries - 1} times",
-                                 rt, tries_key)
-                routed = route(rt, raw, self.clock(), via="LMTP")
-            except (TransientError, redis.RedisError) as exc:
-                if isinstance(exc, redis.RedisError) and not server_fault(exc):
-                    return _left(f"Redis refused its data ({str(exc)[:200]})", rt, tries_key)
-                log.warning("LMTP: %s: the MTA keeps the message and tries again", exc)
+            reply = self._reply(rt, raw, tries_key)
+            if reply.startswith("250"):  # done with, here or by the mailbox's router
                 with contextlib.suppress(redis.RedisError):
-                    rt.redis.hincrby(tries_key, "n", -1)  # not the message's fault
-                return "451 4.3.0 routing is unavailable now, try again later"
-            except Exception as exc:
-                log.exception("LMTP: unexpected error")
-                return _left(f"internal error: {type(exc).__name__}", rt, tries_key)
-            if routed.state == "quarantine":
-                return _left(f"to quarantine ({routed.why})", rt, tries_key)
+                    rt.redis.delete(tries_key)
+            return reply
+
+    def _reply(self, rt: Runtime, raw: bytes, tries_key: str) -> str:
+        try:
+            tries, _ = count_try(rt.redis, tries_key)
+            if tries > MAX_TRIES:
+                return _left(f"this process stopped while routing it {tries - 1} times")
+            routed = route(rt, raw, self.clock(), via="LMTP")
+        except (TransientError, redis.RedisError) as exc:
+            if isinstance(exc, redis.RedisError) and not server_fault(exc):
+                return _left(f"Redis refused its data ({str(exc)[:200]})")
+            log.warning("LMTP: %s: the MTA keeps the message and tries again", exc)
             with contextlib.suppress(redis.RedisError):
-                # Owed already, with the decision: offering only hurries it. Were Redis to
-                # fail now, the workers' pump offers it in a few seconds.
-                rt.outbox.offer(routed.owed)
-                rt.redis.delete(tries_key)
-            if routed.state == "duplicate":
-                return "250 2.0.0 OK: routed before"
-            return f"250 2.0.0 OK: routed ({routed.summary})"
+                rt.redis.hincrby(tries_key, "n", -1)  # not the message's fault
+            return "451 4.3.0 routing is unavailable now, try again later"
+        except Exception as exc:
+            log.exception("LMTP: unexpected error")
+            return _left(f"internal error: {type(exc).__name__}")
+        if routed.state == "quarantine":
+            return _left(f"to quarantine ({routed.why})")
+        with contextlib.suppress(redis.RedisError):
+            # Owed already, with the decision: offering only hurries it. Were Redis to
+            # fail now, the workers' pump offers it in a few seconds.
+            rt.outbox.offer(routed.owed)
+        if routed.state == "duplicate":
+            return "250 2.0.0 OK: routed before"
+        return f"250 2.0.0 OK: routed ({routed.summary})"
 
 
-def _left(why: str, rt: Runtime, tries_key: str) -> str:
+def _left(why: str) -> str:
     """The reply for a message left to the mailbox's router, which has it too."""
     log.warning("LMTP: left to the mailbox's router: %s", why)
-    with contextlib.suppress(redis.RedisError):
-        rt.redis.delete(tries_key)
     return "250 2.0.0 OK: left to the mailbox's router"
 
 

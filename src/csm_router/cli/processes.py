@@ -8,6 +8,8 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import aiosmtplib
 import redis
@@ -26,6 +28,7 @@ from csm_router.state.connect import redis_client
 from csm_router.teams import current_team, in_team
 
 log = logging.getLogger("csm_router")
+T = TypeVar("T")
 
 
 def _start(*needs: str) -> Settings:
@@ -59,13 +62,8 @@ def cmd_lmtp(args: argparse.Namespace) -> int:
     settings = _start()
     _setup_logging(settings)
     host, port = settings.lmtp_bind
-    runtimes = {"": Runtime.from_settings(settings)}
-    if settings.teams and not current_team():
-        # One listener for every team: the recipient says whose alias the mail is for.
-        runtimes = {}
-        for team in settings.teams:
-            with in_team(team):
-                runtimes[team] = Runtime.from_settings(_start())
+    # One listener for every team: the recipient says whose alias the mail is for.
+    runtimes = _each_team(settings, Runtime.from_settings)
     if not is_loopback(host):
         log.warning("LMTP on %s: whoever reaches it hands over mail as the MTA would, its "
                     "Authentication-Results taken as checked; let only the MTA reach it",
@@ -123,15 +121,24 @@ def cmd_web(args: argparse.Namespace) -> int:
         # One web process for every team: each team's page under /<team>/.
         from csm_router.app.teamsweb import create_teams_app
 
-        teams = {}
-        for team in settings.teams:
-            with in_team(team):
-                own = _start()
-                teams[team] = (own, _reachable(own))
+        teams = _each_team(settings, lambda own: (own, _reachable(own)))
         serve(settings, client, create_teams_app(settings, teams))
         return 0
     serve(settings, client)
     return 0
+
+
+def _each_team(settings: Settings, make: Callable[[Settings], T]) -> dict[str, T]:
+    """For a process serving every team (ROUTER_TEAMS, no --team): `make` of each team's
+    settings (checked as `_start` checks them), run in that team (its keys, its queues);
+    otherwise `make` of `settings` alone, under the name ""."""
+    if not settings.teams or current_team():
+        return {"": make(settings)}
+    found = {}
+    for team in settings.teams:
+        with in_team(team):
+            found[team] = make(_start())
+    return found
 
 
 def _reachable(settings: Settings) -> redis.Redis:
