@@ -7,6 +7,7 @@ under TYPE_CHECKING. A lazy import still ties one part to another.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,16 +18,13 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "csm_router"
 # Each part of the package, and the parts it may import (it may always import itself).
 # "csm_router" is the package's own __init__: the version, importing nothing.
 _CORE = {"core"}
-_VALUES = {"config", "settings", "configvalues", "teams", "errors", "oauth", "csm_router"}
+_VALUES = {"config", "errors", "oauth", "csm_router"}
 _BELOW_RUNTIME = _CORE | _VALUES | {"state", "mail"}
 _EVERYTHING = _BELOW_RUNTIME | {"runtime", "support", "lead", "sends", "app", "cli", "demo",
                                 "logs", "terminal"}
 MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),  # pure: the standard library and itself
-    "configvalues": _CORE,
-    "config": _CORE | {"configvalues", "settings", "oauth", "teams"},
-    "settings": _CORE | {"configvalues", "oauth", "teams"},  # the model; config loads it
-    "teams": {"configvalues"},  # which team a process or request serves
+    "config": _CORE | {"oauth"},  # the settings: the model, its loading, values and teams
     "oauth": {"errors"},  # the providers' libraries, loaded only when a token is wanted
     "errors": set(),
     "logs": set(),
@@ -232,3 +230,46 @@ def _one_cycle(graph: dict[str, set[str]], group: set[str]) -> list[str]:
 def test_no_module_imports_itself_through_others() -> None:
     cycles = _cycles(_graph())
     assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+# A file a reader takes in whole, and a function read at once (docs/ARCHITECTURE.md).
+MOST_LINES_IN_A_FILE = 420
+MOST_LINES_IN_A_FUNCTION = 60
+
+
+def test_every_file_and_function_is_short_enough_to_read() -> None:
+    long: list[str] = []
+    for path in MODULES.values():
+        rel = path.relative_to(SOURCE).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if (lines := text.count("\n")) > MOST_LINES_IN_A_FILE:
+            long.append(f"{rel}: {lines} lines")
+        for node in ast.walk(ast.parse(text, rel)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MOST_LINES_IN_A_FUNCTION:
+                    long.append(f"{rel}:{node.lineno} {node.name}: {size} lines")
+    assert not long, "too long to read at once:\n" + "\n".join(long)
+
+
+# Folders the layout names that are not parts of the package.
+NOT_PARTS = {"src/", "csm_router/", "rules/", "lua/", "templates/", "deploy/", "bench/"}
+
+
+def _parts_on_disk() -> set[str]:
+    return {p.name + ("/" if p.is_dir() else "") for p in SOURCE.iterdir()
+            if (p.is_dir() and (p / "__init__.py").exists())
+            or (p.suffix == ".py" and p.name != "__init__.py")}
+
+
+def test_the_readme_and_the_architecture_name_every_part_and_no_other() -> None:
+    readme = (SOURCE.parents[1] / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    architecture = (SOURCE.parents[1] / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = "\n".join(line for line in architecture.splitlines() if line.startswith("| `"))
+    for name, text in (("README's layout", layout), ("docs/ARCHITECTURE.md", table)):
+        named = set(re.findall(r"\b([a-z_]+/|[a-z_]+\.py)", text))
+        parts = _parts_on_disk()
+        assert parts <= named, f"{name} does not name {sorted(parts - named)}"
+        stale = {n for n in named if n.endswith("/")} - parts - NOT_PARTS
+        assert not stale, f"{name} names parts that are gone: {sorted(stale)}"

@@ -15,7 +15,7 @@ from csm_router.config import (
     parse_pool,
     redact_url,
 )
-from csm_router.configvalues import SentinelUrl, parse_sentinel_url
+from csm_router.config.values import SentinelUrl, parse_sentinel_url
 
 BASE = {
     "ROUTER_ALIAS": "Acme Customer Success <success@acme.com>",

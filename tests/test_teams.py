@@ -9,9 +9,9 @@ import fakeredis
 import pytest
 
 from csm_router.config import ConfigError, load_settings
+from csm_router.config.teams import in_team, use_team
 from csm_router.runtime import Runtime
 from csm_router.state.keys import key
-from csm_router.teams import in_team, use_team
 from support.routing import Mail
 
 SHARED = {

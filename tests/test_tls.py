@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from csm_router import config, configvalues
+from csm_router import config
 from csm_router.config import ServerUrl, is_loopback, parse_server_url
-from csm_router.configvalues import parse_sentinel_url
+from csm_router.config import values as configvalues
+from csm_router.config.values import parse_sentinel_url
 from csm_router.demo.relay import RecordingSmtp
 from csm_router.errors import PermanentError
 from csm_router.mail.outbound import Mailer

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from csm_router import configvalues
 from csm_router.config import parse_server_url
+from csm_router.config import values as configvalues
 from csm_router.errors import PermanentError
 from csm_router.mail.mailbox import Mailbox as RouterMailbox
 from support.servers import (

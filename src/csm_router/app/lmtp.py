@@ -25,10 +25,10 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
 from csm_router.app.routing import MAX_TRIES, count_try, route
+from csm_router.config.teams import in_team
 from csm_router.errors import TransientError, server_fault
 from csm_router.runtime import Runtime
 from csm_router.state.store import key, message_key
-from csm_router.teams import in_team
 
 log = logging.getLogger(__name__)
 

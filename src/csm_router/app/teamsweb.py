@@ -21,9 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from csm_router.app.web import PAGE_HEADERS, create_app, web_password
 from csm_router.app.webguard import Gate, HostCheck, LoginThrottle, allowed_hosts
 from csm_router.config import Settings
+from csm_router.config.teams import in_team
 from csm_router.lead.health import Health
 from csm_router.lead.metrics import RedisCollector
-from csm_router.teams import in_team
 
 
 class TeamScope:

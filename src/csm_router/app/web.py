@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from csm_router.app.webguard import Gate, HostCheck, LoginThrottle, allowed_hosts
 from csm_router.config import ConfigError, Settings, is_loopback
+from csm_router.config.teams import current_team
 from csm_router.core.threads import format_ref, parse_ref
 from csm_router.lead.health import Health
 from csm_router.lead.metrics import RedisCollector
@@ -38,7 +39,6 @@ from csm_router.lead.statuspage import overview
 from csm_router.lead.threadpage import thread_view
 from csm_router.mail.outbound import failing_line, template_environment
 from csm_router.state.store import Store
-from csm_router.teams import current_team
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import redis
 from csm_router.app.router import Router
 from csm_router.cli.shared import _parse_until, _runtime, _setup_logging, out
 from csm_router.config import ConfigError, Settings, is_loopback, load_settings
+from csm_router.config.teams import current_team, in_team
 from csm_router.core.auth import authserv_note, steering_note
 from csm_router.errors import PermanentError, RefusedError, TransientError
 from csm_router.mail.mailbox import Mailbox
@@ -25,7 +26,6 @@ from csm_router.mail.smtp import smtp_session
 from csm_router.runtime import Runtime, stop_on_signals
 from csm_router.sends import jobs
 from csm_router.state.connect import redis_client
-from csm_router.teams import current_team, in_team
 
 log = logging.getLogger("csm_router")
 T = TypeVar("T")

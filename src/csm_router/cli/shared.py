@@ -9,10 +9,10 @@ from rich.console import Console
 
 from csm_router import logs
 from csm_router.config import Settings, load_settings
+from csm_router.config.teams import current_team
 from csm_router.core.threads import format_ref
 from csm_router.runtime import Runtime
 from csm_router.state import pool
-from csm_router.teams import current_team
 
 out = Console(highlight=False)
 if not out.is_terminal:

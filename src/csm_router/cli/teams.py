@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from csm_router.config import ConfigError, load_settings
-from csm_router.teams import TeamError, configured_teams, in_team, use_team
+from csm_router.config.teams import TeamError, configured_teams, in_team, use_team
 
 SUPERVISED = frozenset({"run", "worker"})  # one process per team
 ALL_TEAMS = frozenset({"web", "lmtp", "demo", "health", "login"})  # one process serves them all

@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from csm_router.cli.shared import _runtime, for_json, out
-from csm_router.configvalues import language_name
+from csm_router.config.values import language_name
 from csm_router.core.threads import format_ref, parse_ref
 from csm_router.lead import poolstatus
 from csm_router.mail.outbound import event_line, when

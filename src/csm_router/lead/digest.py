@@ -18,13 +18,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from csm_router.config import Settings
+from csm_router.config.teams import current_team
 from csm_router.lead import report
 from csm_router.lead.report import Report
 from csm_router.lead.statuspage import duration, span
 from csm_router.mail.outbound import message_id_for, render, stamp, when
 from csm_router.state.pool import PoolError
 from csm_router.state.store import Store
-from csm_router.teams import current_team
 
 SEND_FROM_HOUR = 8  # Monday, in the lead's time zone
 BAR_WIDTH = 240  # pixels for the longest bar

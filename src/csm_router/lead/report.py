@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from csm_router.configvalues import language_name
+from csm_router.config.values import language_name
 from csm_router.core.threads import account_of
 from csm_router.state.store import Store, key, text
 

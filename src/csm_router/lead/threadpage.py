@@ -17,7 +17,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from csm_router.configvalues import language_name
+from csm_router.config.values import language_name
 from csm_router.core.threads import format_ref
 from csm_router.lead.statuspage import _customer, _number, moment, relative
 from csm_router.mail.outbound import when

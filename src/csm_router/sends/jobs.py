@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import redis
 
 from csm_router.config import PoolMember, format_duration
-from csm_router.configvalues import language_name
+from csm_router.config.values import language_name
 from csm_router.core.auth import reply_address
 from csm_router.core.message import Inbound
 from csm_router.core.threads import account_of, format_ref

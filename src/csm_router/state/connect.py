@@ -16,7 +16,7 @@ from redis import Redis
 from redis.connection import SSLConnection
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
-from csm_router.configvalues import SENTINEL_SCHEME, is_loopback, parse_sentinel_url
+from csm_router.config.values import SENTINEL_SCHEME, is_loopback, parse_sentinel_url
 
 if TYPE_CHECKING:
     from csm_router.config import Settings

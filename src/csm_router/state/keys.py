@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from csm_router.teams import current_team
+from csm_router.config.teams import current_team
 
 PREFIX = "csm:"
 

@@ -33,9 +33,9 @@ from typing import Any
 from rq import Queue
 
 from csm_router.config import ConfigError
+from csm_router.config.teams import current_team
 from csm_router.state.processes import ProcessBeat
 from csm_router.state.store import Store, key, text_hash
-from csm_router.teams import current_team
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from redis import Redis
 
 from csm_router.config import Settings
-from csm_router.configvalues import language_name
+from csm_router.config.values import language_name
 from csm_router.core.auth import Verdict, verify_sender
 from csm_router.core.classify import RuleSet
 from csm_router.core.commands import command_lines, find_command

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from csm_router.configvalues import ENV_PREFIX
+from csm_router.config.values import ENV_PREFIX
 
 # A request's team (the web server's); None: the process's team, which every thread of a
 # team's process shares (a thread started later would not inherit a context variable).

@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from csm_router.configvalues import (
+from csm_router.config.teams import TeamError, parse_teams
+from csm_router.config.values import (
     ENV_PREFIX,
     SENTINEL_SCHEME,
     Address,
@@ -35,7 +36,6 @@ from csm_router.configvalues import (
 )
 from csm_router.core.hours import HoursError, Schedule, Shift, parse_hours
 from csm_router.oauth.settings import OAuthSettings
-from csm_router.teams import TeamError, parse_teams
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -12,25 +12,8 @@ from typing import Any
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
-from csm_router.configvalues import ENV_PREFIX as ENV_PREFIX
-from csm_router.configvalues import Address as Address
-from csm_router.configvalues import ConfigError as ConfigError
-from csm_router.configvalues import PoolMember as PoolMember
-from csm_router.configvalues import ServerUrl as ServerUrl
-from csm_router.configvalues import dotenv_names, unknown_settings, wants_token
-from csm_router.configvalues import format_duration as format_duration
-from csm_router.configvalues import is_loopback as is_loopback
-from csm_router.configvalues import parse_address as parse_address
-from csm_router.configvalues import parse_bind as parse_bind
-from csm_router.configvalues import parse_duration as parse_duration
-from csm_router.configvalues import parse_pool as parse_pool
-from csm_router.configvalues import parse_server_url as parse_server_url
-from csm_router.configvalues import redact_url as redact_url
-from csm_router.configvalues import split_list as split_list
-from csm_router.oauth.providers import tokens_for
-from csm_router.settings import LOG_LEVELS as LOG_LEVELS
-from csm_router.settings import Settings as Settings
-from csm_router.teams import (
+from csm_router.config.settings import Settings
+from csm_router.config.teams import (
     TeamError,
     ambiguous,
     configured_teams,
@@ -38,6 +21,14 @@ from csm_router.teams import (
     team_values,
     team_variables,
 )
+from csm_router.config.values import (
+    ENV_PREFIX,
+    ConfigError,
+    dotenv_names,
+    unknown_settings,
+    wants_token,
+)
+from csm_router.oauth.providers import tokens_for
 
 
 def load_settings(*needs: str, **overrides: Any) -> Settings:
