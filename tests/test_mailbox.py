@@ -302,3 +302,11 @@ def test_idle_is_checked_with_noop_and_new_mail_found_there_ends_the_wait(
     assert cycles >= 3 and quiet.commands == ["IDLE", "DONE", "NOOP"] * cycles
     # ...unless the NOOP said there is new mail: then the caller searches at once.
     assert told.commands == ["IDLE", "DONE", "NOOP"]
+
+
+def test_the_production_idle_timings_keep_the_providers_limits() -> None:
+    # The quirks tests shorten these to seconds; the values shipped must hold what
+    # Exchange Online and a dead connection demand.
+    assert mailbox_module.MAX_IDLE_SECONDS <= 10 * 60  # IDLE re-issued within 10 minutes
+    # A dead IDLE (DONE unanswered) is noticed within a minute.
+    assert mailbox_module.IDLE_CHECK_SECONDS + mailbox_module.CHECK_TIMEOUT_SECONDS < 60

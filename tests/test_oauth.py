@@ -109,6 +109,36 @@ def test_an_unreachable_provider_is_transient_and_a_later_grant_clears_the_refus
     assert tokens() == "back" and tokens.refused == ""
 
 
+def test_a_connected_process_renews_between_logins_and_hears_a_refusal_in_time() -> None:
+    clock = Clock()
+    refusal = TokenRefusedError("AADSTS7000222: the client secret has expired")
+    start = clock.now
+    provider = Provider(granted("one", 3600, start), granted("two", 3600, start + 3400),
+                        refusal, granted("three", 3600, start + 6861))
+    told: list[str] = []
+    tokens = Tokens(provider, "test", clock)
+    tokens.watch(told.append, lambda: None)
+    tokens.keep_fresh()
+    assert provider.asked == 0  # before the first login, the login asks
+    assert tokens() == "one"
+    clock.now += 3000
+    tokens.keep_fresh()  # not due yet: the provider is spared
+    assert provider.asked == 1
+    clock.now += 400  # due, and no login in sight: renewed all the same
+    tokens.keep_fresh()
+    assert provider.asked == 2 and tokens() == "two"
+    clock.now += 3400  # due again, and the secret has expired meanwhile
+    tokens.keep_fresh()
+    assert told == [str(refusal)]  # known while "two" still works, 200 s before it lapses
+    assert tokens.expires_at > clock.now and tokens.refused
+    clock.now += 30
+    tokens.keep_fresh()  # not asked again within the minute
+    assert provider.asked == 3
+    clock.now += 31
+    tokens.keep_fresh()  # the app mended: the next try is granted and clears the refusal
+    assert provider.asked == 4 and tokens.refused == "" and tokens() == "three"
+
+
 def test_threads_share_one_renewal() -> None:
     provider = Provider(granted("one", 3600))
     tokens = Tokens(provider, "test")
@@ -137,6 +167,11 @@ def test_a_token_never_shows_its_value() -> None:
     ("invalid_client", "AADSTS9999999: Something new. Trace", "AADSTS9999999 (invalid_client)"
      ": Something new."),
     ("odd_error", "", "odd_error: no reason given"),
+    ("invalid_client", "AADSTS7000218: The request body must contain the following "
+     "parameter: 'client_assertion' or 'client_secret'.", "Allow public client flows"),
+    ("invalid_grant", "AADSTS70043: The refresh token has expired or is invalid due to "
+     "sign-in frequency checks by conditional access.", "run `csm-router login` again"),
+    ("admin_policy_enforced", "", "API controls"),
 ])
 def test_refusals_are_explained_in_plain_words(error: str, description: str,
                                                said: str) -> None:
@@ -208,6 +243,20 @@ def test_oauth_settings_name_every_missing_value(env: pytest.MonkeyPatch) -> Non
     assert set(named) == {"ROUTER_OAUTH_TENANT", "ROUTER_OAUTH_CLIENT_ID",
                           "ROUTER_OAUTH_CLIENT_SECRET", "ROUTER_OAUTH_PROVIDER"}
     assert "leave out the password" in named["ROUTER_OAUTH_PROVIDER"]
+
+
+@pytest.mark.parametrize("tenant", ["common", "organizations", "Consumers"])
+def test_a_shared_endpoint_is_refused_as_the_tenant_at_start(
+    env: pytest.MonkeyPatch, tenant: str
+) -> None:
+    for name, value in (("PROVIDER", "microsoft"), ("TENANT", tenant),
+                        ("CLIENT_ID", "app"), ("CLIENT_SECRET", "s")):
+        env.setenv(f"ROUTER_OAUTH_{name}", value)
+    env.setenv("ROUTER_IMAP_URL", "imaps://success%40acme.com@outlook.office365.com")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "is a shared endpoint, not a tenant" in dict(caught.value.problems)[
+        "ROUTER_OAUTH_TENANT"]
 
 
 def test_an_unknown_provider_is_refused(env: pytest.MonkeyPatch) -> None:

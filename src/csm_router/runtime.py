@@ -68,6 +68,13 @@ class Runtime:
                     lambda line: self.outbox.offer(record_refusal(self.store, line, by)),
                     lambda: record_grant(self.store))
 
+    def keep_tokens_fresh(self) -> None:
+        """Renew this process's OAuth tokens when due, though no login asks for them (see
+        Tokens.keep_fresh): a router and a worker call it as they go."""
+        for url in (self.settings.imap_url, self.settings.smtp_url):
+            if isinstance(url, ServerUrl) and isinstance(url.token, Tokens):
+                url.token.keep_fresh()
+
     def rq_client(self) -> Redis:
         """A client for RQ's worker loop alone.
 

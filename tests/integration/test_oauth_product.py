@@ -301,3 +301,36 @@ def test_a_revoked_app_is_waited_out_told_once_and_mended_without_a_restart(
     assert "AADSTS7000215" in str(told[0].message)
     assert "app-secret-value" not in log() + str(told[0].message)
     assert forwarded_subjects(product) == Counter({"Before": 1, "During": 1})
+
+
+def test_a_refusal_is_heard_while_connected_before_the_token_in_hand_lapses(
+    imap_oauth_product: Product, token_server: TokenServer, durable_redis: RedisServer
+) -> None:
+    # Nobody logs in again here: the router stays in IDLE and the worker between sends,
+    # so only renewing on their own finds the refusal while the old token still works.
+    product = imap_oauth_product
+    product.env["ROUTER_REDIS_URL"] = durable_redis.url
+    token_server.lifetime = 20  # renewed with 5 s left
+    client = microsoft_app(product, token_server)
+    (port,) = free_ports(1)
+    product.env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
+    router = start(product, "run", log="router.log")
+    worker = start(product, "worker", log="worker.log")
+    web = start(product, "web", log="web.log")
+    log = (product.workdir / "router.log").read_text
+    try:
+        product.write("Jane Doe <jane@globex.com>", "Before")
+        wait_until(lambda: forwarded_subjects(product)["Before"] == 1, "Before forwarded")
+        until(lambda: healthz(base)[0] == 200, "healthy", lambda: healthz(base)[1] + log())
+        token_server.revoke(client)  # the secret deleted in the app registration
+        in_hand = max(t.expires_at for t in token_server.tokens.values())
+        until(lambda: "AADSTS7000215" in healthz(base)[1], "/healthz to say why", log)
+        wait_until(lambda: any(LEAD in r.rcpt_tos for r in product.smtp.messages),
+                   "the lead told")
+    finally:
+        for proc in (router, worker, web):
+            assert stop(proc) == 0
+    first_refusal = min(r.at for r in token_server.requests if r.error)
+    assert first_refusal < in_hand  # heard while the old token still worked
+    assert log().count("watching ") == 1  # the router never reconnected to hear it

@@ -117,6 +117,7 @@ class GrantRequest:
     tenant: str | None
     scope: str
     error: str | None = None
+    at: float = field(default_factory=time.time, compare=False)  # when it was asked
 
 
 @dataclass

@@ -102,6 +102,7 @@ class Router:
                 handled = self.poll_once()
                 release_held(self.rt)
                 self.beat.beat(self.clock())
+                self.rt.keep_tokens_fresh()
                 backoff.reset()
                 if handled:
                     continue

@@ -77,7 +77,8 @@ def run_worker(
     named = False
     rq_connection = rt.rq_client()  # one for the process: each outage would leak a pool
     while not stop.is_set():
-        pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS, each_round=once.flush)
+        pump = Pump(rt.outbox, beat, jobs.sla_sweep, SWEEP_SECONDS,
+                    each_round=lambda: _each_round(rt))
         worker: _Worker | None = None
         try:
             if not named:
@@ -107,6 +108,13 @@ def run_worker(
             pump.stopping.set()
     with contextlib.suppress(redis.RedisError):
         beat.stop()  # with Redis down, its key expires by itself
+
+
+def _each_round(rt: Runtime) -> None:
+    """The pump's chores besides the outbox: records Redis could not take when their mail
+    went out, and the OAuth tokens renewed between sends."""
+    once.flush()
+    rt.keep_tokens_fresh()
 
 
 def _start(rt: Runtime, name: str | None, stop: threading.Event, *, burst: bool) -> Heartbeat:

@@ -38,6 +38,19 @@ AADSTS: dict[str, str] = {
     "50126": "the user name or password is wrong",
     "7000112": "the app is disabled in the tenant",
     "1002016": "the client's TLS is too old for Microsoft's login endpoint",
+    "7000218": "the app registration does not allow public client flows: turn on \"Allow "
+               "public client flows\" for `csm-router login`, or set "
+               "ROUTER_OAUTH_CLIENT_SECRET for the app's own login",
+    "7000229": "the app has no service principal in the tenant: grant admin consent, "
+               "which creates it",
+    "500011": "Office 365 Exchange Online is not found in the tenant: the tenant has no "
+              "Exchange Online, or admin consent was never given",
+    "70011": "the scope asked for is not valid for this app (an app's own login asks for "
+             "https://outlook.office365.com/.default)",
+    "70043": "the refresh token lapsed under a Conditional Access sign-in frequency: run "
+             "`csm-router login` again",
+    "50034": "no such user in the tenant: check the alias user in ROUTER_IMAP_URL and "
+             "ROUTER_OAUTH_TENANT",
 }
 
 # RFC 6749 section 5.2 codes, as Google and others use them.
@@ -56,6 +69,14 @@ OAUTH_ERRORS: dict[str, str] = {
                               "ROUTER_OAUTH_TOKEN_URL",
     "invalid_request": "the token endpoint found the request malformed: check the "
                        "ROUTER_OAUTH_* settings",
+    # Google's own codes.
+    "admin_policy_enforced": "the Workspace administrator's API access policy blocks this "
+                             "app: allow it under Security, API controls",
+    "deleted_client": "the OAuth client was deleted in the Google Cloud project: create "
+                      "one and run `csm-router login` again",
+    "disabled_client": "the OAuth client is disabled in the Google Cloud project: enable "
+                       "it again",
+    "org_internal": "the OAuth client is internal to another Workspace organisation",
 }
 
 # Codes that say the provider is in trouble, not the configuration: waited out.

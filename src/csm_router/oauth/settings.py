@@ -12,6 +12,11 @@ MICROSOFT_USER_SCOPES = ("https://outlook.office.com/IMAP.AccessAsUser.All",
 GOOGLE_SCOPE = "https://mail.google.com/"
 
 
+# Microsoft's endpoints shared by all tenants: a single-tenant app is refused there, and an
+# app's own login needs its tenant.
+SHARED_ENDPOINTS = frozenset({"common", "organizations", "consumers"})
+
+
 @dataclass(frozen=True)
 class OAuthSettings:
     """The ROUTER_OAUTH_* settings, and the mailbox user the tokens act for."""
@@ -61,6 +66,11 @@ class OAuthSettings:
         }
         found = [(f"ROUTER_OAUTH_{name.upper()}", f"is required with ROUTER_OAUTH_PROVIDER="
                   f"{self.provider}") for name in needs[self.provider] if not getattr(self, name)]
+        if self.provider == "microsoft" and self.tenant.lower() in SHARED_ENDPOINTS:
+            # Chatwoot's inboxes died of this (AADSTS50194): said at start, not at a refresh.
+            found.append(("ROUTER_OAUTH_TENANT", f"'{self.tenant}' is a shared endpoint, "
+                          "not a tenant: give the tenant's id or its domain "
+                          "(acme.onmicrosoft.com)"))
         if self.provider == "microsoft" and not self.client_secret and not self.token_file:
             found.append(("ROUTER_OAUTH_CLIENT_SECRET", "is required for Microsoft 365 "
                           "unattended; or set ROUTER_OAUTH_TOKEN_FILE for a delegated login"))

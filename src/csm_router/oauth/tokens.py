@@ -7,6 +7,7 @@ must be known before the token it would replace runs out, not after.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 # lapses): Microsoft's and Google's live an hour, so they are renewed at 55 minutes.
 RENEW_SHARE = 0.25
 RENEW_AT_MOST = 300.0
+# While connected, a renewal that failed is asked again after this long: often enough to
+# see a mended app within a minute, rarely enough to spare the provider.
+RETRY_WHILE_CONNECTED = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Tokens:
         self._token = AccessToken()
         self.refused: str = ""  # the last refusal, in plain words; "" once granted again
         self._granted_once = False
+        self._retry_at = 0.0  # keep_fresh's next try after a failed renewal
         self._on_refused: Callable[[str], object] = lambda line: None
         self._on_granted: Callable[[], object] = lambda: None
 
@@ -122,6 +127,24 @@ class Tokens:
             self._token, self.refused, self._granted_once = token, "", True
             self._fresh_next = False
             return token.value
+
+    def keep_fresh(self) -> None:
+        """Renew the token if it is due, for a process that stays connected.
+
+        The mail servers check a token at login only, so a router in IDLE or a worker
+        between sends would not ask for one for hours: a renewal the provider refuses
+        (a secret expired, consent withdrawn) would be found at the next login, after the
+        old token lapsed. Asked here, the refusal is known and told while the old token
+        still works. Nothing is raised; a failed renewal is tried again after
+        RETRY_WHILE_CONNECTED seconds.
+        """
+        now = self._clock()
+        if not self._granted_once or self._token.fresh(now) or now < self._retry_at:
+            return  # nothing due; before the first login, the login itself asks
+        with contextlib.suppress(LoginRefusedError, TransientError):
+            self()  # a failure is said by __call__ and told to the listeners
+        if not self._token.fresh(self._clock()):
+            self._retry_at = self._clock() + RETRY_WHILE_CONNECTED
 
     @property
     def granted_once(self) -> bool:
