@@ -3,17 +3,28 @@ person, while everyone else's threads, the pool's counts and the aggregate figur
 
 from __future__ import annotations
 
+import base64
+import email
+import re
 from datetime import UTC, datetime, timedelta
+from email.policy import compat32
+from pathlib import Path
 from typing import Any
 
 import fakeredis
+import pytest
 
 from csm_router.config import load_settings
+from csm_router.core.erasure import ERASED, mentions, redact_message
+from csm_router.demo.relay import RecordingSmtp
 from csm_router.lead import report
 from csm_router.runtime import Runtime
-from csm_router.state.forget import forget, handle, traces
+from csm_router.sends import jobs
+from csm_router.state.forget import forget, handle
 from csm_router.state.store import Store, key
+from support.erasure import scan, unpacked, whole
 from support.routing import Mail
+from support.runtime import worker_runtime
 
 ALICE, BOB = "alice@acme.com", "bob@acme.com"
 JANE, MAX, GMAIL = "jane@globex.com", "max@globex.com", "jane.doe@gmail.com"
@@ -53,9 +64,9 @@ def busy_store() -> tuple[Store, dict[str, int]]:
 
 def test_after_forget_no_key_or_value_names_the_person() -> None:
     store, refs = busy_store()
-    assert traces(store.redis, JANE)  # she is everywhere to begin with
+    assert scan(store.redis, JANE)  # she is everywhere to begin with
     done = forget(store, JANE)
-    assert traces(store.redis, JANE) == []
+    assert scan(store.redis, JANE) == []
     assert done.threads == sorted([refs["jane"], refs["technical"]])
     assert done.messages == 3 and done.sends >= 3
     # Nothing was sent yet (no worker ran): no inbox holds a copy; Support had one thread.
@@ -78,18 +89,84 @@ def test_everyone_else_and_the_aggregate_figures_stand() -> None:
     assert "globex.com" in touched  # Max is still a customer there
     assert store.thread(refs["max"])["customer"] == MAX
     assert store.thread(refs["gmail"])["customer"] == GMAIL
-    assert traces(store.redis, MAX) != [] and traces(store.redis, GMAIL) != []
+    assert scan(store.redis, MAX) != [] and scan(store.redis, GMAIL) != []
 
 
 def test_a_free_mail_customer_is_forgotten_with_their_account() -> None:
     store, refs = busy_store()
     assert store.redis.exists(key("served", GMAIL)) and store.redis.exists(key("account", GMAIL))
     forget(store, GMAIL)
-    assert traces(store.redis, GMAIL) == []
+    assert scan(store.redis, GMAIL) == []
     assert not store.redis.exists(key("served", GMAIL))
     assert store.thread(refs["jane"])["customer"] == JANE
 
 
-def test_the_request_is_named_without_the_address() -> None:
-    assert JANE not in handle(JANE) and len(handle(JANE)) == 12
-    assert handle(JANE.upper()) == handle(JANE)
+def test_only_the_whole_address_is_forgotten() -> None:
+    rt = make_runtime()
+    mail = Mail(rt.store, rt.support_rules)
+    ann = mail("Ann <ann@globex.com>", NOW, subject="Mine")
+    joann = mail("Joann <joann@globex.com>", NOW + 60, subject="Mine too",
+                 headers="Cc: ann@globex.com.au, Ann Lee <ANN@globex.com>\r\n")
+    forget(rt.store, "ann@globex.com")
+    assert rt.store.thread(ann.ref) == {}
+    assert rt.store.thread(joann.ref)["customer"] == "joann@globex.com"
+    assert rt.redis.zrange(key("customer", "joann@globex.com"), 0, -1)
+    kept = rt.redis.get(key("raw", rt.store.thread(joann.ref)["first_msg"]))
+    assert b"From: Joann <joann@globex.com>" in kept  # the Cc'd ann@ went, joann@ stayed
+    assert b"ann@globex.com.au" in kept and b"Ann Lee <" + ERASED.encode() + b">" in kept
+    assert scan(rt.redis, "ann@globex.com") == []
+
+
+def test_a_send_still_owed_to_another_customer_goes_out_without_the_person(
+    smtp: RecordingSmtp,
+) -> None:
+    # Max's mail copied Jane, in its headers and in a base64 body; his forward is owed.
+    body = base64.encodebytes(f"Jane ({JANE}) will join the call.\n".encode()).decode()
+    raw_headers = (f"Cc: Jane Doe <{JANE}>\r\nMIME-Version: 1.0\r\n"
+                   "Content-Type: text/plain; charset=utf-8\r\n"
+                   "Content-Transfer-Encoding: base64\r\n")
+    with worker_runtime(smtp.url, ALICE) as rt:
+        mail = Mail(rt.store, rt.support_rules)
+        mail(f"Jane Doe <{JANE}>", NOW, subject="Export")
+        maxs = mail(f"Max <{MAX}>", NOW + 60, subject="Invoice", headers=raw_headers,
+                    body=body.replace("\n", "\r\n"))
+        done = forget(rt.store, JANE)
+        assert done.redacted >= 1 and scan(rt.redis, JANE) == []
+        (entry,) = [e for e in maxs.owed if e.startswith("deliver")]
+        assert jobs.perform(entry).startswith("sent")
+    (forward,) = [m for m in smtp.messages if "Invoice" in str(m.message["Subject"])]
+    sent = forward.message.as_bytes()
+    assert JANE.encode() not in sent.lower() and "Max" in str(forward.message["From"])
+    carried = "".join(unpacked(sent))
+    assert JANE not in carried and f"Jane ({ERASED}) will join the call." in carried
+
+
+def test_the_request_is_named_without_the_address_nor_a_way_to_test_guesses() -> None:
+    secret = b"the deployment's own"
+    assert JANE not in handle(JANE, secret) and len(handle(JANE, secret)) == 12
+    assert handle(JANE.upper(), secret) == handle(JANE, secret)
+    assert handle(JANE, b"another deployment's") != handle(JANE, secret)
+
+
+CORPUS_FILES = sorted(Path(__file__).resolve().parents[2].joinpath("shared", "corpus")
+                      .glob("**/*.eml"))
+ADDRESS = re.compile(rb"(?<![\w.+-])[\w.+-]{1,64}@[\w-]+(?:\.[\w-]+)+")
+
+
+@pytest.mark.skipif(not CORPUS_FILES, reason="shared corpus not found")
+def test_mail_from_other_libraries_keeps_its_shape_without_the_person() -> None:
+    redacted = 0
+    for path in CORPUS_FILES:
+        raw = path.read_bytes()
+        found = ADDRESS.findall(b" ".join(t.encode() for t in unpacked(raw)))
+        if not found:
+            continue
+        person = found[-1].decode().lower()  # often a body's, in an encoded part
+        after = redact_message(raw, mentions(person))
+        assert not any(whole(person).search(t) for t in unpacked(after)), path
+        redacted += after != raw
+        before_msg, after_msg = (email.message_from_bytes(r, policy=compat32) for r in (raw, after))
+        assert ([p.get_content_type() for p in before_msg.walk()]
+                == [p.get_content_type() for p in after_msg.walk()]), path
+    assert redacted > 200  # most of the corpus named someone to erase
+

@@ -12,8 +12,10 @@ import time
 from csm_router.cli.figures import Add
 from csm_router.cli.shared import _parse_until, _runtime, _setup_logging, out
 from csm_router.config import ConfigError, load_settings, parse_address
+from csm_router.core.erasure import ERASED
 from csm_router.core.threads import format_ref
 from csm_router.mail.erase import erase_person
+from csm_router.mail.keyed import id_secret
 from csm_router.mail.mailbox import Mailbox
 from csm_router.mail.outbound import render
 from csm_router.oauth.login import login
@@ -92,21 +94,26 @@ def cmd_forget(args: argparse.Namespace) -> int:
             mailbox = erase_person(box, address)
         finally:
             box.close()
+    request = handle(address, id_secret(rt.redis, settings))
     log.info("forget %s: %d thread(s), %d message(s), %d send(s), %d other key(s), "
-             "%d entr(ies) erased; %d message(s) expunged from the mailbox",
-             handle(address), len(done.threads), done.messages, done.sends, done.keys,
-             done.entries, sum(mailbox.values()), extra={"request": handle(address)})
+             "%d entr(ies) erased, %d mention(s) in others' records; %d message(s) expunged "
+             "from the mailbox", request, len(done.threads), done.messages, done.sends,
+             done.keys, done.entries, done.redacted, sum(mailbox.values()),
+             extra={"request": request})
     if args.json:
         print(json.dumps(done.as_dict() | {"mailbox": mailbox if args.mailbox else None},
                          indent=2))
         return 0
     say = functools.partial(out.print, markup=False, highlight=False)
-    say(f"forgot {address} (logged as request {handle(address)}):")
+    say(f"forgot {address} (logged as request {request}):")
     say("  threads erased: " + (", ".join(format_ref(r) for r in done.threads) or "none"))
     say(f"  messages erased: {done.messages} (their records and bytes)")
     say(f"  sends erased: {done.sends} (owed, failed or dead)")
     say(f"  other traces erased: {done.keys} key(s), {done.entries} entr(ies) in shared "
         "indexes and per-person figures")
+    if done.redacted:
+        say(f"  mentions in others' mail and records: {done.redacted}, each address now "
+            f"{ERASED}")
     for folder, count in mailbox.items():
         say(f"  mailbox: {count} message(s) expunged from {folder}")
     say("not reachable from here, to erase by hand:")

@@ -1,32 +1,39 @@
 """Forgetting one person on request (`csm-router forget`): their threads, messages, sends and
 figures go, and then every key and value in Redis that still names them.
 
-First what the product knows is theirs: the threads they started (`csm:customer:<address>`,
-and any thread that names them as its customer), each erased whole by `lua/forget.lua`,
-then the outbox entries and dead letters of those threads. Then a scan of every key (ours
-and RQ's): a key named after them goes; a record (a message, an outbox entry, an RQ job)
-that mentions them goes whole; in an index or a tally only their entries go. Counts that
-name nobody stay. Running it again finds nothing more: a forget cut short is finished so.
+First what the product knows is theirs: the threads they started
+(`csm:customer:<address>`, and any thread that names them as its customer), each erased
+whole by `lua/forget.lua`, then the outbox entries and dead letters of those threads. Then
+a scan of every key (ours and RQ's): a key named after them goes, and so does an RQ job
+that mentions them (the outbox offers its entry again). Everyone else's records that
+mention them (a message that copied them, its bytes, a send still owed to another
+customer) keep working: the address is replaced there by `erased@forgotten.invalid`, in
+the text and in a message's encoded parts alike. In an index or a tally only their entries
+go. Counts that name nobody stay. Running it again finds nothing more: a forget cut short
+is finished so.
+
+Only the whole address counts: forgetting `ann@globex.com` leaves `joann@globex.com` be.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis as redis_errors
 from redis import Redis
 
+from csm_router.core.erasure import mentions, redact, redact_message
 from csm_router.state.keys import key, text
 from csm_router.state.store import Store
 
-
-def _records() -> tuple[str, ...]:
-    """Records that mention the person go whole; elsewhere only the entries that do."""
-    return (key("msg", ""), key("outbox", "e", ""), key("raw", ""), "rq:job:")
 SCAN_BATCH = 500
+WATCH_TRIES = 20  # rewrites of one key that a busy writer may cut short
 
 
 @dataclass
@@ -36,22 +43,25 @@ class Forgotten:
     threads: list[int] = field(default_factory=list)
     messages: int = 0  # message records and bytes of their threads
     sends: int = 0  # outbox entries and dead letters of their threads or naming them
-    keys: int = 0  # other keys that named them (links, indexes, records)
+    keys: int = 0  # other keys that named them (links, indexes, RQ's jobs)
     entries: int = 0  # their entries in shared indexes and tallies (per-person figures)
+    redacted: int = 0  # values of others' records that mentioned them, now erased there
     forwarded_to: set[str] = field(default_factory=set)  # CSMs' own inboxes
     handed_to_support: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {"threads": self.threads, "messages": self.messages, "sends": self.sends,
-                "keys": self.keys, "entries": self.entries,
+                "keys": self.keys, "entries": self.entries, "redacted": self.redacted,
                 "forwarded_to": sorted(self.forwarded_to),
                 "handed_to_support": self.handed_to_support}
 
 
-def handle(address: str) -> str:
-    """A name for the request in logs, without the address: its hash's first 12 digits
-    (whoever holds the address can match it, nobody can read it back)."""
-    return hashlib.sha256(address.lower().encode()).hexdigest()[:12]
+def handle(address: str, secret: bytes) -> str:
+    """A name for the request in logs, without the address: 12 digits of a hash keyed with
+    the deployment's secret, so that nobody reading the logs can test guessed addresses
+    against it, while an operator with the secret can find a request again."""
+    digest = hmac.new(secret, b"forget\0" + address.strip().lower().encode(), hashlib.sha256)
+    return digest.hexdigest()[:12]
 
 
 def forget(store: Store, address: str) -> Forgotten:
@@ -77,8 +87,7 @@ def forget(store: Store, address: str) -> Forgotten:
     done.messages = len(msgkeys)
     done.sends = _forget_sends(redis, refs, msgkeys)
     done.entries += _forget_recent(redis, message_ids)
-    keys, entries = _scrub(redis, address)
-    done.keys, done.entries = keys, done.entries + entries
+    _scrub(redis, address, done)
     return done
 
 
@@ -136,71 +145,109 @@ def _drop_entry(redis: Redis, entry_id: str) -> None:
         pipe.execute()
 
 
-def _scrub(redis: Redis, address: str) -> tuple[int, int]:
-    """Every other trace: (keys erased, entries erased from shared keys)."""
-    needle = address.encode()
-    keys = entries = 0
-    for pattern in (key("*"), "rq:*"):
-        for raw_name in redis.scan_iter(pattern, count=SCAN_BATCH):
+def _scrub(redis: Redis, address: str, done: Forgotten) -> None:
+    """Every other trace, counted into `done`."""
+    pattern = mentions(address)
+    for glob in (key("*"), "rq:*"):
+        for raw_name in redis.scan_iter(glob, count=SCAN_BATCH):
             name = text(raw_name)
-            if needle in name.lower().encode():
-                keys += redis.delete(name)
-                continue
-            found = _entries_naming(redis, name, needle)
-            if not found:
-                continue
-            if name.startswith(_records()) or found is True:
-                if name.startswith(key("outbox", "e", "")):
-                    _drop_entry(redis, name[len(key("outbox", "e", "")):])
-                    keys += 1
-                else:
-                    keys += redis.delete(name)
-                continue
-            entries += _remove(redis, name, found)
-    return keys, entries
+            if pattern.search(name.encode()) or (
+                    name.startswith("rq:job:") and _mentioned(redis, name, pattern)):
+                done.keys += redis.delete(name)
+            else:
+                _rewrite(redis, name, pattern, done)
 
 
-def _entries_naming(redis: Redis, name: str, needle: bytes) -> list[Any] | bool:
-    """The entries of `name` that name the person (True: the key's one value does)."""
+def _mentioned(redis: Redis, name: str, pattern: re.Pattern[bytes]) -> bool:
+    return any(pattern.search(v) for v in _values(redis, name))
+
+
+def _values(redis: Redis, name: str) -> list[bytes]:
+    """Every value (and hash field) of key `name`, whatever its type."""
     kind = text(redis.type(name))
+    found: Any
     if kind == "string":
-        value: Any = redis.get(name) or b""
-        return needle in bytes(value).lower()
-    entries: list[Any]
+        found = redis.get(name)
+        return [bytes(found or b"")]
     if kind == "hash":
-        pairs: dict[Any, Any] = redis.hgetall(name)
-        return [f for f, v in pairs.items() if needle in f.lower() or needle in v.lower()]
+        found = redis.hgetall(name)
+        return [*found.keys(), *found.values()]
     if kind == "list":
-        entries = redis.lrange(name, 0, -1)
+        found = redis.lrange(name, 0, -1)
     elif kind == "set":
-        entries = list(redis.smembers(name))
+        found = redis.smembers(name)
     elif kind == "zset":
-        members: Any = redis.zrange(name, 0, -1)
-        entries = list(members)
+        found = redis.zrange(name, 0, -1)
+    elif kind == "stream":
+        entries: Any = redis.xrange(name)
+        found = [v for _, fields in entries for pair in fields.items() for v in pair]
     else:
-        return False
-    return [v for v in entries if needle in v.lower()]
+        found = []
+    return list(found)
 
 
-def _remove(redis: Redis, name: str, found: list[Any]) -> int:
-    kind = text(redis.type(name))
+def _rewrite(redis: Redis, name: str, pattern: re.Pattern[bytes], done: Forgotten) -> None:
+    """Take the person out of key `name`: in a record of someone else's, the address is
+    replaced; from an index or a tally (a set), their entries go. Watched: a write that
+    lands meanwhile (a new event on a list) is kept, and the key is read again."""
+    def rewrite(value: bytes) -> bytes:
+        if name.startswith(key("raw", "")):
+            return redact_message(value, pattern)
+        return redact(value, pattern)
+
+    for _ in range(WATCH_TRIES):
+        with redis.pipeline() as pipeline:
+            pipe: Any = pipeline  # redis-py leaves watch untyped
+            try:
+                pipe.watch(name)
+                changes = _changes(pipe, name, pattern, rewrite)
+                if not changes:
+                    return
+                pipe.multi()
+                for command, args, _ in changes:
+                    getattr(pipe, command)(*args)
+                pipe.execute()
+            except redis_errors.WatchError:
+                continue
+        for _, _, counter in changes:
+            setattr(done, counter, getattr(done, counter) + 1)
+        return
+    raise redis_errors.WatchError(f"{name} kept changing while a person was being forgotten: "
+                                  "run forget again")
+
+
+# A write into a watched key: the pipeline's command, its arguments, and the figure of
+# Forgotten it counts in.
+Change = tuple[str, tuple[Any, ...], str]
+
+
+def _changes(pipe: Any, name: str, pattern: re.Pattern[bytes], rewrite: Callable[[bytes], bytes]
+             ) -> list[Change]:
+    """What to write into key `name` (read under WATCH)."""
+    kind = text(pipe.type(name))
+    if kind == "string":
+        value = bytes(pipe.get(name) or b"")
+        new = rewrite(value)
+        # KEEPTTL: a message's bytes keep the time they are kept for.
+        return [] if new == value else [("execute_command", ("SET", name, new, "KEEPTTL"),
+                                         "redacted")]
     if kind == "hash":
-        return int(redis.hdel(name, *found))
+        pairs: dict[bytes, bytes] = pipe.hgetall(name)
+        return [("hdel", (name, f), "entries") if pattern.search(f)
+                else ("hset", (name, f, rewrite(v)), "redacted")
+                for f, v in pairs.items() if pattern.search(f) or pattern.search(v)]
     if kind == "list":
-        return sum(int(redis.lrem(name, 0, v)) for v in found)
+        items: list[bytes] = pipe.lrange(name, 0, -1)
+        return [("lset", (name, i, rewrite(v)), "redacted")
+                for i, v in enumerate(items) if pattern.search(v)]
     if kind == "set":
-        return int(redis.srem(name, *found))
-    return int(redis.zrem(name, *found))
-
-
-def traces(redis: Redis, address: str) -> list[str]:
-    """Every key whose name or value still names `address` (for tests and `--check`)."""
-    needle = address.strip().lower().encode()
-    found = []
-    for pattern in (key("*"), "rq:*"):
-        for raw_name in redis.scan_iter(pattern, count=SCAN_BATCH):
-            name = text(raw_name)
-            if needle in name.lower().encode() or _entries_naming(redis, name, needle):
-                found.append(name)
-    return sorted(found)
+        return [("srem", (name, m), "entries") for m in pipe.smembers(name)
+                if pattern.search(m)]
+    if kind == "zset":
+        return [("zrem", (name, m), "entries") for m in pipe.zrange(name, 0, -1)
+                if pattern.search(m)]
+    if kind == "stream":
+        return [("xdel", (name, i), "entries") for i, fields in pipe.xrange(name)
+                if any(pattern.search(x) for pair in fields.items() for x in pair)]
+    return []
 
