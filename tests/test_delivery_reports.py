@@ -15,7 +15,7 @@ from csm_router.core.decision import Action
 from csm_router.core.message import parse
 from csm_router.demo.relay import RecordingSmtp
 from csm_router.mail.keyed import (
-    SECRET_KEY,
+    SHARED_SECRET_KEY,
     forward_token,
     id_secret,
     verp_address,
@@ -151,12 +151,24 @@ def test_a_forged_bounce_changes_nothing(rt: Runtime, smtp: RecordingSmtp) -> No
 def test_the_id_secret_is_made_once_and_shared(rt: Runtime) -> None:
     server = fakeredis.FakeServer()
     one, two = fakeredis.FakeRedis(server=server), fakeredis.FakeRedis(server=server)
-    first = id_secret(one, rt.settings)
-    assert server_secret(two) == first and len(first) == 64
-    assert id_secret(two, rt.settings) == first  # another process keys ids alike
+    first = id_secret(one, rt.settings, SHARED_SECRET_KEY)
+    assert server_secret(two, SHARED_SECRET_KEY) == first and len(first) == 64
+    # another process keys ids alike
+    assert id_secret(two, rt.settings, SHARED_SECRET_KEY) == first
 
 
-def server_secret(client: fakeredis.FakeRedis) -> bytes:
-    value = client.get(SECRET_KEY)
+def test_each_team_keeps_its_secret_first_as_the_one_every_team_shared(rt: Runtime) -> None:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    client.set(SHARED_SECRET_KEY, "a" * 64)  # before teams kept their own
+    eu = id_secret(client, rt.settings, "csm:{eu}:secret:ids")
+    assert eu == b"a" * 64 and server_secret(client, "csm:{eu}:secret:ids") == eu
+    client.delete(SHARED_SECRET_KEY)  # a new deployment, or the team moved to its own Redis
+    us = id_secret(fakeredis.FakeRedis(server=server), rt.settings, "csm:{us}:secret:ids")
+    assert us != eu and len(us) == 64
+
+
+def server_secret(client: fakeredis.FakeRedis, where: str) -> bytes:
+    value = client.get(where)
     assert isinstance(value, bytes)
     return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csm_router.mail.keyed import SECRET_KEY
+from csm_router.mail.keyed import SHARED_SECRET_KEY
 from csm_router.state.forget import handle
 from support.erasure import scan
 from support.product import ALICE, BOB, Product, body_of
@@ -54,7 +54,7 @@ def test_forget_erases_a_customer_from_redis_and_the_mailbox(product: Product) -
     assert "threads erased: CS-1001" in said
     assert "expunged from INBOX" in said and "the forwards in these CSMs' own inboxes" in said
     assert "jane@globex.com" not in done.stderr  # the log names the request, not her
-    secret = product.redis().get(SECRET_KEY)
+    secret = product.redis().get(SHARED_SECRET_KEY)  # one team: the shared key
     assert secret and handle("jane@globex.com", secret) in done.stderr
     assert scan(product.redis(), "jane@globex.com") == []
     client = product.mailbox.imap_client()

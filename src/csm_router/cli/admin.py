@@ -22,6 +22,7 @@ from csm_router.oauth.login import login
 from csm_router.runtime import release_held
 from csm_router.state import pool
 from csm_router.state.forget import forget, handle
+from csm_router.state.keys import key
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
             mailbox = erase_person(box, address)
         finally:
             box.close()
-    request = handle(address, id_secret(rt.redis, settings))
+    request = handle(address, id_secret(rt.redis, settings, key("secret", "ids")))
     log.info("forget %s: %d thread(s), %d message(s), %d send(s), %d other key(s), "
              "%d entr(ies) erased, %d mention(s) in others' records; %d message(s) expunged "
              "from the mailbox", request, len(done.threads), done.messages, done.sends,

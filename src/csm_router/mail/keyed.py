@@ -17,32 +17,41 @@ from typing import Any
 
 from csm_router.config import Address, Settings
 
-SECRET_KEY = "csm:secret:ids"  # created once (SET NX): every process keys ids alike
+# Where one secret keyed every team's ids, before each team kept its own.
+SHARED_SECRET_KEY = "csm:secret:ids"
 VERP_TAG = "+b-"  # success+b-<token>@acme.com: "b" for bounce, beside "+r-" reply addresses
 
 # The token is the keyed part of the forward's Message-ID: `<fwd.TOKEN@alias-domain>`.
 _TOKEN = re.compile(r"[0-9a-f]{32}\.[0-9a-f]{12,16}")
 _FORWARD_ID = re.compile(r"<fwd\.([0-9a-f]{32}\.[0-9a-f]{12,16})@([^<>@\s]+)>")
 
-_cached: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_cached: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = weakref.WeakKeyDictionary()
 
 
-def id_secret(redis: Any, settings: Settings) -> bytes:
+def id_secret(redis: Any, settings: Settings, where: str) -> bytes:
     """The key for the product's ids: from ROUTER_REPLY_SECRET when set, else one random
-    secret kept in Redis (made by whichever process asks first)."""
+    secret kept in Redis at `where` (the team's `secret:ids` key), made by whichever
+    process asks first. A team's own, so a team moved to a Redis of its own takes it along;
+    a new team's starts as the secret every team shared before, so ids already sent stay
+    the same."""
     reply = settings.reply_secret
     if reply is not None:
         # Derived, not the reply secret itself: one secret, two purposes kept apart.
         return hmac.new(reply.get_secret_value().encode(), b"message-ids",
                         hashlib.sha256).digest()
-    found = _cached.get(redis)
+    known = _cached.setdefault(redis, {})
+    found = known.get(where)
     if found is None:
-        fresh = secrets.token_hex(32)
-        # One round trip: NX keeps a secret another process made first, GET answers it.
-        old = redis.set(SECRET_KEY, fresh, nx=True, get=True)
-        value = fresh if old is None else (old.decode() if isinstance(old, bytes) else old)
-        found = _cached[redis] = value.encode()
+        shared = redis.get(SHARED_SECRET_KEY) if where != SHARED_SECRET_KEY else None
+        fresh = _text(shared) or secrets.token_hex(32)
+        # NX keeps a secret another process made first, GET answers it.
+        old = redis.set(where, fresh, nx=True, get=True)
+        found = known[where] = (fresh if old is None else _text(old)).encode()
     return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def forward_hash(secret: bytes, msgkey: str, owner: str, cause: str) -> str:

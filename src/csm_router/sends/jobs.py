@@ -171,7 +171,7 @@ def deliver(msgkey: str, owner: str, why: str = "", cause: str = "") -> str:
     settings = rt.settings
     alias = settings.alias
     message_id = forward_message_id(msgkey, owner, alias.domain, cause,
-                                    secret=id_secret(rt.redis, settings))
+                                    secret=id_secret(rt.redis, settings, key("secret", "ids")))
     ctx = rt.store.delivery_context(msgkey, owner, message_id)
     if not ctx.record.get("ref"):
         raise PermanentError(f"message {msgkey} has no recorded thread")
