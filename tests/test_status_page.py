@@ -29,7 +29,7 @@ from csm_router.lead.statuspage import credentials_match, span
 from csm_router.mail.outbound import use_templates, when
 from csm_router.runtime import Runtime
 from csm_router.state import pool
-from csm_router.state.store import message_key
+from csm_router.state.store import key, message_key
 
 ALICE, BOB, CAROL = "alice@acme.com", "bob@acme.com", "carol@acme.com"
 PASSWORD = "correct horse"
@@ -279,6 +279,30 @@ def test_the_page_shows_the_pool_held_and_overdue_threads_and_the_latest_decisio
     assert "5 min ago 2026-11-25 11:55 UTC CS-1003 Nobody free held - round-robin" in recent
     assert "Out of office ignore - automatic" in recent
     assert re.search(r"CS-1002 Invoices forward bob@acme\.com round-robin \S", recent)
+
+
+def test_where_it_routes_by_language_the_lists_name_each_threads_language(
+    rt: Runtime,
+) -> None:
+    readers = f"{ALICE}=de,en; {BOB}=en; {CAROL}=en"
+    client = TestClient(create_app(settings(languages=readers), rt.redis, clock=lambda: NOW),
+                        base_url=LOCAL)
+    write(rt, 1, "Late one", NOW - 2 * 3600)  # CS-1001, overdue with Alice
+    pool.set_away(rt.store, ALICE, now=NOW)
+    pool.set_away(rt.store, BOB, now=NOW)
+    write(rt, 2, "Nobody free", NOW - 5 * 60)  # CS-1002, held
+    for ref in (1001, 1002):
+        rt.redis.hset(key("thread", ref), "language", "de")  # as detection recorded it
+    text = visible(page(client))
+    held = text.partition("Held")[2].partition("Overdue")[0]
+    assert "ref waiting subject language customer" in held
+    assert "CS-1002 5 min Nobody free German Jane Doe 2" in held
+    overdue = text.partition("Overdue")[2].partition("Latest decisions")[0]
+    assert "CS-1001 1 h late Late one German Jane Doe 1" in overdue
+    # Without ROUTER_LANGUAGES, no such column.
+    assert "language" not in visible(page(TestClient(
+        create_app(rt.settings, rt.redis, clock=lambda: NOW), base_url=LOCAL))).partition(
+        "Held")[2].partition("Latest decisions")[0]
 
 
 def test_a_csm_at_capacity_is_marked_full(rt: Runtime) -> None:

@@ -4,12 +4,14 @@ and queues in each team's own namespace, and threads that never cross."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
 
 from csm_router.config import ConfigError, load_settings
 from csm_router.config.teams import in_team, use_team
+from csm_router.lead import report
 from csm_router.runtime import Runtime
 from csm_router.state.keys import key
 from support.routing import Mail
@@ -92,6 +94,21 @@ def test_each_team_keeps_its_keys_scripts_and_queues_apart(env: pytest.MonkeyPat
     assert redis.llen("rq:queue:eu-deliver") == redis.llen("rq:queue:us-deliver") == 1
     with in_team("us"):
         assert redis.hget(key("thread", 1001), "owner") == b"carol@acme.com"
+
+
+def test_the_report_names_its_team_in_json_and_on_every_csv_row(
+    env: pytest.MonkeyPatch,
+) -> None:
+    redis = fakeredis.FakeRedis()
+    day = datetime.fromtimestamp(1_800_000_000.0, UTC).date()
+    with in_team("us"):
+        rt = Runtime.from_settings(load_settings(), redis)
+        rt.store.ensure_sequence()
+        Mail(rt.store)("Jane <jane@globex.com>", 1_800_000_000.0)
+        figures = report.build(rt.store, day, day + timedelta(days=1))
+    assert figures.as_dict()["team"] == "us"
+    header, *rows = figures.csv().splitlines()
+    assert header.endswith(",team") and rows and all(r.endswith(",us") for r in rows)
 
 
 def test_every_thread_of_a_teams_process_serves_that_team() -> None:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from csm_router.config.teams import current_team
 from csm_router.config.values import language_name
 from csm_router.core.threads import account_of
 from csm_router.state.store import Store, key, text
@@ -117,6 +118,7 @@ class Report:
     threads: Intake = field(default_factory=Intake)
     zone: str = "UTC"  # whose days: the lead's (Settings.report_zone)
     languages: list[LanguageFigures] = field(default_factory=list)
+    team: str = ""  # ROUTER_TEAMS: whose figures these are
 
     @property
     def flagged(self) -> list[AccountFigures]:
@@ -135,6 +137,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "team": self.team or None,
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
             "zone": self.zone,
@@ -150,14 +153,16 @@ class Report:
         }
 
     def csv(self) -> str:
-        """One row per CSM, one per pool figure, then one per account (`kind` tells which);
-        every text cell inert in a spreadsheet (see `inert`)."""
+        """One row per CSM, one per pool figure, then one per account (`kind` tells which),
+        each ending with its team (empty without ROUTER_TEAMS), so that the teams' files can
+        be put together; every text cell inert in a spreadsheet (see `inert`)."""
         buffer = io.StringIO()
-        out = csv.writer(buffer, lineterminator="\n")
+        writer = csv.writer(buffer, lineterminator="\n")
+        out = _Rows(writer, self.team)
         columns = [f for f in CsmFigures.__dataclass_fields__ if f != "name"]
         columns.insert(columns.index("overdue") + 1, "went_overdue")
-        out.writerow(["kind", *columns, "account", "touched_by", "flagged", "figure",
-                      "value"])
+        writer.writerow(["kind", *columns, "account", "touched_by", "flagged", "figure",
+                         "value", "team"])
         blank = [""] * len(columns)
         for c in self.csms:
             row = c.as_dict()
@@ -174,6 +179,18 @@ class Report:
                 out.writerow(["language", *blank, "", "", "", f"{x.language}:{name}",
                               getattr(x, name)])
         return buffer.getvalue()
+
+
+
+
+class _Rows:
+    """A CSV writer that ends every row with the report's team."""
+
+    def __init__(self, writer: Any, team: str) -> None:
+        self.writer, self.team = writer, team
+
+    def writerow(self, row: list[object]) -> None:
+        self.writer.writerow([*row, self.team])
 
 
 # What makes a spreadsheet read a cell as a formula (or a DDE call): OWASP's list.
@@ -228,7 +245,8 @@ def build(store: Store, since: date, until: date) -> Report:
                       key=lambda a: (-a.touched_by, a.account))
     return Report(since, until, list(figures.values()), accounts, intake,
                   settings.report_zone.key,
-                  sorted(languages.values(), key=lambda x: (-x.came_in, x.language)))
+                  sorted(languages.values(), key=lambda x: (-x.came_in, x.language)),
+                  current_team())
 
 
 def _count_language(languages: dict[str, LanguageFigures], what: str, value: int) -> None:

@@ -207,6 +207,7 @@ def overview(store: Store, now: float) -> dict[str, Any]:
         "overdue": overdue, "overdue_total": len(owned), "overdue_now": len(missed),
         "overdue_more": len(owned) - len(overdue),
         "recent": _recent(recent_raw, now, zone),
+        "languages": bool(settings.languages),  # a language column where it routes by one
     }
 
 
@@ -243,16 +244,24 @@ def _waiting(store: Store, held_rows: list[tuple[int, float]], owned: list[tuple
     # Held past its first-response target: as late as an overdue thread, and first out.
     held = [{
         "link": _link(ref), "subject": thread.get("subject", ""),
+        "language": _language(store, thread),
         "customer": _customer(thread), "account": thread.get("account", ""),
         "since": moment(since, zone), "waiting": span(now - since),
         "late": ref in missed,
     } for (ref, since), thread in zip(held_rows, threads, strict=False)]
     overdue = [{
         "link": _link(ref), "subject": thread.get("subject", ""),
+        "language": _language(store, thread),
         "customer": _customer(thread), "owner": thread.get("owner", ""),
         "due": moment(due, zone), "late": f"{span(now - due)} late",
     } for (ref, due), thread in zip(due_rows, threads[len(held_rows):], strict=True)]
     return held, overdue
+
+
+def _language(store: Store, thread: dict[str, str]) -> str:
+    """The thread's language by name (`German`), where ROUTER_LANGUAGES routes by it."""
+    code = thread.get("language", "")
+    return store.settings.language_names.get(code, code) if code else ""
 
 
 def _recent(recent_raw: list[Any], now: float, zone: tzinfo | None) -> list[dict[str, Any]]:
