@@ -70,6 +70,29 @@ def test_affinity_ends_after_its_window_and_is_off_by_default() -> None:
     assert off.redis.exists(key("served", "globex.com")) == 0  # nothing kept when off
 
 
+def test_affinity_gives_way_to_a_shift_a_full_csm_and_a_language_they_do_not_read() -> None:
+    store = make_store(hours=f"{ALICE}=UTC 09-17 Mon-Fri")
+    mail = Mail(store)
+    assert mail("jane@globex.com", START).owner == ALICE  # Monday 09:00
+    evening = mail("max@globex.com", START + 12 * 3600)
+    assert evening.owner in {BOB, CAROL}
+    assert f"but {ALICE} is off shift (until Tue 3 Nov 09:00 UTC)" in why(store, evening)
+
+    store = make_store(max_open_per_csm=1)
+    mail = Mail(store)
+    assert mail("jane@globex.com", START).owner == ALICE
+    full = mail("max@globex.com", START + 60)
+    assert full.owner == BOB and f"but {ALICE} is full (1 open threads)" in why(store, full)
+
+    store = make_store(languages=f"{ALICE}=en; {BOB}=fr,en; {CAROL}=en")
+    mail = Mail(store)
+    assert mail("jane@globex.com", START, language="en").owner == ALICE
+    french = mail("max@globex.com", START + 60, language="fr")
+    assert french.owner == BOB  # the one who reads French, not the one who served globex.com
+    assert f"but {ALICE} does not read French" in why(store, french)
+    assert mail("ann@globex.com", START + 120, language="en").owner == BOB  # he served it last
+
+
 def test_a_free_mail_customer_is_their_own_account() -> None:
     store = make_store()
     mail = Mail(store)
