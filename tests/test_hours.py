@@ -155,6 +155,10 @@ def test_a_holiday_is_off_like_a_weekend_for_shifts_and_deadlines() -> None:
     # An hour's target from Thursday 16:30 Berlin: half an hour then, half on Monday.
     assert iso(berlin.deadline(utc("2026-04-30 14:30"), 60)) == "2026-05-04 07:30"
     assert berlin.working_seconds(utc("2026-04-30 00:00"), utc("2026-05-04 00:00")) == 8 * 3600
+    # The report's first-response figures: asked Thursday 16:00 Berlin, answered Monday
+    # 10:00 after the long weekend: two working hours, the holiday counting as none.
+    span = f"{utc('2026-04-30 14:00')}:{utc('2026-05-04 08:00')}"
+    assert berlin.response_seconds(span) == 2 * 3600
     plain = schedule(BERLIN, (ALICE,))
     assert plain.on_shift(ALICE, utc("2026-05-01 10:00"))  # no calendar: a working day
 

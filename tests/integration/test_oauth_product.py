@@ -4,13 +4,20 @@ given (its oauth2 passdb) and a relay taking AUTH XOAUTH2 with live tokens only.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import ssl
 import stat
+import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote
 
 import pytest
@@ -18,6 +25,8 @@ from test_processes import start, stop
 from test_web import get, until
 
 from csm_router.demo.relay import RecordingSmtp
+from csm_router.oauth import login as login_module
+from csm_router.oauth.settings import OAuthSettings
 from support.oauth import OAuthSmtp, TokenServer
 from support.product import POOL, Product
 from support.servers import DovecotServer, Mailbox, RedisServer, free_ports, wait_until
@@ -100,6 +109,50 @@ def google_service_account(product: Product, server: TokenServer) -> str:
     return "csm-router@acme-mail.iam.gserviceaccount.com"
 
 
+def google_delegated(product: Product, server: TokenServer) -> str:
+    """A Desktop app client and `csm-router login`'s loopback flow with PKCE; the person's
+    browser is played by urllib, which follows the consent screen's redirect back."""
+    client_id = "csm-router-desktop.apps.googleusercontent.com"
+    server.add_client(client_id, "desktop-secret", product.alias)
+    token_file = product.workdir / "oauth.json"
+    product.env |= {"ROUTER_OAUTH_PROVIDER": "google", "ROUTER_OAUTH_CLIENT_ID": client_id,
+                    "ROUTER_OAUTH_CLIENT_SECRET": "desktop-secret",
+                    "ROUTER_OAUTH_TOKEN_URL": server.google_token_url,
+                    "ROUTER_OAUTH_TOKEN_FILE": str(token_file)}
+    settings = OAuthSettings("google", product.alias, client_id=client_id,
+                             client_secret="desktop-secret", token_url=server.google_token_url,
+                             token_file=token_file)
+    printed = _Printed()
+    with mock.patch.object(login_module, "GOOGLE_AUTH_URI", f"{server.url}/google/auth"), \
+            contextlib.redirect_stdout(printed), ThreadPoolExecutor(1) as pool:
+        done = pool.submit(login_module.login, settings, print)
+        address = printed.address(timeout=30)
+        assert "code_challenge_method=S256" in address and "access_type=offline" in address
+        browser = ssl.create_default_context(cafile=str(server.ca_file))
+        with urllib.request.urlopen(address, timeout=30, context=browser) as page:
+            assert b"csm-router has the login" in page.read()
+        assert done.result(timeout=30) == product.alias
+    assert server.grants["authorization_code"] == 1
+    return client_id
+
+
+class _Printed(io.TextIOBase):
+    """What the login prints, watched for the address the person is asked to open."""
+
+    def __init__(self) -> None:
+        self.text, self.seen = "", threading.Event()
+
+    def write(self, text: str) -> int:
+        self.text += text
+        if "/google/auth?" in self.text:
+            self.seen.set()
+        return len(text)
+
+    def address(self, timeout: float) -> str:
+        assert self.seen.wait(timeout), self.text
+        return next(w for w in self.text.split() if "/google/auth?" in w)
+
+
 def generic_app(product: Product, server: TokenServer) -> str:
     server.add_client("csm-router", "generic-secret", product.alias)
     product.env |= {"ROUTER_OAUTH_PROVIDER": "generic",
@@ -125,7 +178,8 @@ def generic_refresh(product: Product, server: TokenServer) -> str:
 
 PROVIDERS: dict[str, Callable[[Product, TokenServer], str]] = {
     "microsoft-app": microsoft_app, "microsoft-delegated": microsoft_delegated,
-    "google-service-account": google_service_account, "generic-app": generic_app,
+    "google-service-account": google_service_account, "google-delegated": google_delegated,
+    "generic-app": generic_app,
     "generic-refresh-token": generic_refresh,
 }
 # The grant whose tokens each provider's processes use, and the endpoint that granted them.
@@ -133,6 +187,7 @@ EXPECTED = {
     "microsoft-app": ("client_credentials", TENANT),
     "microsoft-delegated": ("device_code", TENANT),  # msal keeps the login's token
     "google-service-account": ("jwt_bearer", "google"),
+    "google-delegated": ("refresh_token", "google"),  # renewed from the login's token file
     "generic-app": ("client_credentials", None),
     "generic-refresh-token": ("refresh_token", None),
 }
@@ -160,7 +215,7 @@ def test_each_provider_routes_a_customer_end_to_end(
     assert {(issued[t].grant, issued[t].client_id, issued[t].tenant, issued[t].user)
             for t in used} == {(kind, client, endpoint, product.alias)}
     assert all(r.error is None for r in token_server.requests)
-    if provider.endswith(("delegated", "refresh-token")):
+    if provider.endswith(("delegated", "refresh-token")):  # Google's delegated too
         token_file = product.workdir / "oauth.json"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         kept = token_file.read_text()
@@ -333,4 +388,5 @@ def test_a_refusal_is_heard_while_connected_before_the_token_in_hand_lapses(
             assert stop(proc) == 0
     first_refusal = min(r.at for r in token_server.requests if r.error)
     assert first_refusal < in_hand  # heard while the old token still worked
-    assert log().count("watching ") == 1  # the router never reconnected to hear it
+    # The router never reconnected to hear it: one login, one IDLE all along.
+    assert log().count("with IDLE, refreshing every") == 1, log()

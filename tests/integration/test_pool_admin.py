@@ -7,7 +7,7 @@ import pytest
 from csm_router.mail.keyed import SHARED_SECRET_KEY
 from csm_router.state.forget import handle
 from support.erasure import scan
-from support.product import ALICE, BOB, Product, body_of
+from support.product import ALICE, BOB, Product, body_of, customer_mail
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,21 @@ def test_a_german_customer_reaches_the_csm_who_reads_german(product: Product) ->
     assert forward.rcpt_tos == [BOB]  # Alice is first in the round robin, but reads no German
     body = body_of(forward)
     assert "writes in German" in body and "among those who read German" in body
+    # Nobody who reads German can take it now: to the whole pool, and the forward says so.
+    product.cli("away", BOB)
+    product.write("Udo Kraus <udo@firma.de>", "Rechnung doppelt",
+                  "Guten Tag,\n\ndie Rechnung für November wurde uns zweimal belastet. "
+                  "Bitte prüfen Sie das.\n\nMit freundlichen Grüßen\nUdo Kraus\n")
+    (fallback,) = product.route()
+    assert fallback.rcpt_tos != [BOB]
+    assert "nobody who reads German can take it now" in body_of(fallback)
 
 
 def test_forget_erases_a_customer_from_redis_and_the_mailbox(product: Product) -> None:
+    client = product.mailbox.imap_client()
+    client.create_folder("Quarantine")  # one message of hers was quarantined earlier
+    client.append("Quarantine", customer_mail("Jane Doe <jane@globex.com>", "Odd one",
+                                              "Hello", to=product.alias)[1])
     product.write("Jane Doe <jane@globex.com>", "Dashboard export")
     product.write("Jane Doe <jane@globex.com>", "Re: [CS-1001] Dashboard export")
     product.write("Max Muster <max@globex.com>", "Invoice")
@@ -52,12 +64,15 @@ def test_forget_erases_a_customer_from_redis_and_the_mailbox(product: Product) -
     done = product.cli("forget", "jane@globex.com", "--mailbox")
     said = done.stdout
     assert "threads erased: CS-1001" in said
+    assert "1 message(s) expunged from Quarantine" in said
     assert "expunged from INBOX" in said and "the forwards in these CSMs' own inboxes" in said
     assert "jane@globex.com" not in done.stderr  # the log names the request, not her
     secret = product.redis().get(SHARED_SECRET_KEY)  # one team: the shared key
     assert secret and handle("jane@globex.com", secret) in done.stderr
     assert scan(product.redis(), "jane@globex.com") == []
     client = product.mailbox.imap_client()
+    client.select_folder("Quarantine", readonly=True)
+    assert client.search() == []
     client.select_folder("INBOX", readonly=True)
     senders = [data[b"ENVELOPE"].from_[0].mailbox.decode()
                for data in client.fetch(client.search(), ["ENVELOPE"]).values()]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlencode
 
 import jwt
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
@@ -47,7 +47,8 @@ GOOGLE_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 # The short names under which grants are counted, by grant_type.
-GRANT_KINDS = {"client_credentials": "client_credentials", "refresh_token": "refresh_token",
+GRANT_KINDS = {"authorization_code": "authorization_code",
+               "client_credentials": "client_credentials", "refresh_token": "refresh_token",
                DEVICE_CODE: "device_code", JWT_BEARER: "jwt_bearer"}
 
 
@@ -137,6 +138,17 @@ class _Device:
 
 
 @dataclass
+class _Code:
+    """An authorization code, for the PKCE challenge it was asked with."""
+
+    client_id: str
+    user: str
+    scope: str
+    redirect_uri: str
+    challenge: str
+
+
+@dataclass
 class _State:
     clients: dict[str, Client] = field(default_factory=dict)
     accounts: dict[str, ServiceAccount] = field(default_factory=dict)
@@ -144,6 +156,7 @@ class _State:
     tokens: dict[str, Issued] = field(default_factory=dict)
     refresh_tokens: dict[str, _Refresh] = field(default_factory=dict)
     devices: dict[str, _Device] = field(default_factory=dict)
+    codes: dict[str, _Code] = field(default_factory=dict)
     grants: Counter[str] = field(default_factory=Counter)
     requests: list[GrantRequest] = field(default_factory=list)
     introspections: list[str] = field(default_factory=list)
@@ -416,6 +429,8 @@ class TokenServer(Service):
             return self._refresh_grant(client, form, tenant)
         if kind == "device_code":
             return self._device_grant(client, form, tenant)
+        if kind == "authorization_code" and tenant == "google":
+            return self._code_grant(client, form)
         raise OAuthError("unsupported_grant_type", f"grant_type {form.get('grant_type')!r} "
                          "is not supported")
 
@@ -466,6 +481,36 @@ class TokenServer(Service):
         answer = self._answer(device.user, client.client_id, "device_code", tenant,
                               device.scope, True)
         return self._with_identity(answer, client, device.user, tenant)
+
+    def authorize(self, query: dict[str, str]) -> str:
+        """Google's consent screen, approved at once for the client's user: answers where
+        the browser goes next (the loopback redirect with a code), as a 302 would."""
+        with self._lock:
+            client = self._state.clients.get(query.get("client_id", ""))
+            redirect = query.get("redirect_uri", "")
+            if client is None or not redirect.startswith("http://127.0.0.1:"):
+                raise OAuthError("invalid_request", "unknown client or redirect_uri")
+            if query.get("response_type") != "code" or \
+                    query.get("code_challenge_method") != "S256" or \
+                    not query.get("code_challenge"):
+                raise OAuthError("invalid_request", "a code with PKCE (S256) is required")
+            code = "code-" + secrets.token_urlsafe(16)
+            self._state.codes[code] = _Code(client.client_id, client.user,
+                                            query.get("scope", ""), redirect,
+                                            query["code_challenge"])
+            return f"{redirect}?{urlencode({'code': code, 'state': query.get('state', '')})}"
+
+    def _code_grant(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
+        stored = self._state.codes.pop(form.get("code", ""), None)
+        verifier = form.get("code_verifier", "")
+        proof = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        if stored is None or stored.client_id != client.client_id \
+                or stored.redirect_uri != form.get("redirect_uri") \
+                or proof.decode().rstrip("=") != stored.challenge:
+            raise OAuthError("invalid_grant", "Malformed auth code, or the code_verifier "
+                             "does not match the challenge.")
+        return self._answer(stored.user, client.client_id, "authorization_code", "google",
+                            stored.scope, True)
 
     def start_device_login(self, form: dict[str, str], tenant: str | None) -> dict[str, Any]:
         """Answer a device authorization request (RFC 8628)."""
@@ -630,6 +675,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         owner = self.server.owner
         parts = self.path.split("?")[0].strip("/").split("/")
+        if parts == ["google", "auth"]:
+            query = {k: v[0] for k, v in parse_qs(self.path.partition("?")[2]).items()}
+            try:
+                location = owner.authorize(query)
+            except OAuthError as exc:
+                self._send(exc.status, exc.body())
+                return
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if len(parts) == 4 and parts[1:] == ["v2.0", ".well-known", "openid-configuration"]:
             try:
                 self._send(200, owner.openid_configuration(parts[0]))

@@ -193,6 +193,10 @@ def _google_user(settings: OAuthSettings) -> AccessToken:
         except ValueError as exc:
             raise TokenRefusedError(f"{settings.token_file} holds no Google login ({exc}): "
                                     "run `csm-router login` again") from None
+        if settings.token_url:
+            # google-auth reads every stored login as Google's own: the endpoint the login
+            # was made at (ROUTER_OAUTH_TOKEN_URL) renews it too.
+            credentials = credentials.with_token_uri(settings.token_url)
         token = _google_refresh(settings, credentials)
         stored.write({**data, "google": json.loads(credentials.to_json()),
                       "renewed": time.time()})
