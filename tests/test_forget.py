@@ -130,6 +130,9 @@ def test_a_send_still_owed_to_another_customer_goes_out_without_the_person(
         mail(f"Jane Doe <{JANE}>", NOW, subject="Export")
         maxs = mail(f"Max <{MAX}>", NOW + 60, subject="Invoice", headers=raw_headers,
                     body=body.replace("\n", "\r\n"))
+        # Lea names her only in an encoded body: no header, no plain text says so.
+        mail("Lea <lea@initech.io>", NOW + 120, subject="Call",
+             headers=raw_headers.split("\r\n", 1)[1], body=body.replace("\n", "\r\n"))
         done = forget(rt.store, JANE)
         assert done.redacted >= 1 and scan(rt.redis, JANE) == []
         (entry,) = [e for e in maxs.owed if e.startswith("deliver")]

@@ -10,12 +10,14 @@ import json
 import os
 import ssl
 import stat
+import subprocess
 import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 from urllib.parse import quote
@@ -308,14 +310,20 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-def test_a_revoked_app_is_waited_out_told_once_and_mended_without_a_restart(
-    imap_oauth_product: Product, token_server: TokenServer, oauth_dovecot: DovecotServer,
-    durable_redis: RedisServer
-) -> None:
-    product = imap_oauth_product
-    product.env["ROUTER_REDIS_URL"] = durable_redis.url
-    token_server.lifetime = 4
-    client = microsoft_app(product, token_server)
+@dataclass
+class Deployment:
+    """`run`, `worker` and `web` of a product, running."""
+
+    base: str  # the web server's address
+    router: subprocess.Popen[str]
+    log: Callable[[], str]  # the router's log so far
+
+
+@contextlib.contextmanager
+def healthy(product: Product, redis: RedisServer) -> Iterator[Deployment]:
+    """The product's three processes on a durable Redis, one customer's mail ("Before")
+    forwarded and /healthz at 200; each process ends with status 0."""
+    product.env["ROUTER_REDIS_URL"] = redis.url
     (port,) = free_ports(1)
     product.env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
     base = f"http://127.0.0.1:{port}"
@@ -327,7 +335,21 @@ def test_a_revoked_app_is_waited_out_told_once_and_mended_without_a_restart(
         product.write("Jane Doe <jane@globex.com>", "Before")
         wait_until(lambda: forwarded_subjects(product)["Before"] == 1, "Before forwarded")
         until(lambda: healthz(base)[0] == 200, "healthy", lambda: healthz(base)[1] + log())
+        yield Deployment(base, router, log)
+    finally:
+        for proc in (router, worker, web):
+            assert stop(proc) == 0
 
+
+def test_a_revoked_app_is_waited_out_told_once_and_mended_without_a_restart(
+    imap_oauth_product: Product, token_server: TokenServer, oauth_dovecot: DovecotServer,
+    durable_redis: RedisServer
+) -> None:
+    product = imap_oauth_product
+    token_server.lifetime = 4
+    client = microsoft_app(product, token_server)
+    with healthy(product, durable_redis) as running:
+        base, router, log = running.base, running.router, running.log
         token_server.revoke(client)  # the secret deleted in the app registration
         lapsed = max(t.expires_at for t in token_server.tokens.values())
         wait_until(lambda: time.time() > lapsed + 0.5, "the token to lapse")
@@ -348,9 +370,6 @@ def test_a_revoked_app_is_waited_out_told_once_and_mended_without_a_restart(
         wait_until(lambda: forwarded_subjects(product)["During"] == 1, "During forwarded",
                    timeout=90)
         until(lambda: healthz(base)[0] == 200, "healthy again", log)
-    finally:
-        for proc in (router, worker, web):
-            assert stop(proc) == 0
     told = [r for r in product.smtp.messages if LEAD in r.rcpt_tos]
     assert len(told) == 1  # once for the whole episode, however often it was refused
     assert "AADSTS7000215" in str(told[0].message)
@@ -364,29 +383,17 @@ def test_a_refusal_is_heard_while_connected_before_the_token_in_hand_lapses(
     # Nobody logs in again here: the router stays in IDLE and the worker between sends,
     # so only renewing on their own finds the refusal while the old token still works.
     product = imap_oauth_product
-    product.env["ROUTER_REDIS_URL"] = durable_redis.url
     token_server.lifetime = 20  # renewed with 5 s left
     client = microsoft_app(product, token_server)
-    (port,) = free_ports(1)
-    product.env["ROUTER_WEB_ADDRESS"] = f"127.0.0.1:{port}"
-    base = f"http://127.0.0.1:{port}"
-    router = start(product, "run", log="router.log")
-    worker = start(product, "worker", log="worker.log")
-    web = start(product, "web", log="web.log")
-    log = (product.workdir / "router.log").read_text
-    try:
-        product.write("Jane Doe <jane@globex.com>", "Before")
-        wait_until(lambda: forwarded_subjects(product)["Before"] == 1, "Before forwarded")
-        until(lambda: healthz(base)[0] == 200, "healthy", lambda: healthz(base)[1] + log())
+    with healthy(product, durable_redis) as running:
         token_server.revoke(client)  # the secret deleted in the app registration
         in_hand = max(t.expires_at for t in token_server.tokens.values())
-        until(lambda: "AADSTS7000215" in healthz(base)[1], "/healthz to say why", log)
+        until(lambda: "AADSTS7000215" in healthz(running.base)[1], "/healthz to say why",
+              running.log)
         wait_until(lambda: any(LEAD in r.rcpt_tos for r in product.smtp.messages),
                    "the lead told")
-    finally:
-        for proc in (router, worker, web):
-            assert stop(proc) == 0
     first_refusal = min(r.at for r in token_server.requests if r.error)
     assert first_refusal < in_hand  # heard while the old token still worked
     # The router never reconnected to hear it: one login, one IDLE all along.
-    assert log().count("with IDLE, refreshing every") == 1, log()
+    log = running.log()
+    assert log.count("with IDLE, refreshing every") == 1, log

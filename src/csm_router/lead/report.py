@@ -158,7 +158,10 @@ class Report:
         be put together; every text cell inert in a spreadsheet (see `inert`)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        out = _Rows(writer, self.team)
+
+        def put(cells: list[object]) -> None:
+            writer.writerow([*cells, self.team])
+
         columns = [f for f in CsmFigures.__dataclass_fields__ if f != "name"]
         columns.insert(columns.index("overdue") + 1, "went_overdue")
         writer.writerow(["kind", *columns, "account", "touched_by", "flagged", "figure",
@@ -167,30 +170,18 @@ class Report:
         for c in self.csms:
             row = c.as_dict()
             row["in_pool"] = "yes" if c.in_pool else "no"
-            out.writerow(["csm", *(inert("" if row[k] is None else row[k]) for k in columns),
-                          "", "", "", "", ""])
+            put(["csm", *(inert("" if row[k] is None else row[k]) for k in columns),
+                 "", "", "", "", ""])
         for name, value in self.threads.as_dict().items():
-            out.writerow(["threads", *blank, "", "", "", name, value])
+            put(["threads", *blank, "", "", "", name, value])
         for a in self.accounts:
-            out.writerow(["account", *blank, inert(a.account), a.touched_by,
-                          "yes" if a.flagged else "no", "", ""])
+            put(["account", *blank, inert(a.account), a.touched_by,
+                 "yes" if a.flagged else "no", "", ""])
         for x in self.languages:
             for name in ("came_in", "to_a_reader", "to_the_pool"):
-                out.writerow(["language", *blank, "", "", "", f"{x.language}:{name}",
-                              getattr(x, name)])
+                put(["language", *blank, "", "", "", f"{x.language}:{name}",
+                     getattr(x, name)])
         return buffer.getvalue()
-
-
-
-
-class _Rows:
-    """A CSV writer that ends every row with the report's team."""
-
-    def __init__(self, writer: Any, team: str) -> None:
-        self.writer, self.team = writer, team
-
-    def writerow(self, row: list[object]) -> None:
-        self.writer.writerow([*row, self.team])
 
 
 # What makes a spreadsheet read a cell as a formula (or a DDE call): OWASP's list.

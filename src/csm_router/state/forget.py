@@ -42,7 +42,7 @@ class Forgotten:
 
     threads: list[int] = field(default_factory=list)
     messages: int = 0  # message records and bytes of their threads
-    sends: int = 0  # outbox entries and dead letters of their threads or naming them
+    sends: int = 0  # outbox entries and dead letters of their threads
     keys: int = 0  # other keys that named them (links, indexes, RQ's jobs)
     entries: int = 0  # their entries in shared indexes and tallies (per-person figures)
     redacted: int = 0  # values of others' records that mentioned them, now erased there
@@ -151,15 +151,20 @@ def _scrub(redis: Redis, address: str, done: Forgotten) -> None:
     for glob in (key("*"), "rq:*"):
         for raw_name in redis.scan_iter(glob, count=SCAN_BATCH):
             name = text(raw_name)
-            if pattern.search(name.encode()) or (
-                    name.startswith("rq:job:") and _mentioned(redis, name, pattern)):
+            if pattern.search(name.encode()):
                 done.keys += redis.delete(name)
-            else:
-                _rewrite(redis, name, pattern, done)
+            elif _mentioned(redis, name, pattern):  # read once; only these are watched
+                if name.startswith("rq:job:"):
+                    done.keys += redis.delete(name)
+                else:
+                    _rewrite(redis, name, pattern, done)
 
 
 def _mentioned(redis: Redis, name: str, pattern: re.Pattern[bytes]) -> bool:
-    return any(pattern.search(v) for v in _values(redis, name))
+    values = _values(redis, name)
+    if name.startswith(key("raw", "")):  # a message: its encoded parts read too
+        return any(redact_message(v, pattern) != v for v in values)
+    return any(pattern.search(v) for v in values)
 
 
 def _values(redis: Redis, name: str) -> list[bytes]:
