@@ -17,9 +17,11 @@ MAX_SUBJECT = 200
 MAX_NAME = 100
 MAX_FILENAME = 150
 MAX_ID = 250  # a Message-ID or Content-ID longer than this is nobody's real id
-# _WIDEST: the most one character of a header's value takes when written. ASCII, 2 (a
-# quote or backslash added); else 25, a 4-byte UTF-8 character as an encoded word of its
-# own with the space before it (" =?utf-8?q?=F0=9F=98=80?=").
+# The most one character of a header's value takes when written. ASCII: 2 (a quote or
+# backslash added). Else 25: a 4-byte UTF-8 character as an encoded word of its own, with
+# the space before it (" =?utf-8?q?=F0=9F=98=80?=").
+_WIDEST_ASCII = 2
+_WIDEST_OTHER = 25
 _SPACES = re.compile(r"\s+")
 _ID_TEXT = re.compile(rf"<[!-;=?-~]{{1,{MAX_ID}}}>")  # printable ASCII, no "<" or ">"
 
@@ -59,7 +61,7 @@ def check_lines(message: EmailMessage) -> None:
     RFC 5322's 998 characters (relays answer 5xx to such a mail)."""
     for part in message.walk():
         for name, value in part.items():
-            widest = 2 if value.isascii() else 25  # see _WIDEST
+            widest = _WIDEST_ASCII if value.isascii() else _WIDEST_OTHER
             if len(name) + 4 + widest * len(value) <= MAX_LINE:
                 continue  # too short to make such a line however it is written: not folded
             folded = part.policy.fold_binary(name, value)

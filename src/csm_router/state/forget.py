@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,59 +153,23 @@ def _scrub(redis: Redis, address: str, done: Forgotten) -> None:
             name = text(raw_name)
             if pattern.search(name.encode()):
                 done.keys += redis.delete(name)
-            elif _mentioned(redis, name, pattern):  # read once; only these are watched
+            elif _changes(redis, name, pattern):  # read once; only these are watched
                 if name.startswith("rq:job:"):
                     done.keys += redis.delete(name)
                 else:
                     _rewrite(redis, name, pattern, done)
 
 
-def _mentioned(redis: Redis, name: str, pattern: re.Pattern[bytes]) -> bool:
-    values = _values(redis, name)
-    if name.startswith(key("raw", "")):  # a message: its encoded parts read too
-        return any(redact_message(v, pattern) != v for v in values)
-    return any(pattern.search(v) for v in values)
-
-
-def _values(redis: Redis, name: str) -> list[bytes]:
-    """Every value (and hash field) of key `name`, whatever its type."""
-    kind = text(redis.type(name))
-    found: Any
-    if kind == "string":
-        found = redis.get(name)
-        return [bytes(found or b"")]
-    if kind == "hash":
-        found = redis.hgetall(name)
-        return [*found.keys(), *found.values()]
-    if kind == "list":
-        found = redis.lrange(name, 0, -1)
-    elif kind == "set":
-        found = redis.smembers(name)
-    elif kind == "zset":
-        found = redis.zrange(name, 0, -1)
-    elif kind == "stream":
-        entries: Any = redis.xrange(name)
-        found = [v for _, fields in entries for pair in fields.items() for v in pair]
-    else:
-        found = []
-    return list(found)
-
-
 def _rewrite(redis: Redis, name: str, pattern: re.Pattern[bytes], done: Forgotten) -> None:
     """Take the person out of key `name`: in a record of someone else's, the address is
     replaced; from an index or a tally (a set), their entries go. Watched: a write that
     lands meanwhile (a new event on a list) is kept, and the key is read again."""
-    def rewrite(value: bytes) -> bytes:
-        if name.startswith(key("raw", "")):
-            return redact_message(value, pattern)
-        return redact(value, pattern)
-
     for _ in range(WATCH_TRIES):
         with redis.pipeline() as pipeline:
             pipe: Any = pipeline  # redis-py leaves watch untyped
             try:
                 pipe.watch(name)
-                changes = _changes(pipe, name, pattern, rewrite)
+                changes = _changes(pipe, name, pattern)
                 if not changes:
                     return
                 pipe.multi()
@@ -226,9 +190,14 @@ def _rewrite(redis: Redis, name: str, pattern: re.Pattern[bytes], done: Forgotte
 Change = tuple[str, tuple[Any, ...], str]
 
 
-def _changes(pipe: Any, name: str, pattern: re.Pattern[bytes], rewrite: Callable[[bytes], bytes]
-             ) -> list[Change]:
-    """What to write into key `name` (read under WATCH)."""
+def _changes(pipe: Any, name: str, pattern: re.Pattern[bytes]) -> list[Change]:
+    """What to write into key `name` to take the person out; none if nothing names them.
+    Read through `pipe`: a client, or a pipeline under WATCH."""
+    def rewrite(value: bytes) -> bytes:
+        if name.startswith(key("raw", "")):  # a message: its encoded parts too
+            return redact_message(value, pattern)
+        return redact(value, pattern)
+
     kind = text(pipe.type(name))
     if kind == "string":
         value = bytes(pipe.get(name) or b"")
